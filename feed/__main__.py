@@ -1,0 +1,3 @@
+from feed.cli import main
+
+raise SystemExit(main())

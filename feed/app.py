@@ -1,0 +1,212 @@
+"""``create_app(settings)``: routes, middleware and the error map as plain lists, resources opened in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from argon2 import PasswordHasher
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from feed import db
+from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from feed.keyfile import derive, load_ring, load_secret
+from feed.resources import resource_path
+from feed.services.context import Services, ThrottleRules
+from feed.services.keys import KeyStore
+from feed.settings import ConfigError, Settings, load_settings
+from feed.web import account_pages, api, pages
+from feed.web.forms import BadRequest
+from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
+from feed.web.templating import is_htmx, make_environment, render
+
+log = logging.getLogger("feed")
+
+STATUS: list[tuple[type[DomainError], int]] = [
+    (NotFound, 404),
+    (Forbidden, 403),
+    (Unauthorized, 401),
+    (Conflict, 409),
+    (RateLimited, 429),
+    (BadRequest, 400),
+    (Invalid, 422),
+]
+
+
+class CachedStatic(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=86400"
+        return response
+
+
+def _status_of(exc: DomainError) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def _error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return render(request, "error.html", {"status": status, "message": message}, status=status, headers=headers)
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    status = _status_of(exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    api_path = request.url.path.startswith("/api/")
+    if isinstance(exc, Unauthorized) and not api_path:
+        target = account_pages.login_redirect(request, expired="expired" in exc.message)
+        if is_htmx(request):
+            return Response(status_code=204, headers={"HX-Redirect": target.headers["location"]})
+        return target
+    message = exc.message
+    if api_path and isinstance(exc, Invalid) and not isinstance(exc, BadRequest):
+        message = f"Validation failed: {message}"
+    return _error_response(request, status, message, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Record not found" if request.url.path.startswith("/api/") else "Page not found"}
+    return _error_response(
+        request, exc.status_code, messages.get(exc.status_code, exc.detail), dict(exc.headers or {})
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (it holds no locals); the client sees a plain apology.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return _error_response(request, 500, "Something went wrong on our side; please try again")
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        async with request.app.state.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception:
+        log.warning("readiness check: database unreachable")
+        return PlainTextResponse("database unreachable", status_code=503)
+    return PlainTextResponse("ready")
+
+
+async def favicon(request: Request) -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
+def routes() -> list[BaseRoute]:
+    v1 = "/api/v1"
+    return [
+        Route("/", pages.home),
+        Route("/public", pages.public),
+        Route("/@{username}", pages.profile),
+        Route("/@{username}/followers", pages.follow_list),
+        Route("/@{username}/following", pages.follow_list),
+        Route("/@{username}/follow", pages.follow, methods=["POST"]),
+        Route("/@{username}/unfollow", pages.unfollow, methods=["POST"]),
+        Route("/posts", pages.create_post, methods=["POST"]),
+        Route("/posts/{post_id}", pages.thread),
+        Route("/posts/{post_id}/edit", pages.edit_form, methods=["GET"]),
+        Route("/posts/{post_id}/edit", pages.edit_post, methods=["POST"]),
+        Route("/posts/{post_id}/delete", pages.delete_post, methods=["POST"]),
+        Route("/posts/{post_id}/like", pages.like, methods=["POST"]),
+        Route("/posts/{post_id}/unlike", pages.unlike, methods=["POST"]),
+        Route("/login", account_pages.login_form, methods=["GET"]),
+        Route("/login", account_pages.login, methods=["POST"]),
+        Route("/register", account_pages.register_form, methods=["GET"]),
+        Route("/register", account_pages.register, methods=["POST"]),
+        Route("/logout", account_pages.logout, methods=["POST"]),
+        Route("/settings", account_pages.settings_page, methods=["GET"]),
+        Route("/settings", account_pages.save_profile, methods=["POST"]),
+        Route("/settings/password", account_pages.change_password, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/favicon.ico", favicon),
+        Route(f"{v1}/accounts/verify_credentials", api.verify_credentials),
+        Route(f"{v1}/accounts/lookup", api.lookup_account),
+        Route(f"{v1}/accounts/relationships", api.relationships),
+        Route(f"{v1}/accounts/{{account_id}}", api.get_account),
+        Route(f"{v1}/accounts/{{account_id}}/statuses", api.account_statuses),
+        Route(f"{v1}/accounts/{{account_id}}/follow", api.follow, methods=["POST"]),
+        Route(f"{v1}/accounts/{{account_id}}/unfollow", api.unfollow, methods=["POST"]),
+        Route(f"{v1}/statuses", api.create_status, methods=["POST"]),
+        Route(f"{v1}/statuses/{{status_id}}", api.get_status, methods=["GET"]),
+        Route(f"{v1}/statuses/{{status_id}}", api.edit_status, methods=["PUT"]),
+        Route(f"{v1}/statuses/{{status_id}}", api.delete_status, methods=["DELETE"]),
+        Route(f"{v1}/statuses/{{status_id}}/context", api.status_context),
+        Route(f"{v1}/statuses/{{status_id}}/favourite", api.favourite, methods=["POST"]),
+        Route(f"{v1}/statuses/{{status_id}}/unfavourite", api.unfavourite, methods=["POST"]),
+        Route(f"{v1}/timelines/home", api.home_timeline),
+        Route(f"{v1}/timelines/public", api.public_timeline),
+        Route("/api/v2/instance", api.instance_v2),
+        Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Mount("/static", CachedStatic(directory=resource_path("static")), name="static"),
+    ]
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        embedded = settings.is_sqlite
+        if embedded:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ring = load_ring(settings, create=embedded)
+        secret = load_secret(settings, create=embedded)
+        engine = db.make_engine(settings.database_url)
+        try:
+            head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+            if await db.current_revision(engine) != head:
+                raise ConfigError("the database schema is not up to date: run `cipherfeed db upgrade`")
+            hasher = PasswordHasher()
+            app.state.engine = engine
+            app.state.templates = make_environment()
+            app.state.csrf_key = derive(secret, "csrf")
+            app.state.services = Services(
+                db=db.make_sessionmaker(engine),
+                keys=KeyStore(ring),
+                index_key=derive(secret, "email-index"),
+                hasher=hasher,
+                dummy_hash=hasher.hash("cipherfeed-dummy-password"),
+                session_ttl=timedelta(days=settings.session_days),
+                throttle=ThrottleRules(
+                    per_account=settings.login_attempts_per_account,
+                    per_ip=settings.login_attempts_per_ip,
+                    window=timedelta(seconds=settings.login_window_seconds),
+                ),
+            )
+            yield
+        finally:
+            await engine.dispose()
+
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(BodyLimit, limit=settings.max_body_bytes),
+        Middleware(CrossSiteGuard),
+    ]
+    handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error, Exception: server_error}
+    return Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+
+
+def asgi_factory() -> Starlette:
+    """For ``uvicorn --factory feed.app:asgi_factory``: settings from the environment."""
+    return create_app(load_settings())

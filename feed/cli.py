@@ -1,0 +1,184 @@
+"""The ``cipherfeed`` command. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from feed import db
+from feed.errors import DomainError
+from feed.settings import ConfigError, Settings, load_settings
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    pass
+
+
+def _prepare(settings: Settings) -> None:
+    """Embedded mode's first run: the data dir, then the keys (created 0600)."""
+    from feed.keyfile import load_ring, load_secret
+
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    load_ring(settings, create=settings.is_sqlite)
+    load_secret(settings, create=settings.is_sqlite)
+
+
+async def _migrate(settings: Settings) -> None:
+    engine = db.make_engine(settings.database_url)
+    try:
+        await db.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(services)`` with the app's own lifespan, so the CLI and the server share one setup path."""
+    from feed.app import create_app
+
+    _prepare(settings)
+    if settings.is_sqlite:
+        await _migrate(settings)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        return await work(app.state.services)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    _prepare(settings)
+    asyncio.run(_migrate(settings))
+    where = "SQLite at " + settings.database_url.split("///", 1)[-1] if settings.is_sqlite else "PostgreSQL"
+    print(f"cipherfeed: serving on http://{args.host}:{args.port} ({where})", flush=True)
+    uvicorn.run(
+        "feed.app:asgi_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_level=settings.log_level,
+        access_log=not args.no_access_log,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    _prepare(settings)
+    asyncio.run(_migrate(settings))
+    print("cipherfeed: database is up to date")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password again: "):
+        raise CommandError("the passwords differ")
+    return first
+
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.services import accounts
+
+    password = _read_password(args)
+    user = asyncio.run(
+        _with_services(settings, lambda svc: accounts.register(svc, args.name, password, args.email or ""))
+    )
+    print(f"cipherfeed: created @{user.username} (id {user.id})")
+    return 0
+
+
+def cmd_users_token(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.services import accounts
+
+    token = asyncio.run(_with_services(settings, lambda svc: accounts.create_token(svc, args.name, args.label)))
+    print(token)
+    return 0
+
+
+def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.services import keystatus
+
+    report = asyncio.run(_with_services(settings, keystatus.status))
+    print(keystatus.format_report(report))
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from crypto import RootKeyRing
+    from feed.keyfile import _write_new
+
+    ring = RootKeyRing.generate()
+    if args.out == "-":
+        print(ring.to_json())
+        return 0
+    from pathlib import Path
+
+    path = Path(args.out)
+    if path.exists():
+        raise CommandError(f"{path} exists; refusing to overwrite a root key")
+    _write_new(path, ring.to_json())
+    print(f"cipherfeed: wrote a new root key to {path} (mode 0600); keep a copy somewhere safe")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cipherfeed", description="A social timeline that stores only encrypted posts.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the web server (applies migrations first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="web processes (default 1)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve.set_defaults(func=cmd_serve)
+
+    dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dbp.add_parser("upgrade", help="apply Alembic migrations").set_defaults(func=cmd_db_upgrade)
+
+    users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    create = users.add_parser("create", help="create an account (password from the prompt or stdin)")
+    create.add_argument("name")
+    create.add_argument("--email", default="")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    create.set_defaults(func=cmd_users_create)
+    token = users.add_parser("token", help="print a new personal access token for the API")
+    token.add_argument("name")
+    token.add_argument("--label", default="personal access token")
+    token.set_defaults(func=cmd_users_token)
+
+    keys = sub.add_parser("keys", help="encryption keys").add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys.add_parser("status", help="root key versions and how many keys use each").set_defaults(func=cmd_keys_status)
+    gen = keys.add_parser("generate", help="write a new root key file (for the scaled mode)")
+    gen.add_argument("--out", required=True, help="file to create, or - for standard output")
+    gen.set_defaults(func=cmd_keys_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        result: int = args.func(args, settings)
+        return result
+    except (ConfigError, CommandError, DomainError) as exc:
+        print(f"cipherfeed: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"cipherfeed: error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})", file=sys.stderr)
+        return 1

@@ -1,0 +1,302 @@
+"""Accounts: registration, login with throttling, sessions, API tokens, profile and password changes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio.to_thread
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
+from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from feed.ids import new_id
+from feed.services.context import Services
+from feed.services.models import Profile, User
+from feed.services.text import USERNAME_RE, normalize_text
+from feed.storage import posts as post_store
+from feed.storage import users as store
+
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+LOGIN_ERROR = "Invalid username or password"
+_EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+_COMMON = frozenset(
+    "password password1 password12 password123 1234567890 12345678910 qwertyuiop 1q2w3e4r5t iloveyou12 "
+    "letmein123 qwerty1234 0987654321 passw0rd12 abcdefghij 1111111111 0000000000 trustno1234 "
+    "football12 baseball12 superman12 welcome123 changeme12 administrator".split()
+)
+RESERVED = frozenset({"admin", "administrator", "root", "api", "cipherfeed", "settings", "login", "logout"})
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A fresh browser session: ``token`` goes in the cookie, only its hash is stored."""
+
+    token: str
+    user: User
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_username(raw: str) -> str:
+    username = raw.strip().lstrip("@")
+    if not username:
+        raise Invalid("Username can't be blank", "username")
+    if not USERNAME_RE.fullmatch(username):
+        raise Invalid("Username must be 1 to 30 letters, digits or underscores", "username")
+    if username.lower() in RESERVED:
+        raise Invalid("That username is reserved", "username")
+    return username
+
+
+def check_password(password: str, username: str) -> None:
+    if not password:
+        raise Invalid("Password can't be blank", "password")
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"Password must be at least {MIN_PASSWORD} characters", "password")
+    if len(password) > MAX_PASSWORD:
+        raise Invalid(f"Password must be at most {MAX_PASSWORD} characters", "password")
+    lowered = password.lower()
+    if lowered in _COMMON or len(set(password)) < 4 or username.lower() in lowered:
+        raise Invalid("That password is too easy to guess", "password")
+
+
+def normalize_email(raw: str) -> str | None:
+    email = raw.strip().lower()
+    if not email:
+        return None
+    if len(email) > 254 or not _EMAIL_RE.fullmatch(email):
+        raise Invalid("That is not an email address", "email")
+    return email
+
+
+async def _hash_password(hasher: PasswordHasher, password: str) -> str:
+    return await anyio.to_thread.run_sync(hasher.hash, password)
+
+
+async def _verify_password(hasher: PasswordHasher, stored: str, password: str) -> bool:
+    def verify() -> bool:
+        try:
+            return hasher.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    return await anyio.to_thread.run_sync(verify)
+
+
+async def register(svc: Services, username: str, password: str, email: str = "") -> User:
+    username = check_username(username)
+    check_password(password, username)
+    address = normalize_email(email)
+    password_hash = await _hash_password(svc.hasher, password)
+    user_id = new_id()
+    when = now()
+    async with svc.db.begin() as session:
+        if await store.username_taken(session, username.lower()):
+            raise Conflict("That username is taken")
+        email_index = blind_index(svc.index_key, address) if address else None
+        if email_index and await store.email_taken(session, email_index):
+            raise Conflict("That email address is already registered")
+        await store.insert_user(
+            session,
+            id=user_id,
+            username=username,
+            username_lower=username.lower(),
+            display_name="",
+            bio="",
+            password_hash=password_hash,
+            email_index=email_index,
+            key_version=1,
+            created_at=when,
+            updated_at=when,
+        )
+        key = await svc.keys.create(session, user_id, 1, when)
+        if address:
+            sealed = seal_fields(key, {"email": address}, object_id=user_id, owner_id=user_id, revision=0)
+            await store.update_user(session, user_id, email_sealed=sealed["email"].data)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise Conflict("That username is taken") from None
+    return User(id=user_id, username=username, display_name="", bio="", created_at=when, key_version=1)
+
+
+async def login(svc: Services, username: str, password: str, ip: str) -> Session:
+    """Check the password under per-account and per-IP throttles; one error for unknown user or bad password."""
+    name = username.strip().lstrip("@").lower()[:64]
+    buckets = [f"login:acct:{name}", f"login:ip:{ip}"]
+    rules = svc.throttle
+    async with svc.db.begin() as session:
+        if (
+            await store.throttle_count(session, buckets[:1], now()) >= rules.per_account
+            or await store.throttle_count(session, buckets[1:], now()) >= rules.per_ip
+        ):
+            raise RateLimited("Too many failed logins; try again later", int(rules.window.total_seconds()))
+        creds = await store.get_credentials(session, name)
+    ok = False
+    if creds is None:
+        await _verify_password(svc.hasher, svc.dummy_hash, password)  # same work as a real check
+    else:
+        ok = await _verify_password(svc.hasher, creds.password_hash, password)
+    async with svc.db.begin() as session:
+        if not ok or creds is None:
+            for bucket in buckets:
+                await store.throttle_hit(session, bucket, now(), rules.window)
+            raise Unauthorized(LOGIN_ERROR)
+        await store.throttle_clear(session, buckets[0])
+        if svc.hasher.check_needs_rehash(creds.password_hash):
+            new_hash = await _hash_password(svc.hasher, password)
+            await store.update_user(session, creds.id, password_hash=new_hash)
+        return await _new_session(svc, session, creds.id)
+
+
+async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Session:
+    token = secrets.token_urlsafe(32)
+    when = now()
+    await store.insert_session(
+        session, id_hash=token_hash(token), user_id=user_id, now=when, expires_at=when + svc.session_ttl
+    )
+    row = await store.get_user(session, user_id)
+    assert row is not None
+    return Session(token=token, user=User.from_row(row))
+
+
+async def session_user(svc: Services, token: str) -> User | None:
+    if not token or len(token) > 100:
+        return None
+    async with svc.db() as session:
+        row = await store.session_user(session, token_hash(token), now())
+    return User.from_row(row) if row else None
+
+
+async def logout(svc: Services, token: str) -> None:
+    async with svc.db.begin() as session:
+        await store.delete_session(session, token_hash(token))
+
+
+async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
+    token = secrets.token_urlsafe(32)
+    async with svc.db.begin() as session:
+        row = await store.get_user_by_username(session, username.strip().lstrip("@").lower())
+        if row is None:
+            raise NotFound(f"no user named {username!r}")
+        await store.insert_token(session, token_hash=token_hash(token), user_id=row.id, name=name, now=now())
+    return token
+
+
+async def token_user(svc: Services, token: str) -> User | None:
+    if not token or len(token) > 200:
+        return None
+    async with svc.db() as session:
+        row = await store.token_user(session, token_hash(token), now())
+    return User.from_row(row) if row else None
+
+
+async def update_profile(svc: Services, user: User, display_name: str, bio: str, email: str) -> User:
+    display_name = normalize_text(
+        display_name, field="display_name", label="Display name", max_chars=60, allow_empty=True, multiline=False
+    )
+    bio = normalize_text(bio, field="bio", label="Bio", max_chars=500, allow_empty=True)
+    address = normalize_email(email)
+    async with svc.db.begin() as session:
+        values: dict[str, object] = {"display_name": display_name, "bio": bio, "updated_at": now()}
+        if address:
+            index = blind_index(svc.index_key, address)
+            if await store.email_taken(session, index, except_user=user.id):
+                raise Conflict("That email address is already registered")
+            key = await svc.keys.get(session, user.id, user.key_version)
+            sealed = seal_fields(key, {"email": address}, object_id=user.id, owner_id=user.id, revision=0)
+            values.update(email_index=index, email_sealed=sealed["email"].data)
+        else:
+            values.update(email_index=None, email_sealed=None)
+        await store.update_user(session, user.id, **values)
+        row = await store.get_user(session, user.id)
+    assert row is not None
+    return User.from_row(row)
+
+
+async def email_of(svc: Services, user: User) -> str:
+    async with svc.db() as session:
+        row = await store.get_email_sealed(session, user.id)
+        if row is None or row.email_sealed is None:
+            return ""
+        key = await svc.keys.get(session, user.id, row.key_version)
+    try:
+        return open_field(key, row.email_sealed, FieldContext("email", user.id, user.id, 0))
+    except InvalidToken:
+        return ""
+
+
+async def change_password(svc: Services, user: User, current: str, new: str, keep_session: str | None) -> None:
+    async with svc.db() as session:
+        stored = await store.get_password_hash(session, user.id)
+    if stored is None or not await _verify_password(svc.hasher, stored, current):
+        raise Invalid("Current password is wrong", "current_password")
+    check_password(new, user.username)
+    new_hash = await _hash_password(svc.hasher, new)
+    async with svc.db.begin() as session:
+        await store.update_user(session, user.id, password_hash=new_hash, updated_at=now())
+        # Every other browser and device is signed out.
+        await store.delete_other_sessions(session, user.id, token_hash(keep_session) if keep_session else None)
+
+
+async def find_user(svc: Services, username: str) -> User:
+    async with svc.db() as session:
+        row = await store.get_user_by_username(session, username.strip().lstrip("@").lower())
+    if row is None:
+        raise NotFound("No such user")
+    return User.from_row(row)
+
+
+async def get_user(svc: Services, user_id: int) -> User:
+    async with svc.db() as session:
+        row = await store.get_user(session, user_id)
+    if row is None:
+        raise NotFound("No such user")
+    return User.from_row(row)
+
+
+async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
+    async with svc.db() as session:
+        followers, following, post_count = await store.counts(session, user.id)
+        last = await store.last_post_at(session, user.id)
+        a_b = (False, False)
+        if viewer is not None and viewer.id != user.id:
+            a_b = await post_store.follow_state(session, viewer.id, user.id)
+    return Profile(
+        user=user,
+        followers=followers,
+        following=following,
+        posts=post_count,
+        last_post_at=last,
+        viewer_follows=a_b[0],
+        follows_viewer=a_b[1],
+    )
+
+
+async def follow_list(svc: Services, user: User, *, followers: bool, limit: int = 80) -> list[User]:
+    """Who follows ``user`` (or whom ``user`` follows), most recent accounts first."""
+    async with svc.db() as session:
+        ids = await post_store.follow_list(session, user.id, followers=followers, limit=limit)
+        rows = await store.get_users(session, ids)
+    return [User.from_row(rows[i]) for i in ids if i in rows]
+
+
+async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
+    """Counts for several accounts at once (the API embeds them in every status)."""
+    async with svc.db() as session:
+        counts = await store.counts_many(session, [u.id for u in users])
+    return {u.id: Profile(u, *counts[u.id], last_post_at=None) for u in users}

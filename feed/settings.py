@@ -1,0 +1,129 @@
+"""Settings, read once from the environment (``CIPHERFEED_*``) by the entry points and passed down as values.
+
+Unset means the embedded default: SQLite and a generated root key under the data dir, no Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable, never a secret value."""
+
+
+class Secret:
+    """A string that does not show itself in repr or str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    redis_url: str | None = None
+    root_key_file: Path | None = None
+    root_key: Secret | None = field(default=None)
+    secret_key: Secret | None = field(default=None)
+    max_body_bytes: int = 64 * 1024
+    session_days: int = 30
+    login_attempts_per_account: int = 5
+    login_attempts_per_ip: int = 20
+    login_window_seconds: int = 15 * 60
+    # Trusted front proxies whose X-Forwarded-For/-Proto we believe (uvicorn's --forwarded-allow-ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+    log_level: str = "info"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def resolved_root_key_file(self) -> Path:
+        return self.root_key_file or self.data_dir / "root.key"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    """Accept the usual spellings and pin the async drivers we ship."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError("CIPHERFEED_DATABASE_URL is not a database URL") from None
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        url = url.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ConfigError("CIPHERFEED_DATABASE_URL must be a postgresql:// or sqlite:// URL")
+    return url.render_as_string(hide_password=False)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("CIPHERFEED_DATA_DIR") or "cipherfeed-data").expanduser().absolute()
+    raw_db = env.get("CIPHERFEED_DATABASE_URL")
+    database_url = _database_url(raw_db) if raw_db else f"sqlite+aiosqlite:///{data_dir / 'cipherfeed.db'}"
+    key_file = env.get("CIPHERFEED_ROOT_KEY_FILE")
+    root_key = env.get("CIPHERFEED_ROOT_KEY")
+    if key_file and root_key:
+        raise ConfigError("set CIPHERFEED_ROOT_KEY_FILE or CIPHERFEED_ROOT_KEY, not both")
+    secret = env.get("CIPHERFEED_SECRET_KEY")
+    if secret is not None and len(secret) < 32:
+        raise ConfigError("CIPHERFEED_SECRET_KEY must be at least 32 characters")
+    log_level = (env.get("CIPHERFEED_LOG_LEVEL") or "info").lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("CIPHERFEED_LOG_LEVEL must be debug, info, warning or error")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=env.get("CIPHERFEED_REDIS_URL") or None,
+        root_key_file=Path(key_file).expanduser().absolute() if key_file else None,
+        root_key=Secret(root_key) if root_key else None,
+        secret_key=Secret(secret) if secret else None,
+        max_body_bytes=_int(env, "CIPHERFEED_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+        session_days=_int(env, "CIPHERFEED_SESSION_DAYS", 30),
+        login_attempts_per_account=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT", 5),
+        login_attempts_per_ip=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP", 20),
+        login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
+        forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
+        log_level=log_level,
+    )

@@ -1,0 +1,229 @@
+"""Posts, mentions, likes and follows, and the timeline queries with visibility rules in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from feed.storage.dialect import insert
+from feed.storage.tables import follows, likes, mentions, posts, users
+
+PUBLIC_VISIBILITIES = ("public", "unlisted")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Cursor bounds, all exclusive: ``max_id`` older than, ``since_id``/``min_id`` newer than.
+
+    ``min_id`` asks for the posts immediately newer than it (oldest first, then reversed); ``since_id`` for the
+    newest posts down to it.
+    """
+
+    limit: int = 20
+    max_id: int | None = None
+    since_id: int | None = None
+    min_id: int | None = None
+
+
+def visible_to(viewer_id: int | None) -> sa.ColumnElement[bool]:
+    """The SQL condition for "``viewer_id`` may read this post" (None: an anonymous reader)."""
+    if viewer_id is None:
+        return posts.c.visibility.in_(PUBLIC_VISIBILITIES)
+    mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
+    follower = sa.exists().where(follows.c.follower_id == viewer_id, follows.c.followee_id == posts.c.author_id)
+    return sa.or_(
+        posts.c.visibility.in_(PUBLIC_VISIBILITIES),
+        posts.c.author_id == viewer_id,
+        sa.and_(posts.c.visibility == "followers", follower),
+        mentioned,
+    )
+
+
+async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> list[sa.Row[Any]]:
+    if page.max_id is not None:
+        query = query.where(posts.c.id < page.max_id)
+    if page.min_id is not None:
+        query = query.where(posts.c.id > page.min_id).order_by(posts.c.id.asc()).limit(page.limit)
+        return list(reversed((await session.execute(query)).all()))
+    if page.since_id is not None:
+        query = query.where(posts.c.id > page.since_id)
+    query = query.order_by(posts.c.id.desc()).limit(page.limit)
+    return list((await session.execute(query)).all())
+
+
+async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[sa.Row[Any]]:
+    followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
+    mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
+    query = sa.select(posts).where(
+        sa.or_(posts.c.author_id == viewer_id, posts.c.author_id.in_(followees)),
+        sa.or_(posts.c.visibility != "direct", posts.c.author_id == viewer_id, mentioned),
+    )
+    return await _page(session, query, page)
+
+
+async def public(session: AsyncSession, page: Page) -> list[sa.Row[Any]]:
+    return await _page(session, sa.select(posts).where(posts.c.visibility == "public"), page)
+
+
+async def by_author(session: AsyncSession, author_id: int, viewer_id: int | None, page: Page) -> list[sa.Row[Any]]:
+    query = sa.select(posts).where(posts.c.author_id == author_id, visible_to(viewer_id))
+    return await _page(session, query, page)
+
+
+async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: int | None) -> list[sa.Row[Any]]:
+    if not parent_ids:
+        return []
+    query = (
+        sa.select(posts)
+        .where(posts.c.in_reply_to_id.in_(parent_ids), visible_to(viewer_id))
+        .order_by(posts.c.id.asc())
+        .limit(200)
+    )
+    return list((await session.execute(query)).all())
+
+
+async def get_post(session: AsyncSession, post_id: int, *, for_update: bool = False) -> sa.Row[Any] | None:
+    query = sa.select(posts).where(posts.c.id == post_id)
+    if for_update:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def get_visible_post(session: AsyncSession, post_id: int, viewer_id: int | None) -> sa.Row[Any] | None:
+    query = sa.select(posts).where(posts.c.id == post_id, visible_to(viewer_id))
+    return (await session.execute(query)).first()
+
+
+async def insert_post(session: AsyncSession, **values: Any) -> None:
+    await session.execute(posts.insert().values(**values))
+
+
+async def set_mentions(session: AsyncSession, post_id: int, user_ids: Iterable[int]) -> None:
+    await session.execute(mentions.delete().where(mentions.c.post_id == post_id))
+    rows = [{"post_id": post_id, "user_id": uid} for uid in dict.fromkeys(user_ids)]
+    if rows:
+        await session.execute(mentions.insert(), rows)
+
+
+async def update_revision(
+    session: AsyncSession, post_id: int, *, expected_revision: int, **values: Any
+) -> bool:
+    """Compare-and-set on ``revision``: False if someone else changed the post first."""
+    result = await session.execute(
+        posts.update().where(posts.c.id == post_id, posts.c.revision == expected_revision).values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_post(session: AsyncSession, post_id: int) -> bool:
+    result = await session.execute(posts.delete().where(posts.c.id == post_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def bump_replies(session: AsyncSession, post_id: int, delta: int) -> None:
+    await session.execute(
+        posts.update().where(posts.c.id == post_id).values(replies_count=posts.c.replies_count + delta)
+    )
+
+
+async def mentions_of(session: AsyncSession, post_ids: Sequence[int]) -> dict[int, list[sa.Row[Any]]]:
+    """Mentioned users (id, username) per post."""
+    if not post_ids:
+        return {}
+    rows = await session.execute(
+        sa.select(mentions.c.post_id, users.c.id, users.c.username)
+        .join(users, users.c.id == mentions.c.user_id)
+        .where(mentions.c.post_id.in_(post_ids))
+    )
+    out: dict[int, list[sa.Row[Any]]] = {}
+    for row in rows:
+        out.setdefault(row.post_id, []).append(row)
+    return out
+
+
+# -- likes
+
+
+async def liked_by(session: AsyncSession, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    if not post_ids:
+        return set()
+    rows = await session.scalars(
+        sa.select(likes.c.post_id).where(likes.c.user_id == user_id, likes.c.post_id.in_(post_ids))
+    )
+    return set(rows)
+
+
+async def add_like(session: AsyncSession, post_id: int, user_id: int, now: datetime) -> bool:
+    """Insert the like and bump the counter in the same transaction; False if it was already there."""
+    stmt = insert(session, likes).values(post_id=post_id, user_id=user_id, created_at=now)
+    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=[likes.c.post_id, likes.c.user_id]))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    await session.execute(
+        posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count + 1)
+    )
+    return True
+
+
+async def remove_like(session: AsyncSession, post_id: int, user_id: int) -> bool:
+    result = await session.execute(likes.delete().where(likes.c.post_id == post_id, likes.c.user_id == user_id))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    await session.execute(
+        posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count - 1)
+    )
+    return True
+
+
+async def likes_count(session: AsyncSession, post_id: int) -> int:
+    return int(await session.scalar(sa.select(posts.c.likes_count).where(posts.c.id == post_id)) or 0)
+
+
+# -- follows
+
+
+async def add_follow(session: AsyncSession, follower_id: int, followee_id: int, now: datetime) -> bool:
+    stmt = insert(session, follows).values(follower_id=follower_id, followee_id=followee_id, created_at=now)
+    result = await session.execute(
+        stmt.on_conflict_do_nothing(index_elements=[follows.c.follower_id, follows.c.followee_id])
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def remove_follow(session: AsyncSession, follower_id: int, followee_id: int) -> bool:
+    result = await session.execute(
+        follows.delete().where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def follow_state(session: AsyncSession, a: int, b: int) -> tuple[bool, bool]:
+    """(a follows b, b follows a)."""
+    rows = await session.execute(
+        sa.select(follows.c.follower_id).where(
+            sa.or_(
+                sa.and_(follows.c.follower_id == a, follows.c.followee_id == b),
+                sa.and_(follows.c.follower_id == b, follows.c.followee_id == a),
+            )
+        )
+    )
+    followers = {r.follower_id for r in rows}
+    return a in followers, b in followers
+
+
+async def follow_list(
+    session: AsyncSession, user_id: int, *, followers: bool, limit: int = 40, max_id: int | None = None
+) -> list[int]:
+    """Ids of ``user_id``'s followers (or followees), newest user id first."""
+    mine, theirs = (
+        (follows.c.followee_id, follows.c.follower_id) if followers else (follows.c.follower_id, follows.c.followee_id)
+    )
+    query = sa.select(theirs).where(mine == user_id)
+    if max_id is not None:
+        query = query.where(theirs < max_id)
+    return list(await session.scalars(query.order_by(theirs.desc()).limit(limit)))

@@ -1,0 +1,152 @@
+"""The schema as SQLAlchemy Core tables. Alembic migrations are the source of truth; these mirror them.
+
+Ids are 64-bit time-ordered integers made by the application (see ``feed.ids``), so cursor pagination by id is
+pagination by time and the post id is known before its text is sealed (it is part of the associated data).
+Sealed columns hold ciphertext only; everything else is declared metadata (see the threat model in README.md).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite keeps them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("username", sa.String(30), nullable=False),
+    sa.Column("username_lower", sa.String(30), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(60), nullable=False, server_default=""),
+    sa.Column("bio", sa.String(500), nullable=False, server_default=""),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    # Keyed HMAC of the normalised email, for uniqueness and lookup; the address itself is sealed.
+    sa.Column("email_index", sa.LargeBinary(32), nullable=True, unique=True),
+    sa.Column("email_sealed", sa.LargeBinary, nullable=True),
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A user's keys, each wrapped by a root key version. Deleting these rows crypto-shreds the user.
+user_keys = sa.Table(
+    "user_keys",
+    metadata,
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("root_version", sa.Integer, nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+posts = sa.Table(
+    "posts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("author_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("visibility", sa.String(10), nullable=False),
+    sa.Column("in_reply_to_id", BigId, nullable=True),
+    sa.Column("in_reply_to_author_id", BigId, nullable=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("cw", sa.LargeBinary, nullable=True),
+    sa.Column("likes_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("replies_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("edited_at", UTCDateTime, nullable=True),
+    sa.Index("ix_posts_author_id_id", "author_id", "id"),
+    sa.Index("ix_posts_visibility_id", "visibility", "id"),
+    sa.Index("ix_posts_in_reply_to_id", "in_reply_to_id"),
+)
+
+mentions = sa.Table(
+    "mentions",
+    metadata,
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_mentions_user_id_post_id", "user_id", "post_id"),
+)
+
+follows = sa.Table(
+    "follows",
+    metadata,
+    sa.Column("follower_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("followee_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_follows_followee_id_follower_id", "followee_id", "follower_id"),
+)
+
+likes = sa.Table(
+    "likes",
+    metadata,
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_likes_user_id_post_id", "user_id", "post_id"),
+)
+
+# Browser sessions and API tokens are stored as SHA-256 of the random secret the client holds.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+)
+
+# Fixed-window counters for login throttling, shared by every process through the database.
+throttle = sa.Table(
+    "throttle",
+    metadata,
+    sa.Column("bucket", sa.String(100), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("window_ends", UTCDateTime, nullable=False, index=True),
+)

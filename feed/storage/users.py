@@ -1,0 +1,227 @@
+"""Users, their wrapped keys, sessions, API tokens and login throttles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from feed.storage.dialect import insert
+from feed.storage.tables import api_tokens, follows, posts, sessions, throttle, user_keys, users
+
+USER_COLUMNS = (
+    users.c.id,
+    users.c.username,
+    users.c.display_name,
+    users.c.bio,
+    users.c.key_version,
+    users.c.created_at,
+)
+
+
+async def insert_user(session: AsyncSession, **values: Any) -> None:
+    await session.execute(users.insert().values(**values))
+
+
+async def username_taken(session: AsyncSession, username_lower: str) -> bool:
+    found = await session.scalar(sa.select(users.c.id).where(users.c.username_lower == username_lower))
+    return found is not None
+
+
+async def email_taken(session: AsyncSession, email_index: bytes, *, except_user: int | None = None) -> bool:
+    query = sa.select(users.c.id).where(users.c.email_index == email_index)
+    if except_user is not None:
+        query = query.where(users.c.id != except_user)
+    return (await session.scalar(query)) is not None
+
+
+async def get_user(session: AsyncSession, user_id: int) -> sa.Row[Any] | None:
+    return (await session.execute(sa.select(*USER_COLUMNS).where(users.c.id == user_id))).first()
+
+
+async def get_user_by_username(session: AsyncSession, username_lower: str) -> sa.Row[Any] | None:
+    query = sa.select(*USER_COLUMNS).where(users.c.username_lower == username_lower)
+    return (await session.execute(query)).first()
+
+
+async def get_users(session: AsyncSession, ids: Iterable[int]) -> dict[int, sa.Row[Any]]:
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    rows = await session.execute(sa.select(*USER_COLUMNS).where(users.c.id.in_(wanted)))
+    return {row.id: row for row in rows}
+
+
+async def get_ids_by_usernames(session: AsyncSession, usernames_lower: Sequence[str]) -> dict[str, int]:
+    if not usernames_lower:
+        return {}
+    rows = await session.execute(
+        sa.select(users.c.username_lower, users.c.id).where(users.c.username_lower.in_(usernames_lower))
+    )
+    return {row.username_lower: row.id for row in rows}
+
+
+async def get_credentials(session: AsyncSession, username_lower: str) -> sa.Row[Any] | None:
+    query = sa.select(users.c.id, users.c.password_hash).where(users.c.username_lower == username_lower)
+    return (await session.execute(query)).first()
+
+
+async def get_password_hash(session: AsyncSession, user_id: int) -> str | None:
+    return await session.scalar(sa.select(users.c.password_hash).where(users.c.id == user_id))
+
+
+async def get_email_sealed(session: AsyncSession, user_id: int) -> sa.Row[Any] | None:
+    query = sa.select(users.c.email_sealed, users.c.key_version).where(users.c.id == user_id)
+    return (await session.execute(query)).first()
+
+
+async def update_user(session: AsyncSession, user_id: int, **values: Any) -> None:
+    await session.execute(users.update().where(users.c.id == user_id).values(**values))
+
+
+async def counts(session: AsyncSession, user_id: int) -> tuple[int, int, int]:
+    """(followers, following, posts) of one user."""
+    return (await counts_many(session, [user_id]))[user_id]
+
+
+async def last_post_at(session: AsyncSession, user_id: int) -> datetime | None:
+    return await session.scalar(sa.select(sa.func.max(posts.c.created_at)).where(posts.c.author_id == user_id))
+
+
+# -- keys
+
+
+async def insert_user_key(
+    session: AsyncSession, *, user_id: int, version: int, root_version: int, wrapped: bytes, now: datetime
+) -> None:
+    await session.execute(
+        user_keys.insert().values(
+            user_id=user_id, version=version, root_version=root_version, wrapped=wrapped, created_at=now
+        )
+    )
+
+
+async def get_wrapped_keys(session: AsyncSession, pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    wanted = set(pairs)
+    if not wanted:
+        return {}
+    user_ids = {uid for uid, _ in wanted}
+    rows = await session.execute(
+        sa.select(user_keys.c.user_id, user_keys.c.version, user_keys.c.wrapped).where(
+            user_keys.c.user_id.in_(user_ids)
+        )
+    )
+    return {(r.user_id, r.version): r.wrapped for r in rows if (r.user_id, r.version) in wanted}
+
+
+async def root_version_counts(session: AsyncSession) -> dict[int, int]:
+    rows = await session.execute(
+        sa.select(user_keys.c.root_version, sa.func.count()).group_by(user_keys.c.root_version)
+    )
+    return {int(v): int(n) for v, n in rows}
+
+
+async def user_key_version_counts(session: AsyncSession) -> tuple[int, int]:
+    """(user keys, users)."""
+    keys = await session.scalar(sa.select(sa.func.count()).select_from(user_keys))
+    people = await session.scalar(sa.select(sa.func.count()).select_from(users))
+    return int(keys or 0), int(people or 0)
+
+
+# -- sessions and tokens
+
+
+async def insert_session(
+    session: AsyncSession, *, id_hash: bytes, user_id: int, now: datetime, expires_at: datetime
+) -> None:
+    await session.execute(
+        sessions.insert().values(id_hash=id_hash, user_id=user_id, created_at=now, expires_at=expires_at)
+    )
+
+
+async def session_user(session: AsyncSession, id_hash: bytes, now: datetime) -> sa.Row[Any] | None:
+    query = (
+        sa.select(*USER_COLUMNS)
+        .join(sessions, sessions.c.user_id == users.c.id)
+        .where(sessions.c.id_hash == id_hash, sessions.c.expires_at > now)
+    )
+    return (await session.execute(query)).first()
+
+
+async def delete_session(session: AsyncSession, id_hash: bytes) -> None:
+    await session.execute(sessions.delete().where(sessions.c.id_hash == id_hash))
+
+
+async def delete_other_sessions(session: AsyncSession, user_id: int, keep: bytes | None) -> None:
+    query = sessions.delete().where(sessions.c.user_id == user_id)
+    if keep is not None:
+        query = query.where(sessions.c.id_hash != keep)
+    await session.execute(query)
+
+
+async def insert_token(
+    session: AsyncSession, *, token_hash: bytes, user_id: int, name: str, now: datetime
+) -> None:
+    await session.execute(
+        api_tokens.insert().values(token_hash=token_hash, user_id=user_id, name=name, created_at=now)
+    )
+
+
+async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) -> sa.Row[Any] | None:
+    query = (
+        sa.select(*USER_COLUMNS)
+        .join(api_tokens, api_tokens.c.user_id == users.c.id)
+        .where(
+            api_tokens.c.token_hash == token_hash,
+            sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+        )
+    )
+    return (await session.execute(query)).first()
+
+
+# -- throttling
+
+
+async def throttle_count(session: AsyncSession, buckets: Sequence[str], now: datetime) -> int:
+    """The highest live count among ``buckets``."""
+    query = sa.select(sa.func.max(throttle.c.count)).where(
+        throttle.c.bucket.in_(buckets), throttle.c.window_ends > now
+    )
+    return int(await session.scalar(query) or 0)
+
+
+async def throttle_hit(session: AsyncSession, bucket: str, now: datetime, window: timedelta) -> None:
+    """Count one failure in ``bucket``'s fixed window, starting a new window if the old one ended."""
+    stmt = insert(session, throttle).values(bucket=bucket, count=1, window_ends=now + window)
+    expired = throttle.c.window_ends <= now
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[throttle.c.bucket],
+        set_={
+            "count": sa.case((expired, 1), else_=throttle.c.count + 1),
+            "window_ends": sa.case((expired, stmt.excluded.window_ends), else_=throttle.c.window_ends),
+        },
+    )
+    await session.execute(stmt)
+
+
+async def throttle_clear(session: AsyncSession, bucket: str) -> None:
+    await session.execute(throttle.delete().where(throttle.c.bucket == bucket))
+
+
+async def counts_many(session: AsyncSession, user_ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+    """(followers, following, posts) for several users in three grouped queries."""
+    ids = set(user_ids)
+    if not ids:
+        return {}
+
+    async def grouped(column: sa.ColumnElement[int]) -> dict[int, int]:
+        rows = await session.execute(sa.select(column, sa.func.count()).where(column.in_(ids)).group_by(column))
+        return {int(row[0]): int(row[1]) for row in rows}
+
+    followers = await grouped(follows.c.followee_id)
+    following = await grouped(follows.c.follower_id)
+    post_counts = await grouped(posts.c.author_id)
+    return {i: (followers.get(i, 0), following.get(i, 0), post_counts.get(i, 0)) for i in ids}

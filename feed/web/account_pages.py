@@ -1,0 +1,132 @@
+"""Sign-up, login, logout and the settings page."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from feed.errors import Conflict, Invalid, RateLimited, Unauthorized
+from feed.services import accounts
+from feed.web.auth import end_session, require_user, services, session_token, start_session, viewer
+from feed.web.forms import read_form
+from feed.web.pages import safe_next, see_other
+from feed.web.templating import render
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def login_form(request: Request) -> Response:
+    if await viewer(request):
+        return see_other(safe_next(request.query_params.get("next"), "/"))
+    expired = request.query_params.get("expired") == "1"
+    return render(
+        request,
+        "login.html",
+        {
+            "values": {"next": request.query_params.get("next", "")},
+            "error": "Your session has expired; log in again." if expired else None,
+        },
+    )
+
+
+async def login(request: Request) -> Response:
+    form = await read_form(request)
+    svc = services(request)
+    values = {"username": form.get("username", ""), "next": form.get("next", "")}
+    try:
+        session = await accounts.login(svc, form.get("username", ""), form.get("password", ""), _client_ip(request))
+    except (Unauthorized, RateLimited) as exc:
+        status = 429 if isinstance(exc, RateLimited) else 401
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return render(request, "login.html", {"values": values, "error": exc.message}, status=status, headers=headers)
+    response = see_other(safe_next(form.get("next"), "/"))
+    start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
+    return response
+
+
+async def register_form(request: Request) -> Response:
+    if await viewer(request):
+        return see_other("/")
+    return render(request, "register.html", {"values": {}, "errors": {}})
+
+
+async def register(request: Request) -> Response:
+    form = await read_form(request)
+    svc = services(request)
+    values = {"username": form.get("username", ""), "email": form.get("email", "")}
+    try:
+        if form.get("password", "") != form.get("password_confirm", ""):
+            raise Invalid("The two passwords differ", "password_confirm")
+        await accounts.register(svc, form.get("username", ""), form.get("password", ""), form.get("email", ""))
+        session = await accounts.login(svc, form.get("username", ""), form.get("password", ""), _client_ip(request))
+    except (Invalid, Conflict) as exc:
+        field = exc.field if isinstance(exc, Invalid) and exc.field else "username"
+        if isinstance(exc, Conflict) and "email" in exc.message:
+            field = "email"
+        return render(request, "register.html", {"values": values, "errors": {field: exc.message}}, status=422)
+    response = see_other("/?notice=welcome")
+    start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
+    return response
+
+
+async def logout(request: Request) -> Response:
+    await read_form(request)
+    token = session_token(request)
+    if token:
+        await accounts.logout(services(request), token)
+    response = see_other("/login?notice=loggedout")
+    end_session(request, response)
+    return response
+
+
+async def settings_page(request: Request) -> Response:
+    user = await require_user(request)
+    email = await accounts.email_of(services(request), user)
+    values = {"display_name": user.display_name, "bio": user.bio, "email": email}
+    return render(request, "settings.html", {"values": values, "errors": {}})
+
+
+async def save_profile(request: Request) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    values = {k: form.get(k, "") for k in ("display_name", "bio", "email")}
+    try:
+        await accounts.update_profile(services(request), user, **values)
+    except (Invalid, Conflict) as exc:
+        field = exc.field if isinstance(exc, Invalid) and exc.field else "email"
+        return render(request, "settings.html", {"values": values, "errors": {field: exc.message}}, status=422)
+    return see_other("/settings?notice=saved")
+
+
+async def change_password(request: Request) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    svc = services(request)
+    try:
+        if form.get("new_password", "") != form.get("new_password_confirm", ""):
+            raise Invalid("The two new passwords differ", "new_password_confirm")
+        await accounts.change_password(
+            svc, user, form.get("current_password", ""), form.get("new_password", ""), session_token(request)
+        )
+    except Invalid as exc:
+        email = await accounts.email_of(svc, user)
+        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
+        errors = {exc.field or "new_password": exc.message}
+        return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
+    return see_other("/settings?notice=password")
+
+
+def login_redirect(request: Request, expired: bool) -> Response:
+    """Where an anonymous browser goes when a page needs a login: back here after it."""
+    target = request.url.path if request.method == "GET" else request.headers.get("referer", "/")
+    if not target.startswith("/"):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(target)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+    query = f"next={quote(safe_next(target, '/'))}" + ("&expired=1" if expired else "")
+    return see_other(f"/login?{query}")

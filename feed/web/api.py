@@ -1,0 +1,267 @@
+"""The JSON API under ``/api/v1`` and ``/api/v2``, in the shapes of the Mastodon client API.
+
+Authentication is by bearer token only (never cookies), so these endpoints need no CSRF token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from feed.errors import Invalid, NotFound
+from feed.services import accounts, follows, posts
+from feed.services.models import PostView, TimelinePage, User
+from feed.storage.posts import Page
+from feed.web import mastodon
+from feed.web.auth import api_user, services
+from feed.web.forms import BadRequest, parse_id, read_body
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 40
+
+
+def path_id(request: Request, name: str) -> int:
+    """An id from the path; anything that is not one is simply a record that does not exist."""
+    try:
+        return parse_id(request.path_params[name])
+    except Invalid:
+        raise NotFound() from None
+
+
+def _query_id(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        return parse_id(raw, name)
+    except Invalid as exc:
+        raise BadRequest(exc.message) from None
+
+
+def _page(request: Request) -> Page:
+    raw = request.query_params.get("limit")
+    limit = DEFAULT_LIMIT
+    if raw:
+        if not raw.isdigit():
+            raise BadRequest("limit must be a number")
+        limit = max(1, min(MAX_LIMIT, int(raw)))
+    return Page(
+        limit=limit,
+        max_id=_query_id(request, "max_id"),
+        since_id=_query_id(request, "since_id"),
+        min_id=_query_id(request, "min_id"),
+    )
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "on"))
+
+
+async def _statuses(request: Request, found: list[PostView]) -> list[dict[str, Any]]:
+    profiles = await accounts.profiles(services(request), list({p.author.id: p.author for p in found}.values()))
+    return [mastodon.status(request, p, profiles) for p in found]
+
+
+async def _status_response(request: Request, post: PostView, *, with_source: bool = False) -> JSONResponse:
+    profiles = await accounts.profiles(services(request), [post.author])
+    return JSONResponse(mastodon.status(request, post, profiles, with_source=with_source))
+
+
+async def _timeline_response(request: Request, page: Page, result: TimelinePage) -> JSONResponse:
+    headers = {}
+    links = []
+    base = str(request.url.replace(query=""))
+    keep = {k: v for k, v in request.query_params.items() if k not in ("max_id", "since_id", "min_id", "limit")}
+    if result.next_max_id:
+        links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "max_id": result.next_max_id})}>; rel="next"')
+    if result.posts:
+        links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "min_id": result.posts[0].id})}>; rel="prev"')
+    if links:
+        headers["Link"] = ", ".join(links)
+    return JSONResponse(await _statuses(request, result.posts), headers=headers)
+
+
+async def verify_credentials(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    profile = await accounts.profile(services(request), user, None)
+    return JSONResponse(mastodon.account(request, profile, with_source=True))
+
+
+async def lookup_account(request: Request) -> Response:
+    acct = request.query_params.get("acct", "").strip()
+    if not acct:
+        raise BadRequest("acct is required")
+    name, _, domain = acct.lstrip("@").partition("@")
+    if domain and domain != request.url.hostname:
+        raise NotFound()
+    await api_user(request, required=False)
+    user = await accounts.find_user(services(request), name)
+    return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
+
+
+async def get_account(request: Request) -> Response:
+    await api_user(request, required=False)
+    user = await accounts.get_user(services(request), path_id(request, "account_id"))
+    return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
+
+
+async def account_statuses(request: Request) -> Response:
+    viewer = await api_user(request, required=False)
+    svc = services(request)
+    author = await accounts.get_user(svc, path_id(request, "account_id"))
+    page = _page(request)
+    if _truthy(request.query_params.get("only_media")) or _truthy(request.query_params.get("pinned")):
+        return JSONResponse([])  # we have neither media nor pins
+    return await _timeline_response(request, page, await posts.by_author(svc, author, viewer, page))
+
+
+async def relationships(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    ids = request.query_params.getlist("id[]") or request.query_params.getlist("id")
+    out = []
+    for raw in ids[:40]:
+        try:
+            target = parse_id(raw)
+        except Invalid:
+            continue
+        out.append(mastodon.relationship(await follows.relationship(services(request), user, target)))
+    return JSONResponse(out)
+
+
+async def follow(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    rel = await follows.follow(services(request), user, path_id(request, "account_id"))
+    return JSONResponse(mastodon.relationship(rel))
+
+
+async def unfollow(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    rel = await follows.unfollow(services(request), user, path_id(request, "account_id"))
+    return JSONResponse(mastodon.relationship(rel))
+
+
+def _optional_text(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string", name)
+    return value
+
+
+async def create_status(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    data = await read_body(request)
+    if data.get("media_ids") or data.get("media_ids[]") or data.get("poll"):
+        raise Invalid("Media and polls are not supported")
+    reply_raw = data.get("in_reply_to_id")
+    reply_to = parse_id(str(reply_raw), "in_reply_to_id") if reply_raw not in (None, "") else None
+    post = await posts.create(
+        services(request),
+        user,
+        _optional_text(data, "status") or "",
+        visibility=_optional_text(data, "visibility") or "public",
+        cw=_optional_text(data, "spoiler_text"),
+        in_reply_to_id=reply_to,
+    )
+    return await _status_response(request, post)
+
+
+async def edit_status(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    data = await read_body(request)
+    post = await posts.edit(
+        services(request),
+        user,
+        path_id(request, "status_id"),
+        _optional_text(data, "status") or "",
+        _optional_text(data, "spoiler_text"),
+    )
+    return await _status_response(request, post)
+
+
+async def get_status(request: Request) -> Response:
+    viewer = await api_user(request, required=False)
+    return await _status_response(request, await posts.get(services(request), path_id(request, "status_id"), viewer))
+
+
+async def delete_status(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    post = await posts.delete(services(request), user, path_id(request, "status_id"))
+    return await _status_response(request, post, with_source=True)
+
+
+async def status_context(request: Request) -> Response:
+    viewer = await api_user(request, required=False)
+    ancestors, _, descendants = await posts.thread(services(request), path_id(request, "status_id"), viewer)
+    return JSONResponse(
+        {"ancestors": await _statuses(request, ancestors), "descendants": await _statuses(request, descendants)}
+    )
+
+
+async def favourite(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    return await _status_response(request, await posts.like(services(request), user, path_id(request, "status_id")))
+
+
+async def unfavourite(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    return await _status_response(request, await posts.unlike(services(request), user, path_id(request, "status_id")))
+
+
+async def home_timeline(request: Request) -> Response:
+    user = await api_user(request)
+    assert user is not None
+    page = _page(request)
+    return await _timeline_response(request, page, await posts.home(services(request), user, page))
+
+
+async def public_timeline(request: Request) -> Response:
+    viewer: User | None = await api_user(request, required=False)
+    page = _page(request)
+    if _truthy(request.query_params.get("remote")) or _truthy(request.query_params.get("only_media")):
+        return JSONResponse([])  # no federation and no media (yet)
+    return await _timeline_response(request, page, await posts.public(services(request), viewer, page))
+
+
+async def instance_v2(request: Request) -> Response:
+    host = request.url.netloc
+    return JSONResponse(
+        {
+            "domain": host,
+            "title": "cipherfeed",
+            "version": "4.3.0 (compatible; cipherfeed 0.1.0)",
+            "source_url": "",
+            "description": "A social timeline that stores only encrypted posts.",
+            "usage": {"users": {"active_month": 0}},
+            "thumbnail": {"url": f"{str(request.base_url).rstrip('/')}/static/favicon.svg"},
+            "languages": ["en"],
+            "configuration": {
+                "urls": {},
+                "accounts": {"max_featured_tags": 0, "max_pinned_statuses": 0},
+                "statuses": {"max_characters": 500, "max_media_attachments": 0, "characters_reserved_per_url": 23},
+                "media_attachments": {"supported_mime_types": []},
+                "polls": {"max_options": 0, "max_characters_per_option": 0, "min_expiration": 0, "max_expiration": 0},
+                "translation": {"enabled": False},
+            },
+            "registrations": {"enabled": True, "approval_required": False, "message": None},
+            "contact": {"email": "", "account": None},
+            "rules": [],
+        }
+    )
+
+
+async def not_found(request: Request) -> Response:
+    raise NotFound()

@@ -1,0 +1,132 @@
+"""Who is asking: the session cookie for pages, a bearer token for the API; and the CSRF token tied to them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from feed.errors import Forbidden, Unauthorized
+from feed.services import accounts
+from feed.services.context import Services
+from feed.services.models import User
+
+_SESSION = "cf_session"
+_ANON = "cf_anon"
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _cookie_name(request: Request, base: str) -> str:
+    # Over HTTPS the __Host- prefix pins the cookie to this exact origin, Secure, path /.
+    return f"__Host-{base}" if _https(request) else base
+
+
+def session_token(request: Request) -> str | None:
+    return request.cookies.get(_cookie_name(request, _SESSION))
+
+
+async def viewer(request: Request) -> User | None:
+    """The logged-in user of this request, looked up once."""
+    if "viewer" not in request.state._state:
+        token = session_token(request)
+        request.state.viewer = await accounts.session_user(services(request), token) if token else None
+    user: User | None = request.state.viewer
+    return user
+
+
+async def require_user(request: Request) -> User:
+    user = await viewer(request)
+    if user is None:
+        raise Unauthorized(
+            "Your session has expired; log in again" if session_token(request) else "Log in to do that"
+        )
+    return user
+
+
+def _set_cookie(request: Request, response: Response, base: str, value: str, max_age: int | None) -> None:
+    response.set_cookie(
+        _cookie_name(request, base),
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_https(request),
+    )
+
+
+def start_session(request: Request, response: Response, token: str, max_age: int) -> None:
+    _set_cookie(request, response, _SESSION, token, max_age)
+    response.delete_cookie(_cookie_name(request, _ANON), path="/", secure=_https(request), httponly=True)
+
+
+def end_session(request: Request, response: Response) -> None:
+    response.delete_cookie(_cookie_name(request, _SESSION), path="/", secure=_https(request), httponly=True)
+
+
+# -- CSRF: the token is an HMAC of the cookie that identifies the browser (session, or an anonymous id).
+
+
+def _csrf_base(request: Request) -> str | None:
+    return session_token(request) or request.cookies.get(_cookie_name(request, _ANON))
+
+
+def _mac(request: Request, base: str) -> str:
+    key: bytes = request.app.state.csrf_key
+    digest = hmac.new(key, base.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def csrf_token(request: Request) -> str:
+    base = _csrf_base(request)
+    if base is None:
+        base = request.state._state.get("new_anon")
+        if base is None:
+            base = request.state.new_anon = secrets.token_urlsafe(24)
+    return _mac(request, base)
+
+
+def remember_anon(request: Request, response: Response) -> None:
+    """Set the anonymous cookie if ``csrf_token`` had to invent one for this response."""
+    new: Any = request.state._state.get("new_anon")
+    if new:
+        _set_cookie(request, response, _ANON, new, None)
+
+
+def check_csrf(request: Request, submitted: str | None) -> None:
+    base = _csrf_base(request)
+    if base is None:
+        raise Forbidden("Your session expired or cookies are off; reload the page and try again")
+    if not submitted or not hmac.compare_digest(submitted, _mac(request, base)):
+        raise Forbidden("The form was stale or forged (CSRF check failed); reload the page and try again")
+
+
+# -- API bearer tokens
+
+
+async def api_user(request: Request, *, required: bool = True) -> User | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        if required:
+            raise Unauthorized("The access token is invalid")
+        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The access token is invalid")
+    user = await accounts.token_user(services(request), token.strip())
+    if user is None:
+        raise Unauthorized("The access token is invalid")
+    return user

@@ -1,0 +1,208 @@
+"""HTML pages and htmx fragments: timelines, threads, the composer, likes and follows.
+
+Every action is a plain form that works without JavaScript (POST, then a 303 redirect); with htmx the same
+endpoint answers with the fragment to swap in.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from feed.errors import Invalid
+from feed.services import accounts, follows, posts
+from feed.services.models import PostView, TimelinePage, User
+from feed.storage.posts import Page
+from feed.web.auth import require_user, services, viewer
+from feed.web.forms import parse_id, read_form
+from feed.web.templating import is_htmx, render
+
+PAGE_SIZE = 20
+
+
+def safe_next(raw: str | None, default: str) -> str:
+    """A same-site path to go back to; anything else (other hosts, ``//x``, ``/\\x``) gives ``default``."""
+    if raw and raw.startswith("/") and not raw.startswith(("//", "/\\")) and len(raw) < 500:
+        return raw
+    return default
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _page(request: Request) -> Page:
+    raw = request.query_params.get("max_id")
+    return Page(limit=PAGE_SIZE, max_id=parse_id(raw, "max_id") if raw else None)
+
+
+def _timeline(request: Request, template: str, page: TimelinePage, **context: object) -> Response:
+    more_url = f"{request.url.path}?{urlencode({'max_id': page.next_max_id})}" if page.next_max_id else None
+    ctx = {"page": page, "more_url": more_url, **context}
+    if is_htmx(request) and request.query_params.get("max_id"):
+        return render(request, "_partials/timeline_page.html", ctx)
+    return render(request, template, ctx)
+
+
+async def home(request: Request) -> Response:
+    user = await viewer(request)
+    if user is None:
+        return render(request, "welcome.html")
+    page = await posts.home(services(request), user, _page(request))
+    return _timeline(request, "home.html", page, composer={})
+
+
+async def public(request: Request) -> Response:
+    user = await viewer(request)
+    page = await posts.public(services(request), user, _page(request))
+    return _timeline(request, "public.html", page)
+
+
+async def profile(request: Request) -> Response:
+    svc = services(request)
+    user = await viewer(request)
+    author = await accounts.find_user(svc, request.path_params["username"])
+    page = await posts.by_author(svc, author, user, _page(request))
+    info = await accounts.profile(svc, author, user)
+    return _timeline(request, "profile.html", page, profile=info)
+
+
+async def thread(request: Request) -> Response:
+    user = await viewer(request)
+    ancestors, focus, replies = await posts.thread(
+        services(request), parse_id(request.path_params["post_id"], "post id"), user
+    )
+    composer = {"status": _reply_prefill(focus, user)} if user else None
+    return render(
+        request,
+        "thread.html",
+        {"ancestors": ancestors, "focus": focus, "replies": replies, "composer": composer},
+    )
+
+
+def _reply_prefill(post: PostView, user: User | None) -> str:
+    names = [post.author.username, *(m.username for m in post.mentions)]
+    mine = user.username.lower() if user else ""
+    unique = dict.fromkeys(n for n in names if n.lower() != mine)
+    return "".join(f"@{n} " for n in unique)
+
+
+async def create_post(request: Request) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    svc = services(request)
+    reply_to = parse_id(form["in_reply_to_id"], "in_reply_to_id") if form.get("in_reply_to_id") else None
+    try:
+        post = await posts.create(
+            svc,
+            user,
+            form.get("status", ""),
+            visibility=form.get("visibility", "public"),
+            cw=form.get("spoiler_text"),
+            in_reply_to_id=reply_to,
+        )
+    except Invalid as exc:
+        composer = {
+            "status": form.get("status", ""),
+            "spoiler_text": form.get("spoiler_text", ""),
+            "visibility": form.get("visibility", "public"),
+            "in_reply_to_id": reply_to,
+            "error": exc.message,
+        }
+        if is_htmx(request):
+            return render(
+                request,
+                "_partials/composer.html",
+                {"composer": composer},
+                status=422,
+                headers={"HX-Retarget": "#composer", "HX-Reswap": "outerHTML"},
+            )
+        parent = await posts.get(svc, reply_to, user) if reply_to else None
+        return render(request, "compose.html", {"composer": composer, "parent": parent}, status=422)
+    if is_htmx(request) and reply_to is None:
+        return render(request, "_partials/posted.html", {"post": post, "composer": {}})
+    return see_other(f"/posts/{reply_to}#post-{post.id}" if reply_to else f"/posts/{post.id}")
+
+
+async def edit_form(request: Request) -> Response:
+    user = await require_user(request)
+    post = await posts.source_of(services(request), parse_id(request.path_params["post_id"], "post id"), user)
+    return render(request, "edit.html", {"post": post, "values": {"status": post.text, "spoiler_text": post.cw or ""}})
+
+
+async def edit_post(request: Request) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    svc = services(request)
+    post_id = parse_id(request.path_params["post_id"], "post id")
+    try:
+        await posts.edit(svc, user, post_id, form.get("status", ""), form.get("spoiler_text"))
+    except Invalid as exc:
+        post = await posts.source_of(svc, post_id, user)
+        values = {"status": form.get("status", ""), "spoiler_text": form.get("spoiler_text", "")}
+        return render(request, "edit.html", {"post": post, "values": values, "error": exc.message}, status=422)
+    return see_other(f"/posts/{post_id}?notice=edited")
+
+
+async def delete_post(request: Request) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    post_id = parse_id(request.path_params["post_id"], "post id")
+    await posts.delete(services(request), user, post_id)
+    if is_htmx(request):
+        return render(request, "_partials/deleted.html", {"post_id": post_id})
+    target = safe_next(form.get("next"), "/")
+    if target.startswith(f"/posts/{post_id}"):  # the page of the deleted post is gone
+        target = "/"
+    return see_other(target + ("&" if "?" in target else "?") + "notice=deleted")
+
+
+async def like(request: Request) -> Response:
+    return await _like(request, like=True)
+
+
+async def unlike(request: Request) -> Response:
+    return await _like(request, like=False)
+
+
+async def _like(request: Request, *, like: bool) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    post_id = parse_id(request.path_params["post_id"], "post id")
+    action = posts.like if like else posts.unlike
+    post = await action(services(request), user, post_id)
+    if is_htmx(request):
+        return render(request, "_partials/like_button.html", {"post": post})
+    return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
+
+
+async def follow(request: Request) -> Response:
+    return await _follow(request, follow=True)
+
+
+async def unfollow(request: Request) -> Response:
+    return await _follow(request, follow=False)
+
+
+async def _follow(request: Request, *, follow: bool) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    svc = services(request)
+    target = await accounts.find_user(svc, request.path_params["username"])
+    await (follows.follow if follow else follows.unfollow)(svc, user, target.id)
+    if is_htmx(request):
+        info = await accounts.profile(svc, target, user)
+        return render(request, "_partials/follow_button.html", {"profile": info, "oob_counts": True})
+    return see_other(safe_next(form.get("next"), f"/@{target.username}"))
+
+
+async def follow_list(request: Request) -> Response:
+    svc = services(request)
+    user = await viewer(request)
+    target = await accounts.find_user(svc, request.path_params["username"])
+    followers = request.url.path.endswith("/followers")
+    people = await accounts.follow_list(svc, target, followers=followers)
+    info = await accounts.profile(svc, target, user)
+    return render(request, "follows.html", {"profile": info, "people": people, "followers": followers})

@@ -1,0 +1,210 @@
+"""Fixtures: one real database per run (SQLite by default, PostgreSQL with CIPHERFEED_TEST_DB=postgresql),
+migrated once with Alembic and emptied before each test; the app's real lifespan; HTTP clients per user.
+
+Tests are async (anyio) and talk to the app through httpx's ASGI transport, so every request runs the same
+middleware, routes and error map as under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from crypto import RootKeyRing
+from feed import db
+from feed.app import create_app
+from feed.settings import Settings, load_settings
+from feed.storage.tables import metadata
+
+PG_ADMIN_URL = os.environ.get("CIPHERFEED_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKEND = os.environ.get("CIPHERFEED_TEST_DB", "sqlite")
+PASSWORD = "correct horse battery staple"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def pytest_report_header() -> str:
+    return f"cipherfeed test database: {BACKEND}"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _pg_url(dbname: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + dbname
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(["psql", PG_ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        return
+    if BACKEND != "postgresql":
+        raise pytest.UsageError("CIPHERFEED_TEST_DB must be sqlite or postgresql")
+    name = f"cipherfeed_test_{os.getpid()}_{secrets.token_hex(3)}"
+    _psql(f"CREATE DATABASE {name}")
+    try:
+        yield _pg_url(name)
+    finally:
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def root_key_json() -> str:
+    return RootKeyRing.generate().to_json()
+
+
+@pytest.fixture(scope="session")
+def env(database_url: str, root_key_json: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment a cipherfeed process of this run gets (also used for CLI and uvicorn subprocesses)."""
+    return {
+        "CIPHERFEED_DATABASE_URL": database_url,
+        "CIPHERFEED_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "CIPHERFEED_ROOT_KEY": root_key_json,
+        "CIPHERFEED_SECRET_KEY": "test-secret-" + "x" * 40,
+        "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP": "1000",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture(scope="session")
+async def migrated(settings: Settings) -> AsyncIterator[None]:
+    engine = db.make_engine(settings.database_url)
+    try:
+        await db.upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings, migrated: None) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def empty_tables(engine: Any) -> None:
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in metadata.sorted_tables)
+            await conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+        else:
+            for table in reversed(metadata.sorted_tables):
+                await conn.execute(table.delete())
+
+
+@pytest.fixture
+async def clean(app: Any) -> AsyncIterator[None]:
+    await empty_tables(app.state.engine)
+    yield
+
+
+@dataclass
+class Browser:
+    """A cookie-keeping client that fills in CSRF tokens like a browser submitting our forms."""
+
+    http: httpx.AsyncClient
+    csrf: str = ""
+    username: str = ""
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        response = await self.http.get(url, **kw)
+        found = CSRF_RE.search(response.text)
+        if found:
+            self.csrf = found.group(1)
+        return response
+
+    async def post(self, url: str, data: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        if not self.csrf:
+            await self.get("/login")
+        form = {"csrf_token": self.csrf, **(data or {})}
+        headers = {"Origin": "http://testserver", **kw.pop("headers", {})}
+        return await self.http.post(url, data=form, headers=headers, **kw)
+
+    async def htmx_post(self, url: str, data: dict[str, str] | None = None) -> httpx.Response:
+        return await self.post(url, data, headers={"HX-Request": "true"})
+
+    async def compose(self, text: str, **fields: str) -> int:
+        """Post ``text`` through the composer; returns the new post's id."""
+        response = await self.post("/posts", {"status": text, **fields})
+        assert response.status_code == 303, response.text
+        location = response.headers["location"]
+        return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])
+
+
+@pytest.fixture
+async def make_browser(app: Any, clean: None) -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(username: str | None = None, *, email: str = "") -> Browser:
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=False
+        )
+        clients.append(http)
+        browser = Browser(http)
+        if username:
+            await browser.get("/register")
+            response = await browser.post(
+                "/register",
+                {"username": username, "password": PASSWORD, "password_confirm": PASSWORD, "email": email},
+            )
+            assert response.status_code == 303, response.text
+            browser.username = username
+            await browser.get("/")
+        return browser
+
+    yield make
+    for http in clients:
+        await http.aclose()
+
+
+@pytest.fixture
+async def api(app: Any, clean: None) -> AsyncIterator[Any]:
+    """``await api("name")``: an API client with a bearer token for a new user ``name``."""
+    from feed.services import accounts
+
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(username: str | None = None) -> httpx.AsyncClient:
+        headers = {}
+        if username:
+            svc = app.state.services
+            await accounts.register(svc, username, PASSWORD)
+            headers["Authorization"] = f"Bearer {await accounts.create_token(svc, username)}"
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver", headers=headers
+        )
+        clients.append(http)
+        return http
+
+    yield make
+    for http in clients:
+        await http.aclose()
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+REPO = Path(__file__).resolve().parent.parent
