@@ -1,0 +1,116 @@
+"""No plaintext at rest: a canary written through every path appears in no row, database file, dump or log line,
+while the authorised reader still sees it."""
+
+from __future__ import annotations
+
+import html
+import logging
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from feed.storage.tables import metadata
+
+pytestmark = pytest.mark.anyio
+
+
+def canaries() -> list[str]:
+    tag = secrets.token_hex(6)
+    return [
+        f"CANARYplain{tag}",
+        f"<b>CANARY&html\"'{tag}</b>",
+        f"Kanárek-ünïcødé-{tag}-🐦",
+    ]
+
+
+def needles(texts: list[str]) -> list[bytes]:
+    """Every byte form a leak could take: UTF-8, HTML-escaped, and the distinctive core of each canary."""
+    out: set[bytes] = set()
+    for text in texts:
+        for form in (text, text.lower(), html.escape(text), html.escape(text, quote=False)):
+            out.add(form.encode())
+        out.add(text.encode("utf-16-le"))
+    return sorted(out)
+
+
+def find_leaks(blob: bytes, texts: list[str]) -> list[str]:
+    return [n.decode(errors="replace") for n in needles(texts) if n in blob]
+
+
+async def dump_rows(engine: Any) -> bytes:
+    parts: list[bytes] = []
+    async with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in (await conn.execute(sa.select(table))).all():
+                for value in row:
+                    if isinstance(value, bytes | bytearray | memoryview):
+                        parts.append(bytes(value))
+                    else:
+                        parts.append(str(value).encode())
+    return b"\n".join(parts)
+
+
+def raw_database(database_url: str) -> bytes:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        main = Path(url.database or "")
+        files = [main, main.with_name(main.name + "-wal")]
+        return b"".join(f.read_bytes() for f in files if f.exists())
+    if shutil.which("pg_dump") is None:
+        pytest.fail("pg_dump is needed to check PostgreSQL at rest")
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return subprocess.run(["pg_dump", "--data-only", plain], check=True, capture_output=True).stdout
+
+
+async def test_canary_is_nowhere_at_rest_but_readable_by_its_readers(
+    make_browser: Any, api: Any, app: Any, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # every SQL statement and its parameters
+    texts = canaries()
+    alice = await make_browser("alice", email=f"alice+{texts[0]}@example.org")
+    bob = await make_browser("bob")
+    await bob.post("/@alice/follow")
+    ids = []
+    for text in texts:
+        ids.append(await alice.compose(f"{text} public", spoiler_text=f"cw {text}"))
+        ids.append(await alice.compose(f"{text} followers", visibility="followers"))
+        ids.append(await alice.compose(f"@bob {text} direct", visibility="direct"))
+    await bob.compose(f"@alice reply {texts[1]}", in_reply_to_id=str(ids[0]))
+    edited = await alice.post(f"/posts/{ids[1]}/edit", {"status": f"edited {texts[2]}", "spoiler_text": texts[0]})
+    assert edited.status_code == 303
+    client = await api("carol")
+    created = await client.post("/api/v1/statuses", json={"status": f"api {texts[2]}", "spoiler_text": texts[1]})
+    assert created.status_code == 200
+    await alice.post("/settings", {"display_name": "Alice", "bio": "hi", "email": f"new-{texts[0]}@example.org"})
+
+    # The readers see every text.
+    home = (await bob.get("/")).text
+    for text in texts:
+        assert html.escape(text, quote=False) in home or html.escape(text) in home
+    assert texts[2] in (await client.get(f"/api/v1/statuses/{created.json()['id']}")).json()["content"]
+    assert f"new-{texts[0]}@example.org".lower() in (await alice.get("/settings")).text
+
+    # Nothing readable at rest: table rows, the raw database files (SQLite + WAL) or a pg_dump, the logs.
+    assert find_leaks(await dump_rows(app.state.engine), texts) == []
+    assert find_leaks(raw_database(database_url), texts) == []
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records).encode()
+    assert len(caplog.records) > 20, "the SQL log should have been captured"
+    assert find_leaks(logged, texts) == []
+
+
+async def test_the_check_finds_a_planted_plaintext(make_browser: Any, app: Any, database_url: str) -> None:
+    """The detector itself works: plaintext written into a row is found in the rows and in the raw files."""
+    texts = canaries()
+    alice = await make_browser("alice")
+    async with app.state.engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE users SET bio = :bio"), {"bio": texts[2]})
+    assert alice.username == "alice"
+    assert find_leaks(await dump_rows(app.state.engine), texts)
+    assert find_leaks(raw_database(database_url), texts)
