@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
 from sqlalchemy import Connection
 
+from alembic import context
 from feed.db import make_engine
 from feed.settings import load_settings
 from feed.storage.tables import metadata

@@ -85,9 +85,7 @@ async def domain_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Record not found" if request.url.path.startswith("/api/") else "Page not found"}
-    return _error_response(
-        request, exc.status_code, messages.get(exc.status_code, exc.detail), dict(exc.headers or {})
-    )
+    return _error_response(request, exc.status_code, messages.get(exc.status_code, exc.detail), dict(exc.headers or {}))
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -135,7 +135,9 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cipherfeed", description="A social timeline that stores only encrypted posts.")
+    parser = argparse.ArgumentParser(
+        prog="cipherfeed", description="A social timeline that stores only encrypted posts."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the web server (applies migrations first)")
@@ -145,10 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     serve.set_defaults(func=cmd_serve)
 
-    dbp = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dbp = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
     dbp.add_parser("upgrade", help="apply Alembic migrations").set_defaults(func=cmd_db_upgrade)
 
-    users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    users = sub.add_parser("users", help="manage accounts").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
     create = users.add_parser("create", help="create an account (password from the prompt or stdin)")
     create.add_argument("name")
     create.add_argument("--email", default="")
@@ -159,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--label", default="personal access token")
     token.set_defaults(func=cmd_users_token)
 
-    keys = sub.add_parser("keys", help="encryption keys").add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION"
+    )
     keys.add_parser("status", help="root key versions and how many keys use each").set_defaults(func=cmd_keys_status)
     gen = keys.add_parser("generate", help="write a new root key file (for the scaled mode)")
     gen.add_argument("--out", required=True, help="file to create, or - for standard output")
@@ -180,5 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        print(f"cipherfeed: error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})", file=sys.stderr)
+        print(
+            f"cipherfeed: error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})",
+            file=sys.stderr,
+        )
         return 1

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from alembic import command
 from feed.resources import resource_path
 
 

@@ -192,9 +192,7 @@ async def api(app: Any, clean: None) -> AsyncIterator[Any]:
             svc = app.state.services
             await accounts.register(svc, username, PASSWORD)
             headers["Authorization"] = f"Bearer {await accounts.create_token(svc, username)}"
-        http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver", headers=headers
-        )
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver", headers=headers)
         clients.append(http)
         return http
 

@@ -8,6 +8,7 @@ Create Date: 2026-11-21
 from __future__ import annotations
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision = "0001"
@@ -83,12 +84,8 @@ def upgrade() -> None:
         sa.Column("followee_id", BigId, nullable=False),
         sa.Column("created_at", When, nullable=False),
         sa.PrimaryKeyConstraint("follower_id", "followee_id", name="pk_follows"),
-        sa.ForeignKeyConstraint(
-            ["follower_id"], ["users.id"], ondelete="CASCADE", name="fk_follows_follower_id_users"
-        ),
-        sa.ForeignKeyConstraint(
-            ["followee_id"], ["users.id"], ondelete="CASCADE", name="fk_follows_followee_id_users"
-        ),
+        sa.ForeignKeyConstraint(["follower_id"], ["users.id"], ondelete="CASCADE", name="fk_follows_follower_id_users"),
+        sa.ForeignKeyConstraint(["followee_id"], ["users.id"], ondelete="CASCADE", name="fk_follows_followee_id_users"),
     )
     op.create_index("ix_follows_followee_id_follower_id", "follows", ["followee_id", "follower_id"])
     op.create_table(
@@ -120,9 +117,7 @@ def upgrade() -> None:
         sa.Column("created_at", When, nullable=False),
         sa.Column("expires_at", When, nullable=True),
         sa.PrimaryKeyConstraint("token_hash", name="pk_api_tokens"),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], ondelete="CASCADE", name="fk_api_tokens_user_id_users"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE", name="fk_api_tokens_user_id_users"),
     )
     op.create_index("ix_api_tokens_user_id", "api_tokens", ["user_id"])
     op.create_table(
@@ -136,5 +131,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("throttle", "api_tokens", "sessions", "likes", "follows", "mentions", "posts", "user_keys", "users"):
+    for table in (
+        "throttle",
+        "api_tokens",
+        "sessions",
+        "likes",
+        "follows",
+        "mentions",
+        "posts",
+        "user_keys",
+        "users",
+    ):
         op.drop_table(table)

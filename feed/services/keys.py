@@ -41,9 +41,7 @@ class KeyStore:
             raise NotFound("the key for this data is gone")
         return key
 
-    async def get_many(
-        self, session: AsyncSession, pairs: Iterable[tuple[int, int]]
-    ) -> dict[tuple[int, int], UserKey]:
+    async def get_many(self, session: AsyncSession, pairs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], UserKey]:
         """Keys for every (user id, version), loading the missing ones in one query.
 
         A key that was shredded (or cannot be unwrapped) is absent from the result: its data is unreadable.

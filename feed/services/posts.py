@@ -42,9 +42,7 @@ async def _resolve_mentions(session: AsyncSession, text: str, author: User) -> l
     return [found[n] for n in names if n in found and found[n] != author.id]
 
 
-async def views(
-    session: AsyncSession, svc: Services, rows: Sequence[Any], viewer: User | None
-) -> list[PostView]:
+async def views(session: AsyncSession, svc: Services, rows: Sequence[Any], viewer: User | None) -> list[PostView]:
     """Decrypt and assemble rows for ``viewer``; rows whose author key is gone (shredded) are left out."""
     if not rows:
         return []

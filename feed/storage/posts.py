@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from feed.storage import Record
 from feed.storage.dialect import insert
 from feed.storage.tables import follows, likes, mentions, posts, users
 
@@ -44,7 +45,7 @@ def visible_to(viewer_id: int | None) -> sa.ColumnElement[bool]:
     )
 
 
-async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> list[sa.Row[Any]]:
+async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> list[Record]:
     if page.max_id is not None:
         query = query.where(posts.c.id < page.max_id)
     if page.min_id is not None:
@@ -56,7 +57,7 @@ async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> lis
     return list((await session.execute(query)).all())
 
 
-async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[sa.Row[Any]]:
+async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record]:
     followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
     query = sa.select(posts).where(
@@ -66,16 +67,16 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[sa.Row
     return await _page(session, query, page)
 
 
-async def public(session: AsyncSession, page: Page) -> list[sa.Row[Any]]:
+async def public(session: AsyncSession, page: Page) -> list[Record]:
     return await _page(session, sa.select(posts).where(posts.c.visibility == "public"), page)
 
 
-async def by_author(session: AsyncSession, author_id: int, viewer_id: int | None, page: Page) -> list[sa.Row[Any]]:
+async def by_author(session: AsyncSession, author_id: int, viewer_id: int | None, page: Page) -> list[Record]:
     query = sa.select(posts).where(posts.c.author_id == author_id, visible_to(viewer_id))
     return await _page(session, query, page)
 
 
-async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: int | None) -> list[sa.Row[Any]]:
+async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: int | None) -> list[Record]:
     if not parent_ids:
         return []
     query = (
@@ -87,14 +88,14 @@ async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: i
     return list((await session.execute(query)).all())
 
 
-async def get_post(session: AsyncSession, post_id: int, *, for_update: bool = False) -> sa.Row[Any] | None:
+async def get_post(session: AsyncSession, post_id: int, *, for_update: bool = False) -> Record | None:
     query = sa.select(posts).where(posts.c.id == post_id)
     if for_update:
         query = query.with_for_update()
     return (await session.execute(query)).first()
 
 
-async def get_visible_post(session: AsyncSession, post_id: int, viewer_id: int | None) -> sa.Row[Any] | None:
+async def get_visible_post(session: AsyncSession, post_id: int, viewer_id: int | None) -> Record | None:
     query = sa.select(posts).where(posts.c.id == post_id, visible_to(viewer_id))
     return (await session.execute(query)).first()
 
@@ -110,9 +111,7 @@ async def set_mentions(session: AsyncSession, post_id: int, user_ids: Iterable[i
         await session.execute(mentions.insert(), rows)
 
 
-async def update_revision(
-    session: AsyncSession, post_id: int, *, expected_revision: int, **values: Any
-) -> bool:
+async def update_revision(session: AsyncSession, post_id: int, *, expected_revision: int, **values: Any) -> bool:
     """Compare-and-set on ``revision``: False if someone else changed the post first."""
     result = await session.execute(
         posts.update().where(posts.c.id == post_id, posts.c.revision == expected_revision).values(**values)
@@ -131,7 +130,7 @@ async def bump_replies(session: AsyncSession, post_id: int, delta: int) -> None:
     )
 
 
-async def mentions_of(session: AsyncSession, post_ids: Sequence[int]) -> dict[int, list[sa.Row[Any]]]:
+async def mentions_of(session: AsyncSession, post_ids: Sequence[int]) -> dict[int, list[Record]]:
     """Mentioned users (id, username) per post."""
     if not post_ids:
         return {}
@@ -140,7 +139,7 @@ async def mentions_of(session: AsyncSession, post_ids: Sequence[int]) -> dict[in
         .join(users, users.c.id == mentions.c.user_id)
         .where(mentions.c.post_id.in_(post_ids))
     )
-    out: dict[int, list[sa.Row[Any]]] = {}
+    out: dict[int, list[Record]] = {}
     for row in rows:
         out.setdefault(row.post_id, []).append(row)
     return out
@@ -164,9 +163,7 @@ async def add_like(session: AsyncSession, post_id: int, user_id: int, now: datet
     result = await session.execute(stmt.on_conflict_do_nothing(index_elements=[likes.c.post_id, likes.c.user_id]))
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    await session.execute(
-        posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count + 1)
-    )
+    await session.execute(posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count + 1))
     return True
 
 
@@ -174,9 +171,7 @@ async def remove_like(session: AsyncSession, post_id: int, user_id: int) -> bool
     result = await session.execute(likes.delete().where(likes.c.post_id == post_id, likes.c.user_id == user_id))
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    await session.execute(
-        posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count - 1)
-    )
+    await session.execute(posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count - 1))
     return True
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from feed.storage import Record
 from feed.storage.dialect import insert
 from feed.storage.tables import api_tokens, follows, posts, sessions, throttle, user_keys, users
 
@@ -38,16 +39,16 @@ async def email_taken(session: AsyncSession, email_index: bytes, *, except_user:
     return (await session.scalar(query)) is not None
 
 
-async def get_user(session: AsyncSession, user_id: int) -> sa.Row[Any] | None:
+async def get_user(session: AsyncSession, user_id: int) -> Record | None:
     return (await session.execute(sa.select(*USER_COLUMNS).where(users.c.id == user_id))).first()
 
 
-async def get_user_by_username(session: AsyncSession, username_lower: str) -> sa.Row[Any] | None:
+async def get_user_by_username(session: AsyncSession, username_lower: str) -> Record | None:
     query = sa.select(*USER_COLUMNS).where(users.c.username_lower == username_lower)
     return (await session.execute(query)).first()
 
 
-async def get_users(session: AsyncSession, ids: Iterable[int]) -> dict[int, sa.Row[Any]]:
+async def get_users(session: AsyncSession, ids: Iterable[int]) -> dict[int, Record]:
     wanted = set(ids)
     if not wanted:
         return {}
@@ -64,7 +65,7 @@ async def get_ids_by_usernames(session: AsyncSession, usernames_lower: Sequence[
     return {row.username_lower: row.id for row in rows}
 
 
-async def get_credentials(session: AsyncSession, username_lower: str) -> sa.Row[Any] | None:
+async def get_credentials(session: AsyncSession, username_lower: str) -> Record | None:
     query = sa.select(users.c.id, users.c.password_hash).where(users.c.username_lower == username_lower)
     return (await session.execute(query)).first()
 
@@ -73,7 +74,7 @@ async def get_password_hash(session: AsyncSession, user_id: int) -> str | None:
     return await session.scalar(sa.select(users.c.password_hash).where(users.c.id == user_id))
 
 
-async def get_email_sealed(session: AsyncSession, user_id: int) -> sa.Row[Any] | None:
+async def get_email_sealed(session: AsyncSession, user_id: int) -> Record | None:
     query = sa.select(users.c.email_sealed, users.c.key_version).where(users.c.id == user_id)
     return (await session.execute(query)).first()
 
@@ -88,7 +89,10 @@ async def counts(session: AsyncSession, user_id: int) -> tuple[int, int, int]:
 
 
 async def last_post_at(session: AsyncSession, user_id: int) -> datetime | None:
-    return await session.scalar(sa.select(sa.func.max(posts.c.created_at)).where(posts.c.author_id == user_id))
+    when: datetime | None = await session.scalar(
+        sa.select(sa.func.max(posts.c.created_at)).where(posts.c.author_id == user_id)
+    )
+    return when
 
 
 # -- keys
@@ -142,7 +146,7 @@ async def insert_session(
     )
 
 
-async def session_user(session: AsyncSession, id_hash: bytes, now: datetime) -> sa.Row[Any] | None:
+async def session_user(session: AsyncSession, id_hash: bytes, now: datetime) -> Record | None:
     query = (
         sa.select(*USER_COLUMNS)
         .join(sessions, sessions.c.user_id == users.c.id)
@@ -162,15 +166,11 @@ async def delete_other_sessions(session: AsyncSession, user_id: int, keep: bytes
     await session.execute(query)
 
 
-async def insert_token(
-    session: AsyncSession, *, token_hash: bytes, user_id: int, name: str, now: datetime
-) -> None:
-    await session.execute(
-        api_tokens.insert().values(token_hash=token_hash, user_id=user_id, name=name, created_at=now)
-    )
+async def insert_token(session: AsyncSession, *, token_hash: bytes, user_id: int, name: str, now: datetime) -> None:
+    await session.execute(api_tokens.insert().values(token_hash=token_hash, user_id=user_id, name=name, created_at=now))
 
 
-async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) -> sa.Row[Any] | None:
+async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) -> Record | None:
     query = (
         sa.select(*USER_COLUMNS)
         .join(api_tokens, api_tokens.c.user_id == users.c.id)
@@ -187,9 +187,7 @@ async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) ->
 
 async def throttle_count(session: AsyncSession, buckets: Sequence[str], now: datetime) -> int:
     """The highest live count among ``buckets``."""
-    query = sa.select(sa.func.max(throttle.c.count)).where(
-        throttle.c.bucket.in_(buckets), throttle.c.window_ends > now
-    )
+    query = sa.select(sa.func.max(throttle.c.count)).where(throttle.c.bucket.in_(buckets), throttle.c.window_ends > now)
     return int(await session.scalar(query) or 0)
 
 

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.anyio
 def cipherfeed(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")} | env
     return subprocess.run(
-        [sys.executable, "-m", "feed", *args], input=stdin, env=full_env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "feed", *args],
+        input=stdin,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -39,7 +44,9 @@ async def test_users_create_and_token_work_with_the_api(env: dict[str, str], app
     token = cipherfeed(env, "users", "token", "dana")
     assert token.returncode == 0, token.stderr
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
-        me = await http.get("/api/v1/accounts/verify_credentials", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+        me = await http.get(
+            "/api/v1/accounts/verify_credentials", headers={"Authorization": f"Bearer {token.stdout.strip()}"}
+        )
     assert me.status_code == 200 and me.json()["username"] == "dana"
     # the password works for a browser login too
     again = cipherfeed(env, "users", "create", "DANA", "--password-stdin", stdin=PASSWORD + "\n")

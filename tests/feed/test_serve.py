@@ -71,7 +71,12 @@ def server(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
 def register(http: httpx.Client, username: str) -> None:
     csrf = CSRF_RE.search(http.get("/register").text)
     assert csrf
-    data = {"csrf_token": csrf.group(1), "username": username, "password": PASSWORD, "password_confirm": PASSWORD}
+    data = {
+        "csrf_token": csrf.group(1),
+        "username": username,
+        "password": PASSWORD,
+        "password_confirm": PASSWORD,
+    }
     assert http.post("/register", data=data).status_code == 303
 
 
