@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from alembic import command
@@ -43,7 +43,13 @@ def alembic_config(database_url: str | None = None) -> Config:
     return cfg
 
 
+# Any constant shared by every cipherfeed process: concurrent upgrades on PostgreSQL wait for each other.
+_MIGRATION_LOCK = 0x63697068  # "ciph"
+
+
 def _upgrade_on(connection: Connection, revision: str) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
     cfg = alembic_config()
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, revision)
