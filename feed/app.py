@@ -28,6 +28,7 @@ from feed.services.context import Services, ThrottleRules
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.web import account_pages, api, pages
+from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
 from feed.web.templating import is_htmx, make_environment, render
@@ -86,12 +87,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Record not found" if request.url.path.startswith("/api/") else "Page not found"}
     return _error_response(request, exc.status_code, messages.get(exc.status_code, exc.detail), dict(exc.headers or {}))
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    # The traceback goes to the log (it holds no locals); the client sees a plain apology.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-    return _error_response(request, 500, "Something went wrong on our side; please try again")
 
 
 async def healthz(request: Request) -> Response:
@@ -198,10 +193,11 @@ def create_app(settings: Settings) -> Starlette:
 
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(CatchAll),
         Middleware(BodyLimit, limit=settings.max_body_bytes),
         Middleware(CrossSiteGuard),
     ]
-    handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error, Exception: server_error}
+    handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error}
     return Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
 
 

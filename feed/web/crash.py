@@ -1,0 +1,73 @@
+"""The last line of defence: an unexpected exception becomes a plain 500, and its log entry has no data in it.
+
+Exception messages can carry whatever the failing code held (a post's text in a ``KeyError``, say), so the log
+gets the exception type and the stack of code locations, never ``str(exc)``. Catching here, inside Starlette's
+own error middleware, also stops the exception from reaching the server's logger with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("feed.crash")
+
+_PAGE = (
+    "<!doctype html><html lang=en><meta charset=utf-8><title>500 · cipherfeed</title>"
+    '<link rel="stylesheet" href="/static/css/app.css"><main class="container"><section class="empty-state">'
+    "<h1>Server error</h1><p>Something went wrong on our side; please try again.</p>"
+    '<p><a href="/">Back to your timeline</a></p></section></main>'
+)
+
+
+def describe(exc: BaseException) -> str:
+    """Type names and code locations of ``exc`` and its causes, without any message."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_list(traceback.extract_tb(current.__traceback__)))
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__} (message withheld)\n{frames}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+class CatchAll:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error("unhandled error on %s %s: %s", scope["method"], scope["path"], describe(exc))
+            if started:
+                return
+            if scope["path"].startswith("/api/"):
+                body = json.dumps({"error": "Something went wrong on our side; please try again"}).encode()
+                ctype = b"application/json"
+            else:
+                body, ctype = _PAGE.encode(), b"text/html; charset=utf-8"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
