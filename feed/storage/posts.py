@@ -58,11 +58,15 @@ async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> lis
 
 
 async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record]:
+    """The viewer's own posts, what the people they follow may show them, and direct posts that mention them."""
     followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
     query = sa.select(posts).where(
-        sa.or_(posts.c.author_id == viewer_id, posts.c.author_id.in_(followees)),
-        sa.or_(posts.c.visibility != "direct", posts.c.author_id == viewer_id, mentioned),
+        sa.or_(
+            posts.c.author_id == viewer_id,
+            sa.and_(posts.c.author_id.in_(followees), sa.or_(posts.c.visibility != "direct", mentioned)),
+            sa.and_(posts.c.visibility == "direct", mentioned),
+        )
     )
     return await _page(session, query, page)
 

@@ -157,3 +157,13 @@ async def test_empty_states_say_what_to_do(make_browser: Any) -> None:
     assert "Nothing here yet" in (await alice.get("/public")).text
     welcome = await (await make_browser()).get("/")
     assert "Create an account" in welcome.text
+
+
+async def test_direct_post_from_a_stranger_reaches_the_home_timeline(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    bob = await make_browser("bob")
+    await alice.compose("@bob hello stranger", visibility="direct")
+    await alice.compose("@bob a public mention")
+    home = (await bob.get("/")).text
+    assert "hello stranger" in home
+    assert "a public mention" not in home  # public posts of people bob does not follow stay out
