@@ -23,7 +23,8 @@
   };
 
   // Update one field's <output>. Returns true when the field blocks submit:
-  // over its limit, or empty when it is the post body (a textarea) or `required`.
+  // over its limit, or empty when it is `required` (the post body is; an
+  // optional textarea such as the profile bio may be left empty).
   const updateCounter = (field) => {
     const count = charCount(field.value);
     const remaining = fieldMax(field) - count;
@@ -32,8 +33,7 @@
       out.textContent = String(remaining);
       out.classList.toggle("over", remaining < 0);
     }
-    const mustHaveText = field.tagName === "TEXTAREA" || field.required;
-    return remaining < 0 || (mustHaveText && count === 0);
+    return remaining < 0 || (field.required && count === 0);
   };
 
   // Recompute every counted field of a form (body + content warning), so the

@@ -1,0 +1,386 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against ``python -m feed serve``.
+
+The server is started as a user would start it (embedded SQLite, a fresh data dir, no database URL), and two
+browser contexts play two people. The test checks what only a browser can: htmx swaps in place, the live character
+counter, the confirm dialog, infinite scroll, the strict CSP (no console errors), and that every action still works
+as a plain form with JavaScript off. Screenshots of the home timeline go to /tmp/cipherfeed-shots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = Path("/tmp/cipherfeed-shots")
+PASSWORD = "correct horse battery staple"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Runs in every page before its own scripts (injected by the driver, so the CSP does not apply to it): turns CSP
+# violations into console errors, which the test already fails on.
+CSP_REPORTER = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"}`);
+});
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"cipherfeed serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"cipherfeed serve did not answer /healthz within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """``python -m feed serve`` on a free port with a fresh data dir; yields its base URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")}
+    env["CIPHERFEED_DATA_DIR"] = str(tmp_path / "data")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "feed", "serve", "--port", str(port), "--no-access-log"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, proc, log)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # Anything logged at ERROR (an unhandled exception on some request) fails the test.
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): no browser to drive")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install playwright)")
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+class Console:
+    """Collects console errors, uncaught exceptions and failed requests of every page it watches."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def watch(self, page: Any) -> Any:
+        page.on("console", lambda msg: msg.type == "error" and self.problems.append(f"{page.url}: {msg.text}"))
+        page.on("pageerror", lambda exc: self.problems.append(f"{page.url}: uncaught {exc}"))
+        page.on("requestfailed", self._request_failed)
+        return page
+
+    def _request_failed(self, request: Any) -> None:
+        if request.failure != "net::ERR_ABORTED":  # a navigation cancelling a fetch is not a fault
+            self.problems.append(f"request failed: {request.url} {request.failure}")
+
+
+def _new_page(browser: Any, base: str, console: Console, **options: Any) -> Any:
+    context = browser.new_context(base_url=base, **options)
+    context.set_default_timeout(5000)
+    if options.get("java_script_enabled", True):
+        context.add_init_script(CSP_REPORTER)
+    return console.watch(context.new_page())
+
+
+def _register(page: Any, username: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto("/register")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    page.wait_for_url(re.compile(r"/\?notice=welcome$"))
+    expect(page.locator(".notice")).to_contain_text("Welcome")
+
+
+def _post_id(article: Any) -> int:
+    return int(str(article.get_attribute("id")).removeprefix("post-"))
+
+
+def _mark_document(page: Any) -> None:
+    """A flag on window that a page load would wipe: proves later swaps happened without a reload."""
+    page.evaluate("window.__noReload = true")
+
+
+def _assert_not_reloaded(page: Any) -> None:
+    assert page.evaluate("window.__noReload === true"), "the page was reloaded"
+
+
+def test_two_people_in_a_real_browser(browser: Any, server: str) -> None:
+    from playwright.sync_api import expect
+
+    console = Console()
+    alice = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    bob = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+
+    # -- sign up, both through the form
+    _register(alice, "alice")
+    _register(bob, "bob")
+    expect(alice.locator("#empty-home")).to_be_visible()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    # (a screenshot leaves style="" on the focused fields: htmx must not copy it onto the new composer, see base.html)
+    alice.screenshot(path=str(SHOTS / "home-empty-desktop.png"))
+
+    # -- alice posts: the counter follows her typing, htmx puts the post on top, the composer empties
+    box = alice.locator("#composer-status")
+    counter = alice.locator("#composer-count")
+    expect(counter).to_have_text("500")
+    expect(alice.locator("#composer button[type=submit]")).to_be_disabled()
+    _mark_document(alice)
+    box.press_sequentially("Hello")
+    expect(counter).to_have_text("495")
+    box.press_sequentially(" from alice")
+    expect(counter).to_have_text("484")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    first = alice.locator("#timeline article.post").first
+    expect(first).to_contain_text("Hello from alice")
+    expect(box).to_have_value("")
+    expect(counter).to_have_text("500")
+    expect(alice.locator("#empty-home")).to_have_count(0)
+    assert alice.url == f"{server}/?notice=welcome"
+    _assert_not_reloaded(alice)
+    post_id = _post_id(first)
+
+    # a second post goes on top of the first one
+    box.fill("Second thought")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    expect(alice.locator("#timeline article.post").first).to_contain_text("Second thought")
+    expect(alice.locator("#timeline article.post")).to_have_count(2)
+    _assert_not_reloaded(alice)
+    doomed_id = _post_id(alice.locator("#timeline article.post").first)
+
+    # -- bob follows alice from her profile: the button and the follower count swap in place
+    bob.goto("/@alice")
+    _mark_document(bob)
+    expect(bob.locator("#followers-count")).to_have_text("0")
+    bob.get_by_role("button", name="Follow", exact=True).click()
+    expect(bob.get_by_role("button", name="Unfollow", exact=True)).to_be_visible()
+    expect(bob.locator("#followers-count")).to_have_text("1")
+    assert bob.url == f"{server}/@alice"
+    _assert_not_reloaded(bob)
+
+    # -- bob's home now shows alice's post; he likes it in place
+    bob.get_by_role("link", name="Home").click()
+    bob.wait_for_url(f"{server}/")
+    post = bob.locator(f"#post-{post_id}")
+    expect(post).to_contain_text("Hello from alice")
+    like = post.locator("button.like-button")
+    expect(like).to_have_attribute("aria-pressed", "false")
+    _mark_document(bob)
+    like.click()
+    expect(like).to_have_attribute("aria-pressed", "true")
+    expect(like.locator(".count")).to_have_text("1")
+    assert bob.url == f"{server}/"
+    _assert_not_reloaded(bob)
+
+    # -- bob replies from the thread page: the reply composer is prefilled with @alice
+    post.get_by_role("link", name=re.compile("^Reply to")).click()
+    bob.wait_for_url(f"{server}/posts/{post_id}#reply")
+    reply_box = bob.locator("#reply textarea[name=status]")
+    expect(reply_box).to_have_value("@alice ")
+    expect(bob.locator("#composer-count")).to_have_text("494")  # "@alice", trimmed
+    reply_box.press("End")
+    reply_box.press_sequentially("welcome aboard")
+    bob.get_by_role("button", name="Reply", exact=True).click()
+    bob.wait_for_url(re.compile(rf"/posts/{post_id}#post-\d+$"))
+    reply = bob.locator(".thread-replies article.post")
+    expect(reply).to_have_count(1)
+    expect(reply).to_contain_text("@alice welcome aboard")
+    expect(bob.locator(".thread-focus .reply-link .count")).to_have_text("1")
+
+    # -- alice edits her first post through the Edit link
+    alice.locator(f"#post-{post_id}").get_by_role("link", name="Edit").click()
+    alice.wait_for_url(f"{server}/posts/{post_id}/edit")
+    editor = alice.get_by_label("Text")
+    expect(editor).to_have_value("Hello from alice")
+    editor.fill("Hello from alice, edited")
+    alice.get_by_role("button", name="Save").click()
+    alice.wait_for_url(f"{server}/posts/{post_id}?notice=edited")
+    expect(alice.locator(".notice")).to_contain_text("updated")
+    expect(alice.locator(".thread-focus .post-body")).to_have_text("Hello from alice, edited")
+    expect(alice.locator(".thread-focus .edited")).to_be_visible()
+
+    # -- alice deletes her second post: one confirm dialog, accepted, then it is gone in place
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    alice.on("dialog", accept)
+    alice.goto("/")
+    _mark_document(alice)
+    doomed = alice.locator(f"#post-{doomed_id}")
+    expect(doomed).to_contain_text("Second thought")
+    doomed.get_by_role("button", name="Delete").click()
+    expect(doomed).to_have_text("This post was deleted.")
+    assert dialogs == ["Delete this post? This cannot be undone."]
+    _assert_not_reloaded(alice)
+    alice.reload()
+    expect(alice.locator(f"#post-{doomed_id}")).to_have_count(0)
+    expect(alice.get_by_text("Second thought")).to_have_count(0)
+    alice.remove_listener("dialog", accept)
+
+    # -- declining the dialog keeps the post
+    dismissed: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        dismissed.append(dialog.message)
+        dialog.dismiss()
+
+    alice.once("dialog", dismiss)
+    alice.locator(f"#post-{post_id}").get_by_role("button", name="Delete").click()
+    alice.wait_for_timeout(300)
+    assert len(dismissed) == 1
+    expect(alice.locator(f"#post-{post_id}")).to_contain_text("Hello from alice, edited")
+
+    # -- infinite scroll: 25 more posts by plain form posts with her cookies, then scroll her profile
+    csrf = alice.locator("#composer input[name=csrf_token]").input_value()
+    for n in range(25):
+        response = alice.request.post(
+            "/posts", form={"csrf_token": csrf, "status": f"Numbered post {n:02d}"}, max_redirects=0
+        )
+        assert response.status == 303, response.text()
+    alice.goto("/@alice")
+    articles = alice.locator("#timeline article.post")
+    expect(articles).to_have_count(20)
+    expect(articles.first).to_contain_text("Numbered post 24")
+    _mark_document(alice)
+    for _ in range(10):
+        alice.mouse.wheel(0, 4000)
+        alice.wait_for_timeout(150)
+        if articles.count() > 20:
+            break
+    expect(articles).to_have_count(26)  # 25 numbered + the edited first one
+    expect(articles.last).to_contain_text("Hello from alice, edited")
+    expect(alice.locator("#timeline .load-more")).to_have_count(0)
+    assert alice.url == f"{server}/@alice"
+    _assert_not_reloaded(alice)
+
+    # -- settings: the optional bio is empty, yet the counter script leaves "Save profile" enabled
+    alice.goto("/settings")
+    expect(alice.locator("#bio-count")).to_have_text("500")
+    expect(alice.get_by_role("button", name="Save profile")).to_be_enabled()
+
+    # -- screenshots of the home timeline, desktop and phone
+    bob.goto("/")
+    expect(bob.locator("#timeline article.post").first).to_be_visible()
+    bob.screenshot(path=str(SHOTS / "home-desktop.png"))
+    phone = _new_page(
+        browser,
+        server,
+        console,
+        storage_state=bob.context.storage_state(),
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    phone.goto("/")
+    expect(phone.locator("#timeline article.post").first).to_be_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal scroll on a phone"
+    phone.screenshot(path=str(SHOTS / "home-mobile.png"))
+    phone.goto("/@alice")
+    phone.screenshot(path=str(SHOTS / "profile-mobile.png"))
+    phone.goto(f"/posts/{post_id}")
+    phone.screenshot(path=str(SHOTS / "thread-mobile.png"))
+    phone.context.close()
+
+    # -- without JavaScript: log in, post from home and like, all as plain forms and redirects
+    plain = _new_page(browser, server, console, java_script_enabled=False)
+    plain.goto("/login")
+    plain.get_by_label("Username").fill("bob")
+    plain.get_by_label("Password").fill(PASSWORD)
+    plain.get_by_role("button", name="Log in").click()
+    plain.wait_for_url(f"{server}/")
+    plain.locator("#composer-status").fill("Posted with scripts off")
+    plain.get_by_role("button", name="Post", exact=True).click()
+    plain.wait_for_url(re.compile(r"/posts/\d+$"))
+    own_id = int(plain.url.rsplit("/", 1)[-1])
+    expect(plain.locator(".thread-focus .post-body")).to_have_text("Posted with scripts off")
+    plain.goto("/")
+    expect(plain.locator("#timeline article.post").first).to_contain_text("Posted with scripts off")
+    mine = plain.locator(f"#post-{own_id} button.like-button")
+    expect(mine).to_have_attribute("aria-pressed", "false")
+    mine.click()
+    plain.wait_for_url(f"{server}/#post-{own_id}")
+    expect(mine).to_have_attribute("aria-pressed", "true")
+    expect(mine.locator(".count")).to_have_text("1")
+    mine.click()  # and unlike
+    plain.wait_for_url(f"{server}/#post-{own_id}")
+    expect(mine).to_have_attribute("aria-pressed", "false")
+    expect(mine.locator(".count")).to_have_text("0")
+    # without JS the sentinel of infinite scroll is a plain link to the older page
+    plain.get_by_role("link", name="Older posts").click()
+    plain.wait_for_url(re.compile(r"/\?max_id=\d+$"))
+    expect(plain.locator(f"#post-{post_id}")).to_contain_text("Hello from alice, edited")
+    older = plain.url
+    old_like = plain.locator(f"#post-{post_id} button.like-button")
+    expect(old_like).to_have_attribute("aria-pressed", "true")  # bob liked it with htmx before
+    old_like.click()  # unlike, and come back to the same older page
+    plain.wait_for_url(f"{older}#post-{post_id}")
+    expect(old_like).to_have_attribute("aria-pressed", "false")
+    expect(old_like.locator(".count")).to_have_text("0")
+    plain.context.close()
+
+    alice.screenshot(path=str(SHOTS / "profile-desktop.png"))
+    alice.context.close()
+    bob.context.close()
+    assert console.problems == []
