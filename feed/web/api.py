@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from feed.errors import Invalid, NotFound
+from feed.errors import Forbidden, Invalid, NotFound
 from feed.services import accounts, follows, posts
 from feed.services.models import PostView, TimelinePage, User
 from feed.storage.posts import Page
@@ -32,9 +32,12 @@ def path_id(request: Request, name: str) -> int:
 
 
 def _query_id(request: Request, name: str) -> int | None:
+    """A cursor from the query; 0 is allowed (``since_id=0``: from the very beginning)."""
     raw = request.query_params.get(name)
     if not raw:
         return None
+    if raw == "0":
+        return 0
     try:
         return parse_id(raw, name)
     except Invalid as exc:
@@ -45,7 +48,7 @@ def _page(request: Request) -> Page:
     raw = request.query_params.get("limit")
     limit = DEFAULT_LIMIT
     if raw:
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
             raise BadRequest("limit must be a number")
         limit = max(1, min(MAX_LIMIT, int(raw)))
     return Page(
@@ -96,7 +99,7 @@ async def lookup_account(request: Request) -> Response:
     if not acct:
         raise BadRequest("acct is required")
     name, _, domain = acct.lstrip("@").partition("@")
-    if domain and domain != request.url.hostname:
+    if domain and domain.lower() not in (request.url.hostname, request.url.netloc.lower()):
         raise NotFound()
     await api_user(request, required=False)
     user = await accounts.find_user(services(request), name)
@@ -120,16 +123,24 @@ async def account_statuses(request: Request) -> Response:
 
 
 async def relationships(request: Request) -> Response:
+    """One Relationship per distinct existing account asked for, in the order asked; others are left out."""
     user = await api_user(request)
     assert user is not None
+    svc = services(request)
     ids = request.query_params.getlist("id[]") or request.query_params.getlist("id")
-    out = []
+    targets: dict[int, None] = {}
     for raw in ids[:40]:
         try:
-            target = parse_id(raw)
+            targets.setdefault(parse_id(raw), None)
         except Invalid:
             continue
-        out.append(mastodon.relationship(await follows.relationship(services(request), user, target)))
+    out = []
+    for target in targets:
+        try:
+            await accounts.get_user(svc, target)
+        except NotFound:
+            continue
+        out.append(mastodon.relationship(await follows.relationship(svc, user, target)))
     return JSONResponse(out)
 
 
@@ -156,12 +167,16 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _refuse_media(data: dict[str, Any]) -> None:
+    if data.get("media_ids") or data.get("media_ids[]") or data.get("poll"):
+        raise Invalid("Media and polls are not supported")
+
+
 async def create_status(request: Request) -> Response:
     user = await api_user(request)
     assert user is not None
     data = await read_body(request)
-    if data.get("media_ids") or data.get("media_ids[]") or data.get("poll"):
-        raise Invalid("Media and polls are not supported")
+    _refuse_media(data)
     reply_raw = data.get("in_reply_to_id")
     reply_to = parse_id(str(reply_raw), "in_reply_to_id") if reply_raw not in (None, "") else None
     post = await posts.create(
@@ -176,16 +191,26 @@ async def create_status(request: Request) -> Response:
 
 
 async def edit_status(request: Request) -> Response:
+    """Change only the fields sent, as Mastodon's UpdateStatusService does: an edit that leaves out
+    ``spoiler_text`` keeps the content warning, one that sends ``spoiler_text: ""`` removes it.
+    Someone else's status is "not found" here, as in Mastodon.
+    """
     user = await api_user(request)
     assert user is not None
+    svc = services(request)
+    post_id = path_id(request, "status_id")
     data = await read_body(request)
-    post = await posts.edit(
-        services(request),
-        user,
-        path_id(request, "status_id"),
-        _optional_text(data, "status") or "",
-        _optional_text(data, "spoiler_text"),
-    )
+    _refuse_media(data)
+    text = _optional_text(data, "status")
+    cw = _optional_text(data, "spoiler_text")
+    try:
+        if text is None or "spoiler_text" not in data:
+            current = await posts.source_of(svc, post_id, user)
+            text = current.text if text is None else text
+            cw = current.cw if "spoiler_text" not in data else cw
+        post = await posts.edit(svc, user, post_id, text, cw)
+    except Forbidden:
+        raise NotFound() from None
     return await _status_response(request, post)
 
 
@@ -197,7 +222,10 @@ async def get_status(request: Request) -> Response:
 async def delete_status(request: Request) -> Response:
     user = await api_user(request)
     assert user is not None
-    post = await posts.delete(services(request), user, path_id(request, "status_id"))
+    try:
+        post = await posts.delete(services(request), user, path_id(request, "status_id"))
+    except Forbidden:
+        raise NotFound() from None  # someone else's status, as in Mastodon
     return await _status_response(request, post, with_source=True)
 
 

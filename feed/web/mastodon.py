@@ -18,6 +18,14 @@ def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def _absolute(base: str, html: str) -> str:
+    """``render_html`` links mentions site-relative (``/@name``), which is right for our pages. API clients have no
+    base to resolve that against, and open a mention in-app only when its ``href`` equals ``mentions[].url``.
+    The rendered text is fully escaped, so every ``<a href="/`` in it is one of our own mention anchors.
+    """
+    return html.replace('<a href="/@', f'<a href="{base}/@')
+
+
 def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -40,7 +48,7 @@ def account(request: Request, profile: Profile, *, with_source: bool = False) ->
         "hide_collections": False,
         # Mastodon reports account creation to the day.
         "created_at": iso(user.created_at.replace(hour=0, minute=0, second=0, microsecond=0)),
-        "note": str(render_html(user.bio)) if user.bio else "",
+        "note": _absolute(base, str(render_html(user.bio))) if user.bio else "",
         "url": url,
         "uri": url,
         "avatar": avatar,
@@ -67,7 +75,9 @@ def account(request: Request, profile: Profile, *, with_source: bool = False) ->
     return out
 
 
-def status(request: Request, post: PostView, profiles: dict[int, Profile], *, with_source: bool = False) -> dict[str, Any]:
+def status(
+    request: Request, post: PostView, profiles: dict[int, Profile], *, with_source: bool = False
+) -> dict[str, Any]:
     base = _base(request)
     url = f"{base}/posts/{post.id}"
     out: dict[str, Any] = {
@@ -77,7 +87,7 @@ def status(request: Request, post: PostView, profiles: dict[int, Profile], *, wi
         "created_at": iso(post.created_at),
         "edited_at": iso(post.edited_at) if post.edited_at else None,
         "account": account(request, profiles[post.author.id]),
-        "content": str(post.html),
+        "content": _absolute(base, str(post.html)),
         "visibility": VISIBILITY_OUT[post.visibility],
         "sensitive": bool(post.cw),
         "spoiler_text": post.cw or "",
