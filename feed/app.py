@@ -28,6 +28,7 @@ from feed.services.context import Services, ThrottleRules
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.web import account_pages, api, pages
+from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
@@ -151,6 +152,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/statuses/{{status_id}}/unfavourite", api.unfavourite, methods=["POST"]),
         Route(f"{v1}/timelines/home", api.home_timeline),
         Route(f"{v1}/timelines/public", api.public_timeline),
+        Route(f"{v1}/instance", api.instance_v1),
         Route("/api/v2/instance", api.instance_v2),
         Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Mount("/static", CachedStatic(directory=resource_path("static")), name="static"),
@@ -194,6 +196,7 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(CatchAll),
+        Middleware(ApiCors),
         Middleware(BodyLimit, limit=settings.max_body_bytes),
         Middleware(CrossSiteGuard),
     ]

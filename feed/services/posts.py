@@ -216,9 +216,13 @@ async def public(svc: Services, viewer: User | None, page: Page) -> TimelinePage
         return _page(await views(session, svc, rows, viewer), rows, page)
 
 
-async def by_author(svc: Services, author: User, viewer: User | None, page: Page) -> TimelinePage:
+async def by_author(
+    svc: Services, author: User, viewer: User | None, page: Page, *, exclude_replies: bool = False
+) -> TimelinePage:
     async with svc.db() as session:
-        rows = await store.by_author(session, author.id, viewer.id if viewer else None, page)
+        rows = await store.by_author(
+            session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
+        )
         return _page(await views(session, svc, rows, viewer), rows, page)
 
 

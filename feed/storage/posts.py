@@ -75,8 +75,13 @@ async def public(session: AsyncSession, page: Page) -> list[Record]:
     return await _page(session, sa.select(posts).where(posts.c.visibility == "public"), page)
 
 
-async def by_author(session: AsyncSession, author_id: int, viewer_id: int | None, page: Page) -> list[Record]:
+async def by_author(
+    session: AsyncSession, author_id: int, viewer_id: int | None, page: Page, *, exclude_replies: bool = False
+) -> list[Record]:
+    """An author's posts that the viewer may read; ``exclude_replies`` keeps replies to the author's own posts."""
     query = sa.select(posts).where(posts.c.author_id == author_id, visible_to(viewer_id))
+    if exclude_replies:
+        query = query.where(sa.or_(posts.c.in_reply_to_id.is_(None), posts.c.in_reply_to_author_id == author_id))
     return await _page(session, query, page)
 
 

@@ -223,3 +223,16 @@ async def counts_many(session: AsyncSession, user_ids: Iterable[int]) -> dict[in
     following = await grouped(follows.c.follower_id)
     post_counts = await grouped(posts.c.author_id)
     return {i: (followers.get(i, 0), following.get(i, 0), post_counts.get(i, 0)) for i in ids}
+
+
+async def site_counts(session: AsyncSession, active_since: datetime) -> tuple[int, int, int]:
+    """(users, posts, users who posted since ``active_since``)."""
+    people = sa.select(sa.func.count()).select_from(users).scalar_subquery()
+    post_count = sa.select(sa.func.count()).select_from(posts).scalar_subquery()
+    active = (
+        sa.select(sa.func.count(sa.distinct(posts.c.author_id)))
+        .where(posts.c.created_at >= active_since)
+        .scalar_subquery()
+    )
+    row = (await session.execute(sa.select(people, post_count, active))).one()
+    return int(row[0]), int(row[1]), int(row[2])

@@ -12,13 +12,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, follows, posts
+from feed.services import accounts, follows, posts, site
 from feed.services.models import PostView, TimelinePage, User
+from feed.services.text import MAX_POST_CHARS
 from feed.storage.posts import Page
 from feed.web import mastodon
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_id, read_body
 
+VERSION = "4.3.0 (compatible; cipherfeed 0.1.0)"
+DESCRIPTION = "A social timeline that stores only encrypted posts."
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 40
 
@@ -119,7 +122,9 @@ async def account_statuses(request: Request) -> Response:
     page = _page(request)
     if _truthy(request.query_params.get("only_media")) or _truthy(request.query_params.get("pinned")):
         return JSONResponse([])  # we have neither media nor pins
-    return await _timeline_response(request, page, await posts.by_author(svc, author, viewer, page))
+    exclude_replies = _truthy(request.query_params.get("exclude_replies"))
+    result = await posts.by_author(svc, author, viewer, page, exclude_replies=exclude_replies)
+    return await _timeline_response(request, page, result)
 
 
 async def relationships(request: Request) -> Response:
@@ -264,24 +269,55 @@ async def public_timeline(request: Request) -> Response:
     return await _timeline_response(request, page, await posts.public(services(request), viewer, page))
 
 
-async def instance_v2(request: Request) -> Response:
-    host = request.url.netloc
+def _limits() -> dict[str, Any]:
+    return {
+        "statuses": {"max_characters": MAX_POST_CHARS, "max_media_attachments": 0, "characters_reserved_per_url": 23},
+        "media_attachments": {"supported_mime_types": [], "image_size_limit": 0, "video_size_limit": 0},
+        "polls": {"max_options": 0, "max_characters_per_option": 0, "min_expiration": 0, "max_expiration": 0},
+    }
+
+
+async def instance_v1(request: Request) -> Response:
+    figures = await site.stats(services(request))
+    base = str(request.base_url).rstrip("/")
     return JSONResponse(
         {
-            "domain": host,
+            "uri": request.url.netloc,
             "title": "cipherfeed",
-            "version": "4.3.0 (compatible; cipherfeed 0.1.0)",
+            "short_description": DESCRIPTION,
+            "description": DESCRIPTION,
+            "email": "",
+            "version": VERSION,
+            "urls": {},
+            "stats": {"user_count": figures.users, "status_count": figures.posts, "domain_count": 0},
+            "thumbnail": f"{base}/static/favicon.svg",
+            "languages": ["en"],
+            "registrations": True,
+            "approval_required": False,
+            "invites_enabled": False,
+            "configuration": _limits(),
+            "contact_account": None,
+            "rules": [],
+        }
+    )
+
+
+async def instance_v2(request: Request) -> Response:
+    figures = await site.stats(services(request))
+    return JSONResponse(
+        {
+            "domain": request.url.netloc,
+            "title": "cipherfeed",
+            "version": VERSION,
             "source_url": "",
-            "description": "A social timeline that stores only encrypted posts.",
-            "usage": {"users": {"active_month": 0}},
+            "description": DESCRIPTION,
+            "usage": {"users": {"active_month": figures.active_month}},
             "thumbnail": {"url": f"{str(request.base_url).rstrip('/')}/static/favicon.svg"},
             "languages": ["en"],
             "configuration": {
                 "urls": {},
                 "accounts": {"max_featured_tags": 0, "max_pinned_statuses": 0},
-                "statuses": {"max_characters": 500, "max_media_attachments": 0, "characters_reserved_per_url": 23},
-                "media_attachments": {"supported_mime_types": []},
-                "polls": {"max_options": 0, "max_characters_per_option": 0, "min_expiration": 0, "max_expiration": 0},
+                **_limits(),
                 "translation": {"enabled": False},
             },
             "registrations": {"enabled": True, "approval_required": False, "message": None},

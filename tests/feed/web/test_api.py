@@ -198,3 +198,43 @@ async def test_instance_max_characters_is_the_real_limit(api: Any) -> None:
     limit = (await get_json(alice, "/api/v2/instance"))["configuration"]["statuses"]["max_characters"]
     assert (await alice.post("/api/v1/statuses", json={"status": "x" * limit})).status_code == 200
     check_error(await alice.post("/api/v1/statuses", json={"status": "x" * (limit + 1)}), 422)
+
+
+async def test_instance_v1_counts_users_and_statuses(api: Any) -> None:
+    alice = await api("alice")
+    await api("bob")
+    await post_status(alice, "one")
+    await post_status(alice, "two")
+    instance = await get_json(await api(), "/api/v1/instance")
+    assert instance["uri"] == "testserver"
+    assert instance["stats"] == {"user_count": 2, "status_count": 2, "domain_count": 0}
+    assert instance["configuration"]["statuses"]["max_characters"] == 500
+    assert (await get_json(alice, "/api/v2/instance"))["usage"]["users"]["active_month"] == 1
+
+
+# -- CORS: bearer-token API only, so any origin may call it
+
+
+async def test_api_answers_cors_preflight_and_exposes_link(api: Any) -> None:
+    alice = await api("alice")
+    preflight = await alice.options(
+        "/api/v1/timelines/home",
+        headers={
+            "Origin": "https://client.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    response = await alice.get("/api/v1/timelines/home", headers={"Origin": "https://client.example"})
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "Link" in response.headers["access-control-expose-headers"]
+    assert "access-control-allow-credentials" not in response.headers
+
+
+async def test_pages_get_no_cors_headers(make_browser: Any) -> None:
+    browser = await make_browser()
+    response = await browser.get("/public", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in response.headers

@@ -242,3 +242,15 @@ async def test_timeline_statuses_are_full_entities(api: Any) -> None:
         assert status["favourited"] is True and status["favourites_count"] == 1
         assert status["spoiler_text"] == "cw" and status["mentions"][0]["username"] == "bob"
         assert status["account"]["followers_count"] == 1 and status["account"]["statuses_count"] == 1
+
+
+async def test_account_statuses_can_leave_out_replies_to_others(api: Any) -> None:
+    alice = await api("alice")
+    bob = await api("bob")
+    root = await post_status(alice, "a thread of my own")
+    own_reply = await post_status(alice, "continuing it", in_reply_to_id=root["id"])
+    bobs = await post_status(bob, "bob says")
+    reply_to_bob = await post_status(alice, "@bob answering you", in_reply_to_id=bobs["id"])
+    account = f"/api/v1/accounts/{(await me(alice))['id']}/statuses"
+    assert await ids_of(alice, account) == [reply_to_bob["id"], own_reply["id"], root["id"]]
+    assert await ids_of(alice, account, exclude_replies="true") == [own_reply["id"], root["id"]]
