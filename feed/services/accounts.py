@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import anyio.to_thread
 from argon2 import PasswordHasher
@@ -26,6 +26,8 @@ from feed.storage import users as store
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 LOGIN_ERROR = "Invalid username or password"
+_EMAIL_TAKEN = "That email address is already registered"
+_USERNAME_OR_EMAIL_TAKEN = "That username or email address is already registered"
 _EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 _COMMON = frozenset(
     "password password1 password12 password123 1234567890 12345678910 qwertyuiop 1q2w3e4r5t iloveyou12 "
@@ -62,6 +64,15 @@ def check_username(raw: str) -> str:
     return username
 
 
+def _lookup_name(raw: str) -> str | None:
+    """The ``username_lower`` to look up for what someone typed, or None if it cannot be a username.
+
+    Checked before any query: PostgreSQL refuses NUL in text, and nothing else could match a row anyway.
+    """
+    name = raw.strip().lstrip("@").lower()
+    return name if USERNAME_RE.fullmatch(name) else None
+
+
 def check_password(password: str, username: str) -> None:
     if not password:
         raise Invalid("Password can't be blank", "password")
@@ -70,7 +81,9 @@ def check_password(password: str, username: str) -> None:
     if len(password) > MAX_PASSWORD:
         raise Invalid(f"Password must be at most {MAX_PASSWORD} characters", "password")
     lowered = password.lower()
-    if lowered in _COMMON or len(set(password)) < 4 or username.lower() in lowered:
+    # A short username ("jo") is a substring of too many good passphrases to count against them.
+    has_name = len(username) >= 4 and username.lower() in lowered
+    if lowered in _COMMON or len(set(password)) < 4 or has_name:
         raise Invalid("That password is too easy to guess", "password")
 
 
@@ -104,40 +117,41 @@ async def register(svc: Services, username: str, password: str, email: str = "")
     password_hash = await _hash_password(svc.hasher, password)
     user_id = new_id()
     when = now()
+    email_index = blind_index(svc.index_key, address) if address else None
     async with svc.db.begin() as session:
         if await store.username_taken(session, username.lower()):
             raise Conflict("That username is taken")
-        email_index = blind_index(svc.index_key, address) if address else None
         if email_index and await store.email_taken(session, email_index):
-            raise Conflict("That email address is already registered")
-        await store.insert_user(
-            session,
-            id=user_id,
-            username=username,
-            username_lower=username.lower(),
-            display_name="",
-            bio="",
-            password_hash=password_hash,
-            email_index=email_index,
-            key_version=1,
-            created_at=when,
-            updated_at=when,
-        )
+            raise Conflict(_EMAIL_TAKEN)
+        try:
+            # Core statements run at once, so a concurrent sign-up that won the race fails right here.
+            await store.insert_user(
+                session,
+                id=user_id,
+                username=username,
+                username_lower=username.lower(),
+                display_name="",
+                bio="",
+                password_hash=password_hash,
+                email_index=email_index,
+                key_version=1,
+                created_at=when,
+                updated_at=when,
+            )
+        except IntegrityError:
+            raise Conflict("That username is taken" if email_index is None else _USERNAME_OR_EMAIL_TAKEN) from None
         key = await svc.keys.create(session, user_id, 1, when)
         if address:
             sealed = seal_fields(key, {"email": address}, object_id=user_id, owner_id=user_id, revision=0)
             await store.update_user(session, user_id, email_sealed=sealed["email"].data)
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise Conflict("That username is taken") from None
     return User(id=user_id, username=username, display_name="", bio="", created_at=when, key_version=1)
 
 
 async def login(svc: Services, username: str, password: str, ip: str) -> Session:
     """Check the password under per-account and per-IP throttles; one error for unknown user or bad password."""
-    name = username.strip().lstrip("@").lower()[:64]
-    buckets = [f"login:acct:{name}", f"login:ip:{ip}"]
+    name = _lookup_name(username)
+    # Names that cannot exist share one bucket, so the bucket key never holds arbitrary input.
+    buckets = [f"login:acct:{name or '-'}", f"login:ip:{ip[:64]}"]
     rules = svc.throttle
     async with svc.db.begin() as session:
         if (
@@ -145,22 +159,33 @@ async def login(svc: Services, username: str, password: str, ip: str) -> Session
             or await store.throttle_count(session, buckets[1:], now()) >= rules.per_ip
         ):
             raise RateLimited("Too many failed logins; try again later", int(rules.window.total_seconds()))
-        creds = await store.get_credentials(session, name)
+        creds = await store.get_credentials(session, name) if name else None
     ok = False
     if creds is None:
         await _verify_password(svc.hasher, svc.dummy_hash, password)  # same work as a real check
     else:
         ok = await _verify_password(svc.hasher, creds.password_hash, password)
-    async with svc.db.begin() as session:
-        if not ok or creds is None:
+    if not ok or creds is None:
+        # Counted in a transaction of its own that commits: raising inside it would roll the count back.
+        async with svc.db.begin() as session:
             for bucket in buckets:
                 await store.throttle_hit(session, bucket, now(), rules.window)
-            raise Unauthorized(LOGIN_ERROR)
+        raise Unauthorized(LOGIN_ERROR)
+    # Hashed before the transaction, so no write lock is held through the slow part.
+    new_hash = (
+        await _hash_password(svc.hasher, password) if svc.hasher.check_needs_rehash(creds.password_hash) else None
+    )
+    async with svc.db.begin() as session:
         await store.throttle_clear(session, buckets[0])
-        if svc.hasher.check_needs_rehash(creds.password_hash):
-            new_hash = await _hash_password(svc.hasher, password)
+        if new_hash:
             await store.update_user(session, creds.id, password_hash=new_hash)
         return await _new_session(svc, session, creds.id)
+
+
+async def open_session(svc: Services, user_id: int) -> Session:
+    """A session for a user who has just proved who they are some other way (right after signing up)."""
+    async with svc.db.begin() as session:
+        return await _new_session(svc, session, user_id)
 
 
 async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Session:
@@ -190,7 +215,8 @@ async def logout(svc: Services, token: str) -> None:
 async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
     token = secrets.token_urlsafe(32)
     async with svc.db.begin() as session:
-        row = await store.get_user_by_username(session, username.strip().lstrip("@").lower())
+        lookup = _lookup_name(username)
+        row = await store.get_user_by_username(session, lookup) if lookup else None
         if row is None:
             raise NotFound(f"no user named {username!r}")
         await store.insert_token(session, token_hash=token_hash(token), user_id=row.id, name=name, now=now())
@@ -216,13 +242,16 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
         if address:
             index = blind_index(svc.index_key, address)
             if await store.email_taken(session, index, except_user=user.id):
-                raise Conflict("That email address is already registered")
+                raise Conflict(_EMAIL_TAKEN)
             key = await svc.keys.get(session, user.id, user.key_version)
             sealed = seal_fields(key, {"email": address}, object_id=user.id, owner_id=user.id, revision=0)
             values.update(email_index=index, email_sealed=sealed["email"].data)
         else:
             values.update(email_index=None, email_sealed=None)
-        await store.update_user(session, user.id, **values)
+        try:
+            await store.update_user(session, user.id, **values)
+        except IntegrityError:  # the same address was saved by another account at the same moment
+            raise Conflict(_EMAIL_TAKEN) from None
         row = await store.get_user(session, user.id)
     assert row is not None
     return User.from_row(row)
@@ -241,9 +270,17 @@ async def email_of(svc: Services, user: User) -> str:
 
 
 async def change_password(svc: Services, user: User, current: str, new: str, keep_session: str | None) -> None:
+    """Guesses at ``current`` count against the same per-account throttle as logins (a stolen session is not
+    a way to brute-force the password)."""
+    bucket = f"login:acct:{user.username.lower()}"
+    rules = svc.throttle
     async with svc.db() as session:
+        if await store.throttle_count(session, [bucket], now()) >= rules.per_account:
+            raise RateLimited("Too many wrong passwords; try again later", int(rules.window.total_seconds()))
         stored = await store.get_password_hash(session, user.id)
     if stored is None or not await _verify_password(svc.hasher, stored, current):
+        async with svc.db.begin() as session:
+            await store.throttle_hit(session, bucket, now(), rules.window)
         raise Invalid("Current password is wrong", "current_password")
     check_password(new, user.username)
     new_hash = await _hash_password(svc.hasher, new)
@@ -254,8 +291,11 @@ async def change_password(svc: Services, user: User, current: str, new: str, kee
 
 
 async def find_user(svc: Services, username: str) -> User:
+    name = _lookup_name(username)
+    if name is None:
+        raise NotFound("No such user")
     async with svc.db() as session:
-        row = await store.get_user_by_username(session, username.strip().lstrip("@").lower())
+        row = await store.get_user_by_username(session, name)
     if row is None:
         raise NotFound("No such user")
     return User.from_row(row)

@@ -43,6 +43,9 @@ async def login(request: Request) -> Response:
         status = 429 if isinstance(exc, RateLimited) else 401
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
         return render(request, "login.html", {"values": values, "error": exc.message}, status=status, headers=headers)
+    previous = session_token(request)
+    if previous:  # a new session id at every login; the one this browser had is ended, not left alive
+        await accounts.logout(svc, previous)
     response = see_other(safe_next(form.get("next"), "/"))
     start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
     return response
@@ -61,13 +64,17 @@ async def register(request: Request) -> Response:
     try:
         if form.get("password", "") != form.get("password_confirm", ""):
             raise Invalid("The two passwords differ", "password_confirm")
-        await accounts.register(svc, form.get("username", ""), form.get("password", ""), form.get("email", ""))
-        session = await accounts.login(svc, form.get("username", ""), form.get("password", ""), _client_ip(request))
+        user = await accounts.register(svc, form.get("username", ""), form.get("password", ""), form.get("email", ""))
     except (Invalid, Conflict) as exc:
         field = exc.field if isinstance(exc, Invalid) and exc.field else "username"
         if isinstance(exc, Conflict) and "email" in exc.message:
             field = "email"
         return render(request, "register.html", {"values": values, "errors": {field: exc.message}}, status=422)
+    # The password was just chosen: no second hash check, and no login throttle to trip over.
+    session = await accounts.open_session(svc, user.id)
+    previous = session_token(request)
+    if previous:
+        await accounts.logout(svc, previous)
     response = see_other("/?notice=welcome")
     start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
     return response
@@ -115,7 +122,9 @@ async def change_password(request: Request) -> Response:
     except Invalid as exc:
         email = await accounts.email_of(svc, user)
         values = {"display_name": user.display_name, "bio": user.bio, "email": email}
-        errors = {exc.field or "new_password": exc.message}
+        # The password rules name their field "password"; on this form that is the new one.
+        field = "new_password" if exc.field in (None, "password") else exc.field
+        errors = {field: exc.message}
         return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
     return see_other("/settings?notice=password")
 

@@ -50,9 +50,7 @@ async def viewer(request: Request) -> User | None:
 async def require_user(request: Request) -> User:
     user = await viewer(request)
     if user is None:
-        raise Unauthorized(
-            "Your session has expired; log in again" if session_token(request) else "Log in to do that"
-        )
+        raise Unauthorized("Your session has expired; log in again" if session_token(request) else "Log in to do that")
     return user
 
 
@@ -110,7 +108,8 @@ def check_csrf(request: Request, submitted: str | None) -> None:
     base = _csrf_base(request)
     if base is None:
         raise Forbidden("Your session expired or cookies are off; reload the page and try again")
-    if not submitted or not hmac.compare_digest(submitted, _mac(request, base)):
+    # Compared as bytes: compare_digest raises TypeError on str with non-ASCII characters.
+    if not submitted or not hmac.compare_digest(submitted.encode(), _mac(request, base).encode()):
         raise Forbidden("The form was stale or forged (CSRF check failed); reload the page and try again")
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from python_multipart import MultipartParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from feed.errors import Invalid
 from feed.web.auth import check_csrf
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_FIELDS = 50
 
@@ -21,19 +27,95 @@ class BadRequest(Invalid):
 def _decode_urlencoded(body: bytes) -> dict[str, str]:
     try:
         pairs = parse_qsl(
-            body.decode("ascii"),
+            body.decode("utf-8"),
             keep_blank_values=True,
             strict_parsing=False,
             encoding="utf-8",
             errors="strict",
             max_num_fields=MAX_FIELDS,
         )
-    except (UnicodeDecodeError, ValueError):
+    except UnicodeDecodeError:
         raise BadRequest("The form data is not valid UTF-8") from None
+    except ValueError:  # parse_qsl: more than max_num_fields
+        raise BadRequest("The form has too many fields") from None
     out: dict[str, str] = {}
     for name, value in pairs:
         out.setdefault(name, value)
     return out
+
+
+def _decode_multipart(content_type: str, body: bytes) -> dict[str, str]:
+    """Text fields of a multipart form, decoded as strict UTF-8.
+
+    Starlette's own parser falls back to Latin-1 for bytes that are not UTF-8, which would store mojibake.
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("The multipart form has no boundary")
+    if params.get(b"charset", b"utf-8").lower() not in (b"utf-8", b"utf8"):
+        raise BadRequest("Send the form as UTF-8")
+    fields: list[tuple[bytes, bytes]] = []
+    header = [b"", b""]  # the name and value of the part header being read
+    disposition = bytearray()
+    data = bytearray()
+
+    def on_part_begin() -> None:
+        disposition.clear()
+        data.clear()
+
+    def on_header_field(chunk: bytes, start: int, end: int) -> None:
+        header[0] += chunk[start:end]
+
+    def on_header_value(chunk: bytes, start: int, end: int) -> None:
+        header[1] += chunk[start:end]
+
+    def on_header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            disposition[:] = header[1]
+        header[:] = [b"", b""]
+
+    def on_part_data(chunk: bytes, start: int, end: int) -> None:
+        data.extend(chunk[start:end])
+
+    def on_part_end() -> None:
+        _, options = parse_options_header(bytes(disposition))
+        if b"filename" in options:
+            raise BadRequest("File uploads are not accepted")
+        if b"name" not in options:
+            raise BadRequest("A part of the multipart form has no name")
+        if len(fields) >= MAX_FIELDS:
+            raise BadRequest("The form has too many fields")
+        fields.append((options[b"name"], bytes(data)))
+
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+        out: dict[str, str] = {}
+        for name, value in fields:
+            out.setdefault(name.decode("utf-8"), value.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("The form data is not valid UTF-8") from None
+    except FormParserError:
+        raise BadRequest("The multipart form is malformed") from None
+    return out
+
+
+def _check_text(value: Any) -> None:
+    """Refuse lone surrogates (JSON ``"\\ud800"``): they are not text and cannot be encoded in a response."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("The body is not valid UTF-8 text") from None
 
 
 async def read_body(request: Request) -> dict[str, Any]:
@@ -42,15 +124,15 @@ async def read_body(request: Request) -> dict[str, Any]:
     if ctype == "application/x-www-form-urlencoded":
         return _decode_urlencoded(await request.body())
     if ctype == "multipart/form-data":
-        form = await request.form(max_fields=MAX_FIELDS, max_files=0)
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        return _decode_multipart(request.headers["content-type"], await request.body())
     if ctype == "application/json":
         try:
             data = json.loads(await request.body())
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise BadRequest("The body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("The JSON body must be an object")
+        _check_text(data)
         return data
     if not ctype and not await request.body():
         return {}
@@ -62,7 +144,14 @@ async def read_form(request: Request) -> dict[str, str]:
     data = await read_body(request)
     token = data.get("csrf_token") or request.headers.get("x-csrf-token")
     check_csrf(request, token if isinstance(token, str) else None)
-    return {k: v if isinstance(v, str) else str(v) for k, v in data.items()}
+    form: dict[str, str] = {}
+    for name, value in data.items():
+        if value is None:  # a JSON null is an absent field, not the text "None"
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise BadRequest(f"The field {name!r} must be text")
+        form[name] = str(value)
+    return form
 
 
 def parse_id(raw: str | None, what: str = "id") -> int:

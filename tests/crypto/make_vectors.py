@@ -49,9 +49,7 @@ SEALING_CASES: list[dict[str, Any]] = [
         "owner_id": 42,
         "revision": 0,
         "fields": {
-            "body": (
-                "<script>alert(\"hi & bye\")</script> caf\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001f40d 'quoted'"
-            ),
+            "body": ("<script>alert(\"hi & bye\")</script> caf\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001f40d 'quoted'"),
             "cw": "spoilers: <b>Dune</b> & \u00abPart Two\u00bb",
         },
     },

@@ -88,9 +88,7 @@ def test_committed_blobs_follow_the_documented_layout() -> None:
             context = struct.pack(">H", len(encoded_name)) + encoded_name
             context += struct.pack(">QQQ", vector["object_id"], vector["owner_id"], vector["revision"])
             wrap_nonce, wrapped_dek = blob[8:20], blob[20:68]
-            dek = AESGCM(bytes.fromhex(vector["user_key"])).decrypt(
-                wrap_nonce, wrapped_dek, header + b"dek" + context
-            )
+            dek = AESGCM(bytes.fromhex(vector["user_key"])).decrypt(wrap_nonce, wrapped_dek, header + b"dek" + context)
             data_nonce, ciphertext = blob[68:80], blob[80:]
             plaintext = AESGCM(dek).decrypt(data_nonce, ciphertext, b"\x01\x01" + context)
             assert plaintext.decode("utf-8") == vector["fields"][name]
@@ -106,9 +104,7 @@ def test_fields_of_one_post_share_one_data_key() -> None:
         context = struct.pack(">H", len(encoded_name)) + encoded_name
         context += struct.pack(">QQQ", vector["object_id"], vector["owner_id"], vector["revision"])
         deks.add(
-            AESGCM(bytes.fromhex(vector["user_key"])).decrypt(
-                blob[8:20], blob[20:68], blob[:8] + b"dek" + context
-            )
+            AESGCM(bytes.fromhex(vector["user_key"])).decrypt(blob[8:20], blob[20:68], blob[:8] + b"dek" + context)
         )
     assert len(deks) == 1
 

@@ -182,9 +182,7 @@ def test_unwrap_fails_after_tampering_truncation_or_under_another_ring() -> None
     blob = ring.wrap_user_key(UserKey.generate(7, 3))
     for index in range(len(blob)):
         with pytest.raises(InvalidToken):
-            ring.unwrap_user_key(
-                blob[:index] + bytes([blob[index] ^ 1]) + blob[index + 1 :], user_id=7, version=3
-            )
+            ring.unwrap_user_key(blob[:index] + bytes([blob[index] ^ 1]) + blob[index + 1 :], user_id=7, version=3)
     for size in range(len(blob)):
         with pytest.raises(InvalidToken):
             ring.unwrap_user_key(blob[:size], user_id=7, version=3)

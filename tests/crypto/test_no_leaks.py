@@ -151,9 +151,7 @@ def test_failed_opens_leave_no_key_or_text_behind() -> None:
 def test_a_blob_that_decrypts_to_invalid_utf8_leaves_neither_data_key_nor_plaintext_behind() -> None:
     key, blob, dek = _post()
     plaintext = b"\xff " + TEXT.encode()
-    forged = blob.data[:80] + AESGCM(dek).encrypt(
-        blob.data[68:80], plaintext, b"\x01\x01" + encode_context(CTX)
-    )
+    forged = blob.data[:80] + AESGCM(dek).encrypt(blob.data[68:80], plaintext, b"\x01\x01" + encode_context(CTX))
     _assert_clean_failure(lambda: open_field(key, forged, CTX), [key_bytes(key), dek, plaintext], [TEXT])
 
 

@@ -30,14 +30,10 @@ class RecordingRng:
 
 
 def _seal(key: UserKey, *, object_id: int = POST, revision: int = 1) -> dict[str, Sealed]:
-    return seal_fields(
-        key, {"body": BODY, "cw": CW}, object_id=object_id, owner_id=key.user_id, revision=revision
-    )
+    return seal_fields(key, {"body": BODY, "cw": CW}, object_id=object_id, owner_id=key.user_id, revision=revision)
 
 
-def _ctx(
-    field: str = "body", object_id: int = POST, owner_id: int = ALICE, revision: int = 1
-) -> FieldContext:
+def _ctx(field: str = "body", object_id: int = POST, owner_id: int = ALICE, revision: int = 1) -> FieldContext:
     return FieldContext(field, object_id, owner_id, revision)
 
 

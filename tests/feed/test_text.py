@@ -43,3 +43,8 @@ def test_rendering_escapes_everything_but_mentions_and_http_links() -> None:
 
 def test_mentions_are_parsed_once_each_and_not_from_emails() -> None:
     assert mentioned_usernames("@Alice hi @bob and @alice, mail me at x@carol.org") == ["alice", "bob"]
+
+
+def test_characters_newer_than_our_unicode_tables_are_accepted() -> None:
+    # U+1FAE8 (shaking face, Unicode 15) is unassigned in Python 3.11's tables; people still type it.
+    assert normalize_post("\U0001fae8 and private use \ue000") == "\U0001fae8 and private use \ue000"
