@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -181,6 +183,7 @@ def create_app(settings: Settings) -> Starlette:
                 keys=KeyStore(ring),
                 index_key=derive(secret, "email-index"),
                 hasher=hasher,
+                hash_slots=CapacityLimiter(max(2, os.cpu_count() or 2)),
                 dummy_hash=hasher.hash("cipherfeed-dummy-password"),
                 session_ttl=timedelta(days=settings.session_days),
                 throttle=ThrottleRules(

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio.to_thread
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -96,25 +95,25 @@ def normalize_email(raw: str) -> str | None:
     return email
 
 
-async def _hash_password(hasher: PasswordHasher, password: str) -> str:
-    return await anyio.to_thread.run_sync(hasher.hash, password)
+async def _hash_password(svc: Services, password: str) -> str:
+    return await anyio.to_thread.run_sync(svc.hasher.hash, password, limiter=svc.hash_slots)
 
 
-async def _verify_password(hasher: PasswordHasher, stored: str, password: str) -> bool:
+async def _verify_password(svc: Services, stored: str, password: str) -> bool:
     def verify() -> bool:
         try:
-            return hasher.verify(stored, password)
+            return bool(svc.hasher.verify(stored, password))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 
-    return await anyio.to_thread.run_sync(verify)
+    return await anyio.to_thread.run_sync(verify, limiter=svc.hash_slots)
 
 
 async def register(svc: Services, username: str, password: str, email: str = "") -> User:
     username = check_username(username)
     check_password(password, username)
     address = normalize_email(email)
-    password_hash = await _hash_password(svc.hasher, password)
+    password_hash = await _hash_password(svc, password)
     user_id = new_id()
     when = now()
     email_index = blind_index(svc.index_key, address) if address else None
@@ -162,9 +161,9 @@ async def login(svc: Services, username: str, password: str, ip: str) -> Session
         creds = await store.get_credentials(session, name) if name else None
     ok = False
     if creds is None:
-        await _verify_password(svc.hasher, svc.dummy_hash, password)  # same work as a real check
+        await _verify_password(svc, svc.dummy_hash, password)  # same work as a real check
     else:
-        ok = await _verify_password(svc.hasher, creds.password_hash, password)
+        ok = await _verify_password(svc, creds.password_hash, password)
     if not ok or creds is None:
         # Counted in a transaction of its own that commits: raising inside it would roll the count back.
         async with svc.db.begin() as session:
@@ -172,9 +171,7 @@ async def login(svc: Services, username: str, password: str, ip: str) -> Session
                 await store.throttle_hit(session, bucket, now(), rules.window)
         raise Unauthorized(LOGIN_ERROR)
     # Hashed before the transaction, so no write lock is held through the slow part.
-    new_hash = (
-        await _hash_password(svc.hasher, password) if svc.hasher.check_needs_rehash(creds.password_hash) else None
-    )
+    new_hash = await _hash_password(svc, password) if svc.hasher.check_needs_rehash(creds.password_hash) else None
     async with svc.db.begin() as session:
         await store.throttle_clear(session, buckets[0])
         if new_hash:
@@ -278,12 +275,12 @@ async def change_password(svc: Services, user: User, current: str, new: str, kee
         if await store.throttle_count(session, [bucket], now()) >= rules.per_account:
             raise RateLimited("Too many wrong passwords; try again later", int(rules.window.total_seconds()))
         stored = await store.get_password_hash(session, user.id)
-    if stored is None or not await _verify_password(svc.hasher, stored, current):
+    if stored is None or not await _verify_password(svc, stored, current):
         async with svc.db.begin() as session:
             await store.throttle_hit(session, bucket, now(), rules.window)
         raise Invalid("Current password is wrong", "current_password")
     check_password(new, user.username)
-    new_hash = await _hash_password(svc.hasher, new)
+    new_hash = await _hash_password(svc, new)
     async with svc.db.begin() as session:
         await store.update_user(session, user.id, password_hash=new_hash, updated_at=now())
         # Every other browser and device is signed out.
@@ -311,17 +308,16 @@ async def get_user(svc: Services, user_id: int) -> User:
 
 async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
     async with svc.db() as session:
-        followers, following, post_count = await store.counts(session, user.id)
-        last = await store.last_post_at(session, user.id)
+        counts = (await store.counts_many(session, [user.id]))[user.id]
         a_b = (False, False)
         if viewer is not None and viewer.id != user.id:
             a_b = await post_store.follow_state(session, viewer.id, user.id)
     return Profile(
         user=user,
-        followers=followers,
-        following=following,
-        posts=post_count,
-        last_post_at=last,
+        followers=counts.followers,
+        following=counts.following,
+        posts=counts.posts,
+        last_post_at=counts.last_post_at,
         viewer_follows=a_b[0],
         follows_viewer=a_b[1],
     )
@@ -339,4 +335,4 @@ async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
     """Counts for several accounts at once (the API embeds them in every status)."""
     async with svc.db() as session:
         counts = await store.counts_many(session, [u.id for u in users])
-    return {u.id: Profile(u, *counts[u.id], last_post_at=None) for u in users}
+    return {u.id: Profile(u, *counts[u.id]) for u in users}

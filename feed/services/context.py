@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -25,6 +26,8 @@ class Services:
     keys: KeyStore
     index_key: bytes  # for the email blind index
     hasher: PasswordHasher
+    # Argon2 runs in threads; this bounds how many at once (each takes ~64 MiB and a core for ~50 ms).
+    hash_slots: CapacityLimiter
     dummy_hash: str  # verified against when the username is unknown, so both paths cost the same
     session_ttl: timedelta
     throttle: ThrottleRules

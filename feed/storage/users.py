@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -81,18 +81,6 @@ async def get_email_sealed(session: AsyncSession, user_id: int) -> Record | None
 
 async def update_user(session: AsyncSession, user_id: int, **values: Any) -> None:
     await session.execute(users.update().where(users.c.id == user_id).values(**values))
-
-
-async def counts(session: AsyncSession, user_id: int) -> tuple[int, int, int]:
-    """(followers, following, posts) of one user."""
-    return (await counts_many(session, [user_id]))[user_id]
-
-
-async def last_post_at(session: AsyncSession, user_id: int) -> datetime | None:
-    when: datetime | None = await session.scalar(
-        sa.select(sa.func.max(posts.c.created_at)).where(posts.c.author_id == user_id)
-    )
-    return when
 
 
 # -- keys
@@ -209,20 +197,29 @@ async def throttle_clear(session: AsyncSession, bucket: str) -> None:
     await session.execute(throttle.delete().where(throttle.c.bucket == bucket))
 
 
-async def counts_many(session: AsyncSession, user_ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
-    """(followers, following, posts) for several users in three grouped queries."""
+class UserCounts(NamedTuple):
+    followers: int
+    following: int
+    posts: int
+    last_post_at: datetime | None
+
+
+async def counts_many(session: AsyncSession, user_ids: Iterable[int]) -> dict[int, UserCounts]:
+    """Follower, following and post counts and the latest post time of several users, in four grouped queries."""
     ids = set(user_ids)
     if not ids:
         return {}
 
-    async def grouped(column: sa.ColumnElement[int]) -> dict[int, int]:
-        rows = await session.execute(sa.select(column, sa.func.count()).where(column.in_(ids)).group_by(column))
-        return {int(row[0]): int(row[1]) for row in rows}
+    async def grouped(column: sa.ColumnElement[int], value: Any = None) -> dict[int, Any]:
+        measure = sa.func.count() if value is None else sa.func.max(value)
+        rows = await session.execute(sa.select(column, measure).where(column.in_(ids)).group_by(column))
+        return {int(row[0]): row[1] for row in rows}
 
     followers = await grouped(follows.c.followee_id)
     following = await grouped(follows.c.follower_id)
     post_counts = await grouped(posts.c.author_id)
-    return {i: (followers.get(i, 0), following.get(i, 0), post_counts.get(i, 0)) for i in ids}
+    latest = await grouped(posts.c.author_id, posts.c.created_at)
+    return {i: UserCounts(followers.get(i, 0), following.get(i, 0), post_counts.get(i, 0), latest.get(i)) for i in ids}
 
 
 async def site_counts(session: AsyncSession, active_since: datetime) -> tuple[int, int, int]:

@@ -68,6 +68,8 @@ async def test_counts_and_last_status_at(api: Any) -> None:
     assert (account["followers_count"], account["following_count"], account["statuses_count"]) == (2, 1, 3)
     assert account["last_status_at"] is not None
     assert (await me(bob))["following_count"] == 1 and (await me(bob))["followers_count"] == 1
+    embedded = (await get_json(alice, "/api/v1/timelines/home"))[0]["account"]
+    assert embedded["statuses_count"] == 3 and embedded["last_status_at"] == account["last_status_at"]
 
 
 async def test_get_account(api: Any) -> None:

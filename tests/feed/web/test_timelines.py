@@ -167,3 +167,10 @@ async def test_direct_post_from_a_stranger_reaches_the_home_timeline(make_browse
     home = (await bob.get("/")).text
     assert "hello stranger" in home
     assert "a public mention" not in home  # public posts of people bob does not follow stay out
+
+
+async def test_swapped_like_button_keeps_the_page_as_next(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    post = await alice.compose("like me later")
+    response = await alice.post(f"/posts/{post}/like", {"next": "/@alice"}, headers={"HX-Request": "true"})
+    assert 'name="next" value="/@alice"' in response.text
