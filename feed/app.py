@@ -26,7 +26,7 @@ from feed import db
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
 from feed.keyfile import derive, load_ring, load_secret
 from feed.resources import resource_path
-from feed.services.context import Services, ThrottleRules
+from feed.services.context import Database, Secrets, Services, ThrottleRules
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.web import account_pages, api, pages
@@ -179,9 +179,13 @@ def create_app(settings: Settings) -> Starlette:
             app.state.templates = make_environment()
             app.state.csrf_key = derive(secret, "csrf")
             app.state.services = Services(
-                db=db.make_sessionmaker(engine),
+                db=Database(engine),
                 keys=KeyStore(ring),
-                index_key=derive(secret, "email-index"),
+                secrets=Secrets(
+                    index_key=derive(secret, "email-index"),
+                    throttle_key=derive(secret, "throttle"),
+                    token_key=derive(secret, "token"),
+                ),
                 hasher=hasher,
                 hash_slots=CapacityLimiter(max(2, os.cpu_count() or 2)),
                 dummy_hash=hasher.hash("cipherfeed-dummy-password"),

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from feed import db
 from feed.errors import DomainError
 from feed.settings import ConfigError, Settings, load_settings
@@ -118,7 +120,7 @@ def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     from crypto import RootKeyRing
-    from feed.keyfile import _write_new
+    from feed.keyfile import write_new
 
     ring = RootKeyRing.generate()
     if args.out == "-":
@@ -129,7 +131,7 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.out)
     if path.exists():
         raise CommandError(f"{path} exists; refusing to overwrite a root key")
-    _write_new(path, ring.to_json())
+    write_new(path, ring.to_json())
     print(f"cipherfeed: wrote a new root key to {path} (mode 0600); keep a copy somewhere safe")
     return 0
 
@@ -192,4 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             f"cipherfeed: error: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})",
             file=sys.stderr,
         )
+        return 1
+    except SQLAlchemyError as exc:
+        # The driver's own first line names the problem (refused connection, missing role); the statement's
+        # parameters are hidden by the engine.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+        print(f"cipherfeed: error: database: {reason}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"cipherfeed: error: unexpected {type(exc).__name__}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from typing import Any
 
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from alembic import command
 from feed.resources import resource_path
@@ -14,11 +14,18 @@ from feed.resources import resource_path
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url, connect_args={"timeout": 30})
+        engine = create_async_engine(database_url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
+    # hide_parameters: a database error's message must not carry the values of the statement.
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        hide_parameters=True,
     )
 
 
@@ -29,10 +36,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # We issue BEGIN ourselves (below); the driver would otherwise begin only at the first write, leaving the
+    # reads before it outside the transaction.
+    dbapi_connection.isolation_level = None
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def _sqlite_begin(conn: Connection) -> None:
+    """Write transactions take the write lock up front, so read-then-write is atomic and never hits
+    SQLITE_BUSY on upgrade (which busy_timeout does not retry)."""
+    write = conn.get_execution_options().get("cipherfeed_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def alembic_config(database_url: str | None = None) -> Config:

@@ -14,11 +14,19 @@ from crypto import InvalidKeyMaterial, RootKeyRing
 from feed.settings import ConfigError, Settings
 
 
-def _write_new(path: Path, content: str) -> None:
+def write_new(path: Path, content: str) -> None:
+    """Create ``path`` (mode 0600, never overwriting) and make it durable before anything is sealed under it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(content + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _read_private(path: Path, what: str) -> str:
@@ -44,23 +52,11 @@ def load_ring(settings: Settings, *, create: bool) -> RootKeyRing:
                     "`cipherfeed keys generate` writes one"
                 )
             ring = RootKeyRing.generate()
-            _write_new(path, ring.to_json())
+            write_new(path, ring.to_json())
             return ring
         return RootKeyRing.from_json(_read_private(path, "root key"))
     except InvalidKeyMaterial as exc:
         raise ConfigError(f"the root key is malformed: {exc}") from None
-
-
-def save_ring(settings: Settings, ring: RootKeyRing) -> Path:
-    """Replace the key file atomically (keeping mode 0600)."""
-    if settings.root_key is not None:
-        raise ConfigError("the root key comes from CIPHERFEED_ROOT_KEY; update that variable instead")
-    path = settings.resolved_root_key_file
-    tmp = path.with_name(path.name + ".new")
-    tmp.unlink(missing_ok=True)
-    _write_new(tmp, ring.to_json())
-    tmp.replace(path)
-    return path
 
 
 def load_secret(settings: Settings, *, create: bool) -> bytes:
@@ -71,7 +67,7 @@ def load_secret(settings: Settings, *, create: bool) -> bytes:
     if not path.exists():
         if not create:
             raise ConfigError(f"no secret key: set CIPHERFEED_SECRET_KEY (expected {path})")
-        _write_new(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        write_new(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     return _read_private(path, "secret key").encode()
 
 

@@ -41,8 +41,9 @@ class Secret:
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
-    database_url: str
-    redis_url: str | None = None
+    # URLs may hold passwords: kept out of the repr like the secrets.
+    database_url: str = field(repr=False)
+    redis_url: str | None = field(default=None, repr=False)
     root_key_file: Path | None = None
     root_key: Secret | None = field(default=None)
     secret_key: Secret | None = field(default=None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import re
 import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 
 import anyio.to_thread
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
 from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from feed.ids import new_id
-from feed.services.context import Services
+from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
 from feed.storage import posts as post_store
@@ -40,16 +41,44 @@ RESERVED = frozenset({"admin", "administrator", "root", "api", "cipherfeed", "se
 class Session:
     """A fresh browser session: ``token`` goes in the cookie, only its hash is stored."""
 
-    token: str
+    token: str = field(repr=False)
     user: User
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+def token_hash(svc: Services, token: str) -> bytes:
+    """What is stored for a session id or API token: keyed, so a database copy cannot even confirm one."""
+    return hmac.new(svc.secrets.token_key, token.encode(), hashlib.sha256).digest()
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+def _bucket(svc: Services, kind: str, value: str) -> str:
+    """A throttle bucket name that does not reveal what was typed or who typed it."""
+    digest = hmac.new(svc.secrets.throttle_key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+    return f"{kind}:{digest[:32]}"
+
+
+def _ip_prefix(ip: str) -> str:
+    """IPv4 addresses as they are; IPv6 by /64, the block one subscriber usually holds."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+async def _attempt(svc: Services, limits: list[tuple[str, int]], message: str) -> None:
+    """Count one attempt in every bucket first (atomically), then refuse if any is over its limit.
+
+    Counting before the password check means that concurrent guesses cannot all slip in under the limit.
+    """
+    when = now()
+    async with svc.db.begin() as session:
+        counts = [await store.throttle_hit(session, bucket, when, svc.throttle.window) for bucket, _ in limits]
+        if secrets.randbelow(100) == 0:
+            await store.throttle_purge(session, when)
+    if any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)):
+        raise RateLimited(message, int(svc.throttle.window.total_seconds()))
 
 
 def check_username(raw: str) -> str:
@@ -116,7 +145,7 @@ async def register(svc: Services, username: str, password: str, email: str = "")
     password_hash = await _hash_password(svc, password)
     user_id = new_id()
     when = now()
-    email_index = blind_index(svc.index_key, address) if address else None
+    email_index = blind_index(svc.secrets.index_key, address) if address else None
     async with svc.db.begin() as session:
         if await store.username_taken(session, username.lower()):
             raise Conflict("That username is taken")
@@ -149,15 +178,13 @@ async def register(svc: Services, username: str, password: str, email: str = "")
 async def login(svc: Services, username: str, password: str, ip: str) -> Session:
     """Check the password under per-account and per-IP throttles; one error for unknown user or bad password."""
     name = _lookup_name(username)
-    # Names that cannot exist share one bucket, so the bucket key never holds arbitrary input.
-    buckets = [f"login:acct:{name or '-'}", f"login:ip:{ip[:64]}"]
+    account = _bucket(svc, "acct", name or "-")  # names that cannot exist share one bucket
+    client = _bucket(svc, "ip", _ip_prefix(ip))
     rules = svc.throttle
-    async with svc.db.begin() as session:
-        if (
-            await store.throttle_count(session, buckets[:1], now()) >= rules.per_account
-            or await store.throttle_count(session, buckets[1:], now()) >= rules.per_ip
-        ):
-            raise RateLimited("Too many failed logins; try again later", int(rules.window.total_seconds()))
+    await _attempt(
+        svc, [(account, rules.per_account), (client, rules.per_ip)], "Too many failed logins; try again later"
+    )
+    async with svc.db() as session:
         creds = await store.get_credentials(session, name) if name else None
     ok = False
     if creds is None:
@@ -165,15 +192,12 @@ async def login(svc: Services, username: str, password: str, ip: str) -> Session
     else:
         ok = await _verify_password(svc, creds.password_hash, password)
     if not ok or creds is None:
-        # Counted in a transaction of its own that commits: raising inside it would roll the count back.
-        async with svc.db.begin() as session:
-            for bucket in buckets:
-                await store.throttle_hit(session, bucket, now(), rules.window)
         raise Unauthorized(LOGIN_ERROR)
     # Hashed before the transaction, so no write lock is held through the slow part.
     new_hash = await _hash_password(svc, password) if svc.hasher.check_needs_rehash(creds.password_hash) else None
     async with svc.db.begin() as session:
-        await store.throttle_clear(session, buckets[0])
+        await store.throttle_clear(session, account)
+        await store.throttle_release(session, client)
         if new_hash:
             await store.update_user(session, creds.id, password_hash=new_hash)
         return await _new_session(svc, session, creds.id)
@@ -189,7 +213,7 @@ async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Se
     token = secrets.token_urlsafe(32)
     when = now()
     await store.insert_session(
-        session, id_hash=token_hash(token), user_id=user_id, now=when, expires_at=when + svc.session_ttl
+        session, id_hash=token_hash(svc, token), user_id=user_id, now=when, expires_at=when + svc.session_ttl
     )
     row = await store.get_user(session, user_id)
     assert row is not None
@@ -200,23 +224,25 @@ async def session_user(svc: Services, token: str) -> User | None:
     if not token or len(token) > 100:
         return None
     async with svc.db() as session:
-        row = await store.session_user(session, token_hash(token), now())
+        row = await store.session_user(session, token_hash(svc, token), now())
     return User.from_row(row) if row else None
 
 
 async def logout(svc: Services, token: str) -> None:
     async with svc.db.begin() as session:
-        await store.delete_session(session, token_hash(token))
+        await store.delete_session(session, token_hash(svc, token))
 
 
 async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
+    if not 1 <= len(name) <= 100:
+        raise Invalid("A token label is 1 to 100 characters", "label")
     token = secrets.token_urlsafe(32)
     async with svc.db.begin() as session:
         lookup = _lookup_name(username)
         row = await store.get_user_by_username(session, lookup) if lookup else None
         if row is None:
             raise NotFound(f"no user named {username!r}")
-        await store.insert_token(session, token_hash=token_hash(token), user_id=row.id, name=name, now=now())
+        await store.insert_token(session, token_hash=token_hash(svc, token), user_id=row.id, name=name, now=now())
     return token
 
 
@@ -224,7 +250,7 @@ async def token_user(svc: Services, token: str) -> User | None:
     if not token or len(token) > 200:
         return None
     async with svc.db() as session:
-        row = await store.token_user(session, token_hash(token), now())
+        row = await store.token_user(session, token_hash(svc, token), now())
     return User.from_row(row) if row else None
 
 
@@ -237,7 +263,7 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
     async with svc.db.begin() as session:
         values: dict[str, object] = {"display_name": display_name, "bio": bio, "updated_at": now()}
         if address:
-            index = blind_index(svc.index_key, address)
+            index = blind_index(svc.secrets.index_key, address)
             if await store.email_taken(session, index, except_user=user.id):
                 raise Conflict(_EMAIL_TAKEN)
             key = await svc.keys.get(session, user.id, user.key_version)
@@ -269,22 +295,19 @@ async def email_of(svc: Services, user: User) -> str:
 async def change_password(svc: Services, user: User, current: str, new: str, keep_session: str | None) -> None:
     """Guesses at ``current`` count against the same per-account throttle as logins (a stolen session is not
     a way to brute-force the password)."""
-    bucket = f"login:acct:{user.username.lower()}"
-    rules = svc.throttle
+    account = _bucket(svc, "acct", user.username.lower())
+    await _attempt(svc, [(account, svc.throttle.per_account)], "Too many wrong passwords; try again later")
     async with svc.db() as session:
-        if await store.throttle_count(session, [bucket], now()) >= rules.per_account:
-            raise RateLimited("Too many wrong passwords; try again later", int(rules.window.total_seconds()))
         stored = await store.get_password_hash(session, user.id)
     if stored is None or not await _verify_password(svc, stored, current):
-        async with svc.db.begin() as session:
-            await store.throttle_hit(session, bucket, now(), rules.window)
         raise Invalid("Current password is wrong", "current_password")
     check_password(new, user.username)
     new_hash = await _hash_password(svc, new)
     async with svc.db.begin() as session:
+        await store.throttle_clear(session, account)
         await store.update_user(session, user.id, password_hash=new_hash, updated_at=now())
         # Every other browser and device is signed out.
-        await store.delete_other_sessions(session, user.id, token_hash(keep_session) if keep_session else None)
+        await store.delete_other_sessions(session, user.id, token_hash(svc, keep_session) if keep_session else None)
 
 
 async def find_user(svc: Services, username: str) -> User:

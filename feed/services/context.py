@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from anyio import CapacityLimiter
 from argon2 import PasswordHasher
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from feed.services.keys import KeyStore
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """Sessions for services: ``db()`` for reads, ``db.begin()`` for a write transaction that commits at the end.
+
+    Write transactions are marked so that SQLite takes its write lock at BEGIN (``BEGIN IMMEDIATE``, see
+    ``feed.db``): a transaction that reads and then writes is atomic there, as it is on PostgreSQL.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        self._write = async_sessionmaker(engine.execution_options(cipherfeed_write=True), expire_on_commit=False)
+
+    def __call__(self) -> AsyncSession:
+        return self._read()
+
+    def begin(self) -> Any:
+        return self._write.begin()
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,13 +43,28 @@ class ThrottleRules:
 
 
 @dataclass(frozen=True, slots=True)
+class Secrets:
+    """Keys derived from the server secret, one per purpose. Never shown in a repr."""
+
+    index_key: bytes  # the email blind index
+    throttle_key: bytes  # names of login-throttle buckets (they would otherwise hold typed names and IPs)
+    token_key: bytes  # stored hashes of session ids and API tokens
+
+    def __repr__(self) -> str:
+        return "Secrets(...)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class Services:
-    db: async_sessionmaker[Any]
+    db: Database
     keys: KeyStore
-    index_key: bytes  # for the email blind index
+    secrets: Secrets
     hasher: PasswordHasher
     # Argon2 runs in threads; this bounds how many at once (each takes ~64 MiB and a core for ~50 ms).
     hash_slots: CapacityLimiter
     dummy_hash: str  # verified against when the username is unknown, so both paths cost the same
     session_ttl: timedelta
     throttle: ThrottleRules
+
+    def __repr__(self) -> str:
+        return "Services(...)"

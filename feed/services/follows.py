@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feed.errors import Invalid, NotFound
-from feed.services.accounts import now
-from feed.services.context import Services
+from feed.services.context import Services, now
 from feed.services.models import User
 from feed.storage import posts as store
 from feed.storage import users as user_store

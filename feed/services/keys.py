@@ -32,8 +32,7 @@ class KeyStore:
             wrapped=self.ring.wrap_user_key(key),
             now=now,
         )
-        self._memory[(user_id, version)] = key
-        return key
+        return key  # not remembered here: the transaction may still roll back
 
     async def get(self, session: AsyncSession, user_id: int, version: int) -> UserKey:
         key = (await self.get_many(session, [(user_id, version)])).get((user_id, version))

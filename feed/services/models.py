@@ -8,6 +8,10 @@ from typing import Any
 
 from markupsafe import Markup
 
+from feed.storage.posts import Page
+
+__all__ = ["Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
+
 
 @dataclass(frozen=True, slots=True)
 class User:

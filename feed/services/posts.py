@@ -9,13 +9,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, open_field, seal_fields
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.ids import new_id
-from feed.services.accounts import now
-from feed.services.context import Services
+from feed.services.context import Services, now
 from feed.services.models import Mention, PostView, TimelinePage, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post, render_html
 from feed.storage import posts as store
@@ -106,7 +106,20 @@ async def create(
     text = normalize_post(text)
     cw = normalize_cw(cw)
     visibility = check_visibility(visibility)
-    post_id = new_id()
+    for attempt in (1, 2):
+        post_id = new_id()
+        try:
+            await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
+            break
+        except IntegrityError:
+            if attempt == 2:  # not an id collision after all
+                raise
+    return await get(svc, post_id, author)
+
+
+async def _insert(
+    svc: Services, author: User, post_id: int, text: str, cw: str | None, visibility: str, in_reply_to_id: int | None
+) -> None:
     async with svc.db.begin() as session:
         parent = None
         if in_reply_to_id is not None:
@@ -133,10 +146,19 @@ async def create(
         await store.set_mentions(session, post_id, mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
-    return await get(svc, post_id, author)
 
 
-async def edit(svc: Services, author: User, post_id: int, text: str, cw: str | None = None) -> PostView:
+async def edit(
+    svc: Services,
+    author: User,
+    post_id: int,
+    text: str,
+    cw: str | None = None,
+    *,
+    expected_revision: int | None = None,
+) -> PostView:
+    """A new revision under a new data key. With ``expected_revision`` (the revision the editor started from),
+    an edit made elsewhere in the meantime is a Conflict instead of being overwritten."""
     text = normalize_post(text)
     cw = normalize_cw(cw)
     async with svc.db.begin() as session:
@@ -145,6 +167,8 @@ async def edit(svc: Services, author: User, post_id: int, text: str, cw: str | N
             raise NotFound()
         if row.author_id != author.id:
             raise Forbidden("You can only edit your own posts")
+        if expected_revision is not None and row.revision != expected_revision:
+            raise Conflict("The post was edited elsewhere since you opened it; reload to see the latest version")
         mention_ids = await _resolve_mentions(session, text, author)
         if row.visibility == "direct" and not mention_ids:
             raise Invalid("A direct post needs at least one @mention of an existing user", "status")
@@ -275,7 +299,10 @@ async def like(svc: Services, user: User, post_id: int) -> PostView:
     async with svc.db.begin() as session:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
-        await store.add_like(session, post_id, user.id, now())
+        try:
+            await store.add_like(session, post_id, user.id, now())
+        except IntegrityError:  # deleted between the check and the insert
+            raise NotFound() from None
     return await get(svc, post_id, user)
 
 

@@ -173,14 +173,11 @@ async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) ->
 # -- throttling
 
 
-async def throttle_count(session: AsyncSession, buckets: Sequence[str], now: datetime) -> int:
-    """The highest live count among ``buckets``."""
-    query = sa.select(sa.func.max(throttle.c.count)).where(throttle.c.bucket.in_(buckets), throttle.c.window_ends > now)
-    return int(await session.scalar(query) or 0)
+async def throttle_hit(session: AsyncSession, bucket: str, now: datetime, window: timedelta) -> int:
+    """Count one attempt in ``bucket``'s fixed window (a new window if the old one ended); the count after it.
 
-
-async def throttle_hit(session: AsyncSession, bucket: str, now: datetime, window: timedelta) -> None:
-    """Count one failure in ``bucket``'s fixed window, starting a new window if the old one ended."""
+    One atomic upsert, so concurrent attempts each get their own number.
+    """
     stmt = insert(session, throttle).values(bucket=bucket, count=1, window_ends=now + window)
     expired = throttle.c.window_ends <= now
     stmt = stmt.on_conflict_do_update(
@@ -189,8 +186,19 @@ async def throttle_hit(session: AsyncSession, bucket: str, now: datetime, window
             "count": sa.case((expired, 1), else_=throttle.c.count + 1),
             "window_ends": sa.case((expired, stmt.excluded.window_ends), else_=throttle.c.window_ends),
         },
+    ).returning(throttle.c.count)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def throttle_release(session: AsyncSession, bucket: str) -> None:
+    """Take back one attempt (it succeeded)."""
+    await session.execute(
+        throttle.update().where(throttle.c.bucket == bucket, throttle.c.count > 0).values(count=throttle.c.count - 1)
     )
-    await session.execute(stmt)
+
+
+async def throttle_purge(session: AsyncSession, now: datetime) -> None:
+    await session.execute(throttle.delete().where(throttle.c.window_ends <= now))
 
 
 async def throttle_clear(session: AsyncSession, bucket: str) -> None:

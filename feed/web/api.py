@@ -13,9 +13,8 @@ from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
 from feed.services import accounts, follows, posts, site
-from feed.services.models import PostView, TimelinePage, User
+from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
-from feed.storage.posts import Page
 from feed.web import mastodon
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_id, read_body
@@ -209,11 +208,13 @@ async def edit_status(request: Request) -> Response:
     text = _optional_text(data, "status")
     cw = _optional_text(data, "spoiler_text")
     try:
+        expected = None
         if text is None or "spoiler_text" not in data:
             current = await posts.source_of(svc, post_id, user)
             text = current.text if text is None else text
             cw = current.cw if "spoiler_text" not in data else cw
-        post = await posts.edit(svc, user, post_id, text, cw)
+            expected = current.revision  # what was kept must still be what is there
+        post = await posts.edit(svc, user, post_id, text, cw, expected_revision=expected)
     except Forbidden:
         raise NotFound() from None
     return await _status_response(request, post)

@@ -11,10 +11,9 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from feed.errors import Invalid
+from feed.errors import Conflict, Invalid
 from feed.services import accounts, follows, posts
-from feed.services.models import PostView, TimelinePage, User
-from feed.storage.posts import Page
+from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, read_form
 from feed.web.templating import is_htmx, render
@@ -74,7 +73,8 @@ async def thread(request: Request) -> Response:
     ancestors, focus, replies = await posts.thread(
         services(request), parse_id(request.path_params["post_id"], "post id"), user
     )
-    composer = {"status": _reply_prefill(focus, user)} if user else None
+    # A reply starts as private as the post it answers: a reply to a direct post stays direct.
+    composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility} if user else None
     return render(
         request,
         "thread.html",
@@ -129,7 +129,8 @@ async def create_post(request: Request) -> Response:
 async def edit_form(request: Request) -> Response:
     user = await require_user(request)
     post = await posts.source_of(services(request), parse_id(request.path_params["post_id"], "post id"), user)
-    return render(request, "edit.html", {"post": post, "values": {"status": post.text, "spoiler_text": post.cw or ""}})
+    values = {"status": post.text, "spoiler_text": post.cw or "", "revision": post.revision}
+    return render(request, "edit.html", {"post": post, "values": values})
 
 
 async def edit_post(request: Request) -> Response:
@@ -137,12 +138,22 @@ async def edit_post(request: Request) -> Response:
     user = await require_user(request)
     svc = services(request)
     post_id = parse_id(request.path_params["post_id"], "post id")
+    expected = parse_id(form["revision"], "revision") if form.get("revision") else None
     try:
-        await posts.edit(svc, user, post_id, form.get("status", ""), form.get("spoiler_text"))
-    except Invalid as exc:
+        await posts.edit(
+            svc, user, post_id, form.get("status", ""), form.get("spoiler_text"), expected_revision=expected
+        )
+    except (Invalid, Conflict) as exc:
+        # The draft is kept; after a conflict the form now carries the latest revision, so saving again is a
+        # deliberate overwrite.
         post = await posts.source_of(svc, post_id, user)
-        values = {"status": form.get("status", ""), "spoiler_text": form.get("spoiler_text", "")}
-        return render(request, "edit.html", {"post": post, "values": values, "error": exc.message}, status=422)
+        values = {
+            "status": form.get("status", ""),
+            "spoiler_text": form.get("spoiler_text", ""),
+            "revision": post.revision,
+        }
+        status = 409 if isinstance(exc, Conflict) else 422
+        return render(request, "edit.html", {"post": post, "values": values, "error": exc.message}, status=status)
     return see_other(f"/posts/{post_id}?notice=edited")
 
 

@@ -62,6 +62,10 @@ def test_bad_input_is_one_line_and_non_zero(env: dict[str, str], tmp_path: Path)
     bad_key = cipherfeed(env | {"CIPHERFEED_ROOT_KEY": "not a key"}, "keys", "status")
     assert "root key" in one_line_error(bad_key)
     assert "not a key" not in bad_key.stderr
+    unreachable = cipherfeed(env | {"CIPHERFEED_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "db", "upgrade")
+    assert "127.0.0.1" in one_line_error(unreachable)
+    too_long = cipherfeed(env, "users", "token", "nobody-here", "--label", "x" * 101)
+    assert "label" in one_line_error(too_long)
     usage = cipherfeed(env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,7 +162,7 @@ async def test_email_is_sealed_with_a_blind_index(make_browser, app):
         assert plain not in row.email_sealed
         assert plain.decode() not in repr(tuple(row))
     assert isinstance(row.email_index, bytes) and len(row.email_index) == 32
-    assert row.email_index == blind_index(app.state.services.index_key, "alice.person@example.com")
+    assert row.email_index == blind_index(app.state.services.secrets.index_key, "alice.person@example.com")
     assert row.email_index != hashlib.sha256(b"alice.person@example.com").digest()  # keyed, not a bare hash
     settings = await alice.get("/settings")
     assert 'value="alice.person@example.com"' in settings.text
@@ -282,7 +283,9 @@ async def test_only_the_hash_of_the_session_cookie_is_stored(make_browser, app):
     token = session_cookie(alice)
     async with app.state.engine.connect() as conn:
         hashes = (await conn.execute(sa.select(tables.sessions.c.id_hash))).scalars().all()
-    assert hashes == [hashlib.sha256(token.encode()).digest()]
+    key = app.state.services.secrets.token_key
+    assert hashes == [hmac.new(key, token.encode(), hashlib.sha256).digest()]  # keyed: a copy cannot test guesses
+    assert hashes != [hashlib.sha256(token.encode()).digest()]
     dump = repr(await snapshot(app))
     assert token not in dump
     assert repr(token.encode()) not in dump
@@ -356,7 +359,7 @@ async def test_settings_saves_display_name_bio_and_email(make_browser, app):
     assert 'value="new@example.com"' in page.text
     row = await user_row(app, "alice")
     assert (row.display_name, row.bio) == ("Alice Liddell", "Down the\nrabbit hole")
-    assert row.email_index == blind_index(app.state.services.index_key, "new@example.com") != old_index
+    assert row.email_index == blind_index(app.state.services.secrets.index_key, "new@example.com") != old_index
     assert b"new@example.com" not in row.email_sealed
     profile = await alice.get("/@alice")
     assert "Alice Liddell" in profile.text
@@ -414,7 +417,8 @@ async def test_change_password_logs_out_other_sessions_only(make_browser, app):
     assert response.status_code == 422
     assert "Password must be at least 10 characters" in response.text
     after = await snapshot(app)
-    assert len(after.pop("throttle")) == 1  # the wrong guess counts against the account
+    live = [row for row in after.pop("throttle") if "', 0, " not in row]  # released (successful) attempts
+    assert len(live) == 1  # the wrong guess counts against the account
     before.pop("throttle")
     assert after == before
     assert await is_logged_in(phone)
