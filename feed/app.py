@@ -23,8 +23,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from feed import db
+from feed.bus import Invalidation, LocalBus, RedisBus
+from feed.cache import Cache
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
 from feed.keyfile import derive, load_ring, load_secret
+from feed.metrics import Registry
+from feed.redis_link import RedisLink, make_client
 from feed.resources import resource_path
 from feed.services.context import Database, Secrets, Services, ThrottleRules
 from feed.services.keys import KeyStore
@@ -33,6 +37,7 @@ from feed.web import account_pages, api, pages
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
+from feed.web.metrics import RequestMetrics, metrics_endpoint
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
 from feed.web.templating import is_htmx, make_environment, render
 
@@ -137,6 +142,7 @@ def routes() -> list[BaseRoute]:
         Route("/settings/password", account_pages.change_password, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
         Route("/favicon.ico", favicon),
         Route(f"{v1}/accounts/verify_credentials", api.verify_credentials),
         Route(f"{v1}/accounts/lookup", api.lookup_account),
@@ -161,9 +167,39 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+def _connect(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None) -> None:
+    """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
+    unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
+    invalidations it missed, then flushes L1."""
+
+    async def publish(names: list[str]) -> None:
+        await bus.publish(Invalidation(keys=names))
+
+    def apply(message: Invalidation) -> None:
+        cache.drop(message.keys)
+        for user_id in message.users:
+            keys.forget(user_id)
+
+    async def flush() -> None:
+        cache.flush()
+
+    cache.on_invalidate = publish
+    bus.on_message(apply)
+    bus.on_reset(cache.flush)
+    if link is not None:
+        link.on_recovery(cache.replay_pending)
+        link.on_recovery(flush)
+    metrics.gauge_callback("cipherfeed_cache_l1_bytes", "Bytes held in this process's L1 cache", lambda: cache.l1_bytes)
+    metrics.gauge_callback(
+        "cipherfeed_cache_l1_evictions", "Values evicted from L1 to stay within its size", lambda: cache.l1_evictions
+    )
+    metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.metrics = Registry()  # first: the cache, the bus and RequestMetrics register in it
         embedded = settings.is_sqlite
         if embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -174,13 +210,21 @@ def create_app(settings: Settings) -> Starlette:
             head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
             if await db.current_revision(engine) != head:
                 raise ConfigError("the database schema is not up to date: run `cipherfeed db upgrade`")
+            link = RedisLink(make_client(settings.redis_url), metrics=app.state.metrics) if settings.redis_url else None
+            cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=app.state.metrics)
+            bus: LocalBus = RedisBus(link, metrics=app.state.metrics) if link else LocalBus()
+            keys = KeyStore(ring)
+            _connect(app.state.metrics, cache, bus, keys, link)
+            await bus.start()
+            app.state.cache, app.state.bus = cache, bus
             hasher = PasswordHasher()
             app.state.engine = engine
             app.state.templates = make_environment()
             app.state.csrf_key = derive(secret, "csrf")
             app.state.services = Services(
                 db=Database(engine),
-                keys=KeyStore(ring),
+                cache=cache,
+                keys=keys,
                 secrets=Secrets(
                     index_key=derive(secret, "email-index"),
                     throttle_key=derive(secret, "throttle"),
@@ -196,11 +240,17 @@ def create_app(settings: Settings) -> Starlette:
                     window=timedelta(seconds=settings.login_window_seconds),
                 ),
             )
-            yield
+            try:
+                yield
+            finally:
+                await bus.stop()
+                if link is not None:
+                    await link.close()
         finally:
             await engine.dispose()
 
     middleware = [
+        Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it
         Middleware(SecurityHeaders),
         Middleware(CatchAll),
         Middleware(ApiCors),

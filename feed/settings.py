@@ -48,6 +48,7 @@ class Settings:
     root_key: Secret | None = field(default=None)
     secret_key: Secret | None = field(default=None)
     max_body_bytes: int = 64 * 1024
+    cache_l1_bytes: int = 64 * 1024 * 1024
     session_days: int = 30
     login_attempts_per_account: int = 5
     login_attempts_per_ip: int = 20
@@ -121,6 +122,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         root_key=Secret(root_key) if root_key else None,
         secret_key=Secret(secret) if secret else None,
         max_body_bytes=_int(env, "CIPHERFEED_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
+        cache_l1_bytes=_int(env, "CIPHERFEED_CACHE_L1_BYTES", 64 * 1024 * 1024, minimum=0),
         session_days=_int(env, "CIPHERFEED_SESSION_DAYS", 30),
         login_attempts_per_account=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT", 5),
         login_attempts_per_ip=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP", 20),

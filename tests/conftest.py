@@ -29,12 +29,15 @@ from feed.storage.tables import metadata
 
 PG_ADMIN_URL = os.environ.get("CIPHERFEED_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKEND = os.environ.get("CIPHERFEED_TEST_DB", "sqlite")
+# The SQLite pass runs as the embedded mode (no Redis: L1 and the in-process bus), the PostgreSQL pass as the
+# scaled mode (Redis for L2 and the bus). CIPHERFEED_TEST_REDIS=URL or =none overrides.
+REDIS_URL = os.environ.get("CIPHERFEED_TEST_REDIS", "none" if BACKEND == "sqlite" else "redis://127.0.0.1:6379/15")
 PASSWORD = "correct horse battery staple"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def pytest_report_header() -> str:
-    return f"cipherfeed test database: {BACKEND}"
+    return f"cipherfeed test database: {BACKEND}; redis: {REDIS_URL}"
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +82,7 @@ def env(database_url: str, root_key_json: str, tmp_path_factory: pytest.TempPath
         "CIPHERFEED_ROOT_KEY": root_key_json,
         "CIPHERFEED_SECRET_KEY": "test-secret-" + "x" * 40,
         "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP": "1000",
-    }
+    } | ({} if REDIS_URL == "none" else {"CIPHERFEED_REDIS_URL": REDIS_URL})
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +120,7 @@ async def empty_tables(engine: Any) -> None:
 @pytest.fixture
 async def clean(app: Any) -> AsyncIterator[None]:
     await empty_tables(app.state.engine)
+    await forget_cached(app)
     yield
 
 
@@ -206,3 +210,11 @@ def run_async(coro: Any) -> Any:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+async def forget_cached(app: Any) -> None:
+    """Empty L1 and L2, as if every TTL had run out: for tests that change rows behind the services' back."""
+    app.state.cache.flush()
+    link = app.state.cache.link
+    if link is not None:
+        await link.client.flushdb()

@@ -15,8 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
+from feed.cache import SESSIONS, USERS
 from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from feed.ids import new_id
+from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
@@ -223,14 +225,18 @@ async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Se
 async def session_user(svc: Services, token: str) -> User | None:
     if not token or len(token) > 100:
         return None
-    async with svc.db() as session:
-        row = await store.session_user(session, token_hash(svc, token), now())
-    return User.from_row(row) if row else None
+    record = await lookup.session(svc, token_hash(svc, token))
+    if record is None or record.expires_at <= now():
+        return None
+    found = await lookup.user(svc, record.user_id)
+    return User.from_row(found) if found else None
 
 
 async def logout(svc: Services, token: str) -> None:
+    id_hash = token_hash(svc, token)
     async with svc.db.begin() as session:
-        await store.delete_session(session, token_hash(svc, token))
+        await store.delete_session(session, id_hash)
+    await lookup.invalidate(svc, (SESSIONS, id_hash.hex()))
 
 
 async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
@@ -277,6 +283,7 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
             raise Conflict(_EMAIL_TAKEN) from None
         row = await store.get_user(session, user.id)
     assert row is not None
+    await lookup.invalidate(svc, (USERS, user.id))
     return User.from_row(row)
 
 
@@ -307,7 +314,9 @@ async def change_password(svc: Services, user: User, current: str, new: str, kee
         await store.throttle_clear(session, account)
         await store.update_user(session, user.id, password_hash=new_hash, updated_at=now())
         # Every other browser and device is signed out.
-        await store.delete_other_sessions(session, user.id, token_hash(svc, keep_session) if keep_session else None)
+        keep = token_hash(svc, keep_session) if keep_session else None
+        gone = await store.delete_other_sessions(session, user.id, keep)
+    await lookup.invalidate(svc, *((SESSIONS, id_hash.hex()) for id_hash in gone))
 
 
 async def find_user(svc: Services, username: str) -> User:

@@ -10,6 +10,7 @@ from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from feed.cache import Cache
 from feed.services.keys import KeyStore
 
 
@@ -57,6 +58,7 @@ class Secrets:
 @dataclass(frozen=True, slots=True, repr=False)
 class Services:
     db: Database
+    cache: Cache
     keys: KeyStore
     secrets: Secrets
     hasher: PasswordHasher

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from feed.cache import FOLLOWING
 from feed.errors import Invalid, NotFound
+from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.models import User
 from feed.storage import posts as store
@@ -29,16 +31,20 @@ async def _target(svc: Services, user: User, target_id: int) -> None:
 async def follow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
     async with svc.db.begin() as session:
-        await store.add_follow(session, user.id, target_id, now())
+        changed = await store.add_follow(session, user.id, target_id, now())
         following, followed_by = await store.follow_state(session, user.id, target_id)
+    if changed:
+        await lookup.invalidate(svc, (FOLLOWING, user.id))
     return Relationship(target_id, following, followed_by)
 
 
 async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
     async with svc.db.begin() as session:
-        await store.remove_follow(session, user.id, target_id)
+        changed = await store.remove_follow(session, user.id, target_id)
         following, followed_by = await store.follow_state(session, user.id, target_id)
+    if changed:
+        await lookup.invalidate(svc, (FOLLOWING, user.id))
     return Relationship(target_id, following, followed_by)
 
 

@@ -67,6 +67,20 @@ class KeyStore:
                 found[pair] = key
         return found
 
+    def open_many(self, wrapped: dict[tuple[int, int], bytes]) -> dict[tuple[int, int], UserKey]:
+        """Unwrap the given wrapped keys (from the cache), reusing keys already in memory; bad blobs are left out."""
+        out: dict[tuple[int, int], UserKey] = {}
+        for pair, blob in wrapped.items():
+            key = self._memory.get(pair)
+            if key is None:
+                try:
+                    key = self.ring.unwrap_user_key(blob, user_id=pair[0], version=pair[1])
+                except InvalidToken:
+                    continue
+                self._memory[pair] = key
+            out[pair] = key
+        return out
+
     def forget(self, user_id: int) -> None:
         for pair in [p for p in self._memory if p[0] == user_id]:
             self._memory.pop(pair, None)

@@ -1,32 +1,29 @@
-"""Posts: write, edit, delete, read with visibility rules, likes. Text is sealed here, before any storage call.
-
-Decrypted text exists only in the ``PostView`` values returned to the caller, for the life of one request.
-"""
+"""Writing posts: create, edit, delete, like. Text is sealed here, before any storage call; each writer drops
+the cache keys it made stale, after its commit."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crypto import FieldContext, InvalidToken, open_field, seal_fields
+from crypto import seal_fields
+from feed.cache import POSTS, TIMELINES, Space
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.ids import new_id
+from feed.services import lookup
 from feed.services.context import Services, now
-from feed.services.models import Mention, PostView, TimelinePage, User
-from feed.services.text import mentioned_usernames, normalize_cw, normalize_post, render_html
+from feed.services.models import PostView, User
+from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
+from feed.services.timelines import get
 from feed.storage import posts as store
 from feed.storage import users as user_store
-from feed.storage.posts import Page
 
 log = logging.getLogger(__name__)
 
 VISIBILITIES = ("public", "unlisted", "followers", "direct")
-MAX_ANCESTORS = 40
-MAX_DESCENDANTS = 200
 
 
 def check_visibility(raw: str) -> str:
@@ -40,52 +37,6 @@ async def _resolve_mentions(session: AsyncSession, text: str, author: User) -> l
     names = mentioned_usernames(text)
     found = await user_store.get_ids_by_usernames(session, names)
     return [found[n] for n in names if n in found and found[n] != author.id]
-
-
-async def views(session: AsyncSession, svc: Services, rows: Sequence[Any], viewer: User | None) -> list[PostView]:
-    """Decrypt and assemble rows for ``viewer``; rows whose author key is gone (shredded) are left out."""
-    if not rows:
-        return []
-    ids = [row.id for row in rows]
-    people = {row.author_id for row in rows} | {r.in_reply_to_author_id for r in rows if r.in_reply_to_author_id}
-    authors = await user_store.get_users(session, people)
-    keys = await svc.keys.get_many(session, {(row.author_id, row.key_version) for row in rows})
-    mentioned = await store.mentions_of(session, ids)
-    liked = await store.liked_by(session, viewer.id, ids) if viewer else set()
-    out: list[PostView] = []
-    for row in rows:
-        key = keys.get((row.author_id, row.key_version))
-        author = authors.get(row.author_id)
-        if key is None or author is None:
-            continue
-        try:
-            text = open_field(key, row.body, FieldContext("body", row.id, row.author_id, row.revision))
-            cw = open_field(key, row.cw, FieldContext("cw", row.id, row.author_id, row.revision)) if row.cw else None
-        except InvalidToken:
-            log.warning("post %s does not decrypt; left out", row.id)
-            continue
-        parent_author = authors.get(row.in_reply_to_author_id) if row.in_reply_to_author_id else None
-        out.append(
-            PostView(
-                id=row.id,
-                author=User.from_row(author),
-                visibility=row.visibility,
-                text=text,
-                html=render_html(text),
-                cw=cw,
-                in_reply_to_id=row.in_reply_to_id,
-                in_reply_to_author_id=row.in_reply_to_author_id,
-                revision=row.revision,
-                likes_count=row.likes_count,
-                replies_count=row.replies_count,
-                created_at=row.created_at,
-                edited_at=row.edited_at,
-                liked=row.id in liked,
-                mentions=[Mention(m.id, m.username) for m in mentioned.get(row.id, [])],
-                reply_to_username=parent_author.username if parent_author else None,
-            )
-        )
-    return out
 
 
 def _seal(svc_key: Any, post_id: int, author: User, revision: int, text: str, cw: str | None) -> dict[str, bytes]:
@@ -109,17 +60,22 @@ async def create(
     for attempt in (1, 2):
         post_id = new_id()
         try:
-            await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
+            parent_id = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
             break
         except IntegrityError:
             if attempt == 2:  # not an id collision after all
                 raise
+    stale: list[tuple[Space, Any]] = [(POSTS, parent_id)] if parent_id else []  # its replies count
+    if visibility == "public":
+        stale.append((TIMELINES, "public"))
+    await lookup.invalidate(svc, *stale)
     return await get(svc, post_id, author)
 
 
 async def _insert(
     svc: Services, author: User, post_id: int, text: str, cw: str | None, visibility: str, in_reply_to_id: int | None
-) -> None:
+) -> int | None:
+    """Insert the post; the id of the post it replies to."""
     async with svc.db.begin() as session:
         parent = None
         if in_reply_to_id is not None:
@@ -146,6 +102,7 @@ async def _insert(
         await store.set_mentions(session, post_id, mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
+    return parent.id if parent else None
 
 
 async def edit(
@@ -187,6 +144,7 @@ async def edit(
         if not changed:
             raise Conflict("The post was changed at the same time; reload and try again")
         await store.set_mentions(session, post_id, mention_ids)
+    await lookup.invalidate(svc, (POSTS, post_id))
     return await get(svc, post_id, author)
 
 
@@ -200,98 +158,11 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
             raise NotFound()
         if view.in_reply_to_id is not None:
             await store.bump_replies(session, view.in_reply_to_id, -1)
+    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (TIMELINES, "public")]
+    if view.in_reply_to_id is not None:
+        stale.append((POSTS, view.in_reply_to_id))
+    await lookup.invalidate(svc, *stale)
     return view
-
-
-async def get(svc: Services, post_id: int, viewer: User | None) -> PostView:
-    async with svc.db() as session:
-        row = await store.get_visible_post(session, post_id, viewer.id if viewer else None)
-        found = await views(session, svc, [row] if row else [], viewer)
-    if not found:
-        raise NotFound()
-    return found[0]
-
-
-async def source_of(svc: Services, post_id: int, viewer: User) -> PostView:
-    """The post for its author's edit form."""
-    view = await get(svc, post_id, viewer)
-    if view.author.id != viewer.id:
-        raise Forbidden("You can only edit your own posts")
-    return view
-
-
-def _page(found: list[PostView], rows: Sequence[Any], page: Page) -> TimelinePage:
-    return TimelinePage(
-        posts=found,
-        next_max_id=rows[-1].id if len(rows) >= page.limit else None,
-        prev_min_id=rows[0].id if rows else page.min_id or page.since_id,
-    )
-
-
-async def home(svc: Services, viewer: User, page: Page) -> TimelinePage:
-    async with svc.db() as session:
-        rows = await store.home(session, viewer.id, page)
-        return _page(await views(session, svc, rows, viewer), rows, page)
-
-
-async def public(svc: Services, viewer: User | None, page: Page) -> TimelinePage:
-    async with svc.db() as session:
-        rows = await store.public(session, page)
-        return _page(await views(session, svc, rows, viewer), rows, page)
-
-
-async def by_author(
-    svc: Services, author: User, viewer: User | None, page: Page, *, exclude_replies: bool = False
-) -> TimelinePage:
-    async with svc.db() as session:
-        rows = await store.by_author(
-            session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
-        )
-        return _page(await views(session, svc, rows, viewer), rows, page)
-
-
-async def thread(svc: Services, post_id: int, viewer: User | None) -> tuple[list[PostView], PostView, list[PostView]]:
-    """(ancestors oldest first, the post, descendants in reply-tree order), each visible to ``viewer``."""
-    viewer_id = viewer.id if viewer else None
-    async with svc.db() as session:
-        focus = await store.get_visible_post(session, post_id, viewer_id)
-        if focus is None:
-            raise NotFound()
-        ancestors: list[Any] = []
-        parent_id = focus.in_reply_to_id
-        while parent_id is not None and len(ancestors) < MAX_ANCESTORS:
-            parent = await store.get_visible_post(session, parent_id, viewer_id)
-            if parent is None:
-                break
-            ancestors.append(parent)
-            parent_id = parent.in_reply_to_id
-        ancestors.reverse()
-        children: dict[int, list[Any]] = {}
-        frontier, total = [focus.id], 0
-        while frontier and total < MAX_DESCENDANTS:
-            found = await store.replies(session, frontier, viewer_id)
-            for row in found:
-                children.setdefault(row.in_reply_to_id, []).append(row)
-            total += len(found)
-            frontier = [row.id for row in found]
-        ordered: list[Any] = []
-
-        def walk(pid: int) -> None:
-            for child in children.get(pid, []):
-                if len(ordered) < MAX_DESCENDANTS:
-                    ordered.append(child)
-                    walk(child.id)
-
-        walk(focus.id)
-        rendered = await views(session, svc, [*ancestors, focus, *ordered], viewer)
-    by_id = {v.id: v for v in rendered}
-    if focus.id not in by_id:
-        raise NotFound()
-    return (
-        [by_id[r.id] for r in ancestors if r.id in by_id],
-        by_id[focus.id],
-        [by_id[r.id] for r in ordered if r.id in by_id],
-    )
 
 
 async def like(svc: Services, user: User, post_id: int) -> PostView:
@@ -300,9 +171,11 @@ async def like(svc: Services, user: User, post_id: int) -> PostView:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
         try:
-            await store.add_like(session, post_id, user.id, now())
+            changed = await store.add_like(session, post_id, user.id, now())
         except IntegrityError:  # deleted between the check and the insert
             raise NotFound() from None
+    if changed:
+        await lookup.invalidate(svc, (POSTS, post_id))
     return await get(svc, post_id, user)
 
 
@@ -310,5 +183,7 @@ async def unlike(svc: Services, user: User, post_id: int) -> PostView:
     async with svc.db.begin() as session:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
-        await store.remove_like(session, post_id, user.id)
+        changed = await store.remove_like(session, post_id, user.id)
+    if changed:
+        await lookup.invalidate(svc, (POSTS, post_id))
     return await get(svc, post_id, user)

@@ -15,6 +15,8 @@ from feed.storage.dialect import insert
 from feed.storage.tables import follows, likes, mentions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
+# What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
+REF_COLUMNS = (posts.c.id, posts.c.author_id, posts.c.key_version, posts.c.in_reply_to_author_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,7 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
     """The viewer's own posts, what the people they follow may show them, and direct posts that mention them."""
     followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
-    query = sa.select(posts).where(
+    query = sa.select(*REF_COLUMNS).where(
         sa.or_(
             posts.c.author_id == viewer_id,
             sa.and_(posts.c.author_id.in_(followees), sa.or_(posts.c.visibility != "direct", mentioned)),
@@ -72,14 +74,14 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
 
 
 async def public(session: AsyncSession, page: Page) -> list[Record]:
-    return await _page(session, sa.select(posts).where(posts.c.visibility == "public"), page)
+    return await _page(session, sa.select(*REF_COLUMNS).where(posts.c.visibility == "public"), page)
 
 
 async def by_author(
     session: AsyncSession, author_id: int, viewer_id: int | None, page: Page, *, exclude_replies: bool = False
 ) -> list[Record]:
     """An author's posts that the viewer may read; ``exclude_replies`` keeps replies to the author's own posts."""
-    query = sa.select(posts).where(posts.c.author_id == author_id, visible_to(viewer_id))
+    query = sa.select(*REF_COLUMNS).where(posts.c.author_id == author_id, visible_to(viewer_id))
     if exclude_replies:
         query = query.where(sa.or_(posts.c.in_reply_to_id.is_(None), posts.c.in_reply_to_author_id == author_id))
     return await _page(session, query, page)
@@ -89,12 +91,25 @@ async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: i
     if not parent_ids:
         return []
     query = (
-        sa.select(posts)
+        sa.select(*REF_COLUMNS, posts.c.in_reply_to_id)
         .where(posts.c.in_reply_to_id.in_(parent_ids), visible_to(viewer_id))
         .order_by(posts.c.id.asc())
         .limit(200)
     )
     return list((await session.execute(query)).all())
+
+
+async def get_posts(session: AsyncSession, post_ids: Sequence[int]) -> list[Record]:
+    """Whole rows, sealed fields included (the cache's loader)."""
+    if not post_ids:
+        return []
+    return list((await session.execute(sa.select(posts).where(posts.c.id.in_(post_ids)))).all())
+
+
+async def visible_ids(session: AsyncSession, post_ids: Sequence[int], viewer_id: int | None) -> set[int]:
+    if not post_ids:
+        return set()
+    return set(await session.scalars(sa.select(posts.c.id).where(posts.c.id.in_(post_ids), visible_to(viewer_id))))
 
 
 async def get_post(session: AsyncSession, post_id: int, *, for_update: bool = False) -> Record | None:
@@ -231,3 +246,8 @@ async def follow_list(
     if max_id is not None:
         query = query.where(theirs < max_id)
     return list(await session.scalars(query.order_by(theirs.desc()).limit(limit)))
+
+
+async def followee_ids(session: AsyncSession, user_id: int) -> list[int]:
+    """Everyone ``user_id`` follows (for visibility checks from the cache)."""
+    return list(await session.scalars(sa.select(follows.c.followee_id).where(follows.c.follower_id == user_id)))

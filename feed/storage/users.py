@@ -143,15 +143,22 @@ async def session_user(session: AsyncSession, id_hash: bytes, now: datetime) -> 
     return (await session.execute(query)).first()
 
 
+async def session_row(session: AsyncSession, id_hash: bytes) -> Record | None:
+    """The session's user and expiry (the caller checks the expiry: this row may be cached)."""
+    query = sa.select(sessions.c.user_id, sessions.c.expires_at).where(sessions.c.id_hash == id_hash)
+    return (await session.execute(query)).first()
+
+
 async def delete_session(session: AsyncSession, id_hash: bytes) -> None:
     await session.execute(sessions.delete().where(sessions.c.id_hash == id_hash))
 
 
-async def delete_other_sessions(session: AsyncSession, user_id: int, keep: bytes | None) -> None:
+async def delete_other_sessions(session: AsyncSession, user_id: int, keep: bytes | None) -> list[bytes]:
+    """Delete the user's sessions but ``keep``; the hashes of those deleted (for the cache)."""
     query = sessions.delete().where(sessions.c.user_id == user_id)
     if keep is not None:
         query = query.where(sessions.c.id_hash != keep)
-    await session.execute(query)
+    return list((await session.execute(query.returning(sessions.c.id_hash))).scalars())
 
 
 async def insert_token(session: AsyncSession, *, token_hash: bytes, user_id: int, name: str, now: datetime) -> None:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, follows, posts, site
+from feed.services import accounts, follows, posts, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -122,7 +122,7 @@ async def account_statuses(request: Request) -> Response:
     if _truthy(request.query_params.get("only_media")) or _truthy(request.query_params.get("pinned")):
         return JSONResponse([])  # we have neither media nor pins
     exclude_replies = _truthy(request.query_params.get("exclude_replies"))
-    result = await posts.by_author(svc, author, viewer, page, exclude_replies=exclude_replies)
+    result = await timelines.by_author(svc, author, viewer, page, exclude_replies=exclude_replies)
     return await _timeline_response(request, page, result)
 
 
@@ -210,7 +210,7 @@ async def edit_status(request: Request) -> Response:
     try:
         expected = None
         if text is None or "spoiler_text" not in data:
-            current = await posts.source_of(svc, post_id, user)
+            current = await timelines.source_of(svc, post_id, user)
             text = current.text if text is None else text
             cw = current.cw if "spoiler_text" not in data else cw
             expected = current.revision  # what was kept must still be what is there
@@ -222,7 +222,9 @@ async def edit_status(request: Request) -> Response:
 
 async def get_status(request: Request) -> Response:
     viewer = await api_user(request, required=False)
-    return await _status_response(request, await posts.get(services(request), path_id(request, "status_id"), viewer))
+    return await _status_response(
+        request, await timelines.get(services(request), path_id(request, "status_id"), viewer)
+    )
 
 
 async def delete_status(request: Request) -> Response:
@@ -237,7 +239,7 @@ async def delete_status(request: Request) -> Response:
 
 async def status_context(request: Request) -> Response:
     viewer = await api_user(request, required=False)
-    ancestors, _, descendants = await posts.thread(services(request), path_id(request, "status_id"), viewer)
+    ancestors, _, descendants = await timelines.thread(services(request), path_id(request, "status_id"), viewer)
     return JSONResponse(
         {"ancestors": await _statuses(request, ancestors), "descendants": await _statuses(request, descendants)}
     )
@@ -259,7 +261,7 @@ async def home_timeline(request: Request) -> Response:
     user = await api_user(request)
     assert user is not None
     page = _page(request)
-    return await _timeline_response(request, page, await posts.home(services(request), user, page))
+    return await _timeline_response(request, page, await timelines.home(services(request), user, page))
 
 
 async def public_timeline(request: Request) -> Response:
@@ -267,7 +269,7 @@ async def public_timeline(request: Request) -> Response:
     page = _page(request)
     if _truthy(request.query_params.get("remote")) or _truthy(request.query_params.get("only_media")):
         return JSONResponse([])  # no federation and no media (yet)
-    return await _timeline_response(request, page, await posts.public(services(request), viewer, page))
+    return await _timeline_response(request, page, await timelines.public(services(request), viewer, page))
 
 
 def _limits() -> dict[str, Any]:

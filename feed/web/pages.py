@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from feed.errors import Conflict, Invalid
-from feed.services import accounts, follows, posts
+from feed.services import accounts, follows, posts, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, read_form
@@ -49,13 +49,13 @@ async def home(request: Request) -> Response:
     user = await viewer(request)
     if user is None:
         return render(request, "welcome.html")
-    page = await posts.home(services(request), user, _page(request))
+    page = await timelines.home(services(request), user, _page(request))
     return _timeline(request, "home.html", page, composer={})
 
 
 async def public(request: Request) -> Response:
     user = await viewer(request)
-    page = await posts.public(services(request), user, _page(request))
+    page = await timelines.public(services(request), user, _page(request))
     return _timeline(request, "public.html", page)
 
 
@@ -63,14 +63,14 @@ async def profile(request: Request) -> Response:
     svc = services(request)
     user = await viewer(request)
     author = await accounts.find_user(svc, request.path_params["username"])
-    page = await posts.by_author(svc, author, user, _page(request))
+    page = await timelines.by_author(svc, author, user, _page(request))
     info = await accounts.profile(svc, author, user)
     return _timeline(request, "profile.html", page, profile=info)
 
 
 async def thread(request: Request) -> Response:
     user = await viewer(request)
-    ancestors, focus, replies = await posts.thread(
+    ancestors, focus, replies = await timelines.thread(
         services(request), parse_id(request.path_params["post_id"], "post id"), user
     )
     # A reply starts as private as the post it answers: a reply to a direct post stays direct.
@@ -119,7 +119,7 @@ async def create_post(request: Request) -> Response:
                 status=422,
                 headers={"HX-Retarget": "#composer", "HX-Reswap": "outerHTML"},
             )
-        parent = await posts.get(svc, reply_to, user) if reply_to else None
+        parent = await timelines.get(svc, reply_to, user) if reply_to else None
         return render(request, "compose.html", {"composer": composer, "parent": parent}, status=422)
     if is_htmx(request) and reply_to is None:
         return render(request, "_partials/posted.html", {"post": post, "composer": {}})
@@ -128,7 +128,7 @@ async def create_post(request: Request) -> Response:
 
 async def edit_form(request: Request) -> Response:
     user = await require_user(request)
-    post = await posts.source_of(services(request), parse_id(request.path_params["post_id"], "post id"), user)
+    post = await timelines.source_of(services(request), parse_id(request.path_params["post_id"], "post id"), user)
     values = {"status": post.text, "spoiler_text": post.cw or "", "revision": post.revision}
     return render(request, "edit.html", {"post": post, "values": values})
 
@@ -146,7 +146,7 @@ async def edit_post(request: Request) -> Response:
     except (Invalid, Conflict) as exc:
         # The draft is kept; after a conflict the form now carries the latest revision, so saving again is a
         # deliberate overwrite.
-        post = await posts.source_of(svc, post_id, user)
+        post = await timelines.source_of(svc, post_id, user)
         values = {
             "status": form.get("status", ""),
             "spoiler_text": form.get("spoiler_text", ""),

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import forget_cached
 import sqlalchemy as sa
 
 from feed.storage import tables
@@ -333,6 +335,7 @@ async def test_an_expired_session_redirects_to_login_and_posts_nothing(make_brow
     past = datetime.now(UTC) - timedelta(minutes=1)
     async with app.state.engine.begin() as conn:
         await conn.execute(tables.sessions.update().values(expires_at=past))
+    await forget_cached(app)  # time passing would expire the cached session record the same way
     before = await snapshot(app)
     response = await alice.post("/posts", {"status": "written too late"}, headers={"Referer": "http://testserver/"})
     assert response.status_code == 303

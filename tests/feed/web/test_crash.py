@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from feed.services import posts
+from feed.services import timelines
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ async def test_unexpected_error_is_a_500_without_its_message_in_the_log(
     async def broken_home(*args: Any, **kwargs: Any) -> Any:
         raise KeyError(canary)  # as if a lookup failed on a key that was post text
 
-    monkeypatch.setattr(posts, "home", broken_home)
+    monkeypatch.setattr(timelines, "home", broken_home)
     caplog.set_level(logging.DEBUG)
     response = await alice.get("/")
     assert response.status_code == 500

@@ -1,0 +1,381 @@
+"""The two-tier cache: L1 in this process (bounded in bytes), L2 in Redis, the database behind both.
+
+Every key name and TTL is in :data:`SPACES`. Values are the declared types of :mod:`feed.records` only.
+
+Consistency, in the order things happen:
+
+- Reads fill L1 from L2 and L2 from the database (the caller's loader), one Redis round trip for any number of
+  keys across spaces, plus one more to store what the database gave.
+- A writer calls :meth:`Cache.invalidate` after its commit: the keys leave this L1, their generation counters in
+  Redis are incremented and the values deleted (one MULTI), and the bus tells every other process to drop them.
+- A refill that raced with an invalidation cannot be kept: L2 values are stored by a script that compares the
+  generation read before the database was asked; L1 values are kept only if no invalidation of that key arrived
+  in this process meanwhile.
+- Worst case: a writer that dies between its commit and its invalidation leaves the old value in L2 until its TTL
+  (``l2_ttl``, at most 10 minutes) and in L1s until theirs (at most 5 minutes). Nothing else is stale longer.
+- Redis down: reads come from L1 and the database, writes invalidate L1 and remember their keys; when Redis is back
+  the remembered keys are invalidated there first, then every L1 is flushed (by the bus's reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TLRUCache
+
+from feed.records import Cacheable, CorruptValue, check, decode, encode
+from feed.redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+Key = int | str
+Loader = Callable[[list[Any]], Awaitable[Mapping[Any, Cacheable]]]
+PREFIX = "cf"
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    name: str
+    l1_ttl: float  # seconds
+    l2_ttl: float
+    # Refresh in the background once this fraction of the L1 TTL has passed and the key is read again.
+    refresh_after: float = 0.8
+
+
+POSTS = Space("p", l1_ttl=120, l2_ttl=600)
+USERS = Space("u", l1_ttl=120, l2_ttl=600)
+SESSIONS = Space("s", l1_ttl=30, l2_ttl=300)
+USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
+FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
+TIMELINES = Space("t", l1_ttl=10, l2_ttl=60)
+SPACES = (POSTS, USERS, SESSIONS, USER_KEYS, FOLLOWING, TIMELINES)
+
+
+def redis_key(space: Space, key: Key) -> str:
+    return f"{PREFIX}:{space.name}:{key}"
+
+
+def generation_key(space: Space, key: Key) -> str:
+    return f"{PREFIX}:g:{space.name}:{key}"
+
+
+# Stores each value only if its generation is still what it was before the database was read.
+# KEYS: n value keys, then their n generation keys.  ARGV: n, then n expected generations, n TTLs (ms), n values.
+_STORE_IF_UNCHANGED = """
+local n = tonumber(ARGV[1])
+local stored = 0
+for i = 1, n do
+  local generation = redis.call('GET', KEYS[n + i]) or ''
+  if generation == ARGV[1 + i] then
+    redis.call('SET', KEYS[i], ARGV[1 + 2 * n + i], 'PX', ARGV[1 + n + i])
+    stored = stored + 1
+  end
+end
+return stored
+"""
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: Cacheable
+    expires: float
+    refresh_at: float
+    size: int
+
+
+def _expires(_key: str, entry: _Entry, _now: float) -> float:
+    return entry.expires
+
+
+def _size(entry: _Entry) -> int:
+    return entry.size
+
+
+class _L1(TLRUCache[str, _Entry]):
+    """A TTL cache bounded by the bytes of its values, counting evictions for the metrics."""
+
+    evictions = 0
+
+    def popitem(self) -> tuple[str, _Entry]:
+        self.evictions += 1
+        return super().popitem()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One space's part of a :meth:`Cache.get_multi` call."""
+
+    space: Space
+    keys: Sequence[Key]
+    load: Loader
+
+
+class Cache:
+    def __init__(self, link: RedisLink | None, *, l1_bytes: int = 64 * 1024 * 1024, metrics: Any = None) -> None:
+        self.link = link
+        self._l1 = _L1(maxsize=l1_bytes, ttu=_expires, getsizeof=_size)
+        # Per key, how many invalidations this process has seen: a refill keeps its value only if unchanged.
+        self._generations: dict[str, int] = {}
+        self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
+        self._refreshing: set[str] = set()
+        self._pending: set[tuple[Space, Key]] = set()  # invalidations Redis missed while it was down
+        self._store_script: Any = None
+        self.stats = _Stats(metrics)
+        self.on_invalidate: Callable[[list[str]], Awaitable[None]] | None = None
+
+    # -- reading
+
+    async def get(self, space: Space, key: Key, load: Loader) -> Cacheable | None:
+        return (await self.get_many(space, [key], load)).get(key)
+
+    async def get_many(self, space: Space, keys: Sequence[Key], load: Loader) -> dict[Any, Cacheable]:
+        return (await self.get_multi([Request(space, keys, load)]))[0]
+
+    async def get_multi(self, requests: Sequence[Request]) -> list[dict[Any, Cacheable]]:
+        """Values for every request's keys (absent where the loader has none), in one Redis round trip for all
+        the keys L1 does not hold, and one more to store what the loaders returned."""
+        now = time.monotonic()
+        results: list[dict[Any, Cacheable]] = [{} for _ in requests]
+        wanted: list[tuple[int, Space, Key, str]] = []
+        for index, request in enumerate(requests):
+            for key in dict.fromkeys(request.keys):
+                name = redis_key(request.space, key)
+                entry = self._l1.get(name)
+                if entry is None:
+                    wanted.append((index, request.space, key, name))
+                    continue
+                self.stats.hit("l1", request.space)
+                results[index][key] = entry.value
+                if now >= entry.refresh_at and name not in self._refreshing:
+                    self._refresh_soon(request, key, name)
+        if wanted:
+            await self._fill(requests, wanted, results)
+        return results
+
+    async def _fill(
+        self,
+        requests: Sequence[Request],
+        wanted: list[tuple[int, Space, Key, str]],
+        results: list[dict[Any, Cacheable]],
+    ) -> None:
+        """Single-flight per key: keys another task is already filling are awaited, the rest filled here."""
+        waiting: list[tuple[int, Key, asyncio.Future[Cacheable | None]]] = []
+        mine: list[tuple[int, Space, Key, str]] = []
+        for item in wanted:
+            future = self._inflight.get(item[3])
+            if future is None:
+                mine.append(item)
+            else:
+                waiting.append((item[0], item[2], future))
+        futures = {item[3]: asyncio.get_running_loop().create_future() for item in mine}
+        self._inflight.update(futures)
+        try:
+            found = await self._fetch(requests, mine) if mine else {}
+            for name, future in futures.items():
+                future.set_result(found.get(name))
+        except BaseException as exc:
+            for future in futures.values():
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-raise it, nobody else should warn
+            raise
+        finally:
+            for name in futures:
+                self._inflight.pop(name, None)
+        for index, _space, key, name in mine:
+            if (value := found.get(name)) is not None:
+                results[index][key] = value
+        for index, key, future in waiting:
+            value = await asyncio.shield(future)
+            if value is not None:
+                results[index][key] = value
+
+    async def _fetch(
+        self, requests: Sequence[Request], items: list[tuple[int, Space, Key, str]]
+    ) -> dict[str, Cacheable]:
+        seen = {name: self._generations.get(name, 0) for *_, name in items}
+        found: dict[str, Cacheable] = {}
+        names = [name for *_, name in items]
+        raw = await self._l2_read(names + [generation_key(space, key) for _, space, key, _ in items])
+        l2_generations: dict[str, bytes] = {}
+        if raw is not None:
+            values, generations = raw[: len(items)], raw[len(items) :]
+            for (_, space, _, name), data, generation in zip(items, values, generations, strict=True):
+                l2_generations[name] = generation or b""
+                if data is None:
+                    continue
+                try:
+                    found[name] = decode(data)
+                except CorruptValue:
+                    log.warning("undecodable cache value in space %s; treated as a miss", space.name)
+                    continue
+                self.stats.hit("l2", space)
+                self._keep(space, name, found[name], seen[name])
+        missing = [item for item in items if item[3] not in found]
+        if not missing:
+            return found
+        by_request: dict[int, list[tuple[int, Space, Key, str]]] = {}
+        for item in missing:
+            self.stats.miss(item[1])
+            by_request.setdefault(item[0], []).append(item)
+        to_store: list[tuple[Space, str, Cacheable]] = []
+        for index, group in by_request.items():
+            loaded = await requests[index].load([key for _, _, key, _ in group])
+            for _, space, key, name in group:
+                value = loaded.get(key)
+                if value is None:
+                    continue
+                found[name] = check(value)
+                self._keep(space, name, value, seen[name])
+                to_store.append((space, name, value))
+        if to_store and raw is not None:
+            await self._l2_store(to_store, l2_generations)
+        return found
+
+    def _keep(self, space: Space, name: str, value: Cacheable, generation_seen: int) -> None:
+        if self._generations.get(name, 0) != generation_seen:
+            return  # invalidated while we were reading: the value may be stale
+        now = time.monotonic()
+        ttl = space.l1_ttl * random.uniform(0.9, 1.0)  # spread expiries of keys filled together
+        self._l1[name] = _Entry(value, now + ttl, now + ttl * space.refresh_after, value.size)
+
+    def _refresh_soon(self, request: Request, key: Key, name: str) -> None:
+        """Early refresh of a hot key: one background refill while readers keep the current value."""
+        self._refreshing.add(name)
+
+        async def refresh() -> None:
+            try:
+                entry = self._l1.pop(name, None)
+                try:
+                    await self._fill([request], [(0, request.space, key, name)], [{}])
+                except Exception:
+                    if entry is not None and name not in self._l1:
+                        self._l1[name] = entry
+                    log.warning("background refresh failed in space %s", request.space.name)
+            finally:
+                self._refreshing.discard(name)
+
+        asyncio.get_running_loop().create_task(refresh())
+
+    # -- writing
+
+    async def invalidate(self, keys: Iterable[tuple[Space, Key]]) -> None:
+        """Drop ``keys`` here, in Redis and (over the bus) in every other process. Call after the commit."""
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return
+        names = [redis_key(space, key) for space, key in keys]
+        self.drop(names)
+        if self.link is not None:
+            if not await self._l2_invalidate(keys):
+                self._pending.update(keys)
+        if self.on_invalidate is not None:
+            await self.on_invalidate(names)
+
+    def drop(self, names: Iterable[str]) -> None:
+        """Forget these keys in this process (a local write, or an invalidation from the bus)."""
+        for name in names:
+            self._generations[name] = self._generations.get(name, 0) + 1
+            self._l1.pop(name, None)
+        if len(self._generations) > 100_000:
+            # Only the counts of keys being refilled right now matter; a fresh start makes refills in flight
+            # look raced, and they simply do not keep their value.
+            self._generations = {name: 1 for name in self._inflight}
+
+    def flush(self) -> None:
+        """Forget everything in L1 (the bus lost messages, or Redis came back)."""
+        for name in list(self._inflight):
+            self._generations[name] = self._generations.get(name, 0) + 1
+        self._l1.clear()
+        self.stats.flushes += 1
+
+    async def replay_pending(self) -> None:
+        """After an outage: the invalidations Redis missed, before anything is read from it again."""
+        keys, self._pending = list(self._pending), set()
+        if keys and not await self._l2_invalidate(keys):
+            self._pending.update(keys)
+            raise ConnectionError("Redis went away again while replaying invalidations")
+
+    # -- Redis
+
+    async def _l2_read(self, names: list[str]) -> list[bytes | None] | None:
+        if self.link is None:
+            return None
+        result: list[Any] | None = await self.link.run(lambda r: r.mget(names))
+        return result
+
+    async def _l2_store(self, items: list[tuple[Space, str, Cacheable]], generations: dict[str, bytes]) -> None:
+        assert self.link is not None
+        keys = [name for _, name, _ in items]
+        gen_keys = [f"{PREFIX}:g:{name.split(':', 1)[1]}" for name in keys]
+        args: list[Any] = [len(items)]
+        args += [generations.get(name, b"") for name in keys]
+        args += [int(space.l2_ttl * 1000) for space, _, _ in items]
+        args += [encode(value) for _, _, value in items]
+        script = self._store_script
+
+        async def store(r: Any) -> Any:
+            nonlocal script
+            if script is None:
+                script = self._store_script = r.register_script(_STORE_IF_UNCHANGED)
+            return await script(keys=keys + gen_keys, args=args)
+
+        await self.link.run(store)
+
+    async def _l2_invalidate(self, keys: list[tuple[Space, Key]]) -> bool:
+        assert self.link is not None
+
+        async def invalidate(r: Any) -> bool:
+            async with r.pipeline(transaction=True) as pipe:
+                for space, key in keys:
+                    generation = generation_key(space, key)
+                    pipe.incr(generation)
+                    pipe.pexpire(generation, int(space.l2_ttl * 2000))
+                    pipe.delete(redis_key(space, key))
+                await pipe.execute()
+            return True
+
+        done = await self.link.run(invalidate)
+        return bool(done)
+
+    # -- metrics
+
+    @property
+    def l1_bytes(self) -> int:
+        return int(self._l1.currsize)
+
+    @property
+    def l1_evictions(self) -> int:
+        return self._l1.evictions
+
+    def l1_values(self) -> list[Cacheable]:
+        """Everything in L1 (for the privacy audit and its test)."""
+        return [entry.value for entry in list(self._l1.values())]
+
+
+class _Stats:
+    """Hit and miss counts per tier and space, fed to the metrics registry when there is one."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.flushes = 0
+        self._hits = self._misses = None
+        if metrics is not None:
+            self._hits = metrics.counter(
+                "cipherfeed_cache_hits_total", "Cache hits by tier and space", ("tier", "space")
+            )
+            self._misses = metrics.counter(
+                "cipherfeed_cache_misses_total", "Reads that went to the database, by space", ("space",)
+            )
+
+    def hit(self, tier: str, space: Space) -> None:
+        if self._hits is not None:
+            self._hits.labels(tier, space.name).inc()
+
+    def miss(self, space: Space) -> None:
+        if self._misses is not None:
+            self._misses.labels(space.name).inc()

@@ -1,0 +1,236 @@
+"""The only kinds of value the caches hold, and their byte encoding for Redis.
+
+A cache put checks the value's type against :data:`CACHEABLE`: sealed blobs, wrapped keys, and records of
+declared metadata (ids, counts, times, names that are public anyway). A plain ``str`` or ``bytes`` is refused, so
+no code path can cache a decrypted post by mistake.
+
+The encoding is our own (a tag byte, a JSON header of metadata, then length-prefixed blobs), never pickle: a value
+read back from Redis is data, not code.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from crypto import Sealed
+
+
+class NotCacheable(TypeError):
+    """A value of a type the caches do not accept (for example a plain string)."""
+
+
+class CorruptValue(ValueError):
+    """Bytes from Redis that do not decode; treated as a miss."""
+
+
+def _when(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1_000_000)
+
+
+def _from_when(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class PostRecord:
+    """A post as stored: metadata plus its sealed fields. Never holds text."""
+
+    id: int
+    author_id: int
+    visibility: str
+    in_reply_to_id: int | None
+    in_reply_to_author_id: int | None
+    revision: int
+    key_version: int
+    likes_count: int
+    replies_count: int
+    created_at: datetime
+    edited_at: datetime | None
+    body: Sealed
+    cw: Sealed | None
+    mentions: tuple[tuple[int, str], ...]  # (user id, username) of each mentioned account
+
+    @property
+    def size(self) -> int:
+        return 200 + len(self.body) + (len(self.cw) if self.cw else 0) + 40 * len(self.mentions)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """Public profile metadata of an account (what every page shows beside a post)."""
+
+    id: int
+    username: str
+    display_name: str
+    bio: str
+    key_version: int
+    created_at: datetime
+
+    @property
+    def size(self) -> int:
+        return 120 + len(self.username) + 4 * (len(self.display_name) + len(self.bio))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A live browser session: whose it is and until when (the cookie's secret is not here, only its hash in
+    the key)."""
+
+    user_id: int
+    expires_at: datetime
+
+    @property
+    def size(self) -> int:
+        return 80
+
+
+@dataclass(frozen=True, slots=True)
+class IdList:
+    """An ordered list of ids (a timeline page, the accounts someone follows)."""
+
+    ids: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return 56 + 8 * len(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A user key as stored: wrapped by a root key version. Useless without the root key."""
+
+    blob: bytes
+
+    @property
+    def size(self) -> int:
+        return 40 + len(self.blob)
+
+
+CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, WrappedKey)
+Cacheable = PostRecord | UserRecord | SessionRecord | IdList | WrappedKey
+
+_LEN = struct.Struct(">I")
+
+
+def check(value: object) -> Cacheable:
+    if not isinstance(value, CACHEABLE):
+        raise NotCacheable(f"the caches do not take {type(value).__name__} values")
+    return value
+
+
+def _pack(tag: bytes, header: dict[str, Any], *blobs: bytes | None) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    parts = [tag, _LEN.pack(len(head)), head]
+    for blob in blobs:
+        if blob is None:
+            parts.append(_LEN.pack(0xFFFFFFFF))
+        else:
+            parts += [_LEN.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def _unpack(data: bytes) -> tuple[bytes, dict[str, Any], list[bytes | None]]:
+    tag = data[:1]
+    (size,) = _LEN.unpack_from(data, 1)
+    pos = 5 + size
+    header = json.loads(data[5:pos])
+    blobs: list[bytes | None] = []
+    while pos < len(data):
+        (size,) = _LEN.unpack_from(data, pos)
+        pos += 4
+        if size == 0xFFFFFFFF:
+            blobs.append(None)
+            continue
+        blobs.append(data[pos : pos + size])
+        pos += size
+    if pos != len(data):
+        raise CorruptValue
+    return tag, header, blobs
+
+
+def encode(value: Cacheable) -> bytes:
+    check(value)
+    if isinstance(value, PostRecord):
+        header = {
+            "i": value.id,
+            "a": value.author_id,
+            "v": value.visibility,
+            "r": value.in_reply_to_id,
+            "ra": value.in_reply_to_author_id,
+            "rev": value.revision,
+            "k": value.key_version,
+            "l": value.likes_count,
+            "rc": value.replies_count,
+            "c": _when(value.created_at),
+            "e": _when(value.edited_at),
+            "m": [list(m) for m in value.mentions],
+        }
+        return _pack(b"P", header, value.body.data, value.cw.data if value.cw else None)
+    if isinstance(value, UserRecord):
+        header = {
+            "i": value.id,
+            "u": value.username,
+            "d": value.display_name,
+            "b": value.bio,
+            "k": value.key_version,
+            "c": _when(value.created_at),
+        }
+        return _pack(b"U", header)
+    if isinstance(value, SessionRecord):
+        return _pack(b"S", {"u": value.user_id, "x": _when(value.expires_at)})
+    if isinstance(value, IdList):
+        return _pack(b"I", {"i": list(value.ids)})
+    return _pack(b"K", {}, value.blob)
+
+
+def decode(data: bytes) -> Cacheable:
+    try:
+        return _decode(data)
+    except CorruptValue:
+        raise
+    except Exception:
+        raise CorruptValue from None
+
+
+def _decode(data: bytes) -> Cacheable:
+    tag, h, blobs = _unpack(data)
+    if tag == b"P":
+        body, cw = blobs
+        assert body is not None
+        created = _from_when(h["c"])
+        assert created is not None
+        return PostRecord(
+            id=h["i"],
+            author_id=h["a"],
+            visibility=h["v"],
+            in_reply_to_id=h["r"],
+            in_reply_to_author_id=h["ra"],
+            revision=h["rev"],
+            key_version=h["k"],
+            likes_count=h["l"],
+            replies_count=h["rc"],
+            created_at=created,
+            edited_at=_from_when(h["e"]),
+            body=Sealed(body),
+            cw=Sealed(cw) if cw is not None else None,
+            mentions=tuple((int(i), str(n)) for i, n in h["m"]),
+        )
+    if tag == b"U":
+        created = _from_when(h["c"])
+        assert created is not None
+        return UserRecord(h["i"], h["u"], h["d"], h["b"], h["k"], created)
+    if tag == b"S":
+        expires = _from_when(h["x"])
+        assert expires is not None
+        return SessionRecord(h["u"], expires)
+    if tag == b"I":
+        return IdList(tuple(int(i) for i in h["i"]))
+    if tag == b"K":
+        (blob,) = blobs
+        assert blob is not None
+        return WrappedKey(blob)
+    raise CorruptValue

@@ -1,0 +1,136 @@
+"""Reads through the two-tier cache: post records, users, wrapped keys, sessions and follow lists.
+
+Each function pairs a cache space with its database loader. Writers invalidate through :func:`invalidate`
+after their commit (see ``feed.cache`` for the guarantees).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from crypto import Sealed
+from feed.cache import FOLLOWING, POSTS, SESSIONS, TIMELINES, USER_KEYS, USERS, Loader, Request, Space
+from feed.records import IdList, PostRecord, SessionRecord, UserRecord, WrappedKey
+from feed.services.context import Services
+from feed.storage import posts as post_store
+from feed.storage import users as user_store
+
+
+def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
+    return PostRecord(
+        id=row.id,
+        author_id=row.author_id,
+        visibility=row.visibility,
+        in_reply_to_id=row.in_reply_to_id,
+        in_reply_to_author_id=row.in_reply_to_author_id,
+        revision=row.revision,
+        key_version=row.key_version,
+        likes_count=row.likes_count,
+        replies_count=row.replies_count,
+        created_at=row.created_at,
+        edited_at=row.edited_at,
+        body=Sealed(row.body),
+        cw=Sealed(row.cw) if row.cw is not None else None,
+        mentions=tuple((m.id, m.username) for m in mentions),
+    )
+
+
+def user_record(row: Any) -> UserRecord:
+    return UserRecord(row.id, row.username, row.display_name, row.bio, row.key_version, row.created_at)
+
+
+def _load_posts(svc: Services) -> Loader:
+    async def load(missing: list[int]) -> Mapping[int, PostRecord]:
+        async with svc.db() as session:
+            rows = await post_store.get_posts(session, missing)
+            mentioned = await post_store.mentions_of(session, missing)
+        return {row.id: post_record(row, mentioned.get(row.id, [])) for row in rows}
+
+    return load
+
+
+def _load_users(svc: Services) -> Loader:
+    async def load(missing: list[int]) -> Mapping[int, UserRecord]:
+        async with svc.db() as session:
+            rows = await user_store.get_users(session, missing)
+        return {uid: user_record(row) for uid, row in rows.items()}
+
+    return load
+
+
+def _load_user_keys(svc: Services) -> Loader:
+    async def load(missing: list[str]) -> Mapping[str, WrappedKey]:
+        wanted = [(int(u), int(v)) for u, v in (name.split(":") for name in missing)]
+        async with svc.db() as session:
+            found = await user_store.get_wrapped_keys(session, wanted)
+        return {key_name(*pair): WrappedKey(blob) for pair, blob in found.items()}
+
+    return load
+
+
+def key_name(user_id: int, version: int) -> str:
+    return f"{user_id}:{version}"
+
+
+def posts_request(svc: Services, ids: Iterable[int]) -> Request:
+    return Request(POSTS, list(ids), _load_posts(svc))
+
+
+def users_request(svc: Services, ids: Iterable[int]) -> Request:
+    return Request(USERS, list(ids), _load_users(svc))
+
+
+def user_keys_request(svc: Services, pairs: Iterable[tuple[int, int]]) -> Request:
+    return Request(USER_KEYS, [key_name(u, v) for u, v in pairs], _load_user_keys(svc))
+
+
+async def posts(svc: Services, ids: Iterable[int]) -> dict[int, PostRecord]:
+    return await svc.cache.get_many(POSTS, list(ids), _load_posts(svc))  # type: ignore[return-value]
+
+
+async def post(svc: Services, post_id: int) -> PostRecord | None:
+    return (await posts(svc, [post_id])).get(post_id)
+
+
+async def users(svc: Services, ids: Iterable[int]) -> dict[int, UserRecord]:
+    return await svc.cache.get_many(USERS, list(ids), _load_users(svc))  # type: ignore[return-value]
+
+
+async def user(svc: Services, user_id: int) -> UserRecord | None:
+    return (await users(svc, [user_id])).get(user_id)
+
+
+async def following(svc: Services, user_id: int) -> frozenset[int]:
+    """Everyone ``user_id`` follows."""
+
+    async def load(missing: list[int]) -> Mapping[int, IdList]:
+        async with svc.db() as session:
+            return {user_id: IdList(tuple(await post_store.followee_ids(session, user_id)))}
+
+    found = await svc.cache.get(FOLLOWING, user_id, load)
+    return frozenset(found.ids) if isinstance(found, IdList) else frozenset()
+
+
+async def session(svc: Services, id_hash: bytes) -> SessionRecord | None:
+    async def load(missing: list[str]) -> Mapping[str, SessionRecord]:
+        async with svc.db() as db:
+            row = await user_store.session_row(db, id_hash)
+        return {id_hash.hex(): SessionRecord(row.user_id, row.expires_at)} if row else {}
+
+    found = await svc.cache.get(SESSIONS, id_hash.hex(), load)
+    return found if isinstance(found, SessionRecord) else None
+
+
+async def timeline_ids(svc: Services, name: str, load: Any) -> tuple[int, ...]:
+    """A cached first page of a shared timeline (``load()`` gives its ids newest first)."""
+
+    async def loader(missing: list[str]) -> Mapping[str, IdList]:
+        return {name: IdList(tuple(await load()))}
+
+    found = await svc.cache.get(TIMELINES, name, loader)
+    return found.ids if isinstance(found, IdList) else ()
+
+
+async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:
+    await svc.cache.invalidate(keys)

@@ -1,0 +1,78 @@
+"""Request metrics: a pure ASGI middleware that times each request by method, route template and status, and the
+``/metrics`` endpoint that renders the app's registry (``app.state.metrics``, made in the lifespan).
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from feed.metrics import CONTENT_TYPE, Counter, Histogram, Registry
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template (``/posts/{post_id}``), never the raw path; ``unmatched`` if none."""
+    template = getattr(scope.get("route"), "path_format", None)
+    return template if isinstance(template, str) else "unmatched"
+
+
+class RequestMetrics:
+    """Times every HTTP request by method, route template and status.
+
+    Without a ``registry`` argument it is looked up per request in ``app.state.metrics`` (made in the lifespan, after
+    the middleware stack is built); if there is none, nothing is recorded. Methods outside ``METHODS`` count as
+    ``other``. Messages pass through untouched, so streaming responses still stream; the duration runs until the app
+    returns, which for a stream is its whole life.
+    """
+
+    def __init__(self, app: ASGIApp, registry: Registry | None = None) -> None:
+        self.app = app
+        self.registry = registry
+        self._bound: tuple[Registry, Histogram, Counter] | None = None
+
+    def _families(self, registry: Registry) -> tuple[Histogram, Counter]:
+        if self._bound is None or self._bound[0] is not registry:
+            duration = registry.histogram(
+                "cipherfeed_http_request_duration_seconds",
+                "Time from request to the end of the response, by route template.",
+                ("method", "route", "status"),
+            )
+            requests = registry.counter(
+                "cipherfeed_http_requests_total", "HTTP requests answered.", ("method", "route", "status")
+            )
+            self._bound = (registry, duration, requests)
+        return self._bound[1], self._bound[2]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        registry = self.registry or getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+        if scope["type"] != "http" or not isinstance(registry, Registry):
+            await self.app(scope, receive, send)
+            return
+        status = "500"  # if the app fails before it starts a response
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(int(message["status"]))
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            duration, requests = self._families(registry)
+            labels = (method, _route_template(scope), status)
+            duration.labels(*labels).observe(elapsed)
+            requests.labels(*labels).inc()
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    registry: Registry = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)
