@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.conftest import forget_cached
 import sqlalchemy as sa
 
 from feed.storage import tables
+from tests.conftest import forget_cached
 
 pytestmark = pytest.mark.anyio
 
