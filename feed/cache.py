@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class Space:
     l2_ttl: float
     # Refresh in the background once this fraction of the L1 TTL has passed and the key is read again.
     refresh_after: float = 0.8
+    # Refills are expensive (a timeline query): one process refills while the others wait for its result.
+    shared_refill: bool = False
 
 
 POSTS = Space("p", l1_ttl=120, l2_ttl=600)
@@ -53,7 +56,8 @@ USERS = Space("u", l1_ttl=120, l2_ttl=600)
 SESSIONS = Space("s", l1_ttl=30, l2_ttl=300)
 USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
 FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
-TIMELINES = Space("t", l1_ttl=10, l2_ttl=60)
+TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
+REFILL_LOCK_SECONDS = 1.0
 SPACES = (POSTS, USERS, SESSIONS, USER_KEYS, FOLLOWING, TIMELINES)
 
 
@@ -63,6 +67,10 @@ def redis_key(space: Space, key: Key) -> str:
 
 def generation_key(space: Space, key: Key) -> str:
     return f"{PREFIX}:g:{space.name}:{key}"
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}:lock:{name.split(':', 1)[1]}"
 
 
 # Stores each value only if its generation is still what it was before the database was read.
@@ -79,6 +87,20 @@ for i = 1, n do
 end
 return stored
 """
+
+
+_STAMP = struct.Struct(">d")
+
+
+def _stamp(value: Cacheable) -> bytes:
+    """What L2 stores: when it was stored (for early refresh), then the value."""
+    return _STAMP.pack(time.time()) + encode(value)
+
+
+def _unstamp(data: bytes) -> tuple[float, Cacheable]:
+    if len(data) <= _STAMP.size:
+        raise CorruptValue
+    return _STAMP.unpack_from(data)[0], decode(data[_STAMP.size :])
 
 
 @dataclass(slots=True)
@@ -205,18 +227,23 @@ class Cache:
         l2_generations: dict[str, bytes] = {}
         if raw is not None:
             values, generations = raw[: len(items)], raw[len(items) :]
-            for (_, space, _, name), data, generation in zip(items, values, generations, strict=True):
+            for (index, space, key, name), data, generation in zip(items, values, generations, strict=True):
                 l2_generations[name] = generation or b""
                 if data is None:
                     continue
                 try:
-                    found[name] = decode(data)
+                    stored_at, value = _unstamp(data)
                 except CorruptValue:
                     log.warning("undecodable cache value in space %s; treated as a miss", space.name)
                     continue
+                found[name] = value
                 self.stats.hit("l2", space)
-                self._keep(space, name, found[name], seen[name])
+                self._keep(space, name, value, seen[name])
+                if time.time() - stored_at > space.l2_ttl * space.refresh_after and name not in self._refreshing:
+                    self._reload_soon(requests[index], key, name)
         missing = [item for item in items if item[3] not in found]
+        if raw is not None:
+            missing = await self._wait_for_other_process(missing, found, seen)
         if not missing:
             return found
         by_request: dict[int, list[tuple[int, Space, Key, str]]] = {}
@@ -227,15 +254,57 @@ class Cache:
         for index, group in by_request.items():
             loaded = await requests[index].load([key for _, _, key, _ in group])
             for _, space, key, name in group:
-                value = loaded.get(key)
-                if value is None:
+                fresh = loaded.get(key)
+                if fresh is None:
                     continue
-                found[name] = check(value)
-                self._keep(space, name, value, seen[name])
-                to_store.append((space, name, value))
+                found[name] = check(fresh)
+                self._keep(space, name, fresh, seen[name])
+                to_store.append((space, name, fresh))
         if to_store and raw is not None:
             await self._l2_store(to_store, l2_generations)
+        if raw is not None and (locks := [lock_key(name) for _, space, _, name in missing if space.shared_refill]):
+            await self.link.run(lambda r: r.delete(*locks))  # type: ignore[union-attr]
         return found
+
+    async def _wait_for_other_process(
+        self, missing: list[tuple[int, Space, Key, str]], found: dict[str, Cacheable], seen: dict[str, int]
+    ) -> list[tuple[int, Space, Key, str]]:
+        """For expensive refills: take a short Redis lock per key; keys another process is refilling are read
+        from L2 once it has stored them (or loaded here after all if it takes too long)."""
+        shared = [item for item in missing if item[1].shared_refill]
+        if not shared:
+            return missing
+        assert self.link is not None
+
+        async def take(r: Any) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                for *_, name in shared:
+                    pipe.set(lock_key(name), b"1", nx=True, px=int(REFILL_LOCK_SECONDS * 1000))
+                return list(await pipe.execute())
+
+        taken = await self.link.run(take)
+        if taken is None:
+            return missing
+        others = [item for item, mine in zip(shared, taken, strict=True) if not mine]
+        deadline = time.monotonic() + REFILL_LOCK_SECONDS
+        while others and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            values = await self._l2_read([name for *_, name in others])
+            if values is None:
+                break
+            still = []
+            for item, data in zip(others, values, strict=True):
+                if data is None:
+                    still.append(item)
+                    continue
+                try:
+                    found[item[3]] = _unstamp(data)[1]
+                except CorruptValue:
+                    still.append(item)
+                    continue
+                self._keep(item[1], item[3], found[item[3]], seen[item[3]])
+            others = still
+        return [item for item in missing if item[3] not in found]
 
     def _keep(self, space: Space, name: str, value: Cacheable, generation_seen: int) -> None:
         if self._generations.get(name, 0) != generation_seen:
@@ -261,6 +330,27 @@ class Cache:
                 self._refreshing.discard(name)
 
         asyncio.get_running_loop().create_task(refresh())
+
+    def _reload_soon(self, request: Request, key: Key, name: str) -> None:
+        """Early refresh of a hot key in L2: reload it from the database in the background, before it expires
+        there and every process's readers go to the database at once."""
+        self._refreshing.add(name)
+        generation = self._generations.get(name, 0)
+
+        async def reload() -> None:
+            try:
+                l2_generation = await self._l2_read([generation_key(request.space, key)])
+                value = (await request.load([key])).get(key)
+                if value is None or l2_generation is None:
+                    return
+                self._keep(request.space, name, check(value), generation)
+                await self._l2_store([(request.space, name, value)], {name: l2_generation[0] or b""})
+            except Exception:
+                log.warning("background reload failed in space %s", request.space.name)
+            finally:
+                self._refreshing.discard(name)
+
+        asyncio.get_running_loop().create_task(reload())
 
     # -- writing
 
@@ -316,7 +406,7 @@ class Cache:
         args: list[Any] = [len(items)]
         args += [generations.get(name, b"") for name in keys]
         args += [int(space.l2_ttl * 1000) for space, _, _ in items]
-        args += [encode(value) for _, _, value in items]
+        args += [_stamp(value) for _, _, value in items]
         script = self._store_script
 
         async def store(r: Any) -> Any:

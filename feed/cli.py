@@ -55,6 +55,9 @@ async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[T]]
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    if args.workers > 1 and settings.redis_url is None:
+        # Each process has its own L1; without Redis they would not hear of each other's writes.
+        raise CommandError("--workers above 1 needs CIPHERFEED_REDIS_URL (the processes share invalidations there)")
     _prepare(settings)
     asyncio.run(_migrate(settings))
     where = "SQLite at " + settings.database_url.split("///", 1)[-1] if settings.is_sqlite else "PostgreSQL"

@@ -157,14 +157,9 @@ class Browser:
         return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])
 
 
-@pytest.fixture
-async def make_browser(app: Any, clean: None) -> AsyncIterator[Any]:
-    clients: list[httpx.AsyncClient] = []
-
+def browser_factory(application: Any, clients: list[httpx.AsyncClient]) -> Any:
     async def make(username: str | None = None, *, email: str = "") -> Browser:
-        http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=False
-        )
+        http = client_for(application)
         clients.append(http)
         browser = Browser(http)
         if username:
@@ -178,7 +173,22 @@ async def make_browser(app: Any, clean: None) -> AsyncIterator[Any]:
             await browser.get("/")
         return browser
 
-    yield make
+    return make
+
+
+@pytest.fixture
+async def make_browser(app: Any, clean: None) -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+    yield browser_factory(app, clients)
+    for http in clients:
+        await http.aclose()
+
+
+@pytest.fixture
+async def make_redis_browser(redis_clean: Any) -> AsyncIterator[Any]:
+    """Browsers on ``redis_app``: the scaled mode's cache path in either pass."""
+    clients: list[httpx.AsyncClient] = []
+    yield browser_factory(redis_clean, clients)
     for http in clients:
         await http.aclose()
 
@@ -218,3 +228,28 @@ async def forget_cached(app: Any) -> None:
     link = app.state.cache.link
     if link is not None:
         await link.client.flushdb()
+
+
+TEST_REDIS_DB_URL = "redis://127.0.0.1:6379/13"
+
+
+@pytest.fixture(scope="session")
+async def redis_app(env: dict[str, str], migrated: None) -> AsyncIterator[Any]:
+    """A second app on the same database that always has Redis (L2 and the bus), whichever pass this is."""
+    application = create_app(load_settings(env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL}))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def redis_clean(redis_app: Any, app: Any) -> AsyncIterator[Any]:
+    await empty_tables(redis_app.state.engine)
+    await forget_cached(redis_app)
+    await forget_cached(app)
+    yield redis_app
+
+
+def client_for(application: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url="http://testserver", follow_redirects=False
+    )

@@ -114,3 +114,41 @@ async def test_the_check_finds_a_planted_plaintext(make_browser: Any, app: Any, 
     assert alice.username == "alice"
     assert find_leaks(await dump_rows(app.state.engine), texts)
     assert find_leaks(raw_database(database_url), texts)
+
+
+async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redis_browser: Any, redis_app: Any) -> None:
+    from feed.bus import CHANNEL
+    from feed.records import encode
+
+    texts = canaries()
+    client = redis_app.state.cache.link.client
+    listener = client.pubsub()
+    await listener.subscribe(CHANNEL)
+    alice = await make_redis_browser("alice", email=f"{texts[0]}@example.org")
+    bob = await make_redis_browser("bob")
+    await bob.post("/@alice/follow")
+    ids = [await alice.compose(f"{text} public", spoiler_text=f"cw {text}") for text in texts]
+    ids.append(await alice.compose(f"@bob {texts[1]} direct", visibility="direct"))
+    await bob.post(f"/posts/{ids[0]}/like")
+    await alice.post(f"/posts/{ids[1]}/edit", {"status": f"edited {texts[2]}", "spoiler_text": texts[0]})
+    await alice.post("/settings", {"display_name": "Alice", "bio": "hi", "email": f"new-{texts[1]}@example.org"})
+    for reader in (alice, bob):  # fill every cache with what the readers see
+        for url in ("/", "/public", "/@alice", *(f"/posts/{i}" for i in ids)):
+            page = await reader.get(url)
+            assert page.status_code == 200
+    assert html.escape(texts[2], quote=False) in (await bob.get(f"/posts/{ids[1]}")).text
+
+    keys = [key async for key in client.scan_iter(count=500)]
+    assert len(keys) > 10, "the caches should hold something"
+    stored = b"\n".join([*keys, *[await client.dump(key) or b"" for key in keys]])
+    assert find_leaks(stored, texts) == []
+    l1 = redis_app.state.cache.l1_values()
+    assert l1 and find_leaks(b"\n".join(encode(v) for v in l1), texts) == []
+    messages = []
+    for _ in range(200):  # drain; a None is also what the subscribe confirmation gives
+        message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.01)
+        if message is not None:
+            messages.append(message["data"])
+    await listener.aclose()
+    assert messages, "writes published invalidations"
+    assert find_leaks(b"\n".join(messages), texts) == []

@@ -1,0 +1,210 @@
+"""The two-tier cache against a real Redis: what it accepts, single flight, the generation guard, early refresh,
+the byte bound, outages, and the Redis round trips a timeline page costs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from crypto import RootKeyRing, UserKey, seal_fields
+from feed.cache import POSTS, TIMELINES, Cache, Space, redis_key
+from feed.records import IdList, NotCacheable, PostRecord, SessionRecord, UserRecord, WrappedKey, decode, encode
+from feed.redis_link import RedisLink, make_client
+from tests.conftest import TEST_REDIS_DB_URL
+
+pytestmark = pytest.mark.anyio
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+FAST = Space("test", l1_ttl=0.2, l2_ttl=0.5)
+
+
+@functools.cache
+def post_record(post_id: int = 7, likes: int = 0) -> PostRecord:
+    key = UserKey.generate(1, 1)
+    sealed = seal_fields(key, {"body": "hello", "cw": "spoiler"}, object_id=post_id, owner_id=1, revision=1)
+    return PostRecord(
+        post_id, 1, "public", None, None, 1, 1, likes, 0, NOW, None, sealed["body"], sealed["cw"], ((2, "bob"),)
+    )
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[Cache]:
+    link = RedisLink(make_client(TEST_REDIS_DB_URL))
+    await link.client.flushdb()
+    yield Cache(link)
+    await link.client.flushdb()
+    await link.close()
+
+
+class Loader:
+    """A database stand-in that counts its calls and can be held mid-read."""
+
+    def __init__(self, values: dict[Any, Any]) -> None:
+        self.values = values
+        self.calls: list[list[Any]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, keys: list[Any]) -> dict[Any, Any]:
+        self.calls.append(keys)
+        snapshot = {k: self.values[k] for k in keys if k in self.values}
+        if self.gate is not None:
+            await self.gate.wait()
+        return snapshot
+
+
+def test_every_record_type_round_trips_and_plain_values_are_refused() -> None:
+    ring = RootKeyRing.generate()
+    for value in (
+        post_record(),
+        UserRecord(1, "alice", "Alice", "bio <b>", 1, NOW),
+        SessionRecord(1, NOW),
+        IdList((3, 2, 1)),
+        WrappedKey(ring.wrap_user_key(UserKey.generate(1, 1))),
+    ):
+        assert decode(encode(value)) == value
+    for bad in ("plain text", b"raw bytes", {"text": "x"}, 42):
+        with pytest.raises(NotCacheable):
+            encode(bad)  # type: ignore[arg-type]
+
+
+async def test_a_loader_returning_plain_text_is_refused(cache: Cache) -> None:
+    with pytest.raises(NotCacheable):
+        await cache.get_many(POSTS, [1], Loader({1: "decrypted text"}))
+    assert cache.l1_values() == []
+    assert await cache.link.client.keys("*") == []  # type: ignore[union-attr]
+
+
+async def test_two_hundred_readers_of_one_cold_key_cause_one_load(cache: Cache) -> None:
+    loader = Loader({7: post_record()})
+    loader.gate = asyncio.Event()
+    readers = [asyncio.ensure_future(cache.get(POSTS, 7, loader)) for _ in range(200)]
+    await asyncio.sleep(0.05)
+    loader.gate.set()
+    assert all(value == post_record() for value in await asyncio.gather(*readers))
+    assert loader.calls == [[7]]
+    assert await cache.get(POSTS, 7, loader) == post_record()  # now from L1
+    cache.flush()
+    assert await cache.get(POSTS, 7, loader) == post_record()  # from L2
+    assert loader.calls == [[7]]
+
+
+async def test_a_refill_that_raced_an_invalidation_is_not_kept(cache: Cache) -> None:
+    loader = Loader({7: post_record(likes=1)})
+    loader.gate = asyncio.Event()
+    reader = asyncio.ensure_future(cache.get(POSTS, 7, loader))
+    await asyncio.sleep(0.05)  # the reader has read the database (likes=1) and is about to store it
+    loader.values[7] = post_record(likes=2)  # a writer commits...
+    await cache.invalidate([(POSTS, 7)])  # ...and invalidates
+    loader.gate.set()
+    assert (await reader).likes_count == 1  # that reader answers with what it read
+    assert cache.l1_values() == []  # but neither tier kept it
+    assert await cache.link.client.get(redis_key(POSTS, 7)) is None  # type: ignore[union-attr]
+    assert (await cache.get(POSTS, 7, loader)).likes_count == 2  # type: ignore[union-attr]
+
+
+async def test_invalidation_from_another_process_reaches_redis_and_the_bus(cache: Cache) -> None:
+    loader = Loader({7: post_record()})
+    await cache.get(POSTS, 7, loader)
+    published: list[list[str]] = []
+
+    async def publish(names: list[str]) -> None:
+        published.append(names)
+
+    cache.on_invalidate = publish
+    await cache.invalidate([(POSTS, 7)])
+    assert published == [[redis_key(POSTS, 7)]]
+    assert await cache.link.client.get(redis_key(POSTS, 7)) is None  # type: ignore[union-attr]
+
+
+async def test_hot_keys_are_refreshed_early_in_the_background(cache: Cache) -> None:
+    loader = Loader({"k": IdList((1,))})
+    assert await cache.get(FAST, "k", loader) == IdList((1,))
+    loader.values["k"] = IdList((2, 1))
+    await asyncio.sleep(0.17)  # past 80% of L1's 0.2 s: served from L1, refilled from L2 behind the reader
+    assert await cache.get(FAST, "k", loader) == IdList((1,))
+    await asyncio.sleep(0.25)  # past 80% of L2's 0.5 s: served, and reloaded from the database behind the reader
+    cache.flush()
+    assert await cache.get(FAST, "k", loader) == IdList((1,))
+    await asyncio.sleep(0.05)
+    assert len(loader.calls) == 2
+    assert await cache.get(FAST, "k", loader) == IdList((2, 1))
+
+
+async def test_l1_stays_within_its_byte_bound() -> None:
+    cache = Cache(None, l1_bytes=20_000)
+    loader = Loader({i: post_record(i) for i in range(100)})
+    for i in range(100):
+        await cache.get(POSTS, i, loader)
+    assert 0 < cache.l1_bytes <= 20_000
+    assert cache.l1_evictions > 0
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_redis_down_falls_back_to_the_database_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    link = RedisLink(make_client(f"redis://127.0.0.1:{closed_port()}/0"), probe_every=60)
+    cache = Cache(link)
+    loader = Loader({i: post_record(i) for i in range(5)})
+    with caplog.at_level(logging.WARNING):
+        for i in range(5):
+            assert await cache.get(POSTS, i, loader) == post_record(i)
+        await cache.invalidate([(POSTS, 1)])
+    warnings = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert cache._pending == {(POSTS, 1)}  # replayed when Redis is back
+    await link.close()
+
+
+async def test_a_home_page_missing_l1_costs_one_redis_round_trip(make_redis_browser: Any, redis_app: Any) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await alice.post("/@bob/follow")
+    for i in range(12):
+        await alice.compose(f"alice {i}")
+        await bob.compose(f"bob {i}")
+    page = await alice.get("/")  # warms both tiers
+    ids = [int(i) for i in re.findall(r'<article class="post[^"]*" id="post-(\d+)"', page.text)]
+    assert len(ids) == 20
+    cache: Cache = redis_app.state.cache
+    cache.drop([redis_key(POSTS, i) for i in ids])  # the posts leave L1 (Redis still has them)
+    client = cache.link.client  # type: ignore[union-attr]
+    calls: list[str] = []
+    real_execute = client.execute_command
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(args[0]))
+        return await real_execute(*args, **kwargs)
+
+    client.execute_command = counting  # type: ignore[method-assign]
+    try:
+        again = await alice.get("/")
+    finally:
+        del client.execute_command
+    assert [int(i) for i in re.findall(r'<article class="post[^"]*" id="post-(\d+)"', again.text)] == ids
+    assert calls == ["MGET"], calls
+
+
+async def test_expensive_refills_happen_in_one_process(cache: Cache) -> None:
+    other = Cache(RedisLink(make_client(TEST_REDIS_DB_URL)))  # a second process's cache, same Redis
+    first, second = Loader({"public": IdList((3, 2, 1))}), Loader({"public": IdList((3, 2, 1))})
+    first.gate = asyncio.Event()
+    one = asyncio.ensure_future(cache.get(TIMELINES, "public", first))
+    await asyncio.sleep(0.05)  # the first process holds the refill lock
+    two = asyncio.ensure_future(other.get(TIMELINES, "public", second))
+    await asyncio.sleep(0.1)
+    first.gate.set()
+    assert await one == await two == IdList((3, 2, 1))
+    assert len(first.calls) == 1 and second.calls == []  # the second process waited for the first's result
+    await other.link.close()  # type: ignore[union-attr]
