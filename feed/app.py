@@ -224,6 +224,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.services = Services(
                 db=Database(engine),
                 cache=cache,
+                bus=bus,
                 keys=keys,
                 secrets=Secrets(
                     index_key=derive(secret, "email-index"),

@@ -10,6 +10,7 @@ from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from feed.bus import LocalBus
 from feed.cache import Cache
 from feed.services.keys import KeyStore
 
@@ -59,6 +60,7 @@ class Secrets:
 class Services:
     db: Database
     cache: Cache
+    bus: LocalBus
     keys: KeyStore
     secrets: Secrets
     hasher: PasswordHasher

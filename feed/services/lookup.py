@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from crypto import Sealed
+from feed.bus import Invalidation
 from feed.cache import FOLLOWING, POSTS, SESSIONS, TIMELINES, USER_KEYS, USERS, Loader, Request, Space
 from feed.records import IdList, PostRecord, SessionRecord, UserRecord, WrappedKey
 from feed.services.context import Services
@@ -134,3 +135,10 @@ async def timeline_ids(svc: Services, name: str, load: Any) -> tuple[int, ...]:
 
 async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:
     await svc.cache.invalidate(keys)
+
+
+async def forget_user_keys(svc: Services, user_id: int, versions: Iterable[int]) -> None:
+    """After a user's keys changed or were deleted (commit first): no process keeps them, wrapped or not."""
+    svc.keys.forget(user_id)
+    await svc.cache.invalidate([(USER_KEYS, key_name(user_id, v)) for v in versions])
+    await svc.bus.publish(Invalidation(users=[user_id]))

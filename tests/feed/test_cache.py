@@ -208,3 +208,26 @@ async def test_expensive_refills_happen_in_one_process(cache: Cache) -> None:
     assert await one == await two == IdList((3, 2, 1))
     assert len(first.calls) == 1 and second.calls == []  # the second process waited for the first's result
     await other.link.close()  # type: ignore[union-attr]
+
+
+async def test_unwrapped_keys_are_forgotten_in_every_process(redis_clean: Any, env: dict[str, str]) -> None:
+    from feed.app import create_app
+    from feed.services import accounts, lookup
+    from feed.settings import load_settings
+    from tests.conftest import PASSWORD
+
+    here = redis_clean.state.services
+    other_app = create_app(load_settings(env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL}))
+    async with other_app.router.lifespan_context(other_app):
+        there = other_app.state.services
+        await asyncio.wait_for(other_app.state.bus.ready.wait(), 5)
+        user = await accounts.register(here, "keyholder", PASSWORD)
+        async with there.db() as session:
+            await there.keys.get(session, user.id, 1)  # the other process has the unwrapped key in memory
+        assert (user.id, 1) in there.keys._memory
+        await lookup.forget_user_keys(here, user.id, [1])
+        for _ in range(100):
+            if (user.id, 1) not in there.keys._memory:
+                break
+            await asyncio.sleep(0.01)
+        assert (user.id, 1) not in there.keys._memory
