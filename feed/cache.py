@@ -203,8 +203,11 @@ class Cache:
                 future.set_result(found.get(name))
         except BaseException as exc:
             for future in futures.values():
-                future.set_exception(exc)
-                future.exception()  # retrieved: waiters re-raise it, nobody else should warn
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()  # the filling request went away; its waiters fill for themselves
+                else:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: waiters re-raise it, nobody else should warn
             raise
         finally:
             for name in futures:
@@ -212,10 +215,19 @@ class Cache:
         for index, _space, key, name in mine:
             if (value := found.get(name)) is not None:
                 results[index][key] = value
+        retry: list[tuple[int, Space, Key, str]] = []
         for index, key, future in waiting:
-            value = await asyncio.shield(future)
+            try:
+                value = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this request itself was cancelled
+                retry.append(next(item for item in wanted if item[0] == index and item[2] == key))
+                continue
             if value is not None:
                 results[index][key] = value
+        if retry:
+            await self._fill(requests, retry, results)
 
     async def _fetch(
         self, requests: Sequence[Request], items: list[tuple[int, Space, Key, str]]

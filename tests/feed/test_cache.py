@@ -231,3 +231,17 @@ async def test_unwrapped_keys_are_forgotten_in_every_process(redis_clean: Any, e
                 break
             await asyncio.sleep(0.01)
         assert (user.id, 1) not in there.keys._memory
+
+
+async def test_waiters_fill_for_themselves_when_the_filling_request_goes_away(cache: Cache) -> None:
+    loader = Loader({7: post_record()})
+    loader.gate = asyncio.Event()
+    owner = asyncio.ensure_future(cache.get(POSTS, 7, loader))
+    await asyncio.sleep(0.02)
+    waiter = asyncio.ensure_future(cache.get(POSTS, 7, loader))
+    await asyncio.sleep(0.02)
+    owner.cancel()  # e.g. its client disconnected
+    await asyncio.sleep(0.02)
+    loader.gate.set()
+    assert await waiter == post_record()
+    assert owner.cancelled()
