@@ -127,10 +127,11 @@ class RedisBus(LocalBus):
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
+                # Back off while Redis stays away; a connection that had subscribed starts the count again.
+                delay = 0.1 if self.ready.is_set() else min(delay * 2, 2.0)
                 self.ready.clear()
                 self.link.down(exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     async def _listen(self) -> None:
         pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)

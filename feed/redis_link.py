@@ -67,6 +67,8 @@ class RedisLink:
         self._probe = asyncio.get_running_loop().create_task(self._wait_for_redis())
 
     async def _wait_for_redis(self) -> None:
+        # Pooled connections opened before the outage may look open but be dead; start afresh after it.
+        await self.client.connection_pool.disconnect()
         while True:
             await asyncio.sleep(self._probe_every)
             try:

@@ -1,0 +1,197 @@
+"""Real processes for the cross-process cache tests: a Redis server the test owns (so it can crash it) and
+`cipherfeed serve` web processes sharing one database, plus the HTTP helpers their tests share."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import httpx
+
+from tests.conftest import CSRF_RE, PASSWORD
+
+LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+LIKE_COUNT_RE = re.compile(r'class="like-button[^"]*"[^>]*>.*?<span class="count">(\d+)</span>', re.S)
+SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """``redis-server`` on its own port, without persistence: a SIGKILL loses everything, as a crash would."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*command, "--dir", str(self.workdir)], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
+        deadline = time.monotonic() + 10
+        while not _answers_ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server did not start: {self.log.read_text(errors='replace')}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown, and (no persistence) every key lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class AppProcess:
+    """One ``python -m feed serve`` web process; its stdout and stderr go to ``log``."""
+
+    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"{name}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "feed", "serve", "--port", str(self.port), "--no-access-log"],
+                cwd=workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"process {self.name} exited: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"process {self.name} did not start: {self.output()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def process_env(env: dict[str, str], redis_url: str) -> dict[str, str]:
+    """This run's settings and the test's own Redis; no CIPHERFEED_* setting from the outer environment."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")}
+    return inherited | env | {"CIPHERFEED_REDIS_URL": redis_url}
+
+
+def like_count(html: str, post_id: int) -> int:
+    """The like count shown on the post's own article in a page."""
+    article = re.search(rf'<article[^>]*id="post-{post_id}".*?</article>', html, re.S)
+    assert article, f"post {post_id} is not on the page"
+    found = LIKE_COUNT_RE.search(article.group(0))
+    assert found, "no like count on the post"
+    return int(found.group(1))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none) in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        found = SAMPLE_RE.match(line)
+        if not found or found.group(1) != name:
+            continue
+        have = dict(LABEL_RE.findall(found.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(found.group(3))
+    return total
+
+
+async def within(seconds: float, check: Callable[[], Awaitable[bool]], every: float = 0.02) -> float | None:
+    """Poll ``check`` until it is true (seconds it took) or ``seconds`` have passed (None)."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > seconds:
+            return None
+        await anyio.sleep(every)
+
+
+@dataclass
+class Account:
+    """A user registered through process A, with a client on each process carrying the same session cookie."""
+
+    name: str
+    on: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    csrf: str = ""
+
+    async def post(self, where: str, url: str, data: dict[str, str] | None = None) -> httpx.Response:
+        return await self.on[where].post(url, data={"csrf_token": self.csrf, **(data or {})})
+
+    async def compose(self, where: str, text: str) -> int:
+        response = await self.post(where, "/posts", {"status": text})
+        assert response.status_code == 303, response.text
+        location = response.headers["location"]
+        return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])
+
+
+async def register(urls: dict[str, str], name: str, clients: list[httpx.AsyncClient]) -> Account:
+    """Register ``name`` on the first process of ``urls``; every client shares the session cookie."""
+    first, *others = urls
+    http = httpx.AsyncClient(base_url=urls[first], limits=LIMITS, timeout=30)
+    clients.append(http)
+    csrf = CSRF_RE.search((await http.get("/register")).text)
+    assert csrf
+    data = {"csrf_token": csrf.group(1), "username": name, "password": PASSWORD, "password_confirm": PASSWORD}
+    response = await http.post("/register", data=data)
+    assert response.status_code == 303, response.text
+    account = Account(name, {first: http})
+    for where in others:
+        other = httpx.AsyncClient(base_url=urls[where], cookies=http.cookies, limits=LIMITS, timeout=30)
+        clients.append(other)
+        account.on[where] = other
+    csrf = CSRF_RE.search((await http.get("/")).text)
+    assert csrf
+    account.csrf = csrf.group(1)
+    return account

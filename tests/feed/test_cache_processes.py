@@ -1,0 +1,354 @@
+"""Issue 3's "Done when", end to end: two real `cipherfeed serve` processes (A and B) on one database and a Redis
+server this test owns, so it can crash it. What one process writes, the other shows on its next request; a Redis
+crash costs no request and leaves nothing stale behind; a cold key under a burst costs one database read per
+process; like counts converge on the database's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from feed.bus import Invalidation, RedisBus
+from feed.cache import POSTS, Cache
+from feed.redis_link import RedisLink, make_client
+from feed.storage.tables import likes, posts
+from tests.feed.processes import (
+    Account,
+    AppProcess,
+    RedisServer,
+    like_count,
+    metric,
+    process_env,
+    register,
+    within,
+)
+
+pytestmark = pytest.mark.anyio
+MISSES = "cipherfeed_cache_misses_total"
+HITS = "cipherfeed_cache_hits_total"
+APPLIED = "cipherfeed_invalidations_applied_total"
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    procs: dict[str, AppProcess]
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    anonymous: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {name: proc.url for name, proc in self.procs.items()}
+
+    async def account(self, name: str) -> Account:
+        return await register(self.urls, name, self.clients)
+
+    async def metrics(self, where: str) -> str:
+        response = await self.anonymous[where].get("/metrics")
+        assert response.status_code == 200
+        return response.text
+
+    async def served_from_l1(self, client: httpx.AsyncClient, where: str, url: str) -> httpx.Response:
+        """GET ``url`` and check that no post record came from Redis or the database for it."""
+        before = await self.metrics(where)
+        response = await client.get(url)
+        after = await self.metrics(where)
+        for name, labels in ((MISSES, {"space": "p"}), (HITS, {"tier": "l2", "space": "p"})):
+            assert metric(after, name, **labels) == metric(before, name, **labels), f"{url} was not an L1 hit"
+        return response
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def cluster(
+    clean: None, migrated: None, env: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Processes A and B on this run's (emptied) database and the test's Redis."""
+    settings = process_env(env, redis_server.url)
+    procs = {name: AppProcess(name, settings, tmp_path) for name in ("a", "b")}
+    cluster = Cluster(redis_server, procs)
+    try:
+        for proc in procs.values():
+            proc.wait_ready()
+        for name, proc in procs.items():
+            cluster.anonymous[name] = httpx.AsyncClient(base_url=proc.url, timeout=30)
+        cluster.clients.extend(cluster.anonymous.values())
+        yield cluster
+    finally:
+        for http in cluster.clients:
+            await http.aclose()
+        for proc in procs.values():
+            proc.stop()
+    for proc in procs.values():
+        output = proc.output()
+        assert "Traceback" not in output and "unhandled error" not in output, f"process {proc.name}:\n{output}"
+
+
+async def db_likes(app: Any, post_id: int) -> tuple[int, int]:
+    """(rows in likes, posts.likes_count) for the post, as the database holds them."""
+    async with app.state.engine.connect() as conn:
+        rows = await conn.scalar(sa.select(sa.func.count()).select_from(likes).where(likes.c.post_id == post_id))
+        count = await conn.scalar(sa.select(posts.c.likes_count).where(posts.c.id == post_id))
+    return int(rows or 0), int(count or 0)
+
+
+async def shows_count(client: httpx.AsyncClient, post_id: int, count: int) -> bool:
+    response = await client.get(f"/posts/{post_id}")
+    assert response.status_code == 200
+    return like_count(response.text, post_id) == count
+
+
+async def test_like_edit_delete_through_a_show_on_b_on_the_next_request(cluster: Cluster) -> None:
+    alice = await cluster.account("alice")
+    a, b = alice.on["a"], alice.on["b"]
+    post_id = await alice.compose("a", "words before the edit")
+    url = f"/posts/{post_id}"
+
+    # B holds the record in its L1 (so what follows proves invalidation, not a cold read).
+    first = await b.get(url)
+    assert first.status_code == 200 and like_count(first.text, post_id) == 0
+    await cluster.served_from_l1(b, "b", url)
+
+    assert (await alice.post("a", f"{url}/like")).status_code == 303
+    took = await within(1.0, lambda: shows_count(b, post_id, 1))
+    assert took is not None, "B still shows the old like count a second after the like on A"
+
+    edit = await a.get(f"{url}/edit")
+    assert edit.status_code == 200 and 'name="revision" value="1"' in edit.text
+    await cluster.served_from_l1(b, "b", url)
+    edited = await alice.post("a", f"{url}/edit", {"status": "words after the edit", "revision": "1"})
+    assert edited.status_code == 303, edited.text
+
+    async def shows_edit() -> bool:
+        text = (await b.get(url)).text
+        return "words after the edit" in text and "words before the edit" not in text
+
+    assert await within(1.0, shows_edit) is not None, "B still shows the old text a second after the edit on A"
+    page = await cluster.served_from_l1(b, "b", url)
+    assert "words after the edit" in page.text and like_count(page.text, post_id) == 1
+
+    assert (await alice.post("a", f"{url}/delete")).status_code == 303
+
+    async def gone() -> bool:
+        return (await b.get(url)).status_code == 404
+
+    assert await within(1.0, gone) is not None, "B still serves the post a second after its delete on A"
+    assert (await cluster.anonymous["b"].get(url)).status_code == 404
+
+
+async def test_redis_crash_costs_no_request_and_leaves_nothing_stale(cluster: Cluster, app: Any) -> None:
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    before = await alice.compose("a", "cached on B before the outage")
+    during = await alice.compose("a", "first read on B during the outage")
+    busy = await alice.compose("a", "liked over and over")
+    for where in ("a", "b"):
+        assert (await alice.on[where].get(f"/posts/{before}")).status_code == 200
+
+    # (when it ended, process, request, status or error, seconds it took)
+    results: list[tuple[float, str, str, int | str, float]] = []
+    stop = anyio.Event()
+    busy_liked = False
+
+    async def record(where: str, what: str, request: Any) -> None:
+        start = time.monotonic()
+        try:
+            status: int | str = (await request).status_code
+        except httpx.HTTPError as exc:
+            status = repr(exc)
+        results.append((time.monotonic(), where, what, status, time.monotonic() - start))
+
+    async def reader(where: str) -> None:
+        while not stop.is_set():
+            for url in ("/", "/public", f"/posts/{before}", f"/posts/{busy}"):
+                await record(where, f"GET {url}", alice.on[where].get(url))
+
+    async def liker() -> None:
+        nonlocal busy_liked
+        n = 0
+        while not stop.is_set():
+            where, action = ("a", "b")[n % 2], ("like", "unlike")[n // 2 % 2]
+            await record(where, f"{action} busy", bob.post(where, f"/posts/{busy}/{action}"))
+            busy_liked = action == "like"
+            n += 1
+
+    async with anyio.create_task_group() as traffic:
+        for where in ("a", "b", "a", "b"):
+            traffic.start_soon(reader, where)
+        traffic.start_soon(liker)
+        await anyio.sleep(0.5)
+
+        down_at = time.monotonic()
+        cluster.redis.kill()
+        await anyio.sleep(0.5)
+        # B reads a post for the first time while Redis is down (its L1 now holds what is about to go stale),
+        # then A likes and edits both posts.
+        page = await alice.on["b"].get(f"/posts/{during}")
+        assert page.status_code == 200 and like_count(page.text, during) == 0
+        for post_id in (before, during):
+            assert (await bob.post("a", f"/posts/{post_id}/like")).status_code == 303
+            text = {"status": f"edited during the outage {post_id}", "revision": "1"}
+            assert (await alice.post("a", f"/posts/{post_id}/edit", text)).status_code == 303
+            page = await alice.on["a"].get(f"/posts/{post_id}")
+            assert f"edited during the outage {post_id}" in page.text and like_count(page.text, post_id) == 1
+        await anyio.sleep(0.5)
+
+        up_at = time.monotonic()
+        cluster.redis.start()
+
+        async def both_back() -> bool:
+            return all("Redis is back" in proc.output() for proc in cluster.procs.values())
+
+        recovered = await within(10.0, both_back, every=0.05)
+        assert recovered is not None, "a process did not recover from the Redis outage within 10 s"
+        await anyio.sleep(0.3)  # some traffic after the recovery too
+        stop.set()
+
+    failed = [r for r in results if r[3] not in (200, 303)]
+    assert not failed, f"requests failed around the Redis outage: {failed[:10]}"
+    slow = [r for r in results if r[4] > 5]
+    assert not slow, f"requests hung on the Redis outage: {slow[:10]}"
+    for where in ("a", "b"):
+        served = [r for r in results if r[1] == where and down_at < r[0] < up_at]
+        assert len(served) >= 5, f"process {where} served only {len(served)} requests while Redis was down"
+
+    # Nothing B cached before or during the outage survives it.
+    for post_id in (before, during):
+        for where in ("a", "b"):
+            page = await alice.on[where].get(f"/posts/{post_id}")
+            assert f"edited during the outage {post_id}" in page.text, f"{where} shows a stale text after the outage"
+            assert like_count(page.text, post_id) == 1, f"{where} shows a stale like count after the outage"
+
+    # B's bus is subscribed again: an invalidation published on A is applied on B.
+    async def b_applies_one() -> bool:
+        nonlocal busy_liked
+        applied = metric(await cluster.metrics("b"), APPLIED)
+        busy_liked = not busy_liked
+        assert (await bob.post("a", f"/posts/{busy}/{'like' if busy_liked else 'unlike'}")).status_code == 303
+
+        async def seen() -> bool:
+            return metric(await cluster.metrics("b"), APPLIED) > applied
+
+        return await within(0.5, seen) is not None
+
+    assert await within(8.0, b_applies_one, every=0.1) is not None, "B never resubscribed to invalidations"
+
+    # And with B's L1 warm again, a fresh like on A shows on B within a second.
+    b = alice.on["b"]
+    await b.get(f"/posts/{before}")
+    await cluster.served_from_l1(b, "b", f"/posts/{before}")
+    applied = metric(await cluster.metrics("b"), APPLIED)
+    assert (await bob.post("a", f"/posts/{before}/unlike")).status_code == 303
+    assert await within(1.0, lambda: shows_count(b, before, 0)) is not None, "B missed an invalidation after recovery"
+    assert metric(await cluster.metrics("b"), APPLIED) > applied
+
+    rows, count = await db_likes(app, busy)
+    assert rows == count == int(busy_liked)
+    for where in ("a", "b"):
+        assert await within(1.0, partial(shows_count, alice.on[where], busy, count)) is not None
+
+    for proc in cluster.procs.values():
+        output = proc.output()
+        assert output.count("Redis unavailable") == 1, f"process {proc.name} did not warn exactly once:\n{output}"
+        assert output.count("Redis is back") == 1, output
+
+
+async def invalidate_from_outside(redis_url: str, post_id: int) -> None:
+    """What a third process's write does: drop the post from Redis (generation bumped) and tell every process."""
+    link = RedisLink(make_client(redis_url))
+    try:
+        cache, bus = Cache(link), RedisBus(link)
+
+        async def publish(names: list[str]) -> None:
+            await bus.publish(Invalidation(keys=names))
+
+        cache.on_invalidate = publish
+        await cache.invalidate([(POSTS, post_id)])
+        assert link.up
+    finally:
+        await link.close()
+
+
+async def test_a_burst_on_a_cold_key_reads_the_database_once_per_process(cluster: Cluster) -> None:
+    alice = await cluster.account("alice")
+    post_id = await alice.compose("a", "everyone wants to read this")
+    for where in ("a", "b"):
+        for _ in range(2):  # the session and the user records in L1 on both processes
+            assert (await alice.on[where].get("/")).status_code == 200
+        # Open the connections now, so that the burst reaches the servers together.
+        await asyncio.gather(*(alice.on[where].get("/healthz") for _ in range(100)))
+
+    applied = {where: metric(await cluster.metrics(where), APPLIED) for where in ("a", "b")}
+    await invalidate_from_outside(cluster.redis.url, post_id)
+
+    async def everyone_dropped_it() -> bool:
+        now = {w: metric(await cluster.metrics(w), APPLIED) for w in ("a", "b")}
+        return all(now[w] > applied[w] for w in ("a", "b"))
+
+    assert await within(2.0, everyone_dropped_it) is not None
+
+    before = {where: await cluster.metrics(where) for where in ("a", "b")}
+    url = f"/posts/{post_id}"
+    responses = await asyncio.gather(*(alice.on["ab"[i % 2]].get(url) for i in range(200)))
+    after = {where: await cluster.metrics(where) for where in ("a", "b")}
+
+    assert [r.status_code for r in responses] == [200] * 200
+    assert all("everyone wants to read this" in r.text for r in responses)
+    refills = {w: metric(after[w], MISSES, space="p") - metric(before[w], MISSES, space="p") for w in ("a", "b")}
+    # One database read per process at most; the second process may even find the first one's value in Redis.
+    assert all(n <= 1 for n in refills.values()), f"database refills per process for one cold key: {refills}"
+    assert sum(refills.values()) >= 1, "the key was not cold"
+    l2 = {w: metric(after[w], HITS, tier="l2", space="p") - metric(before[w], HITS, tier="l2", space="p") for w in "ab"}
+    assert all(refills[w] + l2[w] <= 1 for w in ("a", "b")), f"more than one refill per process: {refills} {l2}"
+
+
+async def test_like_counts_converge_on_the_database_across_processes(cluster: Cluster, app: Any) -> None:
+    alice = await cluster.account("alice")
+    post_id = await alice.compose("a", "like me, or not")
+    users = await asyncio.gather(*(cluster.account(f"fan{i}") for i in range(20)))
+    url = f"/posts/{post_id}"
+    for where in ("a", "b"):
+        assert (await alice.on[where].get(url)).status_code == 200
+
+    done = anyio.Event()
+
+    async def reader(where: str) -> None:  # refills racing with the invalidations
+        while not done.is_set():
+            assert (await alice.on[where].get(url)).status_code == 200
+
+    async def fan(i: int, user: Account) -> None:
+        where = "a" if i < 10 else "b"
+        actions = ["like", "unlike", "like", "like", "unlike", "like"] + (["unlike"] if i % 2 else [])
+        for action in actions:
+            response = await user.post(where, f"{url}/{action}")
+            assert response.status_code == 303, response.text
+
+    async with anyio.create_task_group() as readers:
+        for where in ("a", "b", "a", "b"):
+            readers.start_soon(reader, where)
+        await asyncio.gather(*(fan(i, user) for i, user in enumerate(users)))
+        done.set()
+
+    rows, count = await db_likes(app, post_id)
+    assert rows == count == 10
+    for where in ("a", "b"):
+        took = await within(1.0, partial(shows_count, alice.on[where], post_id, count))
+        assert took is not None, f"process {where} does not show the database's {count} likes a second later"
