@@ -319,6 +319,8 @@ class Cache:
         return [item for item in missing if item[3] not in found]
 
     def _keep(self, space: Space, name: str, value: Cacheable, generation_seen: int) -> None:
+        if self._l1.maxsize == 0:
+            return  # L1 switched off (CIPHERFEED_CACHE_L1_BYTES=0)
         if self._generations.get(name, 0) != generation_seen:
             return  # invalidated while we were reading: the value may be stale
         now = time.monotonic()

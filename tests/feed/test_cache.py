@@ -245,3 +245,11 @@ async def test_waiters_fill_for_themselves_when_the_filling_request_goes_away(ca
     loader.gate.set()
     assert await waiter == post_record()
     assert owner.cancelled()
+
+
+async def test_a_zero_byte_l1_means_no_l1() -> None:
+    cache = Cache(None, l1_bytes=0)
+    loader = Loader({7: post_record()})
+    assert await cache.get(POSTS, 7, loader) == post_record()
+    assert await cache.get(POSTS, 7, loader) == post_record()
+    assert len(loader.calls) == 2 and cache.l1_values() == []

@@ -1,0 +1,169 @@
+"""One run: a fresh database and Redis, the servers, the phases in order, the report; everything torn down after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import http
+from bench.config import Config
+from bench.load import WrkFailed
+from bench.report import Row, markdown, write
+from bench.scenarios import Bench, Load, count_posts
+from bench.seed import Dataset, create_database, drop_database, seed
+from bench.servers import Cores, Processes, StartFailed, wait_ready
+
+PAGE_POSTS = 20
+
+
+async def run(config: Config) -> tuple[list[Row], dict[str, Any]]:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    started = time.perf_counter()
+    cores = Cores.split()
+    os.sched_setaffinity(0, cores.client)  # this process is a load generator too
+    workdir = Path(tempfile.mkdtemp(prefix="cipherfeed-bench-"))
+    db_url = ""
+    try:
+        db_url = create_database(config.pg_admin_url, config.db_name)
+        dataset = await seed(config, db_url)
+        print(f"seeded {dataset.counts} in {dataset.seconds:.1f} s", file=sys.stderr)
+        with Processes(workdir, cores) as procs:
+            rows, notes = await _measure(config, dataset, procs, cores)
+    finally:
+        if db_url and not config.keep_db:
+            drop_database(config.pg_admin_url, config.db_name)
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    meta = {
+        "mode": config.mode,
+        "summary": {
+            "seconds": round(elapsed, 1),
+            "users": dataset.counts["users"],
+            "posts": dataset.counts["posts"],
+            "follows": dataset.counts["follows"],
+            "seed seconds": dataset.seconds,
+            "cpus": len(cores.everything),
+            "server cpus": list(cores.server) if cores.pinned else "not pinned",
+            "load cpus": list(cores.client) if cores.pinned else "not pinned",
+        },
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "seed": {**dataset.counts, "seconds": dataset.seconds},
+        **notes,
+    }
+    return rows, meta
+
+
+async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) -> tuple[list[Row], dict[str, Any]]:
+    print("starting servers", file=sys.stderr)
+    env = {
+        "CIPHERFEED_DATABASE_URL": ds.db_url,
+        "CIPHERFEED_ROOT_KEY": ds.root_key_json,
+        "CIPHERFEED_SECRET_KEY": ds.secret_key,
+        "CIPHERFEED_DATA_DIR": str(procs.workdir / "data"),
+    }
+    redis_main, redis_cold = procs.redis("redis-main"), procs.redis("redis-l1-cold")
+    cf = procs.uvicorn(
+        "cipherfeed",
+        "feed.app:asgi_factory",
+        env | {"CIPHERFEED_REDIS_URL": f"redis://{http.HOST}:{redis_main.port}/0"},
+    )
+    cold = procs.uvicorn(
+        "cipherfeed-l1-cold",
+        "bench.l1cold:asgi_factory",
+        env | {"CIPHERFEED_REDIS_URL": f"redis://{http.HOST}:{redis_cold.port}/0"},
+    )
+    naive = procs.uvicorn("naive", "bench.naive:asgi_factory", env)
+    await asyncio.gather(wait_ready(cf), wait_ready(cold), wait_ready(naive))
+
+    cookie = {"Cookie": f"cf_session={ds.session_token}"}
+    page = await _page(cf.port, cookie, "cipherfeed")
+    page_file = procs.workdir / "page.html"
+    page_file.write_bytes(page.body)
+    page_env = {"BENCH_PAGE_FILE": str(page_file), "BENCH_PAGE_TYPE": page.headers["content-type"]}
+    bare = procs.uvicorn("bare", "bench.peers:asgi_factory", page_env)
+    await wait_ready(bare)
+    naive_page = await _page(naive.port, cookie, "naive")
+    loads = [
+        Load("home", cf, "/", cookie),
+        Load("bare", bare, "/", cookie),
+        Load("naive", naive, "/", cookie),
+        Load("l1cold", cold, "/", cookie),
+        Load("public", cf, "/public", cookie),
+        Load("api", cf, "/api/v1/timelines/home", {"Authorization": f"Bearer {ds.api_token}"}),
+    ]
+    for load in loads:
+        answer = await http.get(load.proc.port, load.path, load.headers)
+        if answer.status != 200:
+            raise StartFailed(f"{load.name} answered {answer.status} for {load.path}")
+    bench = Bench(config, cores, loads, {"home": redis_main.port, "public": redis_main.port, "l1cold": redis_cold.port})
+    bench.notes["page_bytes"] = {"cipherfeed": len(page.body), "naive": len(naive_page.body)}
+
+    print("warming up", file=sys.stderr)
+    await bench.warm()
+    print("throughput (wrk)", file=sys.stderr)
+    await bench.throughput()
+    print("latency at 80% (open loop)", file=sys.stderr)
+    await bench.latency_at_80()
+    redis_warm = await bench.redis_per_page("home")
+    counted: dict[str, Any] = {}
+
+    async def while_idle() -> None:
+        print("micro benchmarks, Redis round trips with L1 cold", file=sys.stderr)
+        counted["cold"] = await bench.redis_per_page("l1cold")
+        await bench.micro()
+
+    print("hot key expiry", file=sys.stderr)
+    await bench.expiry(while_idle)
+    bench.summarize(counted["cold"], redis_warm)
+    if config.profile:
+        print("profiling the home page (py-spy)", file=sys.stderr)
+        config.out.mkdir(parents=True, exist_ok=True)
+        bench.notes["profile_table"] = await bench.profile(config.out)
+    return bench.rows, {"notes": bench.notes, "samples": bench.raw()}
+
+
+async def _page(port: int, headers: dict[str, str], who: str) -> http.Response:
+    """The home page as the bench viewer sees it, checked to be the logged-in page with a full timeline."""
+    found = await http.get(port, "/", headers)
+    posts = count_posts(found.body)
+    if found.status != 200 or posts != PAGE_POSTS:
+        raise StartFailed(f"{who}: the home page answered {found.status} with {posts} posts, not {PAGE_POSTS}")
+    return found
+
+
+def main(config: Config) -> int:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            rows, meta = runner.run(run(config))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("python -m bench: interrupted; its servers are stopped and its database dropped", file=sys.stderr)
+        return 130
+    except (StartFailed, WrkFailed) as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 1
+    table = markdown(rows)
+    print(table)
+    if "profile_table" in meta["notes"]:
+        print("\nWhere the cipherfeed server spends its time on the home page (py-spy):\n")
+        print(meta["notes"]["profile_table"])
+    json_path, md_path = write(config.out, rows, meta)
+    print(f"\n{meta['summary']['seconds']:.0f} s; wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,196 @@
+"""Child processes of a run (uvicorn servers, a private redis-server), their CPU time and peak memory, and the
+guarantee that every one of them is stopped when the run ends, fails or is interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from bench import http
+from bench.load import taskset
+
+REPO = Path(__file__).resolve().parent.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class StartFailed(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((http.HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class Cores:
+    """Which CPUs the servers run on and which the load generators (and this process) run on."""
+
+    server: tuple[int, ...]
+    client: tuple[int, ...]
+    everything: tuple[int, ...]
+
+    @property
+    def pinned(self) -> bool:
+        return self.server != self.everything
+
+    @classmethod
+    def split(cls) -> Cores:
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        if len(cpus) < 2 or shutil.which("taskset") is None:
+            return cls(cpus, cpus, cpus)
+        return cls(cpus[-1:], cpus[:-1], cpus)
+
+
+class Proc:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path, port: int) -> None:
+        self.name = name
+        self.popen = popen
+        self.log = log
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time so far (``/proc/<pid>/stat`` utime and stime)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+
+    def peak_rss(self) -> int:
+        """Peak resident set size in bytes (VmHWM) since start or the last :meth:`reset_peak`."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def reset_peak(self) -> None:
+        """Start a new peak (Linux 4.0+); harmless where it is not allowed (then the peak is since start)."""
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise StartFailed(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+class Processes:
+    """Starts children and stops them all (newest first) on exit, whatever the exit."""
+
+    def __init__(self, workdir: Path, cores: Cores) -> None:
+        self.workdir = workdir
+        self.cores = cores
+        self.procs: list[Proc] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], port: int, cpus: Sequence[int]) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+                taskset(argv, cpus), cwd=REPO, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+            )
+        proc = Proc(name, popen, log, port)
+        self.procs.append(proc)
+        return proc
+
+    def uvicorn(self, name: str, factory: str, env: Mapping[str, str]) -> Proc:
+        """``factory`` served as users serve cipherfeed: uvloop, httptools, one worker, no access log."""
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            factory,
+            "--factory",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--host",
+            http.HOST,
+            "--port",
+            str(port),
+        ]
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CIPHERFEED_", "BENCH_"))}
+        return self.start(
+            name, argv, env=base | {"PYTHONPATH": str(REPO)} | dict(env), port=port, cpus=self.cores.server
+        )
+
+    def redis(self, name: str) -> Proc:
+        """A private redis-server without persistence: its command counts are this run's alone."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StartFailed("redis-server is not installed (apt-get install redis-server)")
+        port = free_port()
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            http.HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+        proc = self.start(name, argv, env=os.environ, port=port, cpus=self.cores.everything)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            proc.check_alive()
+            try:
+                with socket.create_connection((http.HOST, port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return proc
+            except OSError:
+                time.sleep(0.05)
+        raise StartFailed(f"{name} did not answer PING")
+
+
+async def wait_ready(proc: Proc, path: str = "/healthz", within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            if (await http.get(proc.port, path)).status == 200:
+                return
+        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        await asyncio.sleep(0.1)
+    raise StartFailed(f"{proc.name} did not answer {path} within {within:.0f} s; see {proc.log}")
