@@ -44,8 +44,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     """Write transactions take the write lock up front, so read-then-write is atomic and never hits
     SQLITE_BUSY on upgrade (which busy_timeout does not retry)."""
-    write = conn.get_execution_options().get("cipherfeed_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # reads: each statement on its own
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("cipherfeed_write", False) else "BEGIN")
 
 
 def alembic_config(database_url: str | None = None) -> Config:

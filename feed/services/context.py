@@ -20,14 +20,16 @@ def now() -> datetime:
 
 
 class Database:
-    """Sessions for services: ``db()`` for reads, ``db.begin()`` for a write transaction that commits at the end.
+    """Sessions for services: ``db()`` for reads (autocommit: each statement sees the latest commits, several
+    statements are not one snapshot), ``db.begin()`` for a write transaction that commits at the end.
 
     Write transactions are marked so that SQLite takes its write lock at BEGIN (``BEGIN IMMEDIATE``, see
     ``feed.db``): a transaction that reads and then writes is atomic there, as it is on PostgreSQL.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips around every page's queries.
+        self._read = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
         self._write = async_sessionmaker(engine.execution_options(cipherfeed_write=True), expire_on_commit=False)
 
     def __call__(self) -> AsyncSession:

@@ -49,9 +49,12 @@ async def _visible(svc: Services, post: PostRecord | None, viewer: User | None) 
     return can_see(post, viewer, await lookup.following(svc, viewer.id))
 
 
-async def views(svc: Services, refs: Sequence[Any], viewer: User | None) -> list[PostView]:
+async def views(
+    svc: Services, refs: Sequence[Any], viewer: User | None, liked: set[int] | None = None
+) -> list[PostView]:
     """Posts for ``refs`` (rows with id, author_id, key_version, in_reply_to_author_id) in their order, for a
-    viewer already entitled to them. Posts gone meanwhile, or whose author's key is gone, are left out."""
+    viewer already entitled to them. Posts gone meanwhile, or whose author's key is gone, are left out.
+    ``liked``: which of them the viewer liked, when the caller already asked the database."""
     if not refs:
         return []
     ids = [ref.id for ref in refs]
@@ -75,7 +78,8 @@ async def views(svc: Services, refs: Sequence[Any], viewer: User | None) -> list
         wrapped = {**wrapped, **more}
     blobs = {pair: w.blob for name, pair in wanted.items() if isinstance(w := wrapped.get(name), WrappedKey)}
     keys = svc.keys.open_many(blobs)
-    liked = await _liked(svc, viewer, ids)
+    if liked is None:
+        liked = await _liked(svc, viewer, ids)
     out: list[PostView] = []
     for record in records:
         key = keys.get((record.author_id, record.key_version))
@@ -150,9 +154,10 @@ def _page(found: list[PostView], refs: Sequence[Any], page: Page) -> TimelinePag
 
 
 async def home(svc: Services, viewer: User, page: Page) -> TimelinePage:
-    async with svc.db() as session:
+    async with svc.db() as session:  # one connection for the page's ids and the viewer's likes among them
         refs = await store.home(session, viewer.id, page)
-    return _page(await views(svc, refs, viewer), refs, page)
+        liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs])
+    return _page(await views(svc, refs, viewer, liked), refs, page)
 
 
 async def public(svc: Services, viewer: User | None, page: Page) -> TimelinePage:
@@ -183,7 +188,8 @@ async def by_author(
         refs = await store.by_author(
             session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
         )
-    return _page(await views(svc, refs, viewer), refs, page)
+        liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs]) if viewer else set()
+    return _page(await views(svc, refs, viewer, liked), refs, page)
 
 
 async def thread(svc: Services, post_id: int, viewer: User | None) -> tuple[list[PostView], PostView, list[PostView]]:
