@@ -186,7 +186,7 @@ async def _like(request: Request, *, like: bool) -> Response:
     post = await action(services(request), user, post_id)
     if is_htmx(request):
         # The swapped-in form keeps the page it lives on as its no-JS "next", not this POST URL.
-        return render(request, "_partials/like_button.html", {"post": post, "path": safe_next(form.get("next"), "/")})
+        return render(request, "_partials/like_button.html", {"post": post, "here": safe_next(form.get("next"), "/")})
     return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
 
 

@@ -82,6 +82,9 @@ def render(
         "viewer": request.state._state.get("viewer"),
         "csrf": csrf_token(request),
         "path": request.url.path,
+        # Where a no-JS form in a post brings the reader back to: this page, an older page (?max_id=) included.
+        "here": request.url.path
+        + (f"?max_id={max_id}" if (max_id := request.query_params.get("max_id", "")).isdigit() else ""),
         "notice": NOTICES.get(request.query_params.get("notice", ""), ""),
     }
     if context:
