@@ -178,12 +178,7 @@ class RootKeyRing(Unpicklable):
         if len(blob) != _WRAPPED_SIZE:
             raise InvalidToken
         magic, format_version, alg, root_version = _HEADER.unpack_from(blob)
-        if (
-            magic != _MAGIC
-            or format_version != _FORMAT_VERSION
-            or alg != _ALG_AES_256_GCM
-            or root_version == 0
-        ):
+        if magic != _MAGIC or format_version != _FORMAT_VERSION or alg != _ALG_AES_256_GCM or root_version == 0:
             raise InvalidToken
         return int(root_version)
 

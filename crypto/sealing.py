@@ -26,7 +26,7 @@ from ._random import Rng, draw
 from .context import FieldContext, encode_context
 from .errors import InvalidToken
 from .sealed import Sealed
-from .user_key import UserKey, key_bytes
+from .user_key import UserKey, key_aead
 
 _DEK_LABEL = b"dek"
 
@@ -62,7 +62,7 @@ def seal_fields(
 
     header = layout.header(user_key.version)
     dek = draw(rng, KEY_SIZE)
-    wrap_aead = AESGCM(key_bytes(user_key))
+    wrap_aead = key_aead(user_key)
     data_aead = AESGCM(dek)
     blobs: dict[str, Sealed] = {}
     for name, (ctx, plaintext) in plaintexts.items():
@@ -144,16 +144,12 @@ def _data_aad(header: bytes, context: bytes) -> bytes:
 
 
 def _unwrap_dek(user_key: UserKey, parts: layout.Parts, context: bytes) -> AESGCM | None:
-    dek = decrypt_or_none(
-        AESGCM(key_bytes(user_key)), parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, context)
-    )
+    dek = decrypt_or_none(key_aead(user_key), parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, context))
     return None if dek is None else AESGCM(dek)
 
 
 def _decrypt_text(data_aead: AESGCM, parts: layout.Parts, context: bytes) -> str | None:
-    plaintext = decrypt_or_none(
-        data_aead, parts.data_nonce, parts.ciphertext, _data_aad(parts.header, context)
-    )
+    plaintext = decrypt_or_none(data_aead, parts.data_nonce, parts.ciphertext, _data_aad(parts.header, context))
     if plaintext is None:
         return None
     try:
@@ -165,12 +161,10 @@ def _decrypt_text(data_aead: AESGCM, parts: layout.Parts, context: bytes) -> str
 def _rewrap_dek(
     parts: layout.Parts, context: bytes, old_key: UserKey, new_key: UserKey, rng: Rng | None
 ) -> layout.Parts | None:
-    dek = decrypt_or_none(
-        AESGCM(key_bytes(old_key)), parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, context)
-    )
+    dek = decrypt_or_none(key_aead(old_key), parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, context))
     if dek is None:
         return None
     header = layout.header(new_key.version)
     wrap_nonce = draw(rng, NONCE_SIZE)
-    wrapped_dek = AESGCM(key_bytes(new_key)).encrypt(wrap_nonce, dek, _wrap_aad(header, context))
+    wrapped_dek = key_aead(new_key).encrypt(wrap_nonce, dek, _wrap_aad(header, context))
     return parts._replace(header=header, wrap_nonce=wrap_nonce, wrapped_dek=wrapped_dek)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import final
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from ._aes import KEY_SIZE
 from ._checks import U32_MAX, U64_MAX, check_int
 from ._random import Rng, draw
@@ -20,7 +22,7 @@ class UserKey(Unpicklable):
     ``user_id`` is in 0..2**64-1 and ``version`` in 1..2**32-1 (both inclusive).
     """
 
-    __slots__ = ("_secret", "_user_id", "_version")
+    __slots__ = ("_aead", "_secret", "_user_id", "_version")
 
     def __init__(self, user_id: int, version: int, key: bytes) -> None:
         self._user_id = check_int("user_id", user_id, 0, U64_MAX)
@@ -28,6 +30,7 @@ class UserKey(Unpicklable):
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             raise InvalidKeyMaterial(f"a user key must be exactly {KEY_SIZE} bytes")
         self._secret = key
+        self._aead: AESGCM | None = None
 
     @classmethod
     def generate(cls, user_id: int, version: int, *, rng: Rng | None = None) -> UserKey:
@@ -48,3 +51,10 @@ class UserKey(Unpicklable):
 def key_bytes(key: UserKey) -> bytes:
     """The 32 secret bytes of ``key``. For the crypto package only: never log, store or pass them on."""
     return key._secret
+
+
+def key_aead(key: UserKey) -> AESGCM:
+    """The AES-GCM instance of ``key``, built once (its key schedule costs more than a short decryption)."""
+    if key._aead is None:
+        key._aead = AESGCM(key._secret)
+    return key._aead
