@@ -54,17 +54,7 @@ class KeyStore:
             else:
                 found[pair] = key
         if missing:
-            wrapped = await store.get_wrapped_keys(session, missing)
-            for pair in missing:
-                blob = wrapped.get(pair)
-                if blob is None:
-                    continue
-                try:
-                    key = self.ring.unwrap_user_key(blob, user_id=pair[0], version=pair[1])
-                except InvalidToken:
-                    continue
-                self._memory[pair] = key
-                found[pair] = key
+            found.update(self.open_many(await store.get_wrapped_keys(session, missing)))
         return found
 
     def open_many(self, wrapped: dict[tuple[int, int], bytes]) -> dict[tuple[int, int], UserKey]:

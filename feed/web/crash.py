@@ -13,6 +13,8 @@ import traceback
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feed.web.middleware import send_plain
+
 log = logging.getLogger("feed.crash")
 
 _PAGE = (
@@ -60,14 +62,6 @@ class CatchAll:
                 return
             if scope["path"].startswith("/api/"):
                 body = json.dumps({"error": "Something went wrong on our side; please try again"}).encode()
-                ctype = b"application/json"
+                await send_plain(send, 500, body, b"application/json")
             else:
-                body, ctype = _PAGE.encode(), b"text/html; charset=utf-8"
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+                await send_plain(send, 500, _PAGE.encode(), b"text/html; charset=utf-8")

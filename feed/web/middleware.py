@@ -52,20 +52,24 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _reject(scope: Scope, send: Send, status: int, message: str) -> None:
-    """A minimal error response from middleware: JSON for the API, a short text page otherwise."""
-    if scope["path"].startswith("/api/"):
-        body, ctype = json.dumps({"error": message}).encode(), b"application/json"
-    else:
-        body, ctype = f"{status} {message}\n".encode(), b"text/plain; charset=utf-8"
+async def send_plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    """A whole response from middleware, below the framework's response classes."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _reject(scope: Scope, send: Send, status: int, message: str) -> None:
+    """A minimal error response from middleware: JSON for the API, a short text page otherwise."""
+    if scope["path"].startswith("/api/"):
+        await send_plain(send, status, json.dumps({"error": message}).encode(), b"application/json")
+    else:
+        await send_plain(send, status, f"{status} {message}\n".encode(), b"text/plain; charset=utf-8")
 
 
 class BodyTooLarge(Exception):

@@ -17,7 +17,7 @@ from feed.app import create_app
 from feed.services.accounts import LOGIN_ERROR
 from feed.settings import load_settings
 from feed.storage import tables
-from tests.conftest import CSRF_RE, PASSWORD
+from tests.conftest import CSRF_RE, PASSWORD, snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -33,15 +33,6 @@ async def user_row(app: Any, username: str) -> Any:
     async with app.state.engine.connect() as conn:
         query = sa.select(tables.users).where(tables.users.c.username_lower == username.lower())
         return (await conn.execute(query)).first()
-
-
-async def snapshot(app: Any) -> dict[str, list[str]]:
-    """Every row of every table, to show that a refused request changed nothing."""
-    out: dict[str, list[str]] = {}
-    async with app.state.engine.connect() as conn:
-        for table in tables.metadata.sorted_tables:
-            out[table.name] = sorted(repr(tuple(row)) for row in await conn.execute(sa.select(table)))
-    return out
 
 
 def session_cookie(browser: Any, name: str = "cf_session") -> str:

@@ -10,24 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from feed.storage import tables
-from tests.conftest import forget_cached
+from tests.conftest import forget_cached, snapshot
 
 pytestmark = pytest.mark.anyio
 
 ORIGIN = {"Origin": "http://testserver"}
 FORM = {**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"}
-
-
-async def snapshot(app: Any) -> dict[str, list[str]]:
-    """Every row of every table, to show that a refused request changed nothing."""
-    out: dict[str, list[str]] = {}
-    async with app.state.engine.connect() as conn:
-        for table in tables.metadata.sorted_tables:
-            out[table.name] = sorted(repr(tuple(row)) for row in await conn.execute(sa.select(table)))
-    return out
 
 
 def refused(response: httpx.Response, status: int | tuple[int, ...], message: str = "") -> None:

@@ -12,21 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from feed.storage import tables
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, snapshot
 
 pytestmark = pytest.mark.anyio
 
 ORIGIN = "http://testserver"
 NEW_PASSWORD = "a brand new passphrase here"
-
-
-async def snapshot(app: Any) -> dict[str, list[str]]:
-    """Every row of every table, to show that a refused request changed nothing."""
-    out: dict[str, list[str]] = {}
-    async with app.state.engine.connect() as conn:
-        for table in tables.metadata.sorted_tables:
-            out[table.name] = sorted(repr(tuple(row)) for row in await conn.execute(sa.select(table)))
-    return out
 
 
 async def count(app: Any, table: sa.Table) -> int:
