@@ -66,6 +66,8 @@ def test_bad_input_is_one_line_and_non_zero(env: dict[str, str], tmp_path: Path)
     assert "127.0.0.1" in one_line_error(unreachable)
     too_long = cipherfeed(env, "users", "token", "nobody-here", "--label", "x" * 101)
     assert "label" in one_line_error(too_long)
+    no_redis = {k: v for k, v in env.items() if k != "CIPHERFEED_REDIS_URL"}
+    assert "CIPHERFEED_REDIS_URL" in one_line_error(cipherfeed(no_redis, "serve", "--workers", "2"))
     usage = cipherfeed(env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
