@@ -54,11 +54,12 @@ class Space:
 POSTS = Space("p", l1_ttl=120, l2_ttl=600)
 USERS = Space("u", l1_ttl=120, l2_ttl=600)
 SESSIONS = Space("s", l1_ttl=30, l2_ttl=300)
+API_TOKENS = Space("a", l1_ttl=30, l2_ttl=300)  # a revoked token must be invalidated like a logged-out session
 USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
 FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
 TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
 REFILL_LOCK_SECONDS = 1.0
-SPACES = (POSTS, USERS, SESSIONS, USER_KEYS, FOLLOWING, TIMELINES)
+SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES)
 
 
 def redis_key(space: Space, key: Key) -> str:

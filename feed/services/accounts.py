@@ -255,9 +255,11 @@ async def create_token(svc: Services, username: str, name: str = "personal acces
 async def token_user(svc: Services, token: str) -> User | None:
     if not token or len(token) > 200:
         return None
-    async with svc.db() as session:
-        row = await store.token_user(session, token_hash(svc, token), now())
-    return User.from_row(row) if row else None
+    record = await lookup.api_token(svc, token_hash(svc, token))
+    if record is None or record.expires_at <= now():
+        return None
+    found = await lookup.user(svc, record.user_id)
+    return User.from_row(found) if found else None
 
 
 async def update_profile(svc: Services, user: User, display_name: str, bio: str, email: str) -> User:

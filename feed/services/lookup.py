@@ -7,15 +7,18 @@ after their commit (see ``feed.cache`` for the guarantees).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from crypto import Sealed
 from feed.bus import Invalidation
-from feed.cache import FOLLOWING, POSTS, SESSIONS, TIMELINES, USER_KEYS, USERS, Loader, Request, Space
+from feed.cache import API_TOKENS, FOLLOWING, POSTS, SESSIONS, TIMELINES, USER_KEYS, USERS, Loader, Request, Space
 from feed.records import IdList, PostRecord, SessionRecord, UserRecord, WrappedKey
 from feed.services.context import Services
 from feed.storage import posts as post_store
 from feed.storage import users as user_store
+
+NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
@@ -120,6 +123,20 @@ async def session(svc: Services, id_hash: bytes) -> SessionRecord | None:
         return {id_hash.hex(): SessionRecord(row.user_id, row.expires_at)} if row else {}
 
     found = await svc.cache.get(SESSIONS, id_hash.hex(), load)
+    return found if isinstance(found, SessionRecord) else None
+
+
+async def api_token(svc: Services, id_hash: bytes) -> SessionRecord | None:
+    """An API token, like a session: whose it is and until when (a token without expiry: the far future)."""
+
+    async def load(missing: list[str]) -> Mapping[str, SessionRecord]:
+        async with svc.db() as db:
+            row = await user_store.token_row(db, id_hash)
+        if row is None:
+            return {}
+        return {id_hash.hex(): SessionRecord(row.user_id, row.expires_at or NEVER)}
+
+    found = await svc.cache.get(API_TOKENS, id_hash.hex(), load)
     return found if isinstance(found, SessionRecord) else None
 
 

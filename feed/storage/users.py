@@ -165,15 +165,9 @@ async def insert_token(session: AsyncSession, *, token_hash: bytes, user_id: int
     await session.execute(api_tokens.insert().values(token_hash=token_hash, user_id=user_id, name=name, created_at=now))
 
 
-async def token_user(session: AsyncSession, token_hash: bytes, now: datetime) -> Record | None:
-    query = (
-        sa.select(*USER_COLUMNS)
-        .join(api_tokens, api_tokens.c.user_id == users.c.id)
-        .where(
-            api_tokens.c.token_hash == token_hash,
-            sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
-        )
-    )
+async def token_row(session: AsyncSession, token_hash: bytes) -> Record | None:
+    """The token's user and expiry (None: it does not expire); the caller checks the expiry."""
+    query = sa.select(api_tokens.c.user_id, api_tokens.c.expires_at).where(api_tokens.c.token_hash == token_hash)
     return (await session.execute(query)).first()
 
 

@@ -238,3 +238,17 @@ async def test_pages_get_no_cors_headers(make_browser: Any) -> None:
     browser = await make_browser()
     response = await browser.get("/public", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_an_expired_token_is_refused(api: Any, app: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from feed.storage import tables
+    from tests.conftest import forget_cached
+
+    alice = await api("alice")
+    assert (await alice.get("/api/v1/accounts/verify_credentials")).status_code == 200
+    async with app.state.engine.begin() as conn:
+        await conn.execute(tables.api_tokens.update().values(expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+    await forget_cached(app)  # the cached token record expires with its TTL the same way
+    check_error(await alice.get("/api/v1/accounts/verify_credentials"), 401)
