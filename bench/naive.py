@@ -23,8 +23,7 @@ from starlette.routing import Route
 from crypto import FieldContext, RootKeyRing, open_field
 from feed import db
 from feed.keyfile import derive
-from feed.services.models import PostView, TimelinePage, User
-from feed.services.text import render_html
+from feed.services.models import Content, PostView, TimelinePage, User
 from feed.settings import load_settings
 from feed.web.templating import make_environment, render
 
@@ -67,9 +66,7 @@ def _view(row: Any, ring: RootKeyRing) -> PostView:
         id=row.id,
         author=author,
         visibility=row.visibility,
-        text=text,
-        html=render_html(text),
-        cw=cw,
+        content=Content.plain(text, cw),
         in_reply_to_id=row.in_reply_to_id,
         in_reply_to_author_id=row.in_reply_to_author_id,
         revision=row.revision,

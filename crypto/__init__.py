@@ -10,7 +10,7 @@ from .context import FieldContext
 from .errors import InvalidKeyMaterial, InvalidToken
 from .keyring import RootKeyRing
 from .sealed import Sealed
-from .sealing import open_field, open_fields, rewrap, seal_fields
+from .sealing import open_field, open_fields, rewrap, seal_beside, seal_fields
 from .user_key import UserKey
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "open_field",
     "open_fields",
     "rewrap",
+    "seal_beside",
     "seal_fields",
 ]

@@ -13,6 +13,11 @@ MAX_FIELD_NAME_SIZE = 255
 _NAME_LENGTH = struct.Struct(">H")
 _NUMBERS = struct.Struct(">QQQ")
 
+_NAME_PREFIXES: dict[str, bytes] = {}
+"""Checked field names (exact str instances) -> u16 length || UTF-8 name. Field names are a handful of
+constants ("body", "cw", "email"); past :data:`_MAX_NAME_PREFIXES` names nothing more is remembered."""
+_MAX_NAME_PREFIXES = 64
+
 
 @dataclass(frozen=True, slots=True)
 class FieldContext:
@@ -28,14 +33,21 @@ class FieldContext:
     revision: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.field, str):
-            raise TypeError(f"field must be a str, not {type(self.field).__name__}")
-        name = encode_utf8(self.field)
-        if not name or len(name) > MAX_FIELD_NAME_SIZE:
-            raise ValueError(f"field must be 1..{MAX_FIELD_NAME_SIZE} bytes of UTF-8, got {self.field!r}")
-        check_int("object_id", self.object_id, 0, U64_MAX)
-        check_int("owner_id", self.owner_id, 0, U64_MAX)
-        check_int("revision", self.revision, 0, U64_MAX)
+        # Built once per opened field: the common case (a known name, plain ints) takes the short path.
+        if type(self.field) is not str or self.field not in _NAME_PREFIXES:
+            _name_prefix(self.field)
+        object_id, owner_id, revision = self.object_id, self.owner_id, self.revision
+        if not (
+            type(object_id) is int
+            and type(owner_id) is int
+            and type(revision) is int
+            and 0 <= object_id <= U64_MAX
+            and 0 <= owner_id <= U64_MAX
+            and 0 <= revision <= U64_MAX
+        ):
+            check_int("object_id", object_id, 0, U64_MAX)
+            check_int("owner_id", owner_id, 0, U64_MAX)
+            check_int("revision", revision, 0, U64_MAX)
 
 
 def encode_context(ctx: FieldContext) -> bytes:
@@ -43,5 +55,21 @@ def encode_context(ctx: FieldContext) -> bytes:
 
     Injective: the length prefix and the fixed-width numbers leave one way to read any encoding.
     """
-    name = ctx.field.encode("utf-8")  # checked encodable in __post_init__
-    return _NAME_LENGTH.pack(len(name)) + name + _NUMBERS.pack(ctx.object_id, ctx.owner_id, ctx.revision)
+    field = ctx.field
+    prefix = _NAME_PREFIXES.get(field) if type(field) is str else None
+    if prefix is None:
+        prefix = _name_prefix(field)
+    return prefix + _NUMBERS.pack(ctx.object_id, ctx.owner_id, ctx.revision)
+
+
+def _name_prefix(field: object) -> bytes:
+    """u16 length || UTF-8 of ``field``, checked; remembered if ``field`` is an exact str."""
+    if not isinstance(field, str):
+        raise TypeError(f"field must be a str, not {type(field).__name__}")
+    name = encode_utf8(field)
+    if not name or len(name) > MAX_FIELD_NAME_SIZE:
+        raise ValueError(f"field must be 1..{MAX_FIELD_NAME_SIZE} bytes of UTF-8, got {field!r}")
+    prefix = _NAME_LENGTH.pack(len(name)) + name
+    if type(field) is str and len(_NAME_PREFIXES) < _MAX_NAME_PREFIXES:
+        _NAME_PREFIXES[field] = prefix
+    return prefix

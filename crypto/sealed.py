@@ -35,6 +35,16 @@ _DATA_NONCE_END = _WRAPPED_DEK_END + NONCE_SIZE
 MIN_SIZE = _DATA_NONCE_END + TAG_SIZE
 """The size of a blob holding the empty string."""
 
+# The parts of a blob's bytes, for code that slices them directly instead of going through :func:`split`.
+HEADER = slice(0, HEADER_SIZE)
+FORMAT_AND_ALGORITHM = slice(2, 4)
+WRAP_NONCE = slice(HEADER_SIZE, _WRAP_NONCE_END)
+WRAPPED_DEK = slice(_WRAP_NONCE_END, _WRAPPED_DEK_END)
+ENVELOPE = slice(0, _WRAPPED_DEK_END)
+"""Header, wrap nonce and wrapped data key: every stored byte the unwrap of the data key reads."""
+DATA_NONCE = slice(_WRAPPED_DEK_END, _DATA_NONCE_END)
+CIPHERTEXT = slice(_DATA_NONCE_END, None)
+
 
 @final
 class Sealed:
@@ -120,13 +130,7 @@ def header(key_version: int) -> bytes:
 
 def split(sealed: Sealed) -> Parts:
     data = sealed.data
-    return Parts(
-        data[:HEADER_SIZE],
-        data[HEADER_SIZE:_WRAP_NONCE_END],
-        data[_WRAP_NONCE_END:_WRAPPED_DEK_END],
-        data[_WRAPPED_DEK_END:_DATA_NONCE_END],
-        data[_DATA_NONCE_END:],
-    )
+    return Parts(data[HEADER], data[WRAP_NONCE], data[WRAPPED_DEK], data[DATA_NONCE], data[CIPHERTEXT])
 
 
 def join(parts: Parts) -> Sealed:

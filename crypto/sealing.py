@@ -11,6 +11,10 @@ blob (layout in :mod:`crypto.sealed`) in which:
 rebuilt from the row, never stored, so a blob moved to another field, object, owner or revision does not
 open. The data part leaves out the user key version so that :func:`rewrap` can move a blob to a new user key
 without touching its ciphertext; the wrapped DEK binds the header, key version included.
+
+Opening remembers each unwrapped DEK in the user key (:class:`crypto._dek_cache.DataKeyCache`) under every
+input the unwrap authenticated: the blob's bytes up to the end of the wrapped DEK, then ``context``. A repeat
+open of the same blob in the same context skips the unwrap; any other blob or context unwraps again.
 """
 
 from __future__ import annotations
@@ -25,8 +29,17 @@ from ._checks import encode_utf8
 from ._random import Rng, draw
 from .context import FieldContext, encode_context
 from .errors import InvalidToken
-from .sealed import Sealed
-from .user_key import UserKey, key_aead
+from .sealed import (
+    CIPHERTEXT,
+    DATA_NONCE,
+    ENVELOPE,
+    FORMAT_AND_ALGORITHM,
+    HEADER,
+    WRAP_NONCE,
+    WRAPPED_DEK,
+    Sealed,
+)
+from .user_key import UserKey, dek_cache, key_aead
 
 _DEK_LABEL = b"dek"
 
@@ -81,13 +94,12 @@ def open_field(user_key: UserKey, blob: Sealed | bytes, ctx: FieldContext) -> st
     Raises InvalidToken on any failure: malformed blob, a key of another user or version, another context,
     any changed byte, text that is not UTF-8.
     """
-    sealed = _parse(blob, ctx, user_key)
-    parts = layout.split(sealed)
+    data = _parse(blob, ctx, user_key).data
     context = encode_context(ctx)
-    data_aead = _unwrap_dek(user_key, parts, context)
+    data_aead = _data_key(user_key, data, context)
     if data_aead is None:
         raise InvalidToken
-    text = _decrypt_text(data_aead, parts, context)
+    text = _decrypt_text(data_aead, data, context)
     if text is None:
         raise InvalidToken
     return text
@@ -121,10 +133,39 @@ def rewrap(
     return layout.join(rewrapped)
 
 
+def seal_beside(
+    user_key: UserKey,
+    source: Sealed | bytes,
+    source_ctx: FieldContext,
+    text: str,
+    ctx: FieldContext,
+    *,
+    rng: Rng | None = None,
+) -> Sealed:
+    """Seal ``text`` for ``ctx`` under the data key of ``source`` (a blob sealed for ``source_ctx``): a value
+    derived from a field (a post's rendered HTML) then lives and dies with that field's key. Draws two nonces.
+
+    ``ctx`` must name the same object, owner and revision as ``source_ctx`` (ValueError otherwise): a derived
+    value belongs to one revision. InvalidToken if ``source`` does not open for ``source_ctx``.
+    """
+    if (ctx.object_id, ctx.owner_id, ctx.revision) != (source_ctx.object_id, source_ctx.owner_id, source_ctx.revision):
+        raise ValueError("seal_beside keeps a value with its own object, owner and revision")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    plaintext = encode_utf8(text)
+    if plaintext is None:
+        raise ValueError("text is not encodable as UTF-8")
+    parts = layout.split(_parse(source, source_ctx, user_key))
+    sealed = _seal_with_dek_of(parts, encode_context(source_ctx), user_key, plaintext, encode_context(ctx), rng)
+    if sealed is None:
+        raise InvalidToken
+    return sealed
+
+
 def _parse(blob: Sealed | bytes, ctx: FieldContext, user_key: UserKey) -> Sealed:
-    if not isinstance(ctx, FieldContext):
+    if type(ctx) is not FieldContext and not isinstance(ctx, FieldContext):
         raise TypeError(f"ctx must be a FieldContext, not {type(ctx).__name__}")
-    sealed = blob if isinstance(blob, Sealed) else Sealed(blob)
+    sealed = blob if type(blob) is Sealed else Sealed(blob)  # Sealed is final
     if sealed.key_version != user_key.version or ctx.owner_id != user_key.user_id:
         raise InvalidToken
     return sealed
@@ -135,21 +176,43 @@ def _wrap_aad(header: bytes, context: bytes) -> bytes:
 
 
 def _data_aad(header: bytes, context: bytes) -> bytes:
+    """``header`` may also be a whole blob, which starts with its header."""
     # Format version and algorithm id only: not the magic (constant) nor the user key version (module doc).
-    return header[2:4] + context
+    return header[FORMAT_AND_ALGORITHM] + context
 
 
 # The helpers below return None instead of raising, and keep the DEK and the plaintext in their own frames, so
 # that the frames of a raised InvalidToken hold neither (error reporters record local variables).
 
 
-def _unwrap_dek(user_key: UserKey, parts: layout.Parts, context: bytes) -> AESGCM | None:
-    dek = decrypt_or_none(key_aead(user_key), parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, context))
-    return None if dek is None else AESGCM(dek)
+def _data_key(user_key: UserKey, data: bytes, context: bytes) -> AESGCM | None:
+    """The DEK of blob ``data`` for ``context``, remembered by ``user_key`` or unwrapped (then remembered)."""
+    # Every input of the unwrap but the user key, which owns the cache: header (also in the associated data),
+    # wrap nonce, wrapped DEK, context. The first part has a fixed length, so the key is injective.
+    unwrap_input = data[ENVELOPE] + context
+    cache = dek_cache(user_key)
+    data_aead = cache.get(unwrap_input)
+    if data_aead is None:
+        dek = decrypt_or_none(
+            key_aead(user_key),
+            data[WRAP_NONCE],
+            data[WRAPPED_DEK],
+            _wrap_aad(data[HEADER], context),
+        )
+        if dek is None:
+            return None
+        data_aead = AESGCM(dek)
+        cache.put(unwrap_input, data_aead)
+    return data_aead
 
 
-def _decrypt_text(data_aead: AESGCM, parts: layout.Parts, context: bytes) -> str | None:
-    plaintext = decrypt_or_none(data_aead, parts.data_nonce, parts.ciphertext, _data_aad(parts.header, context))
+def _decrypt_text(data_aead: AESGCM, data: bytes, context: bytes) -> str | None:
+    plaintext = decrypt_or_none(
+        data_aead,
+        data[DATA_NONCE],
+        data[CIPHERTEXT],
+        _data_aad(data, context),
+    )
     if plaintext is None:
         return None
     try:
@@ -168,3 +231,18 @@ def _rewrap_dek(
     wrap_nonce = draw(rng, NONCE_SIZE)
     wrapped_dek = key_aead(new_key).encrypt(wrap_nonce, dek, _wrap_aad(header, context))
     return parts._replace(header=header, wrap_nonce=wrap_nonce, wrapped_dek=wrapped_dek)
+
+
+def _seal_with_dek_of(
+    parts: layout.Parts, source_context: bytes, user_key: UserKey, plaintext: bytes, context: bytes, rng: Rng | None
+) -> Sealed | None:
+    wrap_aead = key_aead(user_key)
+    dek = decrypt_or_none(wrap_aead, parts.wrap_nonce, parts.wrapped_dek, _wrap_aad(parts.header, source_context))
+    if dek is None:
+        return None
+    header = layout.header(user_key.version)
+    wrap_nonce = draw(rng, NONCE_SIZE)
+    wrapped_dek = wrap_aead.encrypt(wrap_nonce, dek, _wrap_aad(header, context))
+    data_nonce = draw(rng, NONCE_SIZE)
+    ciphertext = AESGCM(dek).encrypt(data_nonce, plaintext, _data_aad(header, context))
+    return layout.join(layout.Parts(header, wrap_nonce, wrapped_dek, data_nonce, ciphertext))

@@ -39,6 +39,7 @@ from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.metrics import RequestMetrics, metrics_endpoint
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
+from feed.web.post_html import make_frame_style
 from feed.web.templating import is_htmx, make_environment, render
 
 log = logging.getLogger("feed")
@@ -220,6 +221,7 @@ def create_app(settings: Settings) -> Starlette:
             hasher = PasswordHasher()
             app.state.engine = engine
             app.state.templates = make_environment()
+            app.state.frame_style = make_frame_style(app.state.templates)
             app.state.csrf_key = derive(secret, "csrf")
             app.state.services = Services(
                 db=Database(engine),

@@ -20,15 +20,17 @@ Consistency, in the order things happen:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TLRUCache
+import cachetools
 
 from feed.records import Cacheable, CorruptValue, check, decode, encode
 from feed.redis_link import RedisLink
@@ -49,6 +51,10 @@ class Space:
     refresh_after: float = 0.8
     # Refills are expensive (a timeline query): one process refills while the others wait for its result.
     shared_refill: bool = False
+    key_prefix: str = field(init=False, repr=False, compare=False)  # what redis_key() puts before a key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_prefix", f"{PREFIX}:{self.name}:")
 
 
 POSTS = Space("p", l1_ttl=120, l2_ttl=600)
@@ -58,12 +64,18 @@ API_TOKENS = Space("a", l1_ttl=30, l2_ttl=300)  # a revoked token must be invali
 USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
 FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
 TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
+# The first page of each user's home timeline (post refs), dropped by every post, delete and follow that changes it.
+HOME = Space("h", l1_ttl=60, l2_ttl=600, shared_refill=True)
+LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
+# Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
+# edit or delete so no ciphertext of an old revision outlives the row.
+FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
 REFILL_LOCK_SECONDS = 1.0
-SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES)
+SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES, HOME, LIKED, FRAMES)
 
 
 def redis_key(space: Space, key: Key) -> str:
-    return f"{PREFIX}:{space.name}:{key}"
+    return f"{space.key_prefix}{key}"
 
 
 def generation_key(space: Space, key: Key) -> str:
@@ -112,22 +124,96 @@ class _Entry:
     size: int
 
 
-def _expires(_key: str, entry: _Entry, _now: float) -> float:
-    return entry.expires
-
-
 def _size(entry: _Entry) -> int:
     return entry.size
 
 
-class _L1(TLRUCache[str, _Entry]):
-    """A TTL cache bounded by the bytes of its values, counting evictions for the metrics."""
+class _L1(cachetools.Cache[str, _Entry]):
+    """An LRU cache bounded by the bytes of its entries, where an entry is gone from its ``expires`` on (monotonic
+    clock): never returned, and removed before anything live is evicted; ``evictions`` counts the live entries
+    removed to stay within ``maxsize``. What ``TLRUCache`` does, but a lookup can be a dict get on :attr:`recent`
+    and one comparison, made by the caller (:meth:`Cache._from_l1`), where ``TLRUCache.get`` costs ~900 ns.
 
-    evictions = 0
+    The base class keeps the byte count and calls :meth:`popitem` while a new entry does not fit."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize, getsizeof=_size)
+        # The same entries as the base class's (private) mapping, least recently used first. Whoever reads an entry
+        # from it checks ``expires`` and calls ``move_to_end``.
+        self.recent: OrderedDict[str, _Entry] = OrderedDict()
+        self._deadlines: list[tuple[float, str]] = []  # a heap of (expires, name), with pairs since replaced or gone
+        self.evictions = 0
+
+    def __getitem__(self, name: str) -> _Entry:
+        entry = self.recent.get(name)
+        if entry is None or time.monotonic() >= entry.expires:
+            return self.__missing__(name)
+        self.recent.move_to_end(name)
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        entry = self.recent.get(name) if isinstance(name, str) else None
+        return entry is not None and time.monotonic() < entry.expires
+
+    def __setitem__(self, name: str, entry: _Entry) -> None:
+        now = time.monotonic()
+        self.expire(now)
+        if now >= entry.expires:
+            self.discard(name)
+            return
+        super().__setitem__(name, entry)
+        self.recent[name] = entry
+        self.recent.move_to_end(name)
+        heapq.heappush(self._deadlines, (entry.expires, name))
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        del self.recent[name]
+
+    def __iter__(self) -> Iterator[str]:
+        now = time.monotonic()
+        return iter([name for name, entry in self.recent.items() if now < entry.expires])
+
+    def __len__(self) -> int:
+        self.expire(time.monotonic())
+        return len(self.recent)
+
+    @property
+    def currsize(self) -> float:
+        self.expire(time.monotonic())
+        return super().currsize
+
+    def discard(self, name: str) -> None:
+        """Remove ``name``, live or expired."""
+        if name in self.recent:
+            del self[name]
+
+    def expire(self, now: float) -> None:
+        """Remove every entry expired at ``now``."""
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self.recent) + 64:
+            self._deadlines = deadlines = [(entry.expires, name) for name, entry in self.recent.items()]
+            heapq.heapify(deadlines)
+        while deadlines and deadlines[0][0] <= now:
+            name = heapq.heappop(deadlines)[1]
+            entry = self.recent.get(name)
+            if entry is not None and entry.expires <= now:
+                del self[name]
 
     def popitem(self) -> tuple[str, _Entry]:
+        """Evict the least recently used entry (``__setitem__`` has removed the expired ones first)."""
+        name = next(iter(self.recent), None)
+        if name is None:
+            raise KeyError("L1 is empty")
+        entry = self.recent[name]
+        del self[name]
         self.evictions += 1
-        return super().popitem()
+        return name, entry
+
+    def clear(self) -> None:
+        super().clear()
+        self.recent.clear()
+        self._deadlines.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +228,7 @@ class Request:
 class Cache:
     def __init__(self, link: RedisLink | None, *, l1_bytes: int = 64 * 1024 * 1024, metrics: Any = None) -> None:
         self.link = link
-        self._l1 = _L1(maxsize=l1_bytes, ttu=_expires, getsizeof=_size)
+        self._l1 = _L1(l1_bytes)
         # Per key, how many invalidations this process has seen: a refill keeps its value only if unchanged.
         self._generations: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
@@ -154,32 +240,81 @@ class Cache:
 
     # -- reading
 
+    def cached(self, space: Space, key: Key) -> Cacheable | None:
+        """:meth:`cached_many` for one key: its value, or None where that would leave it out."""
+        found: dict[Any, Cacheable] = {}
+        self._from_l1(space, (key,), found)
+        return found.get(key)
+
+    def cached_many(self, space: Space, keys: Iterable[Key]) -> dict[Any, Cacheable]:
+        """What L1 holds for ``keys`` now, without Redis, a loader or an event loop: for the hot path to skip the
+        coroutine of :meth:`get_many` when everything is in L1.
+
+        Left out, for the caller to pass to :meth:`get_many` (or :meth:`get_multi`): keys L1 does not hold, keys
+        whose entry has expired (removed now), and keys due for early refresh, which ``get_many`` serves from L1
+        while it refreshes them behind the reader. Each key returned counts as one L1 hit; keys left out count
+        nothing here (``get_many`` counts them)."""
+        found: dict[Any, Cacheable] = {}
+        self._from_l1(space, dict.fromkeys(keys), found)
+        return found
+
     async def get(self, space: Space, key: Key, load: Loader) -> Cacheable | None:
-        return (await self.get_many(space, [key], load)).get(key)
+        found: dict[Any, Cacheable] = {}
+        if self._from_l1(space, (key,), found):
+            return (await self.get_multi([Request(space, (key,), load)]))[0].get(key)
+        return found[key]
 
     async def get_many(self, space: Space, keys: Sequence[Key], load: Loader) -> dict[Any, Cacheable]:
-        return (await self.get_multi([Request(space, keys, load)]))[0]
+        found: dict[Any, Cacheable] = {}
+        if rest := self._from_l1(space, dict.fromkeys(keys), found):
+            found.update((await self.get_multi([Request(space, [key for key, _, _ in rest], load)]))[0])
+        return found
 
     async def get_multi(self, requests: Sequence[Request]) -> list[dict[Any, Cacheable]]:
         """Values for every request's keys (absent where the loader has none), in one Redis round trip for all
         the keys L1 does not hold, and one more to store what the loaders returned."""
-        now = time.monotonic()
         results: list[dict[Any, Cacheable]] = [{} for _ in requests]
         wanted: list[tuple[int, Space, Key, str]] = []
         for index, request in enumerate(requests):
-            for key in dict.fromkeys(request.keys):
-                name = redis_key(request.space, key)
-                entry = self._l1.get(name)
+            for key, name, entry in self._from_l1(request.space, dict.fromkeys(request.keys), results[index]):
                 if entry is None:
                     wanted.append((index, request.space, key, name))
-                    continue
-                self.stats.hit("l1", request.space)
-                results[index][key] = entry.value
-                if now >= entry.refresh_at and name not in self._refreshing:
+                else:  # served from L1 all the same, and refreshed behind the reader
+                    results[index][key] = entry.value
+                    self.stats.hit("l1", request.space)
                     self._refresh_soon(request, key, name)
         if wanted:
             await self._fill(requests, wanted, results)
         return results
+
+    def _from_l1(
+        self, space: Space, keys: Iterable[Key], found: dict[Any, Cacheable]
+    ) -> list[tuple[Key, str, _Entry | None]]:
+        """The one L1 read path: puts the values L1 holds for ``keys`` (distinct) into ``found``, counted as hits,
+        and returns the others, each with its Redis name and, if it is only due for early refresh (not expired,
+        no refresh under way), its entry; ``None`` if L1 does not hold it (an expired entry is removed here)."""
+        now = time.monotonic()
+        recent, refreshing, prefix = self._l1.recent, self._refreshing, space.key_prefix
+        rest: list[tuple[Key, str, _Entry | None]] = []
+        hits = 0
+        for key in keys:
+            name = f"{prefix}{key}"  # redis_key(space, key)
+            entry = recent.get(name)
+            if entry is None:
+                rest.append((key, name, None))
+            elif now >= entry.expires:
+                self._l1.discard(name)
+                rest.append((key, name, None))
+            else:
+                recent.move_to_end(name)
+                if now >= entry.refresh_at and name not in refreshing:
+                    rest.append((key, name, entry))
+                else:
+                    found[key] = entry.value
+                    hits += 1
+        if hits:
+            self.stats.hit("l1", space, hits)
+        return rest
 
     async def _fill(
         self,
@@ -382,11 +517,30 @@ class Cache:
         if self.on_invalidate is not None:
             await self.on_invalidate(names)
 
+    async def put(self, space: Space, values: Mapping[Any, Cacheable]) -> None:
+        """Store values that have no loader (drawn by the reader that missed them, like post frames) in L1 and
+        L2. For values checked against their source when read: unlike a refill, a put that races with an
+        invalidation of its key may land after it (and stay until its TTL)."""
+        named = {redis_key(space, key): check(value) for key, value in values.items()}
+        for name, value in named.items():
+            self._keep(space, name, value, self._generations.get(name, 0))
+        if self.link is None or not named:
+            return
+        ttl = int(space.l2_ttl * 1000)
+
+        async def store(r: Any) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for name, value in named.items():
+                    pipe.set(name, _stamp(value), px=ttl)
+                await pipe.execute()
+
+        await self.link.run(store)
+
     def drop(self, names: Iterable[str]) -> None:
         """Forget these keys in this process (a local write, or an invalidation from the bus)."""
         for name in names:
             self._generations[name] = self._generations.get(name, 0) + 1
-            self._l1.pop(name, None)
+            self._l1.discard(name)
         if len(self._generations) > 100_000:
             # Only the counts of keys being refilled right now matter; a fresh start makes refills in flight
             # look raced, and they simply do not keep their value.
@@ -459,8 +613,8 @@ class Cache:
         return self._l1.evictions
 
     def l1_values(self) -> list[Cacheable]:
-        """Everything in L1 (for the privacy audit and its test)."""
-        return [entry.value for entry in list(self._l1.values())]
+        """Everything in L1, expired entries not yet removed included (for the privacy audit and its test)."""
+        return [entry.value for entry in self._l1.recent.values()]
 
 
 class _Stats:
@@ -469,6 +623,7 @@ class _Stats:
     def __init__(self, metrics: Any) -> None:
         self.flushes = 0
         self._hits = self._misses = None
+        self._children: dict[tuple[str, ...], Any] = {}  # per label values: .labels() is too dear for every key
         if metrics is not None:
             self._hits = metrics.counter(
                 "cipherfeed_cache_hits_total", "Cache hits by tier and space", ("tier", "space")
@@ -477,10 +632,16 @@ class _Stats:
                 "cipherfeed_cache_misses_total", "Reads that went to the database, by space", ("space",)
             )
 
-    def hit(self, tier: str, space: Space) -> None:
+    def hit(self, tier: str, space: Space, count: int = 1) -> None:
         if self._hits is not None:
-            self._hits.labels(tier, space.name).inc()
+            child = self._children.get((tier, space.name))
+            if child is None:
+                child = self._children[tier, space.name] = self._hits.labels(tier, space.name)
+            child.inc(count)
 
     def miss(self, space: Space) -> None:
         if self._misses is not None:
-            self._misses.labels(space.name).inc()
+            child = self._children.get((space.name,))
+            if child is None:
+                child = self._children[space.name,] = self._misses.labels(space.name)
+            child.inc()

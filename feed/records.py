@@ -100,6 +100,32 @@ class IdList:
 
 
 @dataclass(frozen=True, slots=True)
+class RefList:
+    """A timeline page as post refs, newest first: (post id, author id, key version, id of the author replied to
+    or 0), enough to fetch the posts, their authors and their keys in one cache round trip."""
+
+    refs: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def size(self) -> int:
+        return 56 + 40 * len(self.refs)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedFrame:
+    """A post's rendered frame (HTML), sealed under the post's own data key: good for one revision of the post
+    and one ``stamp`` (a hash of the template version and the names the frame shows)."""
+
+    revision: int
+    stamp: int
+    sealed: Sealed
+
+    @property
+    def size(self) -> int:
+        return 80 + len(self.sealed)
+
+
+@dataclass(frozen=True, slots=True)
 class WrappedKey:
     """A user key as stored: wrapped by a root key version. Useless without the root key."""
 
@@ -110,8 +136,8 @@ class WrappedKey:
         return 40 + len(self.blob)
 
 
-CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, WrappedKey)
-Cacheable = PostRecord | UserRecord | SessionRecord | IdList | WrappedKey
+CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, RefList, SealedFrame, WrappedKey)
+Cacheable = PostRecord | UserRecord | SessionRecord | IdList | RefList | SealedFrame | WrappedKey
 
 _LEN = struct.Struct(">I")
 
@@ -184,6 +210,10 @@ def encode(value: Cacheable) -> bytes:
         return _pack(b"S", {"u": value.user_id, "x": _when(value.expires_at)})
     if isinstance(value, IdList):
         return _pack(b"I", {"i": list(value.ids)})
+    if isinstance(value, RefList):
+        return _pack(b"R", {"r": [list(ref) for ref in value.refs]})
+    if isinstance(value, SealedFrame):
+        return _pack(b"F", {"r": value.revision, "s": value.stamp}, value.sealed.data)
     return _pack(b"K", {}, value.blob)
 
 
@@ -229,6 +259,12 @@ def _decode(data: bytes) -> Cacheable:
         return SessionRecord(h["u"], expires)
     if tag == b"I":
         return IdList(tuple(int(i) for i in h["i"]))
+    if tag == b"R":
+        return RefList(tuple((int(i), int(a), int(k), int(r)) for i, a, k, r in h["r"]))
+    if tag == b"F":
+        (sealed,) = blobs
+        assert sealed is not None
+        return SealedFrame(int(h["r"]), int(h["s"]), Sealed(sealed))
     if tag == b"K":
         (blob,) = blobs
         assert blob is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feed.cache import FOLLOWING
+from feed.cache import FOLLOWING, HOME
 from feed.errors import Invalid, NotFound
 from feed.services import lookup
 from feed.services.context import Services, now
@@ -34,7 +34,7 @@ async def follow(svc: Services, user: User, target_id: int) -> Relationship:
         changed = await store.add_follow(session, user.id, target_id, now())
         following, followed_by = await store.follow_state(session, user.id, target_id)
     if changed:
-        await lookup.invalidate(svc, (FOLLOWING, user.id))
+        await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
     return Relationship(target_id, following, followed_by)
 
 
@@ -44,7 +44,7 @@ async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
         changed = await store.remove_follow(session, user.id, target_id)
         following, followed_by = await store.follow_state(session, user.id, target_id)
     if changed:
-        await lookup.invalidate(svc, (FOLLOWING, user.id))
+        await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
     return Relationship(target_id, following, followed_by)
 
 

@@ -6,19 +6,33 @@ after their commit (see ``feed.cache`` for the guarantees).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from crypto import Sealed
 from feed.bus import Invalidation
-from feed.cache import API_TOKENS, FOLLOWING, POSTS, SESSIONS, TIMELINES, USER_KEYS, USERS, Loader, Request, Space
-from feed.records import IdList, PostRecord, SessionRecord, UserRecord, WrappedKey
+from feed.cache import (
+    API_TOKENS,
+    FOLLOWING,
+    FRAMES,
+    LIKED,
+    POSTS,
+    SESSIONS,
+    USER_KEYS,
+    USERS,
+    Key,
+    Loader,
+    Request,
+    Space,
+)
+from feed.records import IdList, PostRecord, RefList, SealedFrame, SessionRecord, UserRecord, WrappedKey
 from feed.services.context import Services
 from feed.storage import posts as post_store
 from feed.storage import users as user_store
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+LIKED_KEPT = 500  # how many of a user's liked post ids (the newest posts) the cache keeps
 
 
 def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
@@ -85,6 +99,15 @@ def users_request(svc: Services, ids: Iterable[int]) -> Request:
     return Request(USERS, list(ids), _load_users(svc))
 
 
+def frames_request(ids: Iterable[int]) -> Request:
+    """Cached post frames: they are drawn by the page that misses them, so there is nothing to load."""
+    return Request(FRAMES, list(ids), _no_frames)
+
+
+async def _no_frames(missing: list[int]) -> Mapping[int, SealedFrame]:
+    return {}
+
+
 def user_keys_request(svc: Services, pairs: Iterable[tuple[int, int]]) -> Request:
     return Request(USER_KEYS, [key_name(u, v) for u, v in pairs], _load_user_keys(svc))
 
@@ -140,14 +163,46 @@ async def api_token(svc: Services, id_hash: bytes) -> SessionRecord | None:
     return found if isinstance(found, SessionRecord) else None
 
 
-async def timeline_ids(svc: Services, name: str, load: Any) -> tuple[int, ...]:
-    """A cached first page of a shared timeline (``load()`` gives its ids newest first)."""
+class Ref(NamedTuple):
+    """What a timeline query gives for each post (the columns of ``feed.storage.posts.REF_COLUMNS``)."""
 
-    async def loader(missing: list[str]) -> Mapping[str, IdList]:
-        return {name: IdList(tuple(await load()))}
+    id: int
+    author_id: int
+    key_version: int
+    in_reply_to_author_id: int | None
 
-    found = await svc.cache.get(TIMELINES, name, loader)
-    return found.ids if isinstance(found, IdList) else ()
+
+async def timeline_refs(
+    svc: Services, space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]
+) -> list[Ref]:
+    """A cached first page of a timeline; ``load()`` gives its refs newest first."""
+
+    async def loader(missing: list[Key]) -> Mapping[Key, RefList]:
+        rows = await load()
+        return {key: RefList(tuple((r.id, r.author_id, r.key_version, r.in_reply_to_author_id or 0) for r in rows))}
+
+    found = await svc.cache.get(space, key, loader)
+    if not isinstance(found, RefList):
+        return []
+    return [Ref(i, a, k, r or None) for i, a, k, r in found.refs]
+
+
+async def liked(svc: Services, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    """Which of ``post_ids`` the user liked: from the cached newest likes, and the database only for posts older
+    than all of those when the cache holds a full :data:`LIKED_KEPT`."""
+
+    async def load(missing: list[int]) -> Mapping[int, IdList]:
+        async with svc.db() as session:
+            return {user_id: IdList(tuple(await post_store.recent_likes(session, user_id, LIKED_KEPT)))}
+
+    found = await svc.cache.get(LIKED, user_id, load)
+    kept = found.ids if isinstance(found, IdList) else ()
+    known = set(kept)
+    out = {i for i in post_ids if i in known}
+    if len(kept) >= LIKED_KEPT and (older := [i for i in post_ids if i < kept[-1]]):
+        async with svc.db() as session:
+            out |= await post_store.liked_by(session, user_id, older)
+    return out
 
 
 async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from markupsafe import Markup
 
+from feed.services.text import render_html
 from feed.storage.posts import Page
 
-__all__ = ["Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
+__all__ = ["Content", "FrameStyle", "Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +57,53 @@ class Mention:
     username: str
 
 
+class Content:
+    """A post's text and content warning, opened when first asked for (a page drawn from cached frames never
+    needs them)."""
+
+    __slots__ = ("_cw", "_html", "_open", "_text")
+
+    def __init__(self, open_fields: Callable[[], tuple[str, str | None]]) -> None:
+        self._open: Callable[[], tuple[str, str | None]] | None = open_fields
+        self._text = ""
+        self._cw: str | None = None
+        self._html: Markup | None = None
+
+    @classmethod
+    def plain(cls, text: str, cw: str | None = None) -> Content:
+        return cls(lambda: (text, cw))
+
+    def _opened(self) -> None:
+        if self._open is not None:
+            self._text, self._cw = self._open()
+            self._open = None
+
+    @property
+    def text(self) -> str:
+        self._opened()
+        return self._text
+
+    @property
+    def cw(self) -> str | None:
+        self._opened()
+        return self._cw
+
+    @property
+    def html(self) -> Markup:
+        if self._html is None:
+            self._html = render_html(self.text)
+        return self._html
+
+    def __repr__(self) -> str:  # never show the text in a log or traceback
+        return "Content(...)"
+
+
 @dataclass(slots=True)
 class PostView:
     id: int
     author: User
     visibility: str
-    text: str
-    html: Markup
-    cw: str | None
+    content: Content
     in_reply_to_id: int | None
     in_reply_to_author_id: int | None
     revision: int
@@ -73,9 +114,34 @@ class PostView:
     liked: bool = False
     mentions: list[Mention] = field(default_factory=list)
     reply_to_username: str | None = None
+    # The post's rendered frame in pieces (see ``feed.web.post_html``), when the page asked for frames.
+    frame: tuple[str, ...] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content.text
+
+    @property
+    def cw(self) -> str | None:
+        return self.content.cw
+
+    @property
+    def html(self) -> Markup:
+        return self.content.html
 
     def __repr__(self) -> str:  # never show the text in a log or traceback
         return f"PostView(id={self.id}, author={self.author.id}, revision={self.revision})"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStyle:
+    """How the web layer draws a post's frame: the part of its HTML that is the same for every reader of one
+    revision, cached sealed under the post's data key. ``render`` gives the frame with its slots marked,
+    ``split`` its pieces (None if it does not split as expected), ``version`` changes with the template."""
+
+    version: bytes
+    render: Callable[[PostView], str]
+    split: Callable[[str], tuple[str, ...] | None]
 
 
 @dataclass(frozen=True, slots=True)

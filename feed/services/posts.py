@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import seal_fields
-from feed.cache import POSTS, TIMELINES, Space
+from feed.cache import FRAMES, HOME, LIKED, POSTS, TIMELINES, Space
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.ids import new_id
 from feed.services import lookup
@@ -68,8 +68,20 @@ async def create(
     stale: list[tuple[Space, Any]] = [(POSTS, parent_id)] if parent_id else []  # its replies count
     if visibility == "public":
         stale.append((TIMELINES, "public"))
+    stale += await _homes(svc, author.id, visibility, post_id)
     await lookup.invalidate(svc, *stale)
     return await get(svc, post_id, author)
+
+
+async def _homes(svc: Services, author_id: int, visibility: str, post_id: int) -> list[tuple[Space, Any]]:
+    """The cached home timelines a post shows in: its author's, and their followers' or, for a direct post, the
+    mentioned users'."""
+    async with svc.db() as session:
+        if visibility == "direct":
+            readers = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
+        else:
+            readers = await store.follower_ids(session, author_id)
+    return [(HOME, uid) for uid in (author_id, *readers)]
 
 
 async def _insert(
@@ -144,7 +156,10 @@ async def edit(
         if not changed:
             raise Conflict("The post was changed at the same time; reload and try again")
         await store.set_mentions(session, post_id, mention_ids)
-    await lookup.invalidate(svc, (POSTS, post_id))
+    # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones stop
+    # seeing it because every cached timeline is checked again when read).
+    newly = [(HOME, uid) for uid in mention_ids] if row.visibility == "direct" else []
+    await lookup.invalidate(svc, (POSTS, post_id), (FRAMES, post_id), *newly)
     return await get(svc, post_id, author)
 
 
@@ -153,12 +168,13 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
     view = await get(svc, post_id, author)
     if view.author.id != author.id:
         raise Forbidden("You can only delete your own posts")
+    homes = await _homes(svc, author.id, view.visibility, post_id)  # before the mentions go with the post
     async with svc.db.begin() as session:
         if not await store.delete_post(session, post_id):
             raise NotFound()
         if view.in_reply_to_id is not None:
             await store.bump_replies(session, view.in_reply_to_id, -1)
-    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (TIMELINES, "public")]
+    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (FRAMES, post_id), (TIMELINES, "public"), *homes]
     if view.in_reply_to_id is not None:
         stale.append((POSTS, view.in_reply_to_id))
     await lookup.invalidate(svc, *stale)
@@ -175,7 +191,7 @@ async def like(svc: Services, user: User, post_id: int) -> PostView:
         except IntegrityError:  # deleted between the check and the insert
             raise NotFound() from None
     if changed:
-        await lookup.invalidate(svc, (POSTS, post_id))
+        await lookup.invalidate(svc, (POSTS, post_id), (LIKED, user.id))
     return await get(svc, post_id, user)
 
 
@@ -185,5 +201,5 @@ async def unlike(svc: Services, user: User, post_id: int) -> PostView:
             raise NotFound()
         changed = await store.remove_like(session, post_id, user.id)
     if changed:
-        await lookup.invalidate(svc, (POSTS, post_id))
+        await lookup.invalidate(svc, (POSTS, post_id), (LIKED, user.id))
     return await get(svc, post_id, user)

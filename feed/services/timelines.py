@@ -1,30 +1,37 @@
 """Reading posts: timelines, threads and single posts, decrypted for one viewer from cached sealed records.
 
-A page costs one database query for its ids (visibility is decided there), one cache round trip for the posts,
-their authors and the authors' wrapped keys together, and one query for which of them the viewer liked.
+The first page of the home and public timelines is a cached list of post refs (each post checked again against
+the viewer when read, since a cached list can be older than its posts); other pages are one database query, where
+visibility is decided. Then one cache round trip fetches the posts, their authors and the authors' wrapped keys
+together, and the viewer's likes come from the cache of their newest likes.
 Decrypted text exists only in the returned ``PostView`` values, in this request's memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from crypto import FieldContext, InvalidToken, open_field
+from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, seal_beside
+from feed.cache import FRAMES, HOME, TIMELINES
 from feed.errors import Forbidden, NotFound
-from feed.records import PostRecord, UserRecord, WrappedKey
+from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import lookup
 from feed.services.context import Services
-from feed.services.models import Mention, Page, PostView, TimelinePage, User
-from feed.services.text import render_html
+from feed.services.models import Content, FrameStyle, Mention, Page, PostView, TimelinePage, User
 from feed.storage import posts as store
 
 log = logging.getLogger(__name__)
 
 MAX_ANCESTORS = 40
 MAX_DESCENDANTS = 200
-PUBLIC_FIRST_PAGE = 40  # ids kept for the public timeline's first page (any limit up to this is served from it)
+# Refs kept for the first page of the public timeline and of each home timeline (any limit up to this is served
+# from the cache; later pages come from the database).
+PUBLIC_FIRST_PAGE = 40
+HOME_FIRST_PAGE = 40
 
 
 def can_see(post: PostRecord, viewer: User | None, following: frozenset[int] | None) -> bool:
@@ -50,23 +57,36 @@ async def _visible(svc: Services, post: PostRecord | None, viewer: User | None) 
 
 
 async def views(
-    svc: Services, refs: Sequence[Any], viewer: User | None, liked: set[int] | None = None
+    svc: Services,
+    refs: Sequence[Any],
+    viewer: User | None,
+    liked: set[int] | None = None,
+    *,
+    recheck: bool = False,
+    style: FrameStyle | None = None,
 ) -> list[PostView]:
     """Posts for ``refs`` (rows with id, author_id, key_version, in_reply_to_author_id) in their order, for a
-    viewer already entitled to them. Posts gone meanwhile, or whose author's key is gone, are left out.
-    ``liked``: which of them the viewer liked, when the caller already asked the database."""
+    viewer already entitled to them, or, with ``recheck`` (refs from a cache, which may be older than the posts),
+    for whom each post is checked again. Posts gone meanwhile, or whose author's key is gone or does not open
+    them, are left out. ``liked``: which of them the viewer liked, when the caller already knows.
+
+    With a ``style``, each view comes with its frame: opened from the cache when it holds one for this revision,
+    else drawn now (which opens the post's text) and cached sealed."""
     if not refs:
         return []
     ids = [ref.id for ref in refs]
     people = {ref.author_id for ref in refs} | {ref.in_reply_to_author_id for ref in refs if ref.in_reply_to_author_id}
-    found_posts, found_users, wrapped = await svc.cache.get_multi(
-        [
-            lookup.posts_request(svc, ids),
-            lookup.users_request(svc, people),
-            lookup.user_keys_request(svc, {(ref.author_id, ref.key_version) for ref in refs}),
-        ]
-    )
+    requests = [
+        lookup.posts_request(svc, ids),
+        lookup.users_request(svc, people),
+        lookup.user_keys_request(svc, {(ref.author_id, ref.key_version) for ref in refs}),
+    ]
+    if style is not None:
+        requests.append(lookup.frames_request(ids))
+    found_posts, found_users, wrapped, *found_frames = await svc.cache.get_multi(requests)
     records: list[PostRecord] = [p for i in ids if isinstance(p := found_posts.get(i), PostRecord)]
+    if recheck:
+        records = await _still_visible(svc, records, viewer)
     users: dict[int, UserRecord] = dict(found_users)
     late = {r.in_reply_to_author_id for r in records if r.in_reply_to_author_id} | {r.author_id for r in records}
     if missing := late - users.keys():  # a reply's parent author, when the ref did not name it
@@ -80,51 +100,99 @@ async def views(
     keys = svc.keys.open_many(blobs)
     if liked is None:
         liked = await _liked(svc, viewer, ids)
+    cached_frames = found_frames[0] if found_frames else {}
     out: list[PostView] = []
+    drawn: dict[int, SealedFrame] = {}
     for record in records:
         key = keys.get((record.author_id, record.key_version))
         author = users.get(record.author_id)
         if key is None or author is None:
             continue
-        try:
-            text = open_field(key, record.body, FieldContext("body", record.id, record.author_id, record.revision))
-            cw = (
-                open_field(key, record.cw, FieldContext("cw", record.id, record.author_id, record.revision))
-                if record.cw
-                else None
-            )
-        except InvalidToken:
-            log.warning("post %s does not decrypt; left out", record.id)
-            continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
-        out.append(
-            PostView(
-                id=record.id,
-                author=User.from_row(author),
-                visibility=record.visibility,
-                text=text,
-                html=render_html(text),
-                cw=cw,
-                in_reply_to_id=record.in_reply_to_id,
-                in_reply_to_author_id=record.in_reply_to_author_id,
-                revision=record.revision,
-                likes_count=record.likes_count,
-                replies_count=record.replies_count,
-                created_at=record.created_at,
-                edited_at=record.edited_at,
-                liked=record.id in liked,
-                mentions=[Mention(uid, name) for uid, name in record.mentions],
-                reply_to_username=parent.username if parent else None,
-            )
+        view = PostView(
+            id=record.id,
+            author=User.from_row(author),
+            visibility=record.visibility,
+            content=Content(partial(_open_fields, key, record)),
+            in_reply_to_id=record.in_reply_to_id,
+            in_reply_to_author_id=record.in_reply_to_author_id,
+            revision=record.revision,
+            likes_count=record.likes_count,
+            replies_count=record.replies_count,
+            created_at=record.created_at,
+            edited_at=record.edited_at,
+            liked=record.id in liked,
+            mentions=[Mention(uid, name) for uid, name in record.mentions],
+            reply_to_username=parent.username if parent else None,
         )
+        if style is not None:
+            stamp = _frame_stamp(style, view)
+            cached = cached_frames.get(record.id)
+            if (
+                isinstance(cached, SealedFrame)
+                and (cached.revision, cached.stamp, cached.sealed.key_version) == (record.revision, stamp, key.version)
+            ):
+                view.frame = _open_frame(style, key, record, cached.sealed)
+        if view.frame is None:
+            try:
+                view.content.text  # noqa: B018 - opened now, so that a post that does not open is left out
+            except InvalidToken:
+                log.warning("post %s does not decrypt; left out", record.id)
+                continue
+            if style is not None:
+                frame = _draw_frame(style, key, record, view)
+                if frame is not None:
+                    drawn[record.id] = SealedFrame(record.revision, _frame_stamp(style, view), frame)
+        out.append(view)
+    if drawn:
+        await svc.cache.put(FRAMES, drawn)
     return out
 
 
+def _open_fields(key: UserKey, record: PostRecord) -> tuple[str, str | None]:
+    text = open_field(key, record.body, FieldContext("body", record.id, record.author_id, record.revision))
+    if record.cw is None:
+        return text, None
+    return text, open_field(key, record.cw, FieldContext("cw", record.id, record.author_id, record.revision))
+
+
+def _frame_stamp(style: FrameStyle, view: PostView) -> int:
+    """What a cached frame depends on besides the post's revision: the template, and the names it shows."""
+    names = f"{view.author.username}\x00{view.author.display_name}\x00{view.reply_to_username or ''}"
+    return int.from_bytes(hashlib.blake2b(style.version + names.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def _frame_context(record: PostRecord) -> FieldContext:
+    return FieldContext("frame", record.id, record.author_id, record.revision)
+
+
+def _open_frame(style: FrameStyle, key: UserKey, record: PostRecord, sealed: Sealed) -> tuple[str, ...] | None:
+    try:
+        return style.split(open_field(key, sealed, _frame_context(record)))
+    except InvalidToken:
+        log.warning("cached frame of post %s does not decrypt; drawn again", record.id)
+        return None
+
+
+def _draw_frame(style: FrameStyle, key: UserKey, record: PostRecord, view: PostView) -> Sealed | None:
+    """Draw the view's frame; sealed under the post's own data key for the cache (None if it cannot be)."""
+    html = style.render(view)
+    view.frame = style.split(html)
+    if view.frame is None:
+        return None
+    body = FieldContext("body", record.id, record.author_id, record.revision)
+    return seal_beside(key, record.body, body, html, _frame_context(record))
+
+
+async def _still_visible(svc: Services, records: list[PostRecord], viewer: User | None) -> list[PostRecord]:
+    following = None
+    if viewer is not None and any(r.visibility == "followers" and r.author_id != viewer.id for r in records):
+        following = await lookup.following(svc, viewer.id)
+    return [r for r in records if can_see(r, viewer, following)]
+
+
 async def _liked(svc: Services, viewer: User | None, ids: list[int]) -> set[int]:
-    if viewer is None:
-        return set()
-    async with svc.db() as session:
-        return await store.liked_by(session, viewer.id, ids)
+    return await lookup.liked(svc, viewer.id, ids) if viewer is not None else set()
 
 
 async def get(svc: Services, post_id: int, viewer: User | None) -> PostView:
@@ -153,46 +221,59 @@ def _page(found: list[PostView], refs: Sequence[Any], page: Page) -> TimelinePag
     )
 
 
-async def home(svc: Services, viewer: User, page: Page) -> TimelinePage:
+def _first(page: Page, kept: int) -> bool:
+    return page.max_id is None and page.since_id is None and page.min_id is None and page.limit <= kept
+
+
+async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None = None) -> TimelinePage:
+    if _first(page, HOME_FIRST_PAGE):
+
+        async def load() -> list[Any]:
+            async with svc.db() as session:
+                return await store.home(session, viewer.id, Page(limit=HOME_FIRST_PAGE))
+
+        refs: Sequence[Any] = (await lookup.timeline_refs(svc, HOME, viewer.id, load))[: page.limit]
+        return _page(await views(svc, refs, viewer, recheck=True, style=style), refs, page)
     async with svc.db() as session:  # one connection for the page's ids and the viewer's likes among them
         refs = await store.home(session, viewer.id, page)
         liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs])
-    return _page(await views(svc, refs, viewer, liked), refs, page)
+    return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
 
 
-async def public(svc: Services, viewer: User | None, page: Page) -> TimelinePage:
-    if page.max_id is None and page.since_id is None and page.min_id is None and page.limit <= PUBLIC_FIRST_PAGE:
-        refs = (await _public_first_page(svc))[: page.limit]
-    else:
-        async with svc.db() as session:
-            refs = await store.public(session, page)
-    return _page(await views(svc, refs, viewer), refs, page)
+async def public(svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None) -> TimelinePage:
+    if _first(page, PUBLIC_FIRST_PAGE):
 
+        async def load() -> list[Any]:
+            async with svc.db() as session:
+                return await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))
 
-async def _public_first_page(svc: Services) -> list[Any]:
-    """The newest public posts, cached as one id list (dropped by every public post or delete)."""
-
-    async def load() -> list[int]:
-        async with svc.db() as session:
-            return [ref.id for ref in await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))]
-
-    ids = await lookup.timeline_ids(svc, "public", load)
-    records = await lookup.posts(svc, ids)
-    return [records[i] for i in ids if i in records]
+        refs: Sequence[Any] = (await lookup.timeline_refs(svc, TIMELINES, "public", load))[: page.limit]
+        return _page(await views(svc, refs, viewer, recheck=True, style=style), refs, page)
+    async with svc.db() as session:
+        refs = await store.public(session, page)
+    return _page(await views(svc, refs, viewer, style=style), refs, page)
 
 
 async def by_author(
-    svc: Services, author: User, viewer: User | None, page: Page, *, exclude_replies: bool = False
+    svc: Services,
+    author: User,
+    viewer: User | None,
+    page: Page,
+    *,
+    exclude_replies: bool = False,
+    style: FrameStyle | None = None,
 ) -> TimelinePage:
     async with svc.db() as session:
         refs = await store.by_author(
             session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
         )
         liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs]) if viewer else set()
-    return _page(await views(svc, refs, viewer, liked), refs, page)
+    return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
 
 
-async def thread(svc: Services, post_id: int, viewer: User | None) -> tuple[list[PostView], PostView, list[PostView]]:
+async def thread(
+    svc: Services, post_id: int, viewer: User | None, style: FrameStyle | None = None
+) -> tuple[list[PostView], PostView, list[PostView]]:
     """(ancestors oldest first, the post, descendants in reply-tree order), each visible to ``viewer``."""
     focus = await lookup.post(svc, post_id)
     if focus is None or not await _visible(svc, focus, viewer):
@@ -224,7 +305,7 @@ async def thread(svc: Services, post_id: int, viewer: User | None) -> tuple[list
                 walk(child.id)
 
     walk(focus.id)
-    rendered = await views(svc, [*ancestors, focus, *ordered], viewer)
+    rendered = await views(svc, [*ancestors, focus, *ordered], viewer, style=style)
     by_id = {v.id: v for v in rendered}
     if focus.id not in by_id:
         raise NotFound()

@@ -181,6 +181,12 @@ async def liked_by(session: AsyncSession, user_id: int, post_ids: Sequence[int])
     return set(rows)
 
 
+async def recent_likes(session: AsyncSession, user_id: int, limit: int) -> list[int]:
+    """The ids of the newest posts (by post id, not by when they were liked) that ``user_id`` liked."""
+    query = sa.select(likes.c.post_id).where(likes.c.user_id == user_id).order_by(likes.c.post_id.desc()).limit(limit)
+    return list(await session.scalars(query))
+
+
 async def add_like(session: AsyncSession, post_id: int, user_id: int, now: datetime) -> bool:
     """Insert the like and bump the counter in the same transaction; False if it was already there."""
     stmt = insert(session, likes).values(post_id=post_id, user_id=user_id, created_at=now)
@@ -251,3 +257,8 @@ async def follow_list(
 async def followee_ids(session: AsyncSession, user_id: int) -> list[int]:
     """Everyone ``user_id`` follows (for visibility checks from the cache)."""
     return list(await session.scalars(sa.select(follows.c.followee_id).where(follows.c.follower_id == user_id)))
+
+
+async def follower_ids(session: AsyncSession, user_id: int) -> list[int]:
+    """Everyone who follows ``user_id`` (whose home timelines a post of theirs changes)."""
+    return list(await session.scalars(sa.select(follows.c.follower_id).where(follows.c.followee_id == user_id)))

@@ -16,7 +16,7 @@ from feed.services import accounts, follows, posts, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, read_form
-from feed.web.templating import is_htmx, render
+from feed.web.templating import frame_style, is_htmx, render
 
 PAGE_SIZE = 20
 
@@ -49,13 +49,13 @@ async def home(request: Request) -> Response:
     user = await viewer(request)
     if user is None:
         return render(request, "welcome.html")
-    page = await timelines.home(services(request), user, _page(request))
+    page = await timelines.home(services(request), user, _page(request), frame_style(request))
     return _timeline(request, "home.html", page, composer={})
 
 
 async def public(request: Request) -> Response:
     user = await viewer(request)
-    page = await timelines.public(services(request), user, _page(request))
+    page = await timelines.public(services(request), user, _page(request), frame_style(request))
     return _timeline(request, "public.html", page)
 
 
@@ -63,7 +63,7 @@ async def profile(request: Request) -> Response:
     svc = services(request)
     user = await viewer(request)
     author = await accounts.find_user(svc, request.path_params["username"])
-    page = await timelines.by_author(svc, author, user, _page(request))
+    page = await timelines.by_author(svc, author, user, _page(request), style=frame_style(request))
     info = await accounts.profile(svc, author, user)
     return _timeline(request, "profile.html", page, profile=info)
 
@@ -71,7 +71,7 @@ async def profile(request: Request) -> Response:
 async def thread(request: Request) -> Response:
     user = await viewer(request)
     ancestors, focus, replies = await timelines.thread(
-        services(request), parse_id(request.path_params["post_id"], "post id"), user
+        services(request), parse_id(request.path_params["post_id"], "post id"), user, frame_style(request)
     )
     # A reply starts as private as the post it answers: a reply to a direct post stays direct.
     composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility} if user else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import jinja2
@@ -10,8 +9,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from feed.resources import resource_path
+from feed.services.models import FrameStyle
 from feed.services.text import render_html
 from feed.web.auth import csrf_token, remember_anon
+from feed.web.post_html import PostHtml
+from feed.web.times import fulltime, isotime, reltime
 
 # Notices are chosen by code (``?notice=saved``), never echoed from the URL, so a link cannot put words in our mouth.
 NOTICES = {
@@ -22,33 +24,6 @@ NOTICES = {
     "loggedout": "You are logged out.",
     "edited": "The post was updated.",
 }
-_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
-
-
-def reltime(when: datetime, now: datetime | None = None) -> str:
-    """Compact age: now, 45s, 5m, 3h, 2d, then a date. ``static/js/app.js`` keeps it fresh in the browser."""
-    now = now or datetime.now(UTC)
-    seconds = int((now - when).total_seconds())
-    if seconds < 10:
-        return "now"
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h"
-    if seconds < 7 * 86400:
-        return f"{seconds // 86400}d"
-    date = f"{when.day} {_MONTHS[when.month - 1]}"
-    return date if when.year == now.year else f"{date} {when.year}"
-
-
-def isotime(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def fulltime(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
 
 
 def make_environment() -> jinja2.Environment:
@@ -64,6 +39,12 @@ def make_environment() -> jinja2.Environment:
     return env
 
 
+def frame_style(request: Request) -> FrameStyle:
+    """How this app draws post frames (made once, with the environment)."""
+    style: FrameStyle = request.app.state.frame_style
+    return style
+
+
 def is_htmx(request: Request) -> bool:
     return request.headers.get("hx-request") == "true"
 
@@ -77,15 +58,19 @@ def render(
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     env: jinja2.Environment = request.app.state.templates
+    viewer = request.state._state.get("viewer")
+    csrf = csrf_token(request)
+    # Where a no-JS form in a post brings the reader back to: this page, an older page (?max_id=) included.
+    max_id = request.query_params.get("max_id", "")
+    here = request.url.path + (f"?max_id={max_id}" if max_id.isdigit() else "")
     ctx = {
         "request": request,
-        "viewer": request.state._state.get("viewer"),
-        "csrf": csrf_token(request),
+        "viewer": viewer,
+        "csrf": csrf,
         "path": request.url.path,
-        # Where a no-JS form in a post brings the reader back to: this page, an older page (?max_id=) included.
-        "here": request.url.path
-        + (f"?max_id={max_id}" if (max_id := request.query_params.get("max_id", "")).isdigit() else ""),
+        "here": here,
         "notice": NOTICES.get(request.query_params.get("notice", ""), ""),
+        "render_post": PostHtml(env, viewer, csrf, here),
     }
     if context:
         ctx.update(context)

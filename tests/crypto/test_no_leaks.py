@@ -148,6 +148,18 @@ def test_failed_opens_leave_no_key_or_text_behind() -> None:
     )
 
 
+def test_failed_opens_with_the_data_key_cached_leave_no_key_or_text_behind() -> None:
+    key, blob, dek = _post()
+    assert open_field(key, blob, CTX) == TEXT  # the user key now remembers the data key
+    secrets = [key_bytes(key), dek]
+    tampered = blob.data[:-1] + bytes([blob.data[-1] ^ 1])
+    _assert_clean_failure(lambda: open_field(key, tampered, CTX), secrets, [TEXT])
+    _assert_clean_failure(lambda: open_field(key, blob, FieldContext("body", 9, 3, 2)), secrets, [TEXT])
+    plaintext = b"\xff " + TEXT.encode()
+    forged = blob.data[:80] + AESGCM(dek).encrypt(blob.data[68:80], plaintext, b"\x01\x01" + encode_context(CTX))
+    _assert_clean_failure(lambda: open_field(key, forged, CTX), [*secrets, plaintext], [TEXT])
+
+
 def test_a_blob_that_decrypts_to_invalid_utf8_leaves_neither_data_key_nor_plaintext_behind() -> None:
     key, blob, dek = _post()
     plaintext = b"\xff " + TEXT.encode()

@@ -5,8 +5,19 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, open_fields, rewrap, seal_fields
+from crypto import (
+    FieldContext,
+    InvalidToken,
+    Sealed,
+    UserKey,
+    open_field,
+    open_fields,
+    rewrap,
+    seal_beside,
+    seal_fields,
+)
 from crypto.context import encode_context
+from crypto.sealed import HEADER, WRAP_NONCE, WRAPPED_DEK
 from crypto.user_key import key_bytes
 
 ALICE, BOB = 11, 12
@@ -229,3 +240,33 @@ def test_the_default_randomness_goes_through_the_one_seam(monkeypatch: pytest.Mo
 def test_a_short_rng_is_refused() -> None:
     with pytest.raises(ValueError):
         UserKey.generate(ALICE, 1, rng=lambda n: b"\x00" * (n - 1))
+
+
+def test_seal_beside_shares_the_data_key_of_its_source() -> None:
+    key = UserKey.generate(ALICE, 1)
+    body = _seal(key)["body"]
+    frame = seal_beside(key, body, _ctx("body"), "<article>derived</article>", _ctx("frame"))
+    assert open_field(key, frame, _ctx("frame")) == "<article>derived</article>"
+    for wrong in (_ctx("body"), _ctx("frame", revision=2), _ctx("frame", object_id=POST + 1)):
+        with pytest.raises(InvalidToken):
+            open_field(key, frame, wrong)
+    # One data key: the frame's wrapped copy of it unwraps to the body's.
+    wrap = AESGCM(key_bytes(key))
+
+    def dek(blob: Sealed, field: str) -> bytes:
+        data = blob.data
+        aad = data[HEADER] + b"dek" + encode_context(_ctx(field))
+        return wrap.decrypt(data[WRAP_NONCE], data[WRAPPED_DEK], aad)
+
+    assert dek(frame, "frame") == dek(body, "body")
+
+
+def test_seal_beside_refuses_another_revision_and_a_source_that_does_not_open() -> None:
+    key = UserKey.generate(ALICE, 1)
+    body = _seal(key)["body"]
+    with pytest.raises(ValueError, match="its own object"):
+        seal_beside(key, body, _ctx("body"), "x", _ctx("frame", revision=2))
+    with pytest.raises(InvalidToken):
+        seal_beside(key, _flipped(body.data, 20, 1), _ctx("body"), "x", _ctx("frame"))
+    with pytest.raises(InvalidToken):  # another key of the same user and version
+        seal_beside(UserKey.generate(ALICE, 1), body, _ctx("body"), "x", _ctx("frame"))

@@ -52,7 +52,12 @@ def test_field_context_is_frozen_and_checked() -> None:
     for args in out_of_range:
         with pytest.raises(ValueError):
             FieldContext(*args)
-    wrong_type: list[tuple[object, ...]] = [(b"body", 1, 2, 3), ("body", 1.0, 2, 3), ("body", 1, True, 3)]
+    wrong_type: list[tuple[object, ...]] = [
+        (b"body", 1, 2, 3),
+        (["body"], 1, 2, 3),
+        ("body", 1.0, 2, 3),
+        ("body", 1, True, 3),
+    ]
     for bad in wrong_type:
         with pytest.raises(TypeError):
             FieldContext(*bad)  # type: ignore[arg-type]
@@ -72,3 +77,31 @@ def test_context_encoding_is_unambiguous() -> None:
         FieldContext("cw", 1, 2, 3),
     ]
     assert len({encode_context(ctx) for ctx in contexts}) == len(contexts)
+
+
+def test_context_encoding_of_unusual_names_and_numbers() -> None:
+    class Sneaky(str):
+        # Equal to, and hashing like, every known name: must still be encoded as itself.
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("body")
+
+    class Number(int):
+        pass
+
+    FieldContext("body", 1, 2, 3)
+    assert encode_context(FieldContext(Sneaky("cw"), 1, 2, 3)) == encode_context(FieldContext("cw", 1, 2, 3))
+    numbered = FieldContext("body", Number(1), Number(2), Number(3))  # int subclasses were always accepted
+    assert encode_context(numbered) == encode_context(FieldContext("body", 1, 2, 3))
+    for i in range(200):  # more names than the encoder remembers
+        name = f"field-{i}-é"
+        raw = name.encode("utf-8")
+        assert encode_context(FieldContext(name, i, 2, 3)) == (
+            len(raw).to_bytes(2, "big") + raw + i.to_bytes(8, "big") + (2).to_bytes(8, "big") + (3).to_bytes(8, "big")
+        )
+    with pytest.raises(ValueError):
+        FieldContext("x" * 256, 1, 2, 3)

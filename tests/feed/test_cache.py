@@ -1,5 +1,5 @@
 """The two-tier cache against a real Redis: what it accepts, single flight, the generation guard, early refresh,
-the byte bound, outages, and the Redis round trips a timeline page costs."""
+the byte bound, outages, the Redis round trips a timeline page costs, and the synchronous L1 lookup."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.cache import POSTS, TIMELINES, Cache, Space, redis_key
+from feed.metrics import Registry
 from feed.records import IdList, NotCacheable, PostRecord, SessionRecord, UserRecord, WrappedKey, decode, encode
 from feed.redis_link import RedisLink, make_client
 from tests.conftest import TEST_REDIS_DB_URL
@@ -23,6 +24,8 @@ from tests.conftest import TEST_REDIS_DB_URL
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 FAST = Space("test", l1_ttl=0.2, l2_ttl=0.5)
+EXPIRING = Space("expiring", l1_ttl=0.05, l2_ttl=1, refresh_after=2)  # expires before an early refresh is due
+SLOW = Space("slow", l1_ttl=1, l2_ttl=5, refresh_after=0.5)  # due for early refresh from 0.5 s, expired from 0.9 s
 
 
 @functools.cache
@@ -253,3 +256,83 @@ async def test_a_zero_byte_l1_means_no_l1() -> None:
     assert await cache.get(POSTS, 7, loader) == post_record()
     assert await cache.get(POSTS, 7, loader) == post_record()
     assert len(loader.calls) == 2 and cache.l1_values() == []
+
+
+def l1_hits(registry: Registry, space: Space) -> float:
+    found = re.search(
+        rf'^cipherfeed_cache_hits_total\{{tier="l1",space="{space.name}"\}} (\S+)$', registry.render(), re.M
+    )
+    return float(found[1]) if found else 0.0
+
+
+async def test_the_synchronous_lookup_gives_what_l1_holds_and_nothing_else() -> None:
+    registry = Registry()
+    cache = Cache(None, metrics=registry)
+    loader = Loader({i: post_record(i) for i in range(4)})
+    assert cache.cached(POSTS, 1) is None and cache.cached_many(POSTS, [1, 2]) == {}  # cold: nothing is loaded
+    assert loader.calls == [] and l1_hits(registry, POSTS) == 0
+    await cache.get_many(POSTS, [1, 2], loader)
+    assert cache.cached(POSTS, 1) == post_record(1)
+    assert cache.cached_many(POSTS, [1, 2, 2, 3]) == {1: post_record(1), 2: post_record(2)}  # 3 was never read
+    assert l1_hits(registry, POSTS) == 3  # one per distinct key returned
+    await cache.invalidate([(POSTS, 1)])
+    assert cache.cached(POSTS, 1) is None
+    assert cache.cached_many(POSTS, [1, 2]) == {2: post_record(2)}
+    assert loader.calls == [[1, 2]]
+    assert await cache.get_many(POSTS, [1, 2], loader) == {1: post_record(1), 2: post_record(2)}
+    assert loader.calls == [[1, 2], [1]]
+    assert l1_hits(registry, POSTS) == 5
+
+
+async def test_an_expired_entry_is_not_served_and_leaves_l1() -> None:
+    cache = Cache(None)
+    loader = Loader({"k": IdList((1,))})
+    await cache.get(EXPIRING, "k", loader)
+    assert cache.cached(EXPIRING, "k") == IdList((1,))
+    await asyncio.sleep(0.06)
+    assert cache.cached(EXPIRING, "k") is None
+    assert cache.cached_many(EXPIRING, ["k"]) == {}
+    assert cache.l1_values() == []
+    loader.values["k"] = IdList((2,))
+    assert await cache.get(EXPIRING, "k", loader) == IdList((2,))
+    assert len(loader.calls) == 2
+
+
+async def test_a_key_due_for_early_refresh_is_left_to_the_async_path() -> None:
+    registry = Registry()
+    cache = Cache(None, metrics=registry)
+    loader = Loader({"k": IdList((1,))})
+    await cache.get(SLOW, "k", loader)
+    loader.values["k"] = IdList((2, 1))
+    await asyncio.sleep(0.55)
+    assert cache.cached_many(SLOW, ["k"]) == {} and l1_hits(registry, SLOW) == 0  # get_many counts it
+    assert await cache.get_many(SLOW, ["k"], loader) == {"k": IdList((1,))}  # from L1, refreshed behind the reader
+    assert l1_hits(registry, SLOW) == 1
+    for _ in range(100):
+        if len(loader.calls) == 2 and cache.cached(SLOW, "k") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert cache.cached(SLOW, "k") == IdList((2, 1))
+    assert len(loader.calls) == 2
+
+
+async def test_expired_entries_make_room_before_live_ones_are_evicted() -> None:
+    records = {i: post_record(i) for i in range(100)}
+    fit = 20_000 // max(record.size for record in records.values())
+    cache = Cache(None, l1_bytes=20_000)
+    await cache.get_many(EXPIRING, range(fit), Loader(records))
+    await asyncio.sleep(0.06)
+    await cache.get_many(POSTS, range(fit), Loader(records))
+    assert cache.l1_evictions == 0
+    assert len(cache.cached_many(POSTS, range(fit))) == fit
+    assert 0 < cache.l1_bytes <= 20_000
+
+
+async def test_a_hit_keeps_its_key_from_eviction() -> None:
+    loader = Loader({i: post_record(i) for i in range(4)})
+    cache = Cache(None, l1_bytes=3 * max(record.size for record in loader.values.values()))
+    await cache.get_many(POSTS, [0, 1, 2], loader)
+    assert cache.cached(POSTS, 0) == post_record(0)  # now 1 is the least recently used
+    await cache.get(POSTS, 3, loader)
+    assert sorted(cache.cached_many(POSTS, range(4))) == [0, 2, 3]
+    assert cache.l1_evictions == 1

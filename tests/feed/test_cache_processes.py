@@ -7,6 +7,7 @@ process; like counts converge on the database's.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -152,6 +153,51 @@ async def test_like_edit_delete_through_a_show_on_b_on_the_next_request(cluster:
 
     assert await within(1.0, gone) is not None, "B still serves the post a second after its delete on A"
     assert (await cluster.anonymous["b"].get(url)).status_code == 404
+
+
+def article_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<article class="post[^"]*" id="post-(\d+)"', html)]
+
+
+def liked_on_page(html: str, post_id: int) -> bool:
+    article = re.search(rf'<article[^>]*id="post-{post_id}".*?</article>', html, re.S)
+    assert article, f"post {post_id} is not on the page"
+    return 'aria-pressed="true"' in article.group(0)
+
+
+async def test_a_home_timeline_cached_on_b_follows_posts_likes_and_unfollows_made_on_a(cluster: Cluster) -> None:
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    assert (await bob.post("a", "/@alice/follow")).status_code == 303
+    older = await alice.compose("a", "before bob looked")
+    home = bob.on["b"]
+    assert article_ids((await home.get("/")).text) == [older]
+    before = await cluster.metrics("b")
+    assert article_ids((await home.get("/")).text) == [older]
+    after = await cluster.metrics("b")
+    for name, labels in ((MISSES, {"space": "h"}), (HITS, {"tier": "l2", "space": "h"})):
+        assert metric(after, name, **labels) == metric(before, name, **labels), "B's home ids are not in its L1"
+
+    newer = await alice.compose("a", "after bob looked")
+
+    async def shows_newer() -> bool:
+        return article_ids((await home.get("/")).text) == [newer, older]
+
+    assert await within(1.0, shows_newer) is not None, "B's home misses a post made on A a second later"
+
+    assert (await bob.post("a", f"/posts/{older}/like")).status_code == 303
+
+    async def shows_liked() -> bool:
+        return liked_on_page((await home.get("/")).text, older)
+
+    assert await within(1.0, shows_liked) is not None, "B's home does not show bob's like made on A"
+
+    assert (await bob.post("a", "/@alice/unfollow")).status_code == 303
+
+    async def empty() -> bool:
+        return article_ids((await home.get("/")).text) == []
+
+    assert await within(1.0, empty) is not None, "B's home still shows alice's posts after bob unfollowed on A"
 
 
 async def test_redis_crash_costs_no_request_and_leaves_nothing_stale(cluster: Cluster, app: Any) -> None:

@@ -174,3 +174,37 @@ async def test_swapped_like_button_keeps_the_page_as_next(make_browser: Any) -> 
     post = await alice.compose("like me later")
     response = await alice.post(f"/posts/{post}/like", {"next": "/@alice"}, headers={"HX-Request": "true"})
     assert 'name="next" value="/@alice"' in response.text
+
+
+async def test_cached_home_timelines_follow_the_mentions_of_an_edited_direct_post(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    bob = await make_browser("bob")
+    carol = await make_browser("carol")
+    dm = await alice.compose("@bob first draft", visibility="direct")
+    assert post_ids((await bob.get("/")).text) == [dm]
+    assert post_ids((await carol.get("/")).text) == []  # both home timelines are cached now
+    edited = await alice.post(f"/posts/{dm}/edit", {"status": "@carol second draft"})
+    assert edited.status_code == 303
+    assert post_ids((await carol.get("/")).text) == [dm]
+    assert post_ids((await bob.get("/")).text) == []
+    assert (await bob.get(f"/posts/{dm}")).status_code == 404
+
+
+async def test_likes_older_than_the_cached_ones_still_show(make_browser: Any, monkeypatch: Any) -> None:
+    from feed.services import lookup
+
+    monkeypatch.setattr(lookup, "LIKED_KEPT", 2)
+    alice = await make_browser("alice")
+    bob = await make_browser("bob")
+    await bob.post("/@alice/follow")
+    posts = [await alice.compose(f"number {i}") for i in range(4)]
+    for post in posts[:3]:  # the oldest like is beyond what the cache keeps
+        await bob.post(f"/posts/{post}/like")
+    page = (await bob.get("/")).text
+    pressed = re.findall(r'id="post-(\d+)".*?aria-pressed="(true|false)"', page, re.S)
+    assert [(int(i), p == "true") for i, p in pressed] == [
+        (posts[3], False),
+        (posts[2], True),
+        (posts[1], True),
+        (posts[0], True),
+    ]
