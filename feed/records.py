@@ -100,6 +100,19 @@ class IdList:
 
 
 @dataclass(frozen=True, slots=True)
+class IdSet:
+    """A set of ids known completely from ``floor`` up (0: completely): an id at or above ``floor`` that is not
+    in ``ids`` is not in the set; below it, nobody knows here."""
+
+    ids: frozenset[int]
+    floor: int = 0
+
+    @property
+    def size(self) -> int:
+        return 120 + 40 * len(self.ids)
+
+
+@dataclass(frozen=True, slots=True)
 class RefList:
     """A timeline page as post refs, newest first: (post id, author id, key version, id of the author replied to
     or 0), enough to fetch the posts, their authors and their keys in one cache round trip."""
@@ -136,8 +149,8 @@ class WrappedKey:
         return 40 + len(self.blob)
 
 
-CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, RefList, SealedFrame, WrappedKey)
-Cacheable = PostRecord | UserRecord | SessionRecord | IdList | RefList | SealedFrame | WrappedKey
+CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, IdSet, RefList, SealedFrame, WrappedKey)
+Cacheable = PostRecord | UserRecord | SessionRecord | IdList | IdSet | RefList | SealedFrame | WrappedKey
 
 _LEN = struct.Struct(">I")
 
@@ -210,6 +223,8 @@ def encode(value: Cacheable) -> bytes:
         return _pack(b"S", {"u": value.user_id, "x": _when(value.expires_at)})
     if isinstance(value, IdList):
         return _pack(b"I", {"i": list(value.ids)})
+    if isinstance(value, IdSet):
+        return _pack(b"D", {"i": sorted(value.ids), "f": value.floor})
     if isinstance(value, RefList):
         return _pack(b"R", {"r": [list(ref) for ref in value.refs]})
     if isinstance(value, SealedFrame):
@@ -259,6 +274,8 @@ def _decode(data: bytes) -> Cacheable:
         return SessionRecord(h["u"], expires)
     if tag == b"I":
         return IdList(tuple(int(i) for i in h["i"]))
+    if tag == b"D":
+        return IdSet(frozenset(int(i) for i in h["i"]), int(h["f"]))
     if tag == b"R":
         return RefList(tuple((int(i), int(a), int(k), int(r)) for i, a, k, r in h["r"]))
     if tag == b"F":

@@ -26,7 +26,17 @@ from feed.cache import (
     Request,
     Space,
 )
-from feed.records import IdList, PostRecord, RefList, SealedFrame, SessionRecord, UserRecord, WrappedKey
+from feed.records import (
+    Cacheable,
+    IdList,
+    IdSet,
+    PostRecord,
+    RefList,
+    SealedFrame,
+    SessionRecord,
+    UserRecord,
+    WrappedKey,
+)
 from feed.services.context import Services
 from feed.storage import posts as post_store
 from feed.storage import users as user_store
@@ -172,37 +182,53 @@ class Ref(NamedTuple):
     in_reply_to_author_id: int | None
 
 
-async def timeline_refs(
-    svc: Services, space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]
-) -> list[Ref]:
-    """A cached first page of a timeline; ``load()`` gives its refs newest first."""
+def timeline_request(space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]) -> Request:
+    """A cached first page of a timeline; ``load()`` gives its refs newest first (read it with :func:`refs_of`)."""
 
     async def loader(missing: list[Key]) -> Mapping[Key, RefList]:
         rows = await load()
         return {key: RefList(tuple((r.id, r.author_id, r.key_version, r.in_reply_to_author_id or 0) for r in rows))}
 
-    found = await svc.cache.get(space, key, loader)
-    if not isinstance(found, RefList):
-        return []
-    return [Ref(i, a, k, r or None) for i, a, k, r in found.refs]
+    return Request(space, [key], loader)
 
 
-async def liked(svc: Services, user_id: int, post_ids: Sequence[int]) -> set[int]:
-    """Which of ``post_ids`` the user liked: from the cached newest likes, and the database only for posts older
-    than all of those when the cache holds a full :data:`LIKED_KEPT`."""
+def refs_of(found: Cacheable | None) -> list[Ref]:
+    return [Ref(i, a, k, r or None) for i, a, k, r in found.refs] if isinstance(found, RefList) else []
 
-    async def load(missing: list[int]) -> Mapping[int, IdList]:
+
+async def timeline_refs(
+    svc: Services, space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]
+) -> list[Ref]:
+    return refs_of((await svc.cache.get_multi([timeline_request(space, key, load)]))[0].get(key))
+
+
+def liked_request(svc: Services, user_id: int) -> Request:
+    """The user's newest likes (read them with :func:`liked_among`)."""
+
+    async def load(missing: list[int]) -> Mapping[int, IdSet]:
         async with svc.db() as session:
-            return {user_id: IdList(tuple(await post_store.recent_likes(session, user_id, LIKED_KEPT)))}
+            newest = await post_store.recent_likes(session, user_id, LIKED_KEPT + 1)
+        if len(newest) <= LIKED_KEPT:
+            return {user_id: IdSet(frozenset(newest))}
+        return {user_id: IdSet(frozenset(newest[:LIKED_KEPT]), floor=newest[LIKED_KEPT - 1])}
 
-    found = await svc.cache.get(LIKED, user_id, load)
-    kept = found.ids if isinstance(found, IdList) else ()
-    known = set(kept)
-    out = {i for i in post_ids if i in known}
-    if len(kept) >= LIKED_KEPT and (older := [i for i in post_ids if i < kept[-1]]):
+    return Request(LIKED, [user_id], load)
+
+
+async def liked_among(svc: Services, user_id: int, newest: Cacheable | None, post_ids: Sequence[int]) -> set[int]:
+    """Which of ``post_ids`` the user liked: from their cached newest likes, and the database only for posts older
+    than all of those when the user has liked more than :data:`LIKED_KEPT` posts."""
+    known = newest if isinstance(newest, IdSet) else IdSet(frozenset())
+    out = {i for i in post_ids if i in known.ids}
+    if older := [i for i in post_ids if i < known.floor]:
         async with svc.db() as session:
             out |= await post_store.liked_by(session, user_id, older)
     return out
+
+
+async def liked(svc: Services, user_id: int, post_ids: Sequence[int]) -> set[int]:
+    newest = (await svc.cache.get_multi([liked_request(svc, user_id)]))[0].get(user_id)
+    return await liked_among(svc, user_id, newest, post_ids)
 
 
 async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:

@@ -2,9 +2,10 @@
 
 The first page of the home and public timelines is a cached list of post refs (each post checked again against
 the viewer when read, since a cached list can be older than its posts); other pages are one database query, where
-visibility is decided. Then one cache round trip fetches the posts, their authors and the authors' wrapped keys
-together, and the viewer's likes come from the cache of their newest likes.
-Decrypted text exists only in the returned ``PostView`` values, in this request's memory.
+visibility is decided. Then one cache round trip fetches the posts, their authors, the authors' wrapped keys and,
+for pages, the posts' sealed frames together; the viewer's likes come from the cache of their newest likes.
+Decrypted text exists only in the returned ``PostView`` values, in this request's memory, and is opened only when
+asked for (a page whose frames are cached never opens the posts themselves).
 """
 
 from __future__ import annotations
@@ -103,15 +104,18 @@ async def views(
     cached_frames = found_frames[0] if found_frames else {}
     out: list[PostView] = []
     drawn: dict[int, SealedFrame] = {}
+    authors: dict[int, User] = {}
     for record in records:
         key = keys.get((record.author_id, record.key_version))
-        author = users.get(record.author_id)
+        author = authors.get(record.author_id)
+        if author is None and (found := users.get(record.author_id)) is not None:
+            author = authors[record.author_id] = User.from_row(found)
         if key is None or author is None:
             continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
         view = PostView(
             id=record.id,
-            author=User.from_row(author),
+            author=author,
             visibility=record.visibility,
             content=Content(partial(_open_fields, key, record)),
             in_reply_to_id=record.in_reply_to_id,
@@ -156,10 +160,20 @@ def _open_fields(key: UserKey, record: PostRecord) -> tuple[str, str | None]:
     return text, open_field(key, record.cw, FieldContext("cw", record.id, record.author_id, record.revision))
 
 
+_stamps: dict[tuple[bytes, str, str, str | None], int] = {}
+
+
 def _frame_stamp(style: FrameStyle, view: PostView) -> int:
     """What a cached frame depends on besides the post's revision: the template, and the names it shows."""
-    names = f"{view.author.username}\x00{view.author.display_name}\x00{view.reply_to_username or ''}"
-    return int.from_bytes(hashlib.blake2b(style.version + names.encode(), digest_size=8).digest(), "big") >> 1
+    names = (style.version, view.author.username, view.author.display_name, view.reply_to_username)
+    stamp = _stamps.get(names)
+    if stamp is None:
+        if len(_stamps) >= 10_000:
+            _stamps.clear()
+        text = "\x00".join((view.author.username, view.author.display_name, view.reply_to_username or ""))
+        digest = hashlib.blake2b(style.version + text.encode(), digest_size=8).digest()
+        stamp = _stamps[names] = int.from_bytes(digest, "big") >> 1
+    return stamp
 
 
 def _frame_context(record: PostRecord) -> FieldContext:
@@ -232,8 +246,13 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
             async with svc.db() as session:
                 return await store.home(session, viewer.id, Page(limit=HOME_FIRST_PAGE))
 
-        refs: Sequence[Any] = (await lookup.timeline_refs(svc, HOME, viewer.id, load))[: page.limit]
-        return _page(await views(svc, refs, viewer, recheck=True, style=style), refs, page)
+        # The page's refs and the viewer's newest likes in one cache round trip.
+        found_refs, found_likes = await svc.cache.get_multi(
+            [lookup.timeline_request(HOME, viewer.id, load), lookup.liked_request(svc, viewer.id)]
+        )
+        refs: Sequence[Any] = lookup.refs_of(found_refs.get(viewer.id))[: page.limit]
+        liked = await lookup.liked_among(svc, viewer.id, found_likes.get(viewer.id), [ref.id for ref in refs])
+        return _page(await views(svc, refs, viewer, liked, recheck=True, style=style), refs, page)
     async with svc.db() as session:  # one connection for the page's ids and the viewer's likes among them
         refs = await store.home(session, viewer.id, page)
         liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs])

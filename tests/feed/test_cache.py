@@ -17,7 +17,19 @@ import pytest
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.cache import POSTS, TIMELINES, Cache, Space, redis_key
 from feed.metrics import Registry
-from feed.records import IdList, NotCacheable, PostRecord, SessionRecord, UserRecord, WrappedKey, decode, encode
+from feed.records import (
+    IdList,
+    IdSet,
+    NotCacheable,
+    PostRecord,
+    RefList,
+    SealedFrame,
+    SessionRecord,
+    UserRecord,
+    WrappedKey,
+    decode,
+    encode,
+)
 from feed.redis_link import RedisLink, make_client
 from tests.conftest import TEST_REDIS_DB_URL
 
@@ -69,6 +81,9 @@ def test_every_record_type_round_trips_and_plain_values_are_refused() -> None:
         UserRecord(1, "alice", "Alice", "bio <b>", 1, NOW),
         SessionRecord(1, NOW),
         IdList((3, 2, 1)),
+        IdSet(frozenset({5, 7}), floor=5),
+        RefList(((3, 1, 1, 0), (2, 4, 2, 1))),
+        SealedFrame(2, 12345, post_record().body),
         WrappedKey(ring.wrap_user_key(UserKey.generate(1, 1))),
     ):
         assert decode(encode(value)) == value

@@ -140,6 +140,7 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
 
     keys = [key async for key in client.scan_iter(count=500)]
     assert len(keys) > 10, "the caches should hold something"
+    assert any(key.startswith(b"cf:r:") for key in keys), "sealed post frames are among them"
     stored = b"\n".join([*keys, *[await client.dump(key) or b"" for key in keys]])
     assert find_leaks(stored, texts) == []
     l1 = redis_app.state.cache.l1_values()
