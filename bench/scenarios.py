@@ -132,11 +132,11 @@ class Bench:
         try:
             conn = await http.Connection.open(target.proc.port)
             await conn.send(target.request)
-            before = client.info("commandstats")
+            before: Any = client.info("commandstats")
             n = self.config.redis_count_requests
             for _ in range(n):
                 await conn.send(target.request)
-            after = client.info("commandstats")
+            after: Any = client.info("commandstats")
             await conn.close()
         finally:
             client.close()

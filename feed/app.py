@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,9 +29,11 @@ from feed.cache import Cache
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
 from feed.keyfile import derive, load_ring, load_secret
 from feed.metrics import Registry
+from feed.queue import ArqQueue, LocalQueue
 from feed.redis_link import RedisLink, make_client
 from feed.resources import resource_path
 from feed.services.context import Database, Secrets, Services, ThrottleRules
+from feed.services.jobs import record_failure
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.web import account_pages, api, pages
@@ -197,6 +200,18 @@ def _connect(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, lin
     metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
 
 
+def make_queue(settings: Settings) -> ArqQueue | LocalQueue:
+    """arq on Redis in the scaled mode; in the embedded mode the jobs run in this process."""
+    if settings.redis_url is None:
+        from jobs.registry import QUEUED
+
+        return LocalQueue(QUEUED)
+    from arq.connections import ArqRedis
+
+    # Not arq's create_pool: that one pings Redis at start, and the server must start (and serve) without it.
+    return ArqQueue(ArqRedis.from_url(settings.redis_url))
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -223,6 +238,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.templates = make_environment()
             app.state.frame_style = make_frame_style(app.state.templates)
             app.state.csrf_key = derive(secret, "csrf")
+            queue = app.state.queue = make_queue(settings)
             app.state.services = Services(
                 db=Database(engine),
                 cache=cache,
@@ -242,10 +258,18 @@ def create_app(settings: Settings) -> Starlette:
                     per_ip=settings.login_attempts_per_ip,
                     window=timedelta(seconds=settings.login_window_seconds),
                 ),
+                queue=queue,
             )
+            if isinstance(queue, LocalQueue):
+                queue.ctx["services"] = app.state.services
+                queue.on_failure = partial(record_failure, app.state.services)
             try:
                 yield
             finally:
+                if isinstance(queue, LocalQueue):
+                    await queue.drain()
+                else:
+                    await queue.close()
                 await bus.stop()
                 if link is not None:
                     await link.close()

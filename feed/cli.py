@@ -139,6 +139,104 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.redis_url is None:
+        raise CommandError(
+            "the worker needs CIPHERFEED_REDIS_URL; in the embedded mode the server runs its jobs itself"
+        )
+    from arq.connections import RedisSettings
+    from arq.worker import Worker
+
+    from jobs.worker import WorkerSettings
+
+    _prepare(settings)
+    asyncio.run(_migrate(settings))
+    options = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("_")}
+    print("cipherfeed: worker started", flush=True)
+    worker = Worker(**options, redis_settings=RedisSettings.from_dsn(settings.redis_url), ctx={"settings": settings})
+    worker.run()
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.registry import MAINTENANCE, QUEUED
+
+    print("maintenance jobs (cipherfeed jobs run NAME [--dry-run]):")
+    for job in MAINTENANCE.values():
+        print(f"  {job.name:<24} {job.description}  [{_schedule(job)}]")
+    print("queued jobs (started by the server, ids only):")
+    for name in QUEUED:
+        print(f"  {name}")
+    return 0
+
+
+def _schedule(job: Any) -> str:
+    if job.minute is None:
+        return "by hand"
+    minutes = ",".join(f":{m:02d}" for m in sorted(job.minute))
+    if job.hour is None:
+        return f"hourly at {minutes}"
+    return "daily at " + ", ".join(f"{h:02d}{minutes}" for h in sorted(job.hour))
+
+
+def _bar(name: str) -> Callable[[int, int | None], None]:
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int | None) -> None:
+        if total:
+            filled = min(30, 30 * done // max(total, 1))
+            line = f"{name} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
+        else:
+            line = f"{name}: {done} done"
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_jobs_run(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.services.jobs import run_maintenance
+    from jobs.registry import maintenance
+
+    try:
+        job = maintenance(args.name)
+    except LookupError as exc:
+        raise CommandError(str(exc)) from None
+    run = asyncio.run(
+        _with_services(
+            settings, lambda svc: run_maintenance(svc, job, dry_run=args.dry_run, on_progress=_bar(job.name))
+        )
+    )
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    verb = "would change" if args.dry_run else "changed"
+    print(f"cipherfeed: {job.name} {verb}: {run.summary() or 'nothing'}")
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.services import jobs as job_service
+    from jobs.registry import MAINTENANCE
+
+    scheduled = [job.name for job in MAINTENANCE.values()]
+    report = asyncio.run(_with_services(settings, lambda svc: job_service.status(svc, scheduled)))
+    if settings.redis_url is None:
+        print("queue: embedded mode (the server runs queued jobs itself)")
+    else:
+        print(f"queue: {report.waiting if report.waiting is not None else 'unknown (Redis unavailable)'} waiting")
+    print(f"running: {len(report.running)}")
+    for run in report.running:
+        print(f"  {run.name} {run.args} since {run.started_at:%Y-%m-%d %H:%M:%S} ({run.done}/{run.total or '?'})")
+    print(f"failed (latest {len(report.failed)}):")
+    for run in report.failed:
+        print(f"  {run.name} {run.args} at {run.started_at:%Y-%m-%d %H:%M:%S}: {run.error}")
+    print("maintenance jobs, last run:")
+    for job in MAINTENANCE.values():
+        last = report.last.get(job.name)
+        when = f"{last.started_at:%Y-%m-%d %H:%M:%S} {last.state} ({last.changed or 'nothing'})" if last else "never"
+        print(f"  {job.name:<24} [{_schedule(job)}] {when}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cipherfeed", description="A social timeline that stores only encrypted posts."
@@ -177,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys.add_parser("generate", help="write a new root key file (for the scaled mode)")
     gen.add_argument("--out", required=True, help="file to create, or - for standard output")
     gen.set_defaults(func=cmd_keys_generate)
+
+    sub.add_parser("worker", help="run background jobs and their cron schedule (scaled mode)").set_defaults(
+        func=cmd_worker
+    )
+    jobs = sub.add_parser("jobs", help="background and maintenance jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION"
+    )
+    jobs.add_parser("list", help="every job, what it does and when it runs").set_defaults(func=cmd_jobs_list)
+    run = jobs.add_parser("run", help="run a maintenance job now, with progress")
+    run.add_argument("name")
+    run.add_argument("--dry-run", action="store_true", help="count what it would change, change nothing")
+    run.set_defaults(func=cmd_jobs_run)
+    jobs.add_parser("status", help="queue depth, running and failed jobs, last runs").set_defaults(
+        func=cmd_jobs_status
+    )
     return parser
 
 

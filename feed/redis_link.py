@@ -18,13 +18,14 @@ T = TypeVar("T")
 
 def make_client(url: str) -> Redis:
     """Short timeouts: a slow Redis must not hold a page; the page falls back to the database."""
-    return Redis.from_url(
+    client: Redis = Redis.from_url(
         url,
         socket_timeout=0.5,
         socket_connect_timeout=0.5,
         retry_on_timeout=False,
         health_check_interval=15,
     )
+    return client
 
 
 class RedisLink:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from feed.bus import LocalBus
 from feed.cache import Cache
+from feed.services.jobs import Queue
 from feed.services.keys import KeyStore
 
 
@@ -71,6 +72,7 @@ class Services:
     dummy_hash: str  # verified against when the username is unknown, so both paths cost the same
     session_ttl: timedelta
     throttle: ThrottleRules
+    queue: Queue  # background jobs (arq in the scaled mode, this process in the embedded one)
 
     def __repr__(self) -> str:
         return "Services(...)"

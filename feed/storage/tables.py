@@ -62,6 +62,9 @@ users = sa.Table(
     sa.Column("key_version", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # When the user last opened their home timeline (roughly: updated at most hourly); feeds of users away for
+    # long are dropped by a cleanup job and rebuilt when they come back.
+    sa.Column("last_seen_at", UTCDateTime, nullable=True),
 )
 
 # A user's keys, each wrapped by a root key version. Deleting these rows crypto-shreds the user.
@@ -149,4 +152,42 @@ throttle = sa.Table(
     sa.Column("bucket", sa.String(100), primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("window_ends", UTCDateTime, nullable=False, index=True),
+)
+
+# Background job runs (maintenance jobs, and failures of any job): what ``cipherfeed jobs status`` shows. Arguments
+# are ids and numbers only; ``changed`` is "name=count" pairs; ``error`` an exception type and our own message.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(60), nullable=False),
+    sa.Column("args", sa.String(200), nullable=False, server_default=""),
+    sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("state", sa.String(10), nullable=False, index=True),  # running, done, failed
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total", sa.BigInteger, nullable=True),
+    sa.Column("changed", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("error", sa.String(300), nullable=True),
+    sa.Index("ix_job_runs_name_started_at", "name", "started_at"),
+)
+
+# Checkpoints of resumable jobs: the last id a job finished, so that a restarted run goes on from there.
+job_cursors = sa.Table(
+    "job_cursors",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("cursor", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Proof of crypto-shredding: a keyed hash of the erased user's id, which of their keys were destroyed, and when.
+erasure_receipts = sa.Table(
+    "erasure_receipts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("subject", sa.LargeBinary(32), nullable=False, index=True),
+    sa.Column("key_ids", sa.String(500), nullable=False),
+    sa.Column("erased_at", UTCDateTime, nullable=False),
 )

@@ -1,0 +1,266 @@
+"""Background work as services see it: a queue that takes jobs by name with ids only, and maintenance runs.
+
+A *job* is queued by name with integer arguments (ids, versions, counts), never text: a job queue in Redis is
+as readable as any cache. The job functions themselves live in ``jobs/`` and call services.
+
+A *maintenance job* (cleanup, rotation, erasure follow-up) is a service function ``async def run(svc, job)`` that
+works in batches, reports progress and what it changed through ``job`` (a :class:`Run`), honours ``job.dry_run``
+(count, change nothing), and keeps a checkpoint through ``job.cursor``/``job.advance`` so that a run stopped half
+way goes on from where it was. Each run is recorded in ``job_runs`` (what ``cipherfeed jobs status`` shows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import sqlalchemy as sa
+
+from feed.storage.dialect import insert
+from feed.storage.tables import job_cursors, job_runs
+
+if TYPE_CHECKING:
+    from feed.services.context import Services
+
+log = logging.getLogger(__name__)
+
+
+class Queue(Protocol):
+    async def enqueue(self, name: str, *args: int, key: str | None = None, delay: float = 0) -> bool:
+        """Queue job ``name``; with ``key``, not if a job of that key is already queued. False if not queued."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting (not counting those running)."""
+        ...
+
+
+Progress = Callable[[int, int | None], None]  # (done, total or None when not known)
+
+
+def _quiet(done: int, total: int | None) -> None:
+    pass
+
+
+@dataclass
+class Run:
+    """One run of a maintenance job, handed to its service function."""
+
+    svc: Services
+    name: str
+    dry_run: bool = False
+    on_progress: Progress = _quiet
+    run_id: int | None = None
+    changed: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+    total: int | None = None
+    _saved_at: float = 0.0
+
+    def count(self, what: str, n: int = 1) -> None:
+        """``n`` more ``what`` changed (or, in a dry run, would have)."""
+        if n:
+            self.changed[what] = self.changed.get(what, 0) + n
+
+    async def progress(self, done: int, total: int | None = None) -> None:
+        self.done, self.total = done, total if total is not None else self.total
+        self.on_progress(self.done, self.total)
+        if self.run_id is not None and time.monotonic() - self._saved_at > 1.0:
+            self._saved_at = time.monotonic()
+            async with self.svc.db.begin() as session:
+                await session.execute(
+                    job_runs.update().where(job_runs.c.id == self.run_id).values(done=self.done, total=self.total)
+                )
+
+    async def cursor(self, part: str = "") -> int | None:
+        """The checkpoint this job (``part`` of it) saved last, or None to start from the beginning."""
+        async with self.svc.db() as session:
+            value = await session.scalar(sa.select(job_cursors.c.cursor).where(job_cursors.c.name == self._key(part)))
+        return int(value) if value is not None else None
+
+    async def advance(self, cursor: int, part: str = "") -> None:
+        """Save a checkpoint (not in a dry run, which must change nothing)."""
+        if self.dry_run:
+            return
+        async with self.svc.db.begin() as session:
+            await save_cursor(session, self._key(part), cursor)
+
+    async def finish(self, part: str = "") -> None:
+        """The job (``part``) went through to the end: the next run starts from the beginning."""
+        if self.dry_run:
+            return
+        async with self.svc.db.begin() as session:
+            await session.execute(job_cursors.delete().where(job_cursors.c.name == self._key(part)))
+
+    def _key(self, part: str) -> str:
+        return f"{self.name}:{part}" if part else self.name
+
+    def summary(self) -> str:
+        return ", ".join(f"{name}={count}" for name, count in sorted(self.changed.items()))
+
+
+async def save_cursor(session: Any, name: str, cursor: int) -> None:
+    from feed.services.context import now
+
+    stmt = insert(session, job_cursors).values(name=name, cursor=cursor, updated_at=now())
+    await session.execute(
+        stmt.on_conflict_do_update(index_elements=[job_cursors.c.name], set_={"cursor": cursor, "updated_at": now()})
+    )
+
+
+MaintenanceFn = Callable[["Services", Run], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """A maintenance job: its name, what it does (one line), the service function, and when cron runs it
+    (``minute`` and ``hour`` as arq cron sets; None: by hand only)."""
+
+    name: str
+    description: str
+    run: MaintenanceFn
+    minute: frozenset[int] | None = None
+    hour: frozenset[int] | None = None
+
+
+async def run_maintenance(
+    svc: Services, job: Maintenance, *, dry_run: bool = False, on_progress: Progress = _quiet
+) -> Run:
+    """Run ``job`` now, in this process, recorded in ``job_runs``; raises what the job raised (recorded too)."""
+    from feed.services.context import now
+
+    async with svc.db.begin() as session:
+        result = await session.execute(
+            job_runs.insert().values(name=job.name, dry_run=dry_run, state="running", started_at=now())
+        )
+        run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+    run = Run(svc, job.name, dry_run=dry_run, on_progress=on_progress, run_id=run_id)
+    with _timed(job.name):
+        try:
+            await job.run(svc, run)
+        except BaseException as exc:
+            await _end(svc, run, "failed", error=describe(exc))
+            raise
+    await _end(svc, run, "done")
+    return run
+
+
+async def record_failure(svc: Services, name: str, args: tuple[int, ...], exc: BaseException) -> None:
+    """A queued job failed for good (no retries left): keep the reason for ``jobs status``."""
+    from feed.services.context import now
+
+    async with svc.db.begin() as session:
+        await session.execute(
+            job_runs.insert().values(
+                name=name,
+                args=",".join(str(int(a)) for a in args)[:200],
+                state="failed",
+                started_at=now(),
+                finished_at=now(),
+                error=describe(exc),
+            )
+        )
+
+
+def describe(exc: BaseException) -> str:
+    """An error as ``jobs status`` shows it: the type, and the message only of our own errors (whose messages are
+    written by us and carry no user text); other libraries' messages may quote data."""
+    from feed.errors import DomainError
+
+    if isinstance(exc, DomainError):
+        return f"{type(exc).__name__}: {exc.message}"[:300]
+    return type(exc).__name__
+
+
+async def _end(svc: Services, run: Run, state: str, error: str | None = None) -> None:
+    from feed.services.context import now
+
+    if run.run_id is None:
+        return
+    async with svc.db.begin() as session:
+        await session.execute(
+            job_runs.update()
+            .where(job_runs.c.id == run.run_id)
+            .values(
+                state=state,
+                finished_at=now(),
+                done=run.done,
+                total=run.total,
+                changed=run.summary()[:1000],
+                error=error,
+            )
+        )
+
+
+@contextmanager
+def _timed(name: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        log.info("job %s took %.2f s", name, time.monotonic() - start)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    name: str
+    args: str
+    dry_run: bool
+    state: str
+    started_at: Any
+    finished_at: Any
+    done: int
+    total: int | None
+    changed: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    waiting: int | None  # None: not known from here
+    running: list[RunInfo]
+    failed: list[RunInfo]
+    last: dict[str, RunInfo]  # per maintenance job name, its last run
+
+
+async def status(svc: Services, names: list[str], *, failures: int = 10) -> Status:
+    """What ``cipherfeed jobs status`` shows: queue depth, runs under way, recent failures, each job's last run."""
+
+    def info(row: Any) -> RunInfo:
+        return RunInfo(row.name, row.args, row.dry_run, row.state, row.started_at, row.finished_at, row.done,
+                       row.total, row.changed, row.error)  # fmt: skip
+
+    async with svc.db() as session:
+        running = (
+            await session.execute(
+                sa.select(job_runs).where(job_runs.c.state == "running").order_by(job_runs.c.started_at)
+            )
+        ).all()
+        failed = (
+            await session.execute(
+                sa.select(job_runs)
+                .where(job_runs.c.state == "failed")
+                .order_by(job_runs.c.started_at.desc())
+                .limit(failures)
+            )
+        ).all()
+        last: dict[str, RunInfo] = {}
+        for name in names:
+            row = (
+                await session.execute(
+                    sa.select(job_runs)
+                    .where(job_runs.c.name == name, job_runs.c.dry_run.is_(False))
+                    .order_by(job_runs.c.started_at.desc())
+                    .limit(1)
+                )
+            ).first()
+            if row is not None:
+                last[name] = info(row)
+    try:
+        waiting: int | None = await svc.queue.depth()
+    except (ConnectionError, OSError):
+        waiting = None
+    return Status(waiting, [info(r) for r in running], [info(r) for r in failed], last)
