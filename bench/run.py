@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import http
 from bench.config import Config
+from bench.fanout import fanout
 from bench.load import WrkFailed
 from bench.report import Row, markdown, write
 from bench.scenarios import Bench, Load, count_posts
@@ -111,7 +112,20 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     bench.notes["page_bytes"] = {"cipherfeed": len(page.body), "naive": len(naive_page.body)}
 
     print("warming up", file=sys.stderr)
+    # Workers build the viewer's home feeds (queued by the first pages) while the servers warm up, then stop, so
+    # that their polling is not in the Redis command counts.
+    worker_argv = [sys.executable, "-m", "feed", "worker"]
+    workers = [
+        procs.start(f"worker-{port}", worker_argv, env=env | {"CIPHERFEED_REDIS_URL": f"redis://{http.HOST}:{port}/0"},
+                    port=0, cpus=cores.client)
+        for port in (redis_main.port, redis_cold.port)
+    ]
     await bench.warm()
+    await asyncio.sleep(2)
+    await bench.warm()
+    for worker in workers:
+        worker.popen.terminate()
+        worker.popen.wait(timeout=15)
     print("throughput (wrk)", file=sys.stderr)
     await bench.throughput()
     print("latency at 80% (open loop)", file=sys.stderr)
@@ -127,6 +141,8 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     print("hot key expiry", file=sys.stderr)
     await bench.expiry(while_idle)
     bench.summarize(counted["cold"], redis_warm)
+    print("fan-out", file=sys.stderr)
+    bench.rows.extend(await fanout(config.repeats, procs, env, ds.star_id))
     if config.profile:
         print("profiling the home page (py-spy)", file=sys.stderr)
         config.out.mkdir(parents=True, exist_ok=True)

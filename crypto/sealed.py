@@ -25,6 +25,10 @@ from .errors import InvalidToken
 
 MAGIC = b"CF"
 FORMAT_VERSION = 1
+"""The format :func:`header` writes (and so every new seal). Read at call time, not bound at import."""
+READABLE_FORMAT_VERSIONS = frozenset({1})
+"""The formats :class:`Sealed` accepts. A release that writes a new format keeps the older ones here until every
+stored blob has been re-encrypted (``feed.services.rotation``: the ``reencrypt_posts`` job)."""
 ALG_AES_256_GCM = 1
 
 _HEADER = struct.Struct(">2sBBI")
@@ -50,9 +54,10 @@ CIPHERTEXT = slice(_DATA_NONCE_END, None)
 class Sealed:
     """An immutable sealed blob whose header has been checked.
 
-    Construction raises InvalidToken for bad magic, an unknown format version or algorithm, key version 0 or a
-    blob shorter than :data:`MIN_SIZE`; whether it opens is only known to :func:`crypto.open_field`. A Sealed
-    holds no secret: it may be pickled, cached and logged (its repr shows only size and key version).
+    Construction raises InvalidToken for bad magic, a format version not in :data:`READABLE_FORMAT_VERSIONS`, an
+    unknown algorithm, key version 0 or a blob shorter than :data:`MIN_SIZE`; whether it opens is only known to
+    :func:`crypto.open_field`. A Sealed holds no secret: it may be pickled, cached and logged (its repr shows only
+    size and key version).
     """
 
     __slots__ = ("_data", "_key_version")
@@ -67,7 +72,12 @@ class Sealed:
         if len(data) < MIN_SIZE:
             raise InvalidToken
         magic, format_version, alg, key_version = _HEADER.unpack_from(data)
-        if magic != MAGIC or format_version != FORMAT_VERSION or alg != ALG_AES_256_GCM or key_version == 0:
+        if (
+            magic != MAGIC
+            or format_version not in READABLE_FORMAT_VERSIONS
+            or alg != ALG_AES_256_GCM
+            or key_version == 0
+        ):
             raise InvalidToken
         object.__setattr__(self, "_data", data)
         object.__setattr__(self, "_key_version", key_version)
@@ -124,7 +134,8 @@ class Parts(NamedTuple):
 
 
 def header(key_version: int) -> bytes:
-    """The header of a format 1, AES-256-GCM blob whose data key is wrapped by user key ``key_version``."""
+    """The header of a :data:`FORMAT_VERSION`, AES-256-GCM blob whose data key is wrapped by user key
+    ``key_version``."""
     return _HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES_256_GCM, key_version)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -27,13 +28,14 @@ from feed import db
 from feed.bus import Invalidation, LocalBus, RedisBus
 from feed.cache import Cache
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from feed.feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
 from feed.metrics import Registry
 from feed.queue import ArqQueue, LocalQueue
 from feed.redis_link import RedisLink, make_client
 from feed.resources import resource_path
 from feed.services.context import Database, Secrets, Services, ThrottleRules
-from feed.services.jobs import record_failure
+from feed.services.jobs import JobMetrics, record_failure, run_cron
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.web import account_pages, api, pages
@@ -144,6 +146,7 @@ def routes() -> list[BaseRoute]:
         Route("/settings", account_pages.settings_page, methods=["GET"]),
         Route("/settings", account_pages.save_profile, methods=["POST"]),
         Route("/settings/password", account_pages.change_password, methods=["POST"]),
+        Route("/settings/delete", account_pages.delete_account, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
@@ -200,7 +203,7 @@ def _connect(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, lin
     metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
 
 
-def make_queue(settings: Settings) -> ArqQueue | LocalQueue:
+def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQueue:
     """arq on Redis in the scaled mode; in the embedded mode the jobs run in this process."""
     if settings.redis_url is None:
         from jobs.registry import QUEUED
@@ -209,7 +212,9 @@ def make_queue(settings: Settings) -> ArqQueue | LocalQueue:
     from arq.connections import ArqRedis
 
     # Not arq's create_pool: that one pings Redis at start, and the server must start (and serve) without it.
-    return ArqQueue(ArqRedis.from_url(settings.redis_url))
+    # Short timeouts, as for the cache: a slow Redis must not hold a page.
+    pool = ArqRedis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return ArqQueue(pool, link)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -238,7 +243,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.templates = make_environment()
             app.state.frame_style = make_frame_style(app.state.templates)
             app.state.csrf_key = derive(secret, "csrf")
-            queue = app.state.queue = make_queue(settings)
+            queue = app.state.queue = make_queue(settings, link)
             app.state.services = Services(
                 db=Database(engine),
                 cache=cache,
@@ -259,13 +264,25 @@ def create_app(settings: Settings) -> Starlette:
                     window=timedelta(seconds=settings.login_window_seconds),
                 ),
                 queue=queue,
+                feeds=RedisFeeds(link) if link is not None else None,
+                fanout_max_followers=settings.fanout_max_followers,
+                feed_inactive_days=settings.feed_inactive_days,
+                fanout_batch=settings.fanout_batch,
+                job_metrics=JobMetrics.register(app.state.metrics),
             )
+            cron = None
             if isinstance(queue, LocalQueue):
+                from jobs.registry import MAINTENANCE
+
                 queue.ctx["services"] = app.state.services
                 queue.on_failure = partial(record_failure, app.state.services)
+                if settings.embedded_cron:
+                    cron = asyncio.get_running_loop().create_task(run_cron(app.state.services, [*MAINTENANCE.values()]))
             try:
                 yield
             finally:
+                if cron is not None:
+                    cron.cancel()
                 if isinstance(queue, LocalQueue):
                     await queue.drain()
                 else:

@@ -46,7 +46,7 @@ PREFIX = "cf"
 class Space:
     name: str
     l1_ttl: float  # seconds
-    l2_ttl: float
+    l2_ttl: float  # 0: this space lives in L1 only (its values are cheap to load, or Redis holds them otherwise)
     # Refresh in the background once this fraction of the L1 TTL has passed and the key is read again.
     refresh_after: float = 0.8
     # Refills are expensive (a timeline query): one process refills while the others wait for its result.
@@ -64,8 +64,9 @@ API_TOKENS = Space("a", l1_ttl=30, l2_ttl=300)  # a revoked token must be invali
 USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
 FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
 TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
-# The first page of each user's home timeline (post refs), dropped by every post, delete and follow that changes it.
-HOME = Space("h", l1_ttl=60, l2_ttl=600, shared_refill=True)
+# The first page of each user's home timeline (post refs), in L1 only (l2_ttl 0: its shared copy is the user's feed
+# in Redis, see feed.feeds), dropped by every fan-out, delete and follow that changes it.
+HOME = Space("h", l1_ttl=60, l2_ttl=0)
 LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
 # Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
 # edit or delete so no ciphertext of an old revision outlives the row.
@@ -370,12 +371,13 @@ class Cache:
     ) -> dict[str, Cacheable]:
         seen = {name: self._generations.get(name, 0) for *_, name in items}
         found: dict[str, Cacheable] = {}
-        names = [name for *_, name in items]
-        raw = await self._l2_read(names + [generation_key(space, key) for _, space, key, _ in items])
+        shared = [item for item in items if item[1].l2_ttl]  # the others live in L1 only
+        names = [name for *_, name in shared]
+        raw = await self._l2_read(names + [generation_key(space, key) for _, space, key, _ in shared])
         l2_generations: dict[str, bytes] = {}
         if raw is not None:
-            values, generations = raw[: len(items)], raw[len(items) :]
-            for (index, space, key, name), data, generation in zip(items, values, generations, strict=True):
+            values, generations = raw[: len(shared)], raw[len(shared) :]
+            for (index, space, key, name), data, generation in zip(shared, values, generations, strict=True):
                 l2_generations[name] = generation or b""
                 if data is None:
                     continue
@@ -407,7 +409,8 @@ class Cache:
                     continue
                 found[name] = check(fresh)
                 self._keep(space, name, fresh, seen[name])
-                to_store.append((space, name, fresh))
+                if space.l2_ttl:
+                    to_store.append((space, name, fresh))
         if to_store and raw is not None:
             await self._l2_store(to_store, l2_generations)
         if raw is not None and (locks := [lock_key(name) for _, space, _, name in missing if space.shared_refill]):
@@ -511,9 +514,10 @@ class Cache:
             return
         names = [redis_key(space, key) for space, key in keys]
         self.drop(names)
-        if self.link is not None:
-            if not await self._l2_invalidate(keys):
-                self._pending.update(keys)
+        shared = [(space, key) for space, key in keys if space.l2_ttl]
+        if self.link is not None and shared:
+            if not await self._l2_invalidate(shared):
+                self._pending.update(shared)
         if self.on_invalidate is not None:
             await self.on_invalidate(names)
 
@@ -524,7 +528,7 @@ class Cache:
         named = {redis_key(space, key): check(value) for key, value in values.items()}
         for name, value in named.items():
             self._keep(space, name, value, self._generations.get(name, 0))
-        if self.link is None or not named:
+        if self.link is None or not named or not space.l2_ttl:
             return
         ttl = int(space.l2_ttl * 1000)
 

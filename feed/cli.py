@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -113,6 +114,25 @@ def cmd_users_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_users_delete(args: argparse.Namespace, settings: Settings) -> int:
+    """Crypto-shred an account (``feed.services.erasure``); asks to type the name again when run at a terminal."""
+    from feed.services import erasure
+
+    if not args.yes and sys.stdin.isatty():
+        print(f"Erasing @{args.name} destroys their keys: none of their posts can be read again. It cannot be undone.")
+        typed = input("Type the username again to confirm: ")
+        if typed.strip().lstrip("@").lower() != args.name.strip().lstrip("@").lower():
+            raise CommandError("the names differ; nothing was changed")
+    receipt = asyncio.run(_with_services(settings, lambda svc: erasure.erase_user(svc, args.name)))
+    print(
+        f"cipherfeed: erased @{receipt.username}: {len(receipt.keys)} key(s) destroyed, {receipt.sessions} "
+        f"session(s) and {receipt.tokens} token(s) ended, {receipt.jobs} pending job(s) dropped (receipt "
+        f"{receipt.id}); their posts are unreadable now and go with the next purge_erased job "
+        "(cipherfeed jobs run purge_erased)"
+    )
+    return 0
+
+
 def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> int:
     from feed.services import keystatus
 
@@ -139,6 +159,151 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ring_out(settings: Settings) -> Callable[[str], None]:
+    """Where the keys commands talk: stdout, unless stdout carries a new ring for CIPHERFEED_ROOT_KEY."""
+    from feed.keyfile import ring_file
+
+    stream = sys.stdout if ring_file(settings) is not None else sys.stderr
+    return lambda text: print(text, file=stream, flush=True)
+
+
+def _save_ring(settings: Settings, ring: Any, *, expected: Any) -> str:
+    """Put ``ring`` where the ring came from: the key file, or (from the environment) standard output, for the
+    operator to put in CIPHERFEED_ROOT_KEY. Says where it went."""
+    from feed.keyfile import replace_ring, ring_file
+
+    path = ring_file(settings)
+    if path is None:
+        print(ring.to_json(), flush=True)
+        return "the new ring is on standard output: put it in CIPHERFEED_ROOT_KEY"
+    replace_ring(path, ring, expected=expected)
+    return f"saved in {path}"
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.keyfile import load_ring
+    from feed.services import rotation
+    from feed.services.jobs import run_maintenance
+    from jobs.registry import maintenance
+
+    _prepare(settings)
+    ring = load_ring(settings, create=False)
+    new, step = rotation.next_ring(ring, one_step=args.one_step)
+    say = _ring_out(settings)
+    if step == "add":
+        version = max(new.versions)
+        behind = asyncio.run(_with_services(settings, lambda svc: rotation.not_under(svc, ring.primary)))
+        if behind:
+            raise CommandError(
+                f"{behind} user keys are not wrapped under the primary root key version {ring.primary} yet; finish "
+                "the last rotation first: `cipherfeed jobs run rewrap_user_keys`"
+            )
+        if args.dry_run:
+            say(f"cipherfeed: would add root key version {version}, decrypt-only (nothing is rewrapped until then)")
+            return 0
+        where = _save_ring(settings, new, expected=ring)
+        say(f"cipherfeed: added root key version {version}, decrypt-only ({where}).")
+        say(
+            "Next: restart every cipherfeed process (serve, worker) so that each one can read keys wrapped under it, "
+            "then run `cipherfeed keys rotate` again to promote it and rewrap the user keys."
+        )
+        return 0
+    if not args.dry_run:
+        say(f"cipherfeed: root key version {new.primary} is the primary ({_save_ring(settings, new, expected=ring)})")
+    job = maintenance("rewrap_user_keys")
+
+    async def rewrap(svc: Any) -> Any:
+        svc.keys.use_ring(new)
+        return await run_maintenance(svc, job, dry_run=args.dry_run, on_progress=_bar(job.name))
+
+    run = asyncio.run(_with_services(settings, rewrap))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.dry_run:
+        say(f"cipherfeed: would promote root key version {new.primary}; {job.name} would change: "
+            f"{run.summary() or 'nothing'}")  # fmt: skip
+        return 0
+    say(f"cipherfeed: {job.name} changed: {run.summary() or 'nothing'}")
+    older = ", ".join(str(v) for v in new.versions if v != new.primary)
+    say(
+        f"Next: restart every cipherfeed process so that new user keys are wrapped under version {new.primary}; "
+        f"then `cipherfeed keys status` (and `cipherfeed jobs run {job.name}` for keys wrapped meanwhile) and "
+        f"`cipherfeed keys retire VERSION` for the versions no key uses any more ({older})."
+    )
+    return 0
+
+
+def _root_version(raw: str) -> int:
+    if not raw.isdecimal() or not 1 <= int(raw) <= 2**32 - 1:
+        raise CommandError(f"VERSION must be a root key version number (1, 2, ...), not {raw[:20]!r}")
+    return int(raw)
+
+
+def cmd_keys_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.keyfile import load_ring, replace_ring, ring_file
+    from feed.services import rotation
+
+    version = _root_version(args.version)
+    _prepare(settings)
+    ring = load_ring(settings, create=False)
+    listed = ", ".join(map(str, ring.versions))
+    if version not in ring.versions:
+        raise CommandError(f"root key version {version} is not in the key ring (versions: {listed})")
+    if version == ring.primary:
+        raise CommandError(f"root key version {version} is the primary; `cipherfeed keys rotate` promotes another")
+    new = ring.retire(version)
+    path = ring_file(settings)
+
+    async def retire(svc: Any) -> str:
+        used = await rotation.root_version_use(svc, version)
+        if used:
+            raise CommandError(
+                f"root key version {version} still wraps {used} user keys; run `cipherfeed jobs run rewrap_user_keys` "
+                "once every process runs with the promoted ring, then retire it"
+            )
+        where = _save_ring(settings, new, expected=ring)
+        if path is not None and (late := await rotation.root_version_use(svc, version)):
+            replace_ring(path, ring, expected=new)  # a process still wraps under it: put it back
+            raise CommandError(
+                f"a process wrapped {late} new user keys under version {version} meanwhile; the ring is unchanged: "
+                "restart every process with the promoted ring first"
+            )
+        return where
+
+    where = asyncio.run(_with_services(settings, retire))
+    say = _ring_out(settings)
+    say(f"cipherfeed: retired root key version {version} ({where}).")
+    say("Next: restart every cipherfeed process so that none keeps it in memory.")
+    return 0
+
+
+def cmd_keys_rotate_user(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.errors import NotFound
+    from feed.services import accounts, rotation
+    from feed.services.jobs import run_maintenance
+
+    if bool(args.name) == args.all:
+        raise CommandError("name one user, or give --all")
+
+    async def rotate(svc: Any) -> Any:
+        if args.all:
+            job = rotation.new_user_rotation()
+        else:
+            try:
+                user = await accounts.find_user(svc, args.name)
+            except NotFound:
+                raise CommandError(f"no user named {args.name[:40]!r}") from None
+            job = rotation.user_rotation(user.id, user.key_version)
+        return job, await run_maintenance(svc, job, dry_run=args.dry_run, on_progress=_bar(job.name))
+
+    job, run = asyncio.run(_with_services(settings, rotate))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    verb = "would change" if args.dry_run else "changed"
+    print(f"cipherfeed: {job.name} {verb}: {run.summary() or 'nothing'}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url is None:
         raise CommandError(
@@ -152,6 +317,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _prepare(settings)
     asyncio.run(_migrate(settings))
     options = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("_")}
+    options["job_timeout"] = settings.job_timeout
+    # arq closes its Redis pool with redis-py's deprecated close(): harmless, and not worth a warning per stop.
+    warnings.filterwarnings("ignore", message="Call to deprecated close", category=DeprecationWarning)
     print("cipherfeed: worker started", flush=True)
     worker = Worker(**options, redis_settings=RedisSettings.from_dsn(settings.redis_url), ctx={"settings": settings})
     worker.run()
@@ -267,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("name")
     token.add_argument("--label", default="personal access token")
     token.set_defaults(func=cmd_users_token)
+    delete = users.add_parser("delete", help="erase an account: destroy its keys (its posts become unreadable)")
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="do not ask to confirm at a terminal")
+    delete.set_defaults(func=cmd_users_delete)
 
     keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION"
@@ -275,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen = keys.add_parser("generate", help="write a new root key file (for the scaled mode)")
     gen.add_argument("--out", required=True, help="file to create, or - for standard output")
     gen.set_defaults(func=cmd_keys_generate)
+    rotate = keys.add_parser("rotate", help="root key rotation: add a version, then promote it and rewrap user keys")
+    rotate.add_argument("--one-step", action="store_true", help="add and promote at once (no other process running)")
+    rotate.add_argument("--dry-run", action="store_true", help="say what it would do, change nothing")
+    rotate.set_defaults(func=cmd_keys_rotate)
+    retire = keys.add_parser("retire", help="remove a root key version that no user key uses any more")
+    retire.add_argument("version", metavar="VERSION")
+    retire.set_defaults(func=cmd_keys_retire)
+    rotate_user = keys.add_parser("rotate-user", help="a new key for a user (or --all), their posts rewrapped")
+    rotate_user.add_argument("name", nargs="?", default="")
+    rotate_user.add_argument("--all", action="store_true", help="every user")
+    rotate_user.add_argument("--dry-run", action="store_true", help="count what it would change, change nothing")
+    rotate_user.set_defaults(func=cmd_keys_rotate_user)
 
     sub.add_parser("worker", help="run background jobs and their cron schedule (scaled mode)").set_defaults(
         func=cmd_worker

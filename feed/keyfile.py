@@ -59,6 +59,37 @@ def load_ring(settings: Settings, *, create: bool) -> RootKeyRing:
         raise ConfigError(f"the root key is malformed: {exc}") from None
 
 
+def ring_file(settings: Settings) -> Path | None:
+    """The key file the ring is read from, or None when it comes from ``CIPHERFEED_ROOT_KEY``."""
+    return None if settings.root_key is not None else settings.resolved_root_key_file
+
+
+def replace_ring(path: Path, ring: RootKeyRing, *, expected: RootKeyRing) -> None:
+    """Replace the key file at ``path`` with ``ring``, atomically and durably (mode 0600), if it still holds
+    ``expected``: two rotations at once must not lose a key. The old file is not kept (a retired version must be
+    gone); every ring a rotation writes holds every key still in use."""
+    import fcntl  # POSIX only, and only needed here
+
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)  # one rotation at a time in this directory
+        try:
+            current = RootKeyRing.from_json(_read_private(path, "root key"))
+        except InvalidKeyMaterial as exc:
+            raise ConfigError(f"the root key is malformed: {exc}") from None
+        if current.to_json() != expected.to_json():
+            raise ConfigError(f"the root key file {path} changed meanwhile; run the command again")
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            write_new(temporary, ring.to_json())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)  # gone already once replaced
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def load_secret(settings: Settings, *, create: bool) -> bytes:
     """The server secret (CSRF tokens, the email blind index), from the env or ``secret.key`` in the data dir."""
     if settings.secret_key is not None:

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from redis.exceptions import RedisError
+
 log = logging.getLogger(__name__)
 
 JobFunction = Callable[..., Awaitable[Any]]
@@ -31,16 +33,21 @@ def retry_delay(tries: int) -> float:
 
 
 class ArqQueue:
-    """Jobs for arq workers (``cipherfeed worker``), through an ``arq.connections.ArqRedis`` pool."""
+    """Jobs for arq workers (``cipherfeed worker``), through an ``arq.connections.ArqRedis`` pool. ``link`` is the
+    process's Redis link: while it knows Redis is down, nothing is tried (a page must not wait for a queue)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, link: Any = None) -> None:
         self.pool = pool
+        self.link = link
 
     async def enqueue(self, name: str, *args: int, key: str | None = None, delay: float = 0) -> bool:
         check_args(name, args)
+        if self.link is not None and not self.link.up:
+            log.debug("job %s not queued: Redis is down", name)
+            return False
         try:
             job = await self.pool.enqueue_job(name, *args, _job_id=key, _defer_by=delay or None)
-        except (ConnectionError, OSError) as exc:
+        except (RedisError, ConnectionError, OSError) as exc:
             # Redis is away: so is everything the job would write to (feeds), and what it would fix is rebuilt
             # when readers find it missing. Say so once per failure, without the job's arguments.
             log.warning("job %s not queued: Redis unavailable (%s)", name, type(exc).__name__)
@@ -50,7 +57,10 @@ class ArqQueue:
     async def depth(self) -> int:
         from arq.constants import default_queue_name
 
-        return int(await self.pool.zcard(default_queue_name))
+        try:
+            return int(await self.pool.zcard(default_queue_name))
+        except RedisError as exc:
+            raise ConnectionError("Redis unavailable") from exc
 
     async def close(self) -> None:
         await self.pool.aclose()

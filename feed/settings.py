@@ -56,6 +56,14 @@ class Settings:
     # Trusted front proxies whose X-Forwarded-For/-Proto we believe (uvicorn's --forwarded-allow-ips).
     forwarded_allow_ips: str = "127.0.0.1"
     log_level: str = "info"
+    # Authors with more followers than this are not fanned out on write: their posts join home timelines when read.
+    fanout_max_followers: int = 10_000
+    # Home feeds of users away this long are dropped by a cleanup job, and rebuilt when they come back.
+    feed_inactive_days: int = 30
+    fanout_batch: int = 1000  # home feeds written per Redis round trip by a fan-out
+    job_timeout: int = 300  # seconds a queued job may run; a killed worker's jobs are retried after it (+10 s)
+    # The embedded mode runs the maintenance schedule itself (the scaled mode's workers do it there).
+    embedded_cron: bool = True
 
     @property
     def is_sqlite(self) -> bool:
@@ -129,4 +137,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         log_level=log_level,
+        fanout_max_followers=_int(env, "CIPHERFEED_FANOUT_MAX_FOLLOWERS", 10_000),
+        feed_inactive_days=_int(env, "CIPHERFEED_FEED_INACTIVE_DAYS", 30),
+        fanout_batch=_int(env, "CIPHERFEED_FANOUT_BATCH", 1000),
+        job_timeout=_int(env, "CIPHERFEED_JOB_TIMEOUT", 300),
+        embedded_cron=(env.get("CIPHERFEED_EMBEDDED_CRON") or "on").lower() not in ("off", "0", "false", "no"),
     )

@@ -6,20 +6,49 @@ from __future__ import annotations
 from typing import Any
 
 from feed.queue import JobFunction
-from feed.services.jobs import Maintenance
+from feed.services import cleanup, feeds, rotation
+from feed.services.jobs import Maintenance, run_maintenance
+
+# -- queued jobs: ``async def name(ctx, *ids)``, ctx["services"] being the process's Services
 
 
-def _services(ctx: dict[str, Any]) -> Any:
-    return ctx["services"]
+async def fan_out(ctx: dict[str, Any], post_id: int) -> None:
+    await feeds.fan_out(ctx["services"], post_id)
 
 
-# -- queued jobs: ``async def name(ctx, *ids)``
+async def unfan(ctx: dict[str, Any], post_id: int, author_id: int) -> None:
+    await feeds.unfan(ctx["services"], post_id, author_id)
 
-QUEUED: dict[str, JobFunction] = {}
+
+async def merge_follow(ctx: dict[str, Any], follower_id: int, followee_id: int) -> None:
+    await feeds.merge_follow(ctx["services"], follower_id, followee_id)
+
+
+async def unmerge_follow(ctx: dict[str, Any], follower_id: int, followee_id: int) -> None:
+    await feeds.unmerge_follow(ctx["services"], follower_id, followee_id)
+
+
+async def rebuild_feed(ctx: dict[str, Any], user_id: int) -> None:
+    await feeds.rebuild(ctx["services"], user_id)
+
+
+async def rotate_user_key(ctx: dict[str, Any], user_id: int, from_version: int) -> None:
+    """A new key for ``user_id`` if theirs is still ``from_version``, their posts rewrapped (safe to run again)."""
+    await run_maintenance(ctx["services"], rotation.user_rotation(user_id, from_version))
+
+
+QUEUED: dict[str, JobFunction] = {
+    "fan_out": fan_out,
+    "unfan": unfan,
+    "merge_follow": merge_follow,
+    "unmerge_follow": unmerge_follow,
+    "rebuild_feed": rebuild_feed,
+    "rotate_user_key": rotate_user_key,
+}
 
 # -- maintenance jobs, by hand (``cipherfeed jobs run NAME``) and, where a schedule is given, by cron
 
-MAINTENANCE: dict[str, Maintenance] = {}
+MAINTENANCE: dict[str, Maintenance] = {job.name: job for job in (*feeds.JOBS, *rotation.JOBS, *cleanup.JOBS)}
 
 
 def maintenance(name: str) -> Maintenance:

@@ -21,7 +21,10 @@ from jobs.registry import MAINTENANCE, QUEUED
 
 log = logging.getLogger(__name__)
 
-JOB_TIMEOUT = 3600  # seconds; long jobs checkpoint, so a timed-out run resumes where it was
+# Seconds a job may run (CIPHERFEED_JOB_TIMEOUT overrides it for ``cipherfeed worker``). Long maintenance jobs
+# checkpoint, so a timed-out run is retried from where it was; and a killed worker's jobs are picked up again
+# this long (plus 10 s) after they started, so it is kept short.
+JOB_TIMEOUT = 300
 MAX_TRIES = 5
 
 
@@ -52,7 +55,7 @@ def _scheduled(job: Maintenance) -> CronJob:
 
     run.__qualname__ = run.__name__ = f"cron_{job.name}"
     return cron(run, name=f"cron:{job.name}", minute=set(job.minute or ()), hour=set(job.hour) if job.hour else None,
-                unique=True, run_at_startup=False, timeout=JOB_TIMEOUT)  # fmt: skip
+                unique=True, run_at_startup=False)  # fmt: skip
 
 
 def functions() -> list[Any]:
@@ -94,4 +97,5 @@ class WorkerSettings:
     max_tries = MAX_TRIES
     job_timeout = JOB_TIMEOUT
     max_jobs = 10
+    poll_delay = 0.05  # seconds between looks at the queue: a new post's fan-out starts within this
     health_check_interval = 60

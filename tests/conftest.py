@@ -8,6 +8,7 @@ middleware, routes and error map as under uvicorn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -26,12 +27,35 @@ from feed import db
 from feed.app import create_app
 from feed.settings import Settings, load_settings
 from feed.storage.tables import metadata
+from tests.worker import settle, start_worker, stop_worker
 
 PG_ADMIN_URL = os.environ.get("CIPHERFEED_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKEND = os.environ.get("CIPHERFEED_TEST_DB", "sqlite")
 # The SQLite pass runs as the embedded mode (no Redis: L1 and the in-process bus), the PostgreSQL pass as the
 # scaled mode (Redis for L2 and the bus). CIPHERFEED_TEST_REDIS=URL or =none overrides.
-REDIS_URL = os.environ.get("CIPHERFEED_TEST_REDIS", "none" if BACKEND == "sqlite" else "redis://127.0.0.1:6379/15")
+
+
+def _claim_redis_dbs() -> tuple[int, int]:
+    """Two Redis databases of our own for this run (the app's and ``redis_app``'s), so that two test runs on one
+    machine do not flush each other's. Claimed with a key in database 0 that expires (a crashed run frees them)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2)
+    try:
+        for first in range(2, 16, 2):
+            if client.set(f"cipherfeed-test-run:{first}", os.getpid(), nx=True, ex=3 * 3600):
+                return first, first + 1
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+    return 15, 13
+
+
+_REDIS_DBS = _claim_redis_dbs()
+REDIS_URL = os.environ.get(
+    "CIPHERFEED_TEST_REDIS", "none" if BACKEND == "sqlite" else f"redis://127.0.0.1:6379/{_REDIS_DBS[0]}"
+)
 PASSWORD = "correct horse battery staple"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -82,6 +106,8 @@ def env(database_url: str, root_key_json: str, tmp_path_factory: pytest.TempPath
         "CIPHERFEED_ROOT_KEY": root_key_json,
         "CIPHERFEED_SECRET_KEY": "test-secret-" + "x" * 40,
         "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP": "1000",
+        # Maintenance jobs run when a test runs them, not when the clock says (that test is in tests/jobs).
+        "CIPHERFEED_EMBEDDED_CRON": "off",
     } | ({} if REDIS_URL == "none" else {"CIPHERFEED_REDIS_URL": REDIS_URL})
 
 
@@ -104,7 +130,11 @@ async def migrated(settings: Settings) -> AsyncIterator[None]:
 async def app(settings: Settings, migrated: None) -> AsyncIterator[Any]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
-        yield application
+        await start_worker(application)  # the scaled mode's jobs run in a real arq worker beside the app
+        try:
+            yield application
+        finally:
+            await stop_worker(application)
 
 
 async def empty_tables(engine: Any) -> None:
@@ -206,7 +236,7 @@ async def api(app: Any, clean: None) -> AsyncIterator[Any]:
             svc = app.state.services
             await accounts.register(svc, username, PASSWORD)
             headers["Authorization"] = f"Bearer {await accounts.create_token(svc, username)}"
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver", headers=headers)
+        http = client_for(app, headers=headers)
         clients.append(http)
         return http
 
@@ -230,7 +260,17 @@ async def forget_cached(app: Any) -> None:
         await link.client.flushdb()
 
 
-TEST_REDIS_DB_URL = "redis://127.0.0.1:6379/13"
+TEST_REDIS_DB_URL = f"redis://127.0.0.1:6379/{_REDIS_DBS[1]}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import redis
+
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2)
+        if client.get(f"cipherfeed-test-run:{_REDIS_DBS[0]}") == str(os.getpid()).encode():
+            client.delete(f"cipherfeed-test-run:{_REDIS_DBS[0]}")
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -238,7 +278,11 @@ async def redis_app(env: dict[str, str], migrated: None) -> AsyncIterator[Any]:
     """A second app on the same database that always has Redis (L2 and the bus), whichever pass this is."""
     application = create_app(load_settings(env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL}))
     async with application.router.lifespan_context(application):
-        yield application
+        await start_worker(application)
+        try:
+            yield application
+        finally:
+            await stop_worker(application)
 
 
 @pytest.fixture
@@ -249,9 +293,20 @@ async def redis_clean(redis_app: Any, app: Any) -> AsyncIterator[Any]:
     yield redis_app
 
 
-def client_for(application: Any) -> httpx.AsyncClient:
+def client_for(application: Any, **kw: Any) -> httpx.AsyncClient:
+    """A client of the app that, after each write, waits for the background jobs it queued (a reader a moment
+    later sees their work done)."""
+
+    async def after(response: httpx.Response) -> None:
+        if response.request.method not in ("GET", "HEAD", "OPTIONS"):
+            await settle(application)
+
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=application), base_url="http://testserver", follow_redirects=False
+        transport=httpx.ASGITransport(app=application),
+        base_url="http://testserver",
+        follow_redirects=False,
+        event_hooks={"response": [after]},
+        **kw,
     )
 
 

@@ -1,4 +1,8 @@
-"""Accounts: registration, login with throttling, sessions, API tokens, profile and password changes."""
+"""Accounts: registration, login with throttling, sessions, API tokens, profile and password changes, deletion.
+
+An erased account (``feed.services.erasure``) keeps a tombstone row until it is purged; every lookup here treats it
+as absent.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fie
 from feed.cache import SESSIONS, USERS
 from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from feed.ids import new_id
-from feed.services import lookup
+from feed.services import erasure, lookup
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
@@ -229,7 +233,7 @@ async def session_user(svc: Services, token: str) -> User | None:
     if record is None or record.expires_at <= now():
         return None
     found = await lookup.user(svc, record.user_id)
-    return User.from_row(found) if found else None
+    return User.from_row(found) if found and not erasure.is_erased(found) else None
 
 
 async def logout(svc: Services, token: str) -> None:
@@ -246,7 +250,7 @@ async def create_token(svc: Services, username: str, name: str = "personal acces
     async with svc.db.begin() as session:
         lookup = _lookup_name(username)
         row = await store.get_user_by_username(session, lookup) if lookup else None
-        if row is None:
+        if row is None or erasure.is_erased(row):
             raise NotFound(f"no user named {username!r}")
         await store.insert_token(session, token_hash=token_hash(svc, token), user_id=row.id, name=name, now=now())
     return token
@@ -259,7 +263,7 @@ async def token_user(svc: Services, token: str) -> User | None:
     if record is None or record.expires_at <= now():
         return None
     found = await lookup.user(svc, record.user_id)
-    return User.from_row(found) if found else None
+    return User.from_row(found) if found and not erasure.is_erased(found) else None
 
 
 async def update_profile(svc: Services, user: User, display_name: str, bio: str, email: str) -> User:
@@ -327,7 +331,7 @@ async def find_user(svc: Services, username: str) -> User:
         raise NotFound("No such user")
     async with svc.db() as session:
         row = await store.get_user_by_username(session, name)
-    if row is None:
+    if row is None or erasure.is_erased(row):
         raise NotFound("No such user")
     return User.from_row(row)
 
@@ -335,7 +339,7 @@ async def find_user(svc: Services, username: str) -> User:
 async def get_user(svc: Services, user_id: int) -> User:
     async with svc.db() as session:
         row = await store.get_user(session, user_id)
-    if row is None:
+    if row is None or erasure.is_erased(row):
         raise NotFound("No such user")
     return User.from_row(row)
 
@@ -362,7 +366,7 @@ async def follow_list(svc: Services, user: User, *, followers: bool, limit: int 
     async with svc.db() as session:
         ids = await post_store.follow_list(session, user.id, followers=followers, limit=limit)
         rows = await store.get_users(session, ids)
-    return [User.from_row(rows[i]) for i in ids if i in rows]
+    return [User.from_row(rows[i]) for i in ids if i in rows and not erasure.is_erased(rows[i])]
 
 
 async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
@@ -370,3 +374,19 @@ async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
     async with svc.db() as session:
         counts = await store.counts_many(session, [u.id for u in users])
     return {u.id: Profile(u, *counts[u.id]) for u in users}
+
+
+async def delete_account(svc: Services, user: User, password: str) -> erasure.Receipt:
+    """The account page's "delete my account": the password again (wrong guesses count against the same
+    per-account throttle as logins), then :func:`feed.services.erasure.erase`."""
+    if not password:
+        raise Invalid("Enter your password to delete your account", "delete_password")
+    account = _bucket(svc, "acct", user.username.lower())
+    await _attempt(svc, [(account, svc.throttle.per_account)], "Too many wrong passwords; try again later")
+    async with svc.db() as session:
+        stored = await store.get_password_hash(session, user.id)
+    if stored is None or not await _verify_password(svc, stored, password):
+        raise Invalid("That password is wrong; your account was not deleted", "delete_password")
+    async with svc.db.begin() as session:
+        await store.throttle_clear(session, account)
+    return await erasure.erase(svc, user.id)

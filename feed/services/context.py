@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from feed.bus import LocalBus
 from feed.cache import Cache
-from feed.services.jobs import Queue
+from feed.feeds import RedisFeeds
+from feed.services.jobs import JobMetrics, Queue
 from feed.services.keys import KeyStore
 
 
@@ -73,6 +74,11 @@ class Services:
     session_ttl: timedelta
     throttle: ThrottleRules
     queue: Queue  # background jobs (arq in the scaled mode, this process in the embedded one)
+    feeds: RedisFeeds | None = None  # home feeds (scaled mode); None: home timelines come from the database
+    fanout_max_followers: int = 10_000  # above this, an author's posts join home timelines when they are read
+    feed_inactive_days: int = 30  # feeds of users away longer are dropped by a cleanup job
+    fanout_batch: int = 1000  # feeds written per Redis round trip
+    job_metrics: JobMetrics | None = None
 
     def __repr__(self) -> str:
         return "Services(...)"

@@ -35,6 +35,7 @@ async def follow(svc: Services, user: User, target_id: int) -> Relationship:
         following, followed_by = await store.follow_state(session, user.id, target_id)
     if changed:
         await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
+        await svc.queue.enqueue("merge_follow", user.id, target_id)
     return Relationship(target_id, following, followed_by)
 
 
@@ -45,6 +46,7 @@ async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
         following, followed_by = await store.follow_state(session, user.id, target_id)
     if changed:
         await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
+        await svc.queue.enqueue("unmerge_follow", user.id, target_id)
     return Relationship(target_id, following, followed_by)
 
 

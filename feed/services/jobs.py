@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
@@ -264,3 +265,54 @@ async def status(svc: Services, names: list[str], *, failures: int = 10) -> Stat
     except (ConnectionError, OSError):
         waiting = None
     return Status(waiting, [info(r) for r in running], [info(r) for r in failed], last)
+
+
+@dataclass(frozen=True, slots=True)
+class JobMetrics:
+    """Queue depth, job durations and failures, and fan-out latency, in the process's metrics registry."""
+
+    waiting: Any  # Gauge, set when /metrics is read
+    seconds: Any  # Histogram by job name
+    failures: Any  # Counter by job name
+    fanout_seconds: Any  # Histogram
+
+    @classmethod
+    def register(cls, registry: Any) -> JobMetrics:
+        return cls(
+            waiting=registry.gauge("cipherfeed_jobs_waiting", "Jobs queued and not yet started"),
+            seconds=registry.histogram("cipherfeed_job_seconds", "Job run time", ("job",)),
+            failures=registry.counter("cipherfeed_job_failures_total", "Job runs that raised", ("job",)),
+            fanout_seconds=registry.histogram(
+                "cipherfeed_fanout_seconds",
+                "From a post's creation to the last home feed its fan-out wrote",
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            ),
+        )
+
+
+def due(job: Maintenance, when: datetime) -> bool:
+    """Whether ``job``'s schedule (arq cron sets, UTC) names this minute."""
+    if job.minute is None or when.minute not in job.minute:
+        return False
+    return job.hour is None or when.hour in job.hour
+
+
+async def run_cron(svc: Services, jobs: Sequence[Maintenance]) -> None:
+    """The maintenance schedule inside the server (the embedded mode has no worker): once a minute, each job whose
+    schedule names that minute, one after the other. Runs until cancelled; a failing job is logged and recorded."""
+    import asyncio
+
+    from feed.services.context import now
+
+    last = None
+    while True:
+        moment = now().replace(second=0, microsecond=0)
+        if moment != last:
+            last = moment
+            for job in jobs:
+                if due(job, moment):
+                    try:
+                        await run_maintenance(svc, job)
+                    except Exception as exc:
+                        log.error("cron job %s failed (%s)", job.name, type(exc).__name__)
+        await asyncio.sleep(60 - now().second + 0.5)

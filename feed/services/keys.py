@@ -22,6 +22,13 @@ class KeyStore:
         self.ring = ring
         self._memory: TTLCache[tuple[int, int], UserKey] = TTLCache(maxsize=max_keys, ttl=ttl)
 
+    def use_ring(self, ring: RootKeyRing) -> None:
+        """Wrap and unwrap with ``ring`` from now on (a step of a root key rotation, in this process).
+
+        User keys already unwrapped stay: a root rotation rewraps them, it does not change them. New user keys are
+        wrapped under ``ring.primary``."""
+        self.ring = ring
+
     async def create(self, session: AsyncSession, user_id: int, version: int, now: datetime) -> UserKey:
         key = UserKey.generate(user_id, version)
         await store.insert_user_key(
@@ -70,6 +77,10 @@ class KeyStore:
                 self._memory[pair] = key
             out[pair] = key
         return out
+
+    def forget_all(self) -> None:
+        """Drop every unwrapped key (they are unwrapped again from the database when next needed)."""
+        self._memory.clear()
 
     def forget(self, user_id: int) -> None:
         for pair in [p for p in self._memory if p[0] == user_id]:

@@ -1,9 +1,12 @@
-"""What ``cipherfeed keys status`` reports: which root key versions exist and how many user keys each wraps."""
+"""What ``cipherfeed keys status`` reports: which root key versions exist and how many user keys each wraps, which
+user key versions wrap how many posts, and in which Sealed format the posts are."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crypto import sealed as sealed_format
+from feed.services import rotation
 from feed.services.context import Services
 from feed.storage import users as store
 
@@ -12,9 +15,11 @@ from feed.storage import users as store
 class KeyReport:
     primary: int
     versions: tuple[int, ...]
-    wrapped_by_version: dict[int, int]
+    wrapped_by_version: dict[int, int]  # root key version -> user keys it wraps
     user_keys: int
     users: int
+    posts: rotation.PostKeyUse
+    format_version: int  # the Sealed format new seals are written in
 
 
 async def status(svc: Services) -> KeyReport:
@@ -22,7 +27,8 @@ async def status(svc: Services) -> KeyReport:
         by_version = await store.root_version_counts(session)
         keys, people = await store.user_key_version_counts(session)
     ring = svc.keys.ring
-    return KeyReport(ring.primary, ring.versions, by_version, keys, people)
+    use = await rotation.post_key_use(svc)
+    return KeyReport(ring.primary, ring.versions, by_version, keys, people, use, sealed_format.FORMAT_VERSION)
 
 
 def format_report(report: KeyReport) -> str:
@@ -32,6 +38,22 @@ def format_report(report: KeyReport) -> str:
         state = "primary" if version == report.primary else "decrypt-only"
         if version not in report.versions:
             state = "MISSING from the key ring: these keys cannot be opened"
+        elif version != report.primary and count == 0:
+            state += f", unused: `cipherfeed keys retire {version}` removes it"
         lines.append(f"  v{version}: {count} user keys wrapped ({state})")
+    use = report.posts
     lines.append(f"user keys: {report.user_keys} for {report.users} users")
+    lines.append(f"  by user key version: {_counts(use.user_keys_by_version)}")
+    lines.append(f"  superseded by a newer version of their user's key: {use.superseded}")
+    lines.append(f"posts by user key version: {_counts(use.by_key_version)}")
+    lines.append(f"  not under their author's current key: {use.behind}")
+    lines.append(
+        f"sealed post fields by format version: {_counts(use.fields_by_format)} (new seals: v{report.format_version})"
+    )
+    older = sum(n for v, n in use.fields_by_format.items() if v < report.format_version)
+    lines.append(f"  in an older format: {older}")
     return "\n".join(lines)
+
+
+def _counts(by_version: dict[int, int]) -> str:
+    return ", ".join(f"v{v}: {n}" for v, n in sorted(by_version.items())) or "none"

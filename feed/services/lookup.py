@@ -19,6 +19,7 @@ from feed.cache import (
     LIKED,
     POSTS,
     SESSIONS,
+    TIMELINES,
     USER_KEYS,
     USERS,
     Key,
@@ -180,6 +181,16 @@ class Ref(NamedTuple):
     author_id: int
     key_version: int
     in_reply_to_author_id: int | None
+
+
+async def timeline_ids(svc: Services, name: str, load: Callable[[], Awaitable[Sequence[int]]]) -> tuple[int, ...]:
+    """A cached list of ids shared by everyone (``load()`` gives it), in the TIMELINES space."""
+
+    async def loader(missing: list[str]) -> Mapping[str, IdList]:
+        return {name: IdList(tuple(await load()))}
+
+    found = await svc.cache.get(TIMELINES, name, loader)
+    return found.ids if isinstance(found, IdList) else ()
 
 
 def timeline_request(space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]) -> Request:

@@ -13,7 +13,7 @@ from crypto import seal_fields
 from feed.cache import FRAMES, HOME, LIKED, POSTS, TIMELINES, Space
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.ids import new_id
-from feed.services import lookup
+from feed.services import feeds, lookup
 from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
@@ -68,20 +68,10 @@ async def create(
     stale: list[tuple[Space, Any]] = [(POSTS, parent_id)] if parent_id else []  # its replies count
     if visibility == "public":
         stale.append((TIMELINES, "public"))
-    stale += await _homes(svc, author.id, visibility, post_id)
+    stale.append((HOME, author.id))  # the author sees it at once; everyone else when its fan-out has run
     await lookup.invalidate(svc, *stale)
+    await svc.queue.enqueue("fan_out", post_id)
     return await get(svc, post_id, author)
-
-
-async def _homes(svc: Services, author_id: int, visibility: str, post_id: int) -> list[tuple[Space, Any]]:
-    """The cached home timelines a post shows in: its author's, and their followers' or, for a direct post, the
-    mentioned users'."""
-    async with svc.db() as session:
-        if visibility == "direct":
-            readers = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
-        else:
-            readers = await store.follower_ids(session, author_id)
-    return [(HOME, uid) for uid in (author_id, *readers)]
 
 
 async def _insert(
@@ -158,8 +148,9 @@ async def edit(
         await store.set_mentions(session, post_id, mention_ids)
     # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones stop
     # seeing it because every cached timeline is checked again when read).
-    newly = [(HOME, uid) for uid in mention_ids] if row.visibility == "direct" else []
-    await lookup.invalidate(svc, (POSTS, post_id), (FRAMES, post_id), *newly)
+    await lookup.invalidate(svc, (POSTS, post_id), (FRAMES, post_id))
+    if row.visibility == "direct" and mention_ids:
+        await svc.queue.enqueue("fan_out", post_id)  # into the feeds of whom it mentions now
     return await get(svc, post_id, author)
 
 
@@ -168,16 +159,20 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
     view = await get(svc, post_id, author)
     if view.author.id != author.id:
         raise Forbidden("You can only delete your own posts")
-    homes = await _homes(svc, author.id, view.visibility, post_id)  # before the mentions go with the post
+    async with svc.db() as session:  # before they go with the post
+        mentioned = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
     async with svc.db.begin() as session:
         if not await store.delete_post(session, post_id):
             raise NotFound()
         if view.in_reply_to_id is not None:
             await store.bump_replies(session, view.in_reply_to_id, -1)
-    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (FRAMES, post_id), (TIMELINES, "public"), *homes]
+    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (FRAMES, post_id), (TIMELINES, "public")]
     if view.in_reply_to_id is not None:
         stale.append((POSTS, view.in_reply_to_id))
     await lookup.invalidate(svc, *stale)
+    await feeds.remove_from(svc, [post_id], [author.id, *mentioned])
+    if view.visibility != "direct":
+        await svc.queue.enqueue("unfan", post_id, author.id)
     return view
 
 

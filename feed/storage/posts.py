@@ -262,3 +262,47 @@ async def followee_ids(session: AsyncSession, user_id: int) -> list[int]:
 async def follower_ids(session: AsyncSession, user_id: int) -> list[int]:
     """Everyone who follows ``user_id`` (whose home timelines a post of theirs changes)."""
     return list(await session.scalars(sa.select(follows.c.follower_id).where(follows.c.followee_id == user_id)))
+
+
+async def followers_after(session: AsyncSession, user_id: int, after: int, limit: int) -> list[int]:
+    """Followers of ``user_id`` with ids above ``after``, in id order (fan-out walks them in chunks)."""
+    query = (
+        sa.select(follows.c.follower_id)
+        .where(follows.c.followee_id == user_id, follows.c.follower_id > after)
+        .order_by(follows.c.follower_id)
+        .limit(limit)
+    )
+    return list(await session.scalars(query))
+
+
+async def follower_count(session: AsyncSession, user_id: int) -> int:
+    query = sa.select(sa.func.count()).select_from(follows).where(follows.c.followee_id == user_id)
+    return int(await session.scalar(query) or 0)
+
+
+async def popular(session: AsyncSession, above: int) -> list[int]:
+    """Everyone with more than ``above`` followers (one pass over the follows index; cached by the caller)."""
+    query = sa.select(follows.c.followee_id).group_by(follows.c.followee_id).having(sa.func.count() > above)
+    return list(await session.scalars(query))
+
+
+async def refs(session: AsyncSession, post_ids: Sequence[int]) -> list[Record]:
+    """Timeline refs of these posts (those that still exist), newest first."""
+    if not post_ids:
+        return []
+    query = sa.select(*REF_COLUMNS).where(posts.c.id.in_(post_ids)).order_by(posts.c.id.desc())
+    return list((await session.execute(query)).all())
+
+
+async def recent_of(session: AsyncSession, author_ids: Sequence[int], viewer_id: int, limit: int) -> list[Record]:
+    """The newest posts of these authors that ``viewer_id`` may read, as refs (merged into home timelines when
+    read, and into a feed when its owner follows someone)."""
+    if not author_ids:
+        return []
+    query = (
+        sa.select(*REF_COLUMNS)
+        .where(posts.c.author_id.in_(author_ids), visible_to(viewer_id))
+        .order_by(posts.c.id.desc())
+        .limit(limit)
+    )
+    return list((await session.execute(query)).all())

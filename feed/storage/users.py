@@ -242,3 +242,23 @@ async def site_counts(session: AsyncSession, active_since: datetime) -> tuple[in
     )
     row = (await session.execute(sa.select(people, post_count, active))).one()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+async def touch_last_seen(session: AsyncSession, user_id: int, now: datetime, every: timedelta) -> None:
+    """Note that the user is around, at most once per ``every`` (one cheap UPDATE, usually matching no row)."""
+    await session.execute(
+        users.update()
+        .where(users.c.id == user_id, sa.or_(users.c.last_seen_at.is_(None), users.c.last_seen_at < now - every))
+        .values(last_seen_at=now)
+    )
+
+
+async def seen_before(session: AsyncSession, user_ids: Sequence[int], cutoff: datetime) -> list[int]:
+    """Which of ``user_ids`` are gone or were last seen before ``cutoff`` (their feeds can go)."""
+    if not user_ids:
+        return []
+    query = sa.select(users.c.id).where(
+        users.c.id.in_(user_ids), sa.or_(users.c.last_seen_at.is_(None), users.c.last_seen_at >= cutoff)
+    )
+    active = set(await session.scalars(query))
+    return [uid for uid in user_ids if uid not in active]

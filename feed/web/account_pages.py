@@ -1,4 +1,4 @@
-"""Sign-up, login, logout and the settings page."""
+"""Sign-up, login, logout, the settings page and deleting one's account."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from feed.web.auth import end_session, require_user, services, session_token, st
 from feed.web.forms import read_form
 from feed.web.pages import safe_next, see_other
 from feed.web.templating import render
+
+ACCOUNT_DELETED = "Your account is deleted, and you are logged out."
 
 
 def _client_ip(request: Request) -> str:
@@ -127,6 +129,25 @@ async def change_password(request: Request) -> Response:
         errors = {field: exc.message}
         return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
     return see_other("/settings?notice=password")
+
+
+async def delete_account(request: Request) -> Response:
+    """The settings page's "delete my account": with the right password the account is erased at once (its keys
+    destroyed, every session ended) and this browser's session cookie goes; the answer is a page saying so."""
+    form = await read_form(request)
+    user = await require_user(request)
+    svc = services(request)
+    try:
+        await accounts.delete_account(svc, user, form.get("password", ""))
+    except Invalid as exc:
+        email = await accounts.email_of(svc, user)
+        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
+        errors = {exc.field or "delete_password": exc.message}
+        return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
+    request.state.viewer = None  # this page is drawn for nobody: the account is gone
+    response = render(request, "account_deleted.html", {"notice": ACCOUNT_DELETED})
+    end_session(request, response)
+    return response
 
 
 def login_redirect(request: Request, expired: bool) -> Response:

@@ -75,4 +75,10 @@ class RequestMetrics:
 
 async def metrics_endpoint(request: Request) -> Response:
     registry: Registry = request.app.state.metrics
+    svc = request.app.state.services
+    if svc.job_metrics is not None:
+        try:
+            svc.job_metrics.waiting.set(await svc.queue.depth())
+        except (ConnectionError, OSError):
+            pass  # Redis is away: the gauge keeps its last value
     return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -77,16 +77,18 @@ class RedisServer:
 
 
 class AppProcess:
-    """One ``python -m feed serve`` web process; its stdout and stderr go to ``log``."""
+    """One ``python -m feed serve`` web process (or, with ``command``, another ``cipherfeed`` command such as
+    ``worker``); its stdout and stderr go to ``log``."""
 
-    def __init__(self, name: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], workdir: Path, command: list[str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
+        argv = command or ["serve", "--port", str(self.port), "--no-access-log"]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "feed", "serve", "--port", str(self.port), "--no-access-log"],
+                [sys.executable, "-m", "feed", *argv],
                 cwd=workdir,
                 env=env,
                 stdout=log,
@@ -95,6 +97,12 @@ class AppProcess:
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
+        if self.url and "serve" not in self.proc.args:
+            while "worker started" not in self.output() and time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"process {self.name} exited: {self.output()}")
+                time.sleep(0.05)
+            return
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"process {self.name} exited: {self.output()}")

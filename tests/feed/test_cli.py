@@ -6,13 +6,15 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD
+from crypto import RootKeyRing
+from tests.conftest import PASSWORD, empty_tables, forget_cached
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +91,111 @@ def test_db_upgrade_reports_up_to_date(env: dict[str, str]) -> None:
     result = cipherfeed(env, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout
+
+
+async def test_users_delete_erases_the_account_and_refuses_in_one_line(
+    env: dict[str, str], app: Any, clean: None
+) -> None:
+    created = cipherfeed(env, "users", "create", "gail", "--password-stdin", stdin=PASSWORD + "\n")
+    assert created.returncode == 0, created.stderr
+    deleted = cipherfeed(env, "users", "delete", "@Gail")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.startswith("cipherfeed: erased @gail: 1 key(s) destroyed, 0 session(s) and 0 token(s)")
+    assert "erased already" in one_line_error(cipherfeed(env, "users", "delete", "gail"))
+    assert "no user named 'nobody-here'" in one_line_error(cipherfeed(env, "users", "delete", "nobody-here"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        assert (await http.get("/@gail")).status_code == 404
+    purged = cipherfeed(env, "jobs", "run", "purge_erased")
+    assert purged.returncode == 0, purged.stderr
+    assert "purge_erased changed: users=1" in purged.stdout
+
+
+# -- key rotation
+
+
+@pytest.fixture
+async def key_file_env(env: dict[str, str], tmp_path: Path, app: Any, clean: None) -> AsyncIterator[dict[str, str]]:
+    """This run's environment with the session's root key ring in a key file instead of CIPHERFEED_ROOT_KEY. The
+    tables are emptied afterwards: what was wrapped under a new version opens only with the rotated ring."""
+    from feed.keyfile import write_new
+
+    path = tmp_path / "root.key"
+    write_new(path, env["CIPHERFEED_ROOT_KEY"])
+    yield {k: v for k, v in env.items() if k != "CIPHERFEED_ROOT_KEY"} | {"CIPHERFEED_ROOT_KEY_FILE": str(path)}
+    await empty_tables(app.state.engine)
+    await forget_cached(app)
+
+
+def ring_in(key_env: dict[str, str]) -> RootKeyRing:
+    path = Path(key_env["CIPHERFEED_ROOT_KEY_FILE"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    return RootKeyRing.from_json(path.read_text())
+
+
+def succeeds(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_keys_rotate_and_retire_with_a_key_file(env: dict[str, str], key_file_env: dict[str, str]) -> None:
+    """Add (then restart), promote and rewrap, retire: the old version is refused while a process that was not
+    restarted still wraps new keys under it (here a process with the old ring, from the environment)."""
+    succeeds(cipherfeed(key_file_env, "users", "create", "gina", "--password-stdin", stdin=PASSWORD + "\n"))
+    assert "would add root key version 2" in succeeds(cipherfeed(key_file_env, "keys", "rotate", "--dry-run"))
+    assert ring_in(key_file_env).versions == (1,)
+    assert "restart every cipherfeed process" in succeeds(cipherfeed(key_file_env, "keys", "rotate"))
+    assert (ring_in(key_file_env).versions, ring_in(key_file_env).primary) == ((1, 2), 1)
+    promoted = succeeds(cipherfeed(key_file_env, "keys", "rotate"))
+    assert "root key version 2 is the primary" in promoted and "user_keys_rewrapped=1" in promoted
+    assert (ring_in(key_file_env).versions, ring_in(key_file_env).primary) == ((1, 2), 2)
+
+    succeeds(cipherfeed(env, "users", "create", "hugo", "--password-stdin", stdin=PASSWORD + "\n"))  # old ring
+    assert "still wraps 1 user keys" in one_line_error(cipherfeed(key_file_env, "keys", "retire", "1"))
+    assert "finish the last rotation first" in one_line_error(cipherfeed(key_file_env, "keys", "rotate"))
+    assert ring_in(key_file_env).versions == (1, 2)
+    assert "user_keys_rewrapped=1" in succeeds(cipherfeed(key_file_env, "jobs", "run", "rewrap_user_keys"))
+    assert "retired root key version 1" in succeeds(cipherfeed(key_file_env, "keys", "retire", "1"))
+    assert (ring_in(key_file_env).versions, ring_in(key_file_env).primary) == ((2,), 2)
+    status = succeeds(cipherfeed(key_file_env, "keys", "status"))
+    assert "root key versions: 2 (primary: 2)" in status and "v2: 2 user keys wrapped (primary)" in status
+
+
+async def test_keys_rotate_with_the_ring_in_the_environment(env: dict[str, str], key_file_env: dict[str, str]) -> None:
+    """With CIPHERFEED_ROOT_KEY, each step prints the ring to put there (and nothing else on standard output)."""
+    succeeds(cipherfeed(env, "users", "create", "ivy", "--password-stdin", stdin=PASSWORD + "\n"))
+    added = cipherfeed(env, "keys", "rotate")
+    ring = RootKeyRing.from_json(succeeds(added))
+    assert (ring.versions, ring.primary) == ((1, 2), 1) and "CIPHERFEED_ROOT_KEY" in added.stderr
+    promoted = cipherfeed(env | {"CIPHERFEED_ROOT_KEY": added.stdout}, "keys", "rotate", "--one-step")
+    ring = RootKeyRing.from_json(succeeds(promoted))  # the pending version is promoted, not another one added
+    assert (ring.versions, ring.primary) == ((1, 2), 2) and "user_keys_rewrapped=1" in promoted.stderr
+    status = succeeds(cipherfeed(env | {"CIPHERFEED_ROOT_KEY": promoted.stdout}, "keys", "status"))
+    assert "v1: 0 user keys wrapped (decrypt-only, unused" in status
+
+
+async def test_keys_rotate_user(key_file_env: dict[str, str]) -> None:
+    for name in ("jay", "kim"):
+        created = cipherfeed(key_file_env, "users", "create", name, "--email", f"{name}@example.com",
+                             "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+        succeeds(created)
+    assert "rotate_user_key changed: user_keys_created=1" in succeeds(
+        cipherfeed(key_file_env, "keys", "rotate-user", "JAY")
+    )
+    dry = succeeds(cipherfeed(key_file_env, "keys", "rotate-user", "--all", "--dry-run"))
+    assert "rotate_user_keys would change: user_keys_created=2" in dry
+    status = succeeds(cipherfeed(key_file_env, "keys", "status"))
+    assert "by user key version: v1: 2, v2: 1" in status
+    assert "superseded by a newer version of their user's key: 1" in status
+
+
+async def test_keys_commands_give_one_line_errors(key_file_env: dict[str, str]) -> None:
+    def keys(*args: str) -> str:
+        return one_line_error(cipherfeed(key_file_env, "keys", *args))
+
+    assert "VERSION must be a root key version number" in keys("retire", "x")
+    assert "not in the key ring (versions: 1)" in keys("retire", "9")
+    assert "is the primary" in keys("retire", "1")
+    assert "no user named 'nobody-here'" in keys("rotate-user", "nobody-here")
+    assert "name one user, or give --all" in keys("rotate-user")
+    os.chmod(key_file_env["CIPHERFEED_ROOT_KEY_FILE"], 0o644)
+    assert "chmod 600" in keys("rotate")

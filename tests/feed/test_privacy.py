@@ -60,8 +60,10 @@ def raw_database(database_url: str) -> bytes:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         main = Path(url.database or "")
-        files = [main, main.with_name(main.name + "-wal")]
-        return b"".join(f.read_bytes() for f in files if f.exists())
+        files = [str(f) for f in (main, main.with_name(main.name + "-wal")) if f.exists()]
+        # Read by another process: closing a file SQLite has open in this process would drop this process's
+        # locks on it (POSIX advisory locks are per process), and a later writer could corrupt the database.
+        return subprocess.run(["cat", *files], check=True, capture_output=True).stdout
     if shutil.which("pg_dump") is None:
         pytest.fail("pg_dump is needed to check PostgreSQL at rest")
     plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -153,3 +155,40 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
     await listener.aclose()
     assert messages, "writes published invalidations"
     assert find_leaks(b"\n".join(messages), texts) == []
+
+
+async def test_erasure_receipts_and_job_runs_hold_no_text(make_browser: Any, app: Any) -> None:
+    """An erasure's receipt, and the records of the cleanup runs after it, are hashes, key versions, ids and
+    counts: no canary, no name, not even the erased user's id in the clear."""
+    import re
+
+    from feed.services import erasure
+    from feed.services.jobs import run_maintenance
+    from feed.storage.tables import erasure_receipts, job_runs
+    from jobs.registry import MAINTENANCE
+
+    texts = canaries()
+    svc = app.state.services
+    alice = await make_browser("alice", email=f"{texts[0]}@example.org")
+    bob = await make_browser("bob")
+    await bob.post("/@alice/follow")
+    first = await alice.compose(texts[1], spoiler_text=texts[2])
+    await bob.compose(f"@alice {texts[2]}", in_reply_to_id=str(first))
+    await bob.post(f"/posts/{first}/like")
+    receipt = await erasure.erase_user(svc, "alice")
+    cleanups = ("purge_erased", "expire_sessions", "reconcile_counts")
+    for name in cleanups:
+        for dry_run in (True, False):
+            await run_maintenance(svc, MAINTENANCE[name], dry_run=dry_run)
+
+    async with app.state.engine.connect() as conn:
+        receipts = (await conn.execute(sa.select(erasure_receipts))).all()
+        runs = (await conn.execute(sa.select(job_runs))).all()
+    assert [(len(r.subject), r.key_ids) for r in receipts] == [(32, "v1@root1")]
+    assert len([run for run in runs if run.name in cleanups]) == 6
+    for run in runs:
+        assert re.fullmatch(r"([a-z_]+=\d+(, [a-z_]+=\d+)*)?", run.changed), run.changed
+        assert re.fullmatch(r"[\d,]*", run.args) and (run.error or "").isascii()
+    rows = "\n".join(repr(tuple(row)) for row in [*receipts, *runs]).encode()
+    assert find_leaks(rows, [*texts, "alice", str(receipt.user_id)]) == []
+    assert find_leaks(await dump_rows(app.state.engine), texts) == []

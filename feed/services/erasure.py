@@ -1,0 +1,230 @@
+"""Erasure: crypto-shredding an account.
+
+:func:`erase` destroys every key of the user in one transaction, so from its commit on each post of theirs, in the
+database, its backups (see below) and any cache, is ciphertext that nothing can open. The same transaction records
+a receipt, ends their sessions and API tokens, and turns the account row into a tombstone: no key version
+(:data:`ERASED`), a password hash that matches nothing, no email, no display name or bio. The tombstone cannot log
+in and is shown nowhere (``accounts`` treats it as absent); it keeps the username taken until the
+``purge_erased`` cleanup job (``feed.services.cleanup``) has removed the dead posts, likes, mentions and follows in
+batches and, last, the row itself. Pages meanwhile leave the dead posts out (``timelines.views`` skips a post whose
+author key is gone).
+
+After the commit the caches are told (over the bus, so every process drops the keys it holds) and the user's
+pending jobs are dropped.
+
+**Per-user jobs.** A queued job about one user gets the key ``NAME:USER_ID`` (``rebuild_feed:42``): the queue then
+runs at most one of them at a time, and :func:`drop_user_jobs` finds and drops it when the user is erased. A job that
+was already running, or that the in-process runner holds, still runs: every per-user job must do nothing for an
+erased user (whose keys are gone).
+
+**Receipts.** ``erasure_receipts.subject`` is a keyed hash of the user id (HMAC-SHA256 under a key derived from the
+server secret), so that a copy of the database cannot tell whose receipt it is, while an operator with the secret
+and a user id can prove the erasure (:func:`receipts_for`). ``key_ids`` names the destroyed keys as
+``v{version}@root{root version}``: not the user id, which would undo the keyed hash; the root versions say which
+root keys must be retired before older backups, which still hold the wrapped user keys, become unreadable too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from redis.exceptions import RedisError
+
+from feed.cache import API_TOKENS, FOLLOWING, HOME, LIKED, SESSIONS, TIMELINES, USERS
+from feed.errors import Conflict, NotFound
+from feed.feeds import FeedsUnavailable
+from feed.queue import ArqQueue
+from feed.services import lookup
+from feed.services.context import Services, now
+from feed.services.jobs import Queue
+from feed.services.text import USERNAME_RE
+from feed.storage.tables import api_tokens, erasure_receipts, sessions, user_keys, users
+
+log = logging.getLogger(__name__)
+
+ERASED = 0  # users.key_version of an erased account (real versions start at 1)
+UNUSABLE_PASSWORD = "!erased"  # noqa: S105 - not an Argon2 hash: verifying anything against it fails
+_RECEIPT_LABEL = b"cipherfeed:erasure-receipt"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What :func:`erase` did."""
+
+    id: int
+    user_id: int
+    username: str
+    keys: tuple[tuple[int, int], ...]  # destroyed (version, root version)
+    erased_at: datetime
+    sessions: int  # browser sessions ended
+    tokens: int  # API tokens revoked
+    jobs: int  # pending jobs dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
+    id: int
+    key_ids: str
+    erased_at: datetime
+
+
+def is_erased(row: Any) -> bool:
+    """Whether a user row or record (anything with ``key_version``) is an erased account's tombstone."""
+    return bool(row.key_version == ERASED)
+
+
+def subject(svc: Services, user_id: int) -> bytes:
+    """The receipt's keyed hash of ``user_id``. Its key is derived from the email index key (itself derived from the
+    server secret) under a label of its own, so the two never coincide; a new server secret orphans old receipts."""
+    key = hmac.new(svc.secrets.index_key, _RECEIPT_LABEL, hashlib.sha256).digest()
+    return hmac.new(key, str(user_id).encode(), hashlib.sha256).digest()
+
+
+def key_ids(keys: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"v{version}@root{root}" for version, root in sorted(keys))
+
+
+async def erase_user(svc: Services, username: str) -> Receipt:
+    """:func:`erase` by username (the operator's ``cipherfeed users delete NAME``)."""
+    name = username.strip().lstrip("@").lower()
+    if not USERNAME_RE.fullmatch(name):
+        raise NotFound(f"no user named {username!r}")
+    async with svc.db() as session:
+        row = (await session.execute(sa.select(users.c.id).where(users.c.username_lower == name))).first()
+    if row is None:
+        raise NotFound(f"no user named {username!r}")
+    return await erase(svc, row.id)
+
+
+async def erase(svc: Services, user_id: int) -> Receipt:
+    """Crypto-shred the account: see the module docstring. Raises NotFound for no such user, Conflict if it is
+    erased already."""
+    when = now()
+    async with svc.db.begin() as session:
+        # Locked (PostgreSQL; SQLite's write transaction holds its one lock already): a concurrent key rotation
+        # that adds a version must not slip in between reading the keys and deleting them.
+        query = sa.select(users.c.username, users.c.key_version).where(users.c.id == user_id).with_for_update()
+        row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound("No such user")
+        if is_erased(row):
+            raise Conflict(f"@{row.username} is erased already; the purge_erased job removes what is left")
+        destroyed = (
+            await session.execute(
+                user_keys.delete()
+                .where(user_keys.c.user_id == user_id)
+                .returning(user_keys.c.version, user_keys.c.root_version)
+            )
+        ).all()
+        await session.execute(
+            users.update()
+            .where(users.c.id == user_id)
+            .values(
+                key_version=ERASED,
+                password_hash=UNUSABLE_PASSWORD,
+                email_index=None,
+                email_sealed=None,
+                display_name="",
+                bio="",
+                updated_at=when,
+            )
+        )
+        ended = list(
+            (
+                await session.execute(
+                    sessions.delete().where(sessions.c.user_id == user_id).returning(sessions.c.id_hash)
+                )
+            ).scalars()
+        )
+        revoked = list(
+            (
+                await session.execute(
+                    api_tokens.delete().where(api_tokens.c.user_id == user_id).returning(api_tokens.c.token_hash)
+                )
+            ).scalars()
+        )
+        keys = tuple(sorted((int(k.version), int(k.root_version)) for k in destroyed))
+        result = await session.execute(
+            erasure_receipts.insert()
+            .values(subject=subject(svc, user_id), key_ids=key_ids(keys), erased_at=when)
+            .returning(erasure_receipts.c.id)
+        )
+        receipt_id = int(result.scalar_one())
+    log.info("erased user %s: %d keys destroyed (receipt %s)", user_id, len(keys), receipt_id)
+    await _evict(svc, user_id, [v for v, _ in keys], ended, revoked)
+    dropped = await drop_user_jobs(svc.queue, user_id)
+    return Receipt(receipt_id, user_id, row.username, keys, when, len(ended), len(revoked), dropped)
+
+
+async def _evict(
+    svc: Services, user_id: int, versions: Sequence[int], ended: Sequence[bytes], revoked: Sequence[bytes]
+) -> None:
+    """After the commit: no process keeps the user's keys, sessions, tokens, profile or timelines."""
+    await lookup.forget_user_keys(svc, user_id, versions)
+    await lookup.invalidate(
+        svc,
+        (USERS, user_id),
+        (FOLLOWING, user_id),
+        (HOME, user_id),
+        (LIKED, user_id),
+        (TIMELINES, "public"),  # its cached first page would show fewer posts until it expired
+        *((SESSIONS, h.hex()) for h in ended),
+        *((API_TOKENS, h.hex()) for h in revoked),
+    )
+    if svc.feeds is not None:
+        try:
+            await svc.feeds.drop([user_id])
+        except FeedsUnavailable:
+            pass  # vacuum_feeds drops it once the account row is purged
+
+
+async def drop_user_jobs(queue: Queue, user_id: int) -> int:
+    """Drop the queued jobs keyed ``NAME:USER_ID`` (waiting, or deferred for a retry); how many went.
+
+    arq keeps a queued job as a member of its queue (a sorted set of job ids) plus the job's own key; both go in one
+    transaction. A job a worker has taken already runs to its end. The in-process runner (embedded mode) starts its
+    jobs at once and cannot drop one: nothing to do there.
+    """
+    if not isinstance(queue, ArqQueue):
+        return 0
+    from arq.constants import job_key_prefix, retry_key_prefix
+
+    pool = queue.pool
+    name = pool.default_queue_name
+    suffix = f":{user_id}".encode()
+    try:
+        found = [
+            member
+            async for member, _ in pool.zscan_iter(name, match=f"*:{user_id}", count=1000)
+            if member.endswith(suffix)
+        ]
+        if not found:
+            return 0
+        async with pool.pipeline(transaction=True) as pipe:
+            for job_id in found:
+                pipe.zrem(name, job_id)
+                pipe.delete(job_key_prefix + job_id.decode(), retry_key_prefix + job_id.decode())
+            results = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        # The erasure stands: a job that runs later finds the user's keys gone and does nothing.
+        log.warning("pending jobs of an erased user not dropped: Redis unavailable (%s)", type(exc).__name__)
+        return 0
+    return sum(int(n) for n in results[0::2])
+
+
+async def receipts_for(svc: Services, user_id: int) -> list[ReceiptRow]:
+    """The erasure receipts of ``user_id`` (found by its keyed hash), oldest first."""
+    async with svc.db() as session:
+        rows = await session.execute(
+            sa.select(erasure_receipts.c.id, erasure_receipts.c.key_ids, erasure_receipts.c.erased_at)
+            .where(erasure_receipts.c.subject == subject(svc, user_id))
+            .order_by(erasure_receipts.c.id)
+        )
+    return [ReceiptRow(r.id, r.key_ids, r.erased_at) for r in rows]

@@ -1,0 +1,275 @@
+"""Home feeds: fan-out on write, the read path's first page, rebuilds, and their cleanup.
+
+Scaled mode: each user's home feed is a sorted set in Redis (``feed.feeds``). One job per new post (``fan_out``)
+adds its id to the feeds of the author, their followers (or, for a direct post, the mentioned) in chunks; authors
+with more than ``svc.fanout_max_followers`` followers are skipped there and merged in when a home is read. Deletes
+and unfollows remove entries, a follow merges the followee's recent posts. A missing feed is rebuilt by a job with a
+fixed key (so a burst of readers queues one), while the page is served from a bounded database query: a home
+timeline is never wrongly empty.
+
+Embedded mode (no Redis): the same jobs run in the server and drop the readers' cached first pages, which are then
+read from the database.
+
+Every cached first page is checked against its reader when read (``timelines.views(recheck=True)``), so a stale
+entry can only be missing, never shown to someone who may not see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from feed.cache import HOME
+from feed.feeds import FeedsUnavailable
+from feed.services import lookup
+from feed.services.context import Services, now
+from feed.services.jobs import Maintenance, Run
+from feed.storage import posts as store
+from feed.storage import users as user_store
+from feed.storage.posts import Page
+
+log = logging.getLogger(__name__)
+
+FIRST_PAGE = 40  # refs a home page's cache holds (timelines.HOME_FIRST_PAGE)
+REBUILD_SIZE = 800  # posts a rebuilt feed starts with
+FOLLOW_MERGE = 40  # a followee's recent posts merged into the follower's feed
+SEEN_EVERY = timedelta(hours=1)
+
+
+def _rebuild_key(user_id: int) -> str:
+    return f"rebuild_feed:{user_id}"
+
+
+# -- writing (jobs)
+
+
+async def fan_out(svc: Services, post_id: int) -> int:
+    """Put a new post into the home feeds it belongs in; how many feeds took it. Idempotent (a rerun after a crash
+    adds nothing twice)."""
+    async with svc.db() as session:
+        post = await store.get_post(session, post_id)
+        if post is None:
+            return 0  # deleted before its fan-out ran
+        mentioned = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
+        big = post.visibility != "direct" and (
+            await store.follower_count(session, post.author_id) > svc.fanout_max_followers
+        )
+    written = await _deliver(svc, post_id, [post.author_id, *(mentioned if post.visibility == "direct" else [])])
+    if post.visibility != "direct" and not big:
+        # Followers in id order, from where a killed or timed-out run of this job stopped.
+        after = await _resume_point(svc, post_id)
+        while True:
+            async with svc.db() as session:
+                chunk = await store.followers_after(session, post.author_id, after, svc.fanout_batch)
+            if not chunk:
+                break
+            written += await _deliver(svc, post_id, chunk)
+            after = chunk[-1]
+            await _save_point(svc, post_id, after)
+        await _save_point(svc, post_id, None)
+    _observe_latency(svc, post_id)
+    return written
+
+
+async def _resume_point(svc: Services, post_id: int) -> int:
+    """The last follower a killed or timed-out run of this fan-out reached (0: none). Kept in Redis beside the
+    feeds it describes; without Redis a fan-out runs in this process and starts over if the process dies."""
+    if svc.feeds is None:
+        return 0
+    found = await svc.feeds.link.run(lambda r: r.get(_progress_key(post_id)))
+    return int(found) if found else 0
+
+
+async def _save_point(svc: Services, post_id: int, follower_id: int | None) -> None:
+    """Remember how far the fan-out got (None: it is done, forget it)."""
+    if svc.feeds is None:
+        return
+    key = _progress_key(post_id)
+    if follower_id is None:
+        await svc.feeds.link.run(lambda r: r.delete(key))
+    else:
+        await svc.feeds.link.run(lambda r: r.set(key, follower_id, ex=86_400))
+
+
+def _progress_key(post_id: int) -> str:
+    return f"cf:fanout:{post_id}"
+
+
+async def _deliver(svc: Services, post_id: int, user_ids: Sequence[int]) -> int:
+    written = 0
+    if svc.feeds is not None:
+        try:
+            written = await svc.feeds.add(post_id, user_ids)
+        except FeedsUnavailable:
+            pass  # rebuilt from the database once Redis is back and readers find their feeds missing
+    await lookup.invalidate(svc, *((HOME, uid) for uid in user_ids))
+    return written
+
+
+async def unfan(svc: Services, post_id: int, author_id: int) -> None:
+    """Take a deleted post out of the author's and their followers' feeds (a direct post's mentioned readers are
+    done by :func:`remove_from`, while the mentions still exist)."""
+    await remove_from(svc, [post_id], [author_id])
+    after = 0
+    while True:
+        async with svc.db() as session:
+            chunk = await store.followers_after(session, author_id, after, svc.fanout_batch)
+        if not chunk:
+            return
+        await remove_from(svc, [post_id], chunk)
+        after = chunk[-1]
+
+
+async def remove_from(svc: Services, post_ids: Sequence[int], user_ids: Sequence[int]) -> None:
+    if svc.feeds is not None:
+        try:
+            await svc.feeds.remove(post_ids, user_ids)
+        except FeedsUnavailable:
+            pass
+    await lookup.invalidate(svc, *((HOME, uid) for uid in user_ids))
+
+
+async def merge_follow(svc: Services, follower_id: int, followee_id: int) -> None:
+    """A follow: the followee's recent posts join the follower's feed."""
+    if svc.feeds is not None:
+        async with svc.db() as session:
+            recent = await store.recent_of(session, [followee_id], follower_id, FOLLOW_MERGE)
+        try:
+            await svc.feeds.add_many(follower_id, [r.id for r in recent])
+        except FeedsUnavailable:
+            pass
+    await lookup.invalidate(svc, (HOME, follower_id))
+
+
+async def unmerge_follow(svc: Services, follower_id: int, followee_id: int) -> None:
+    """An unfollow: the followee's posts leave the follower's feed (their own replies and mentions stay visible
+    elsewhere; the home timeline shows what the reader follows)."""
+    if svc.feeds is not None:
+        async with svc.db() as session:
+            theirs = await store.recent_of(session, [followee_id], follower_id, REBUILD_SIZE)
+        await remove_from(svc, [r.id for r in theirs], [follower_id])
+    await lookup.invalidate(svc, (HOME, follower_id))
+
+
+async def rebuild(svc: Services, user_id: int) -> None:
+    """Build a user's feed from the database. Posts committed while it ran are added after, so a fan-out that found
+    the feed missing meanwhile loses nothing."""
+    if svc.feeds is None:
+        return
+    async with svc.db() as session:
+        rows = await store.home(session, user_id, Page(limit=REBUILD_SIZE))
+    try:
+        await svc.feeds.replace(user_id, [r.id for r in rows])
+        newest = rows[0].id if rows else 0
+        async with svc.db() as session:
+            late = await store.home(session, user_id, Page(limit=REBUILD_SIZE, since_id=newest))
+        if late:
+            await svc.feeds.add_many(user_id, [r.id for r in late])
+    except FeedsUnavailable:
+        return
+    await lookup.invalidate(svc, (HOME, user_id))
+
+
+# -- reading
+
+_touched: dict[int, float] = {}  # user id -> when this process last noted them as seen (monotonic seconds)
+
+
+async def _seen(svc: Services, user_id: int) -> None:
+    """Note that the user is around (for the inactive-feed cleanup), at most hourly per user and process."""
+    clock = time.monotonic()
+    if clock - _touched.get(user_id, -1e9) < SEEN_EVERY.total_seconds():
+        return
+    if len(_touched) > 100_000:
+        _touched.clear()
+    _touched[user_id] = clock
+    async with svc.db.begin() as session:
+        await user_store.touch_last_seen(session, user_id, now(), SEEN_EVERY)
+
+
+async def first_page(svc: Services, user_id: int) -> list[Any]:
+    """The refs of a home timeline's first page: the feed, merged with the popular followees' posts that were not
+    fanned out; or, while the feed is missing, a bounded database query (and its rebuild is queued)."""
+    await _seen(svc, user_id)
+    ids = None
+    if svc.feeds is not None:
+        try:
+            ids = await svc.feeds.read(user_id, FIRST_PAGE)
+        except FeedsUnavailable:
+            ids = None
+        if ids is None:
+            await svc.queue.enqueue("rebuild_feed", user_id, key=_rebuild_key(user_id))
+    async with svc.db() as session:
+        if ids is None:
+            return await store.home(session, user_id, Page(limit=FIRST_PAGE))
+        refs = await store.refs(session, ids)
+    popular = sorted(await lookup.following(svc, user_id) & await _popular(svc))
+    if popular:
+        async with svc.db() as session:
+            refs = sorted([*refs, *await store.recent_of(session, popular, user_id, FIRST_PAGE)],
+                          key=lambda r: r.id, reverse=True)  # fmt: skip
+    unique = {r.id: r for r in refs}
+    return list(unique.values())[:FIRST_PAGE]
+
+
+async def _popular(svc: Services) -> frozenset[int]:
+    """Authors whose posts are not fanned out (cached: who is that popular changes slowly)."""
+
+    async def load() -> list[int]:
+        async with svc.db() as session:
+            return await store.popular(session, svc.fanout_max_followers)
+
+    return frozenset(await lookup.timeline_ids(svc, "popular", load))
+
+
+def _observe_latency(svc: Services, post_id: int) -> None:
+    """Post committed (its id holds the millisecond it was made) to its last feed written."""
+    if svc.job_metrics is not None:
+        svc.job_metrics.fanout_seconds.observe(max(0.0, time.time() - (post_id >> 16) / 1000))
+
+
+# -- cleanup (maintenance jobs)
+
+
+async def trim_feeds(svc: Services, job: Run) -> None:
+    """Cut every feed back to its size (fan-out trims as it writes; this catches feeds written otherwise)."""
+    if svc.feeds is None:
+        return
+    seen = 0
+    async for users in svc.feeds.users():
+        count = await (svc.feeds.oversized(users) if job.dry_run else svc.feeds.trim(users))
+        job.count("entries trimmed", count)
+        seen += len(users)
+        await job.progress(seen)
+
+
+async def vacuum_feeds(svc: Services, job: Run) -> None:
+    """Drop the feeds of users who are gone or away longer than ``svc.feed_inactive_days`` (rebuilt on return)."""
+    if svc.feeds is None:
+        return
+    cutoff = now() - timedelta(days=svc.feed_inactive_days)
+    seen = 0
+    async for users in svc.feeds.users():
+        async with svc.db() as session:
+            idle = await user_store.seen_before(session, users, cutoff)
+        if idle and not job.dry_run:
+            await svc.feeds.drop(idle)
+            await lookup.invalidate(svc, *((HOME, uid) for uid in idle))
+        job.count("feeds dropped", len(idle))
+        seen += len(users)
+        await job.progress(seen)
+
+
+JOBS = (
+    Maintenance("trim_feeds", "cut home feeds back to their size", trim_feeds, minute=frozenset({20})),
+    Maintenance(
+        "vacuum_feeds",
+        "drop the home feeds of gone or inactive users (rebuilt when they return)",
+        vacuum_feeds,
+        minute=frozenset({40}),
+        hour=frozenset({3}),
+    ),
+)

@@ -1,0 +1,501 @@
+"""Batch-encrypt jobs (``feed.services.rotation``): root and user key rotation while requests are served, crashes in
+the middle, dry runs, second runs, re-encryption to a newer Sealed format, the queued per-user rotation.
+
+Requests go through the app's real middleware and routes (httpx's ASGI transport), concurrently with the job, in
+the same event loop: every chunk the job commits lands between requests. Chunks are made small so that a few dozen
+posts take several chunks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from crypto import sealed as sealed_format
+from feed.services import accounts, keystatus, rotation
+from feed.services import posts as post_service
+from feed.services.jobs import Run, run_maintenance
+from feed.storage.tables import job_cursors, posts, user_keys, users
+from jobs.registry import MAINTENANCE
+from tests.conftest import empty_tables, forget_cached, snapshot
+from tests.worker import settle
+
+pytestmark = pytest.mark.anyio
+
+NAMES = ("alice", "bob", "carol")
+PER_USER = 6
+
+
+class Crash(Exception):
+    """A process dying in the middle of a job."""
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rotation, "CHUNK", 4)
+
+
+@pytest.fixture
+async def restore(app: Any, redis_app: Any) -> AsyncIterator[None]:
+    """Put back the session's root key ring (and empty what was written under another) after a test that rotates."""
+    rings = [(a.state.services.keys, a.state.services.keys.ring) for a in (app, redis_app)]
+    yield
+    for keys, ring in rings:
+        keys.use_ring(ring)
+        keys.forget_all()
+    await empty_tables(app.state.engine)
+    await forget_cached(app)
+    await forget_cached(redis_app)
+
+
+async def job(app: Any, name: str, *, dry_run: bool = False) -> Run:
+    return await run_maintenance(app.state.services, MAINTENANCE[name], dry_run=dry_run)
+
+
+@dataclass
+class World:
+    """Users with API clients, their posts, and every text each post has had (readers accept any of them)."""
+
+    clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+    author: dict[int, str] = field(default_factory=dict)
+    latest: dict[int, str] = field(default_factory=dict)
+    texts: dict[int, set[str]] = field(default_factory=dict)
+    seeded: set[int] = field(default_factory=set)
+
+    def record(self, post_id: int, name: str, text: str) -> None:
+        self.author[post_id] = name
+        self.latest[post_id] = text
+        self.texts.setdefault(post_id, set()).add(text)
+
+
+async def seed(api: Any) -> World:
+    world = World()
+    for name in NAMES:
+        world.clients[name] = client = await api(name)
+        world.ids[name] = int((await client.get("/api/v1/accounts/verify_credentials")).json()["id"])
+    for name in NAMES:
+        for other in NAMES:
+            if other != name:
+                response = await world.clients[name].post(f"/api/v1/accounts/{world.ids[other]}/follow")
+                assert response.status_code == 200, response.text
+        for n in range(PER_USER):
+            text = f"{name} post {n}"
+            data = {"status": text} | ({"spoiler_text": f"cw {n}"} if n % 2 else {})
+            response = await world.clients[name].post("/api/v1/statuses", data=data)
+            assert response.status_code == 200, response.text
+            world.record(int(response.json()["id"]), name, text)
+    world.seeded = set(world.latest)
+    return world
+
+
+def _text(status: dict[str, Any]) -> str:
+    content = str(status["content"])
+    return content.removeprefix("<p>").removesuffix("</p>")
+
+
+@dataclass
+class Load:
+    """Clients hammering the app while ``work`` runs; what went wrong, and how much was served during the work."""
+
+    world: World
+    failures: list[str] = field(default_factory=list)
+    during: int = 0
+    working: bool = False
+    newcomers: list[Any] = field(default_factory=list)
+
+    def served(self, what: str, response: httpx.Response, expected: int = 200) -> bool:
+        if self.working:
+            self.during += 1
+        if response.status_code != expected:
+            self.failures.append(f"{what}: {response.status_code}")
+            return False
+        return True
+
+    async def reader(self, name: str, stop: anyio.Event) -> None:
+        client = self.world.clients[name]
+        rng = random.Random(name)
+        while not stop.is_set():
+            response = await client.get("/api/v1/timelines/public?limit=40")
+            if self.served("public timeline", response):
+                statuses = response.json()
+                missing = self.world.seeded - {int(s["id"]) for s in statuses}
+                if missing:
+                    self.failures.append(f"public timeline left out {sorted(missing)}")
+                for status in statuses:
+                    self.check(int(status["id"]), status)
+            post_id = rng.choice(sorted(self.world.seeded))
+            response = await client.get(f"/api/v1/statuses/{post_id}")
+            if self.served(f"status {post_id}", response):
+                self.check(post_id, response.json())
+
+    def check(self, post_id: int, status: dict[str, Any]) -> None:
+        known = self.world.texts.get(post_id)
+        if known is not None and _text(status) not in known:
+            self.failures.append(f"status {post_id} shows text that was never posted")
+
+    async def page_reader(self, browser: Any, stop: anyio.Event) -> None:
+        rng = random.Random(browser.username)
+        while not stop.is_set():
+            for url in ("/", "/public", f"/posts/{rng.choice(sorted(self.world.seeded))}"):
+                self.served(url, await browser.get(url))
+
+    async def editor(self, name: str, stop: anyio.Event) -> None:
+        client = self.world.clients[name]
+        own = sorted(p for p, who in self.world.author.items() if who == name)
+        k = 0
+        while not stop.is_set():
+            k += 1
+            for post_id in own:
+                text = f"{name} edit {k} of {post_id}"
+                self.world.texts[post_id].add(text)
+                response = await client.put(f"/api/v1/statuses/{post_id}", data={"status": text, "spoiler_text": ""})
+                if self.served(f"edit {post_id}", response):
+                    self.world.latest[post_id] = text
+
+    async def composer(self, name: str, stop: anyio.Event) -> None:
+        client = self.world.clients[name]
+        for n in range(8):  # the public timeline's first 40 still hold every seeded post
+            if stop.is_set():
+                return
+            text = f"{name} new {n}"
+            response = await client.post("/api/v1/statuses", data={"status": text})
+            if self.served("compose", response):
+                self.world.record(int(response.json()["id"]), name, text)
+
+    async def newcomer(self, make: Callable[..., Awaitable[Any]], name: str, stop: anyio.Event) -> None:
+        browser = await make(name)
+        self.newcomers.append(browser)
+        while not stop.is_set():
+            self.served("newcomer home", await browser.get("/"))
+            response = await browser.post("/posts", {"status": f"{name} says hello"})
+            self.served("newcomer post", response, 303)
+
+
+async def serving(load: Load, work: Callable[[], Awaitable[Any]], *tasks: Callable[[anyio.Event], Any]) -> Any:
+    """Run ``work`` while ``tasks`` serve requests; its result once they have stopped."""
+    stop = anyio.Event()
+    result: list[Any] = []
+    async with anyio.create_task_group() as group:
+        for task in tasks:
+            group.start_soon(task, stop)
+        await anyio.sleep(0.05)  # the clients are under way
+        load.working = True
+        try:
+            result.append(await work())
+        finally:
+            load.working = False
+            await anyio.sleep(0.05)
+            stop.set()
+    return result[0]
+
+
+async def every_post_opens(app: Any, world: World) -> None:
+    """From the database, with nothing cached: each post opens for its author and shows its latest text."""
+    await forget_cached(app)
+    app.state.services.keys.forget_all()
+    for post_id, name in world.author.items():
+        response = await world.clients[name].get(f"/api/v1/statuses/{post_id}")
+        assert response.status_code == 200, (post_id, response.text)
+        assert _text(response.json()) == world.latest[post_id]
+
+
+async def rows(app: Any, query: Any) -> list[Any]:
+    async with app.state.services.db() as session:
+        return list((await session.execute(query)).all())
+
+
+# -- root key rotation
+
+
+async def test_root_key_rotation_while_serving(
+    app: Any, redis_app: Any, api: Any, make_browser: Any, make_redis_browser: Any, restore: None
+) -> None:
+    """Two processes (this app and the second one) share the database. The new version is rolled out to both, this
+    one promotes it and rewraps every user key while both serve; the other, not restarted yet, still wraps new keys
+    under the old version; after its restart a second run picks those up and the old version is retired."""
+    world = await seed(api)
+    svc, other = app.state.services, redis_app.state.services
+    start = svc.keys.ring
+    added, step = rotation.next_ring(start)
+    assert step == "add" and added.primary == start.primary and len(added.versions) == len(start.versions) + 1
+    for process in (svc, other):  # rolled out: every process can read keys wrapped under the new version
+        process.keys.use_ring(added)
+    promoted, step = rotation.next_ring(added)
+    assert step == "promote" and promoted.primary == max(added.versions)
+    svc.keys.use_ring(promoted)  # this process runs with the promoted ring; the other one not yet
+    old, new = start.primary, promoted.primary
+
+    load = Load(world)
+    reader = await make_browser("reader")
+    late = await make_redis_browser("reader2")
+    run = await serving(
+        load,
+        lambda: job(app, "rewrap_user_keys"),
+        *(lambda stop, n=n: load.reader(n, stop) for n in NAMES),
+        lambda stop: load.page_reader(reader, stop),
+        lambda stop: load.page_reader(late, stop),
+        lambda stop: load.composer("bob", stop),
+        lambda stop: load.newcomer(make_browser, "dora", stop),
+        lambda stop: load.newcomer(make_redis_browser, "eve", stop),
+    )
+    assert not load.failures, load.failures[:10]
+    assert load.during > 0, "no request was served while the job ran"
+    assert run.changed["user_keys_rewrapped"] >= len(NAMES) + 1  # and reader2, made by the other process
+
+    # The other process, not restarted yet, still wraps new keys under the old version: retiring now is refused.
+    await make_redis_browser("frank")
+    assert await rotation.root_version_use(svc, old) >= 1
+    other.keys.use_ring(promoted)  # its restart
+    again = await job(app, "rewrap_user_keys")
+    assert again.changed.get("user_keys_rewrapped", 0) >= 1
+    assert (await job(app, "rewrap_user_keys")).changed == {}  # nothing left
+
+    report = await keystatus.status(svc)
+    assert report.wrapped_by_version.get(old, 0) == 0 and report.wrapped_by_version[new] == report.user_keys
+    assert "unused: `cipherfeed keys retire" in keystatus.format_report(report)
+    retired = promoted.retire(old)
+    for process in (svc, other):
+        process.keys.use_ring(retired)
+    await every_post_opens(app, world)
+    for browser in (reader, *load.newcomers):
+        assert (await browser.get("/")).status_code == 200
+
+
+# -- user key rotation
+
+
+async def test_user_key_rotation_while_serving(app: Any, api: Any, make_browser: Any, restore: None) -> None:
+    """Every user gets a new key while their posts are read, edited and written: no request fails, no edit is lost,
+    every post ends under its author's new key, and the old keys are destroyed once nothing uses them."""
+    world = await seed(api)
+    svc = app.state.services
+    mailer = await make_browser("mailer", email="mailer@example.com")
+    reader = await make_browser("reader")
+    before = {r.id: r.key_version for r in await rows(app, sa.select(users.c.id, users.c.key_version))}
+
+    load = Load(world)
+    run = await serving(
+        load,
+        lambda: job(app, "rotate_user_keys"),
+        *(lambda stop, n=n: load.reader(n, stop) for n in NAMES),
+        lambda stop: load.page_reader(reader, stop),
+        lambda stop: load.editor("alice", stop),
+        lambda stop: load.composer("bob", stop),
+        lambda stop: load.newcomer(make_browser, "dora", stop),
+    )
+    assert not load.failures, load.failures[:10]
+    assert load.during > 0, "no request was served while the job ran"
+    assert run.changed["user_keys_created"] >= len(before)  # and dora, if she came before the rotation started
+    assert run.changed["posts_rewrapped"] >= len(world.seeded) - PER_USER  # alice's edits may re-seal hers first
+
+    # An edit that read its author before the rotation may have sealed under the old key after the last pass.
+    await job(app, "rewrap_posts")
+    assert (await job(app, "rewrap_posts")).changed == {}
+    after = {r.id: r.key_version for r in await rows(app, sa.select(users.c.id, users.c.key_version))}
+    assert all(after[uid] == version + 1 for uid, version in before.items())
+    use = await rotation.post_key_use(svc)
+    assert use.behind == 0 and use.superseded == run.changed["user_keys_created"]
+
+    # The superseded keys are destroyed only after the grace period; made 0 here.
+    prune = Run(svc, "prune")
+    await rotation.prune_user_keys(svc, prune, grace=timedelta(0))
+    assert prune.changed["user_keys_destroyed"] == run.changed["user_keys_created"]
+    left = await rows(app, sa.select(user_keys.c.user_id, user_keys.c.version))
+    assert all(after.get(uid, version) == version for uid, version in left)
+    assert (await rotation.post_key_use(svc)).superseded == 0
+
+    await every_post_opens(app, world)
+    settings = await mailer.get("/settings")
+    assert settings.status_code == 200 and 'value="mailer@example.com"' in settings.text
+
+
+async def test_an_edit_between_read_and_write_wins(app: Any, api: Any, restore: None, monkeypatch: Any) -> None:
+    """The compare-and-set: a post edited after the job read it is skipped, not overwritten; the edit, sealed under
+    the old key by a request that read its author before the rotation, is rewrapped by the next pass."""
+    world = await seed(api)
+    svc = app.state.services
+    alice = await accounts.get_user(svc, world.ids["alice"])  # read before the rotation: key version 1
+    target = min(p for p, who in world.author.items() if who == "alice")
+    write = rotation._write_posts
+    edited = []
+
+    async def edit_first(svc_: Any, run: Run, writes: Any, what: str) -> None:
+        if not edited and any(row.id == target for row, _ in writes):
+            await post_service.edit(svc, alice, target, "edited meanwhile")
+            edited.append(target)
+            world.record(target, "alice", "edited meanwhile")
+        await write(svc_, run, writes, what)
+
+    monkeypatch.setattr(rotation, "_write_posts", edit_first)
+    run = await run_maintenance(svc, rotation.user_rotation(alice.id, 1))
+    assert edited and run.changed["skipped_changed_meanwhile"] == 1
+    assert run.changed["posts_rewrapped"] == PER_USER  # the edited one by the second pass
+    row = (await rows(app, sa.select(posts.c.revision, posts.c.key_version).where(posts.c.id == target)))[0]
+    assert (row.revision, row.key_version) == (2, 2)
+    await every_post_opens(app, world)
+
+
+# -- crashes, dry runs, second runs
+
+
+def crash_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch, part: str = "") -> None:
+    advance = Run.advance
+
+    async def advance_then_die(self: Run, cursor: int, part_: str = "") -> None:
+        await advance(self, cursor, part_)
+        if part_ == part:
+            monkeypatch.setattr(Run, "advance", advance)
+            raise Crash
+
+    monkeypatch.setattr(Run, "advance", advance_then_die)
+
+
+async def test_root_rewrap_resumes_after_a_crash(app: Any, api: Any, restore: None, monkeypatch: Any) -> None:
+    world = await seed(api)
+    for n in range(7):
+        await api(f"extra{n}")
+    svc = app.state.services
+    promoted, _ = rotation.next_ring(svc.keys.ring, one_step=True)
+    svc.keys.use_ring(promoted)
+    total = len(NAMES) + 7
+
+    crash_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Crash):
+        await job(app, "rewrap_user_keys")
+    checkpoint = (await rows(app, sa.select(job_cursors.c.name, job_cursors.c.cursor)))[0]
+    assert checkpoint.name == "rewrap_user_keys"
+    assert await rotation.root_version_use(svc, promoted.primary) == rotation.CHUNK
+    status = await rows(app, sa.text("SELECT state, error FROM job_runs"))
+    assert [(s.state, s.error) for s in status] == [("failed", "Crash")]
+
+    starts: list[int | None] = []
+    chunk = rotation._user_keys_chunk
+
+    async def spy(svc_: Any, primary: int, after: int | None) -> Any:
+        starts.append(after)
+        return await chunk(svc_, primary, after)
+
+    monkeypatch.setattr(rotation, "_user_keys_chunk", spy)
+    run = await job(app, "rewrap_user_keys")
+    assert starts[0] == checkpoint.cursor  # went on from the checkpoint
+    assert run.changed["user_keys_rewrapped"] == total - rotation.CHUNK
+    assert run.total == total - rotation.CHUNK and run.done == total - rotation.CHUNK
+    assert await rotation.root_version_use(svc, promoted.primary) == total
+    assert await rows(app, sa.select(job_cursors)) == []
+    svc.keys.use_ring(promoted.retire(1))
+    await every_post_opens(app, world)
+
+
+async def test_user_rotation_resumes_after_a_crash(app: Any, api: Any, restore: None, monkeypatch: Any) -> None:
+    """Stopped after the first chunk of posts: the rerun rotates nobody again and rewraps the rest."""
+    world = await seed(api)
+    crash_after_first_checkpoint(monkeypatch, "posts")
+    with pytest.raises(Crash):
+        await job(app, "rotate_user_keys")
+    use = await rotation.post_key_use(app.state.services)
+    assert use.behind == len(world.seeded) - rotation.CHUNK
+    run = await job(app, "rotate_user_keys")
+    assert "user_keys_created" not in run.changed  # the same rotation, gone on with
+    assert run.changed["posts_rewrapped"] == len(world.seeded) - rotation.CHUNK
+    keys = await rows(app, sa.select(user_keys.c.user_id, sa.func.count()).group_by(user_keys.c.user_id))
+    assert sorted(n for _, n in keys) == [2] * len(NAMES)
+    # Only the rotation's start is kept: running again finds every key newer than it.
+    assert [r.name for r in await rows(app, sa.select(job_cursors))] == ["rotate_user_keys:since"]
+    assert (await job(app, "rotate_user_keys")).changed == {}
+    await every_post_opens(app, world)
+
+
+def without_runs(tables: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {name: rows for name, rows in tables.items() if name != "job_runs"}
+
+
+async def test_dry_runs_change_nothing_and_second_runs_find_nothing(app: Any, api: Any, restore: None) -> None:
+    world = await seed(api)
+    svc = app.state.services
+    promoted, _ = rotation.next_ring(svc.keys.ring, one_step=True)
+    svc.keys.use_ring(promoted)
+    alice = world.ids["alice"]
+    jobs = [*(MAINTENANCE[name] for name in ("rewrap_user_keys", "rotate_user_keys", "rewrap_posts"))]
+    jobs.append(rotation.user_rotation(alice, 2))  # alice again, after everyone's rotation
+
+    for maintenance in jobs:
+        before = without_runs(await snapshot(app))
+        dry = await run_maintenance(svc, maintenance, dry_run=True)
+        assert without_runs(await snapshot(app)) == before, maintenance.name
+        real = await run_maintenance(svc, maintenance)
+        again = await run_maintenance(svc, maintenance)
+        assert dry.changed == real.changed, maintenance.name
+        assert again.changed == {}, (maintenance.name, again.changed)
+    expected = {
+        "rewrap_user_keys": {"user_keys_rewrapped": len(NAMES)},
+        "rotate_user_keys": {"user_keys_created": len(NAMES), "posts_rewrapped": len(world.seeded)},
+        "rewrap_posts": {},
+        "rotate_user_key": {"user_keys_created": 1, "posts_rewrapped": PER_USER},
+    }
+    runs = await rows(app, sa.text("SELECT name, dry_run, changed FROM job_runs ORDER BY id"))
+    assert [(r.name, bool(r.dry_run)) for r in runs] == [(j.name, d) for j in jobs for d in (True, False, False)]
+    for r in runs[::3]:
+        assert r.changed == ", ".join(f"{k}={v}" for k, v in sorted(expected[r.name].items()))
+    await every_post_opens(app, world)
+
+
+# -- re-encryption to a newer format
+
+
+async def test_reencrypt_finds_nothing_with_one_format(app: Any, api: Any, restore: None) -> None:
+    await seed(api)
+    before = without_runs(await snapshot(app))
+    run = await job(app, "reencrypt_posts")
+    assert run.changed == {} and run.total == 0 and run.summary() == ""
+    assert without_runs(await snapshot(app)) == before
+    report = await keystatus.status(app.state.services)
+    assert report.posts.fields_by_format == {1: len(NAMES) * (PER_USER + PER_USER // 2)}
+    assert "in an older format: 0" in keystatus.format_report(report)
+
+
+async def test_reencrypt_to_a_newer_format(app: Any, api: Any, restore: None, monkeypatch: Any) -> None:
+    """A release that writes format 2 (here format 1's layout under a new number) and still reads 1."""
+    world = await seed(api)
+    monkeypatch.setattr(sealed_format, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(sealed_format, "READABLE_FORMAT_VERSIONS", frozenset({1, 2}))
+    fields = len(NAMES) * (PER_USER + PER_USER // 2)
+    dry = await job(app, "reencrypt_posts", dry_run=True)
+    assert dry.changed == {"posts_reencrypted": len(world.seeded)}
+    crash_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Crash):
+        await job(app, "reencrypt_posts")
+    run = await job(app, "reencrypt_posts")
+    assert run.changed == {"posts_reencrypted": len(world.seeded) - rotation.CHUNK}
+    assert (await job(app, "reencrypt_posts")).changed == {}
+    report = await keystatus.status(app.state.services)
+    assert report.posts.fields_by_format == {2: fields} and report.format_version == 2
+    await every_post_opens(app, world)
+
+
+# -- the queued per-user job
+
+
+async def test_the_queued_user_rotation(app: Any, api: Any, restore: None) -> None:
+    world = await seed(api)
+    svc = app.state.services
+    bob = world.ids["bob"]
+    assert await svc.queue.enqueue("rotate_user_key", bob, 1, key=f"rotate_user_key:{bob}")
+    await settle(app)
+    done = sa.text("SELECT changed FROM job_runs WHERE name = 'rotate_user_key' AND state = 'done'")
+    for _ in range(1000):  # the worker beside the app may still be at it
+        if finished := await rows(app, done):
+            break
+        await anyio.sleep(0.01)
+    assert finished[0].changed == f"posts_rewrapped={PER_USER}, user_keys_created=1"
+    kinds = await rows(app, sa.select(posts.c.author_id, posts.c.key_version).distinct())
+    assert {(a, v) for a, v in kinds} == {(world.ids[n], 2 if n == "bob" else 1) for n in NAMES}
+    await every_post_opens(app, world)
