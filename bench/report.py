@@ -17,6 +17,7 @@ TITLES = {
     "4": "Micro: L1 get vs dict get; decrypt one post vs bare AESGCM.decrypt",
     "5": "Burst at the expiry of one hot key (public timeline ids)",
     "6": "Public timeline page and JSON API home timeline vs scenario 1's peer",
+    "7": "Fan-out of one post to every follower of the star vs a raw redis-py pipeline; commit to last feed write",
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 

@@ -139,10 +139,12 @@ async def run_maintenance(
         )
         run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
     run = Run(svc, job.name, dry_run=dry_run, on_progress=on_progress, run_id=run_id)
-    with _timed(job.name):
+    with _timed(job.name, svc.job_metrics):
         try:
             await job.run(svc, run)
         except BaseException as exc:
+            if svc.job_metrics is not None:
+                svc.job_metrics.failures.labels(job.name).inc()
             await _end(svc, run, "failed", error=describe(exc))
             raise
     await _end(svc, run, "done")
@@ -197,12 +199,15 @@ async def _end(svc: Services, run: Run, state: str, error: str | None = None) ->
 
 
 @contextmanager
-def _timed(name: str) -> Iterator[None]:
+def _timed(name: str, metrics: JobMetrics | None) -> Iterator[None]:
     start = time.monotonic()
     try:
         yield
     finally:
-        log.info("job %s took %.2f s", name, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        log.info("job %s took %.2f s", name, seconds)
+        if metrics is not None:
+            metrics.seconds.labels(name).observe(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,3 +321,23 @@ async def run_cron(svc: Services, jobs: Sequence[Maintenance]) -> None:
                     except Exception as exc:
                         log.error("cron job %s failed (%s)", job.name, type(exc).__name__)
         await asyncio.sleep(60 - now().second + 0.5)
+
+
+def measured(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A queued job function that reports its run time and failures to the process's job metrics."""
+
+    async def job(ctx: dict[str, Any], *args: int) -> Any:
+        metrics: JobMetrics | None = getattr(ctx.get("services"), "job_metrics", None)
+        started = time.monotonic()
+        try:
+            return await function(ctx, *args)
+        except Exception:
+            if metrics is not None:
+                metrics.failures.labels(name).inc()
+            raise
+        finally:
+            if metrics is not None:
+                metrics.seconds.labels(name).observe(time.monotonic() - started)
+
+    job.__name__ = job.__qualname__ = name
+    return job
