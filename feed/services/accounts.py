@@ -278,7 +278,10 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
             index = blind_index(svc.secrets.index_key, address)
             if await store.email_taken(session, index, except_user=user.id):
                 raise Conflict(_EMAIL_TAKEN)
-            key = await svc.keys.get(session, user.id, user.key_version)
+            version = await store.current_key_version(session, user.id)  # not the cached user's: see posts.create
+            if not version:
+                raise NotFound("No such user")
+            key = await svc.keys.get(session, user.id, version)
             sealed = seal_fields(key, {"email": address}, object_id=user.id, owner_id=user.id, revision=0)
             values.update(email_index=index, email_sealed=sealed["email"].data)
         else:

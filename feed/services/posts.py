@@ -45,6 +45,15 @@ def _seal(svc_key: Any, post_id: int, author: User, revision: int, text: str, cw
     return {"body": sealed["body"].data, "cw": sealed["cw"].data if cw else None}  # type: ignore[dict-item]
 
 
+async def _key_version(session: AsyncSession, author: User) -> int:
+    """The author's current key version, read (and their row locked) in the write's own transaction: the cached
+    ``User`` may be older than a key rotation."""
+    version = await user_store.current_key_version(session, author.id)
+    if version is None or version == 0:  # gone, or erased a moment ago
+        raise Forbidden("This account no longer exists")
+    return version
+
+
 async def create(
     svc: Services,
     author: User,
@@ -87,7 +96,8 @@ async def _insert(
         mention_ids = await _resolve_mentions(session, text, author)
         if visibility == "direct" and not mention_ids:
             raise Invalid("A direct post needs at least one @mention of an existing user", "status")
-        key = await svc.keys.get(session, author.id, author.key_version)
+        version = await _key_version(session, author)
+        key = await svc.keys.get(session, author.id, version)
         sealed = _seal(key, post_id, author, 1, text, cw)
         await store.insert_post(
             session,
@@ -97,7 +107,7 @@ async def _insert(
             in_reply_to_id=parent.id if parent else None,
             in_reply_to_author_id=parent.author_id if parent else None,
             revision=1,
-            key_version=author.key_version,
+            key_version=version,
             created_at=now(),
             **sealed,
         )
@@ -131,7 +141,8 @@ async def edit(
         mention_ids = await _resolve_mentions(session, text, author)
         if row.visibility == "direct" and not mention_ids:
             raise Invalid("A direct post needs at least one @mention of an existing user", "status")
-        key = await svc.keys.get(session, author.id, author.key_version)
+        version = await _key_version(session, author)
+        key = await svc.keys.get(session, author.id, version)
         revision = row.revision + 1
         sealed = _seal(key, post_id, author, revision, text, cw)
         changed = await store.update_revision(
@@ -139,7 +150,7 @@ async def edit(
             post_id,
             expected_revision=row.revision,
             revision=revision,
-            key_version=author.key_version,
+            key_version=version,
             edited_at=now(),
             **sealed,
         )

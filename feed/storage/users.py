@@ -262,3 +262,12 @@ async def seen_before(session: AsyncSession, user_ids: Sequence[int], cutoff: da
     )
     active = set(await session.scalars(query))
     return [uid for uid in user_ids if uid not in active]
+
+
+async def current_key_version(session: AsyncSession, user_id: int) -> int | None:
+    """The user's key version for a write, locking their row until the transaction ends (PostgreSQL; SQLite's
+    write transactions are serial anyway): a key rotation, which takes the same lock, then happens wholly before
+    this write or wholly after it, and so rewraps it."""
+    query = sa.select(users.c.key_version).where(users.c.id == user_id).with_for_update()
+    version = await session.scalar(query)
+    return int(version) if version is not None else None
