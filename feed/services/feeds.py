@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from feed.cache import HOME
@@ -206,7 +207,11 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
         if ids is None:
             return await store.home(session, user_id, Page(limit=FIRST_PAGE))
         refs = await store.refs(session, ids)
-    popular = sorted(await lookup.following(svc, user_id) & await _popular(svc))
+    # Whom the reader follows, and who is popular, in one cache round trip.
+    found_following, found_popular = await svc.cache.get_multi(
+        [lookup.following_request(svc, user_id), lookup.shared_ids_request("popular", partial(_load_popular, svc))]
+    )
+    popular = sorted(lookup.ids_of(found_following.get(user_id)) & lookup.ids_of(found_popular.get("popular")))
     if popular:
         async with svc.db() as session:
             refs = sorted([*refs, *await store.recent_of(session, popular, user_id, FIRST_PAGE)],
@@ -215,14 +220,10 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
     return list(unique.values())[:FIRST_PAGE]
 
 
-async def _popular(svc: Services) -> frozenset[int]:
+async def _load_popular(svc: Services) -> list[int]:
     """Authors whose posts are not fanned out (cached: who is that popular changes slowly)."""
-
-    async def load() -> list[int]:
-        async with svc.db() as session:
-            return await store.popular(session, svc.fanout_max_followers)
-
-    return frozenset(await lookup.timeline_ids(svc, "popular", load))
+    async with svc.db() as session:
+        return await store.popular(session, svc.fanout_max_followers)
 
 
 def _observe_latency(svc: Services, post_id: int) -> None:

@@ -139,15 +139,23 @@ async def user(svc: Services, user_id: int) -> UserRecord | None:
     return (await users(svc, [user_id])).get(user_id)
 
 
-async def following(svc: Services, user_id: int) -> frozenset[int]:
-    """Everyone ``user_id`` follows."""
+def following_request(svc: Services, user_id: int) -> Request:
+    """Everyone ``user_id`` follows (read it with :func:`ids_of`)."""
 
     async def load(missing: list[int]) -> Mapping[int, IdList]:
         async with svc.db() as session:
             return {user_id: IdList(tuple(await post_store.followee_ids(session, user_id)))}
 
-    found = await svc.cache.get(FOLLOWING, user_id, load)
+    return Request(FOLLOWING, [user_id], load)
+
+
+def ids_of(found: Cacheable | None) -> frozenset[int]:
     return frozenset(found.ids) if isinstance(found, IdList) else frozenset()
+
+
+async def following(svc: Services, user_id: int) -> frozenset[int]:
+    """Everyone ``user_id`` follows."""
+    return ids_of((await svc.cache.get_multi([following_request(svc, user_id)]))[0].get(user_id))
 
 
 async def session(svc: Services, id_hash: bytes) -> SessionRecord | None:
@@ -183,14 +191,14 @@ class Ref(NamedTuple):
     in_reply_to_author_id: int | None
 
 
-async def timeline_ids(svc: Services, name: str, load: Callable[[], Awaitable[Sequence[int]]]) -> tuple[int, ...]:
-    """A cached list of ids shared by everyone (``load()`` gives it), in the TIMELINES space."""
+def shared_ids_request(name: str, load: Callable[[], Awaitable[Sequence[int]]]) -> Request:
+    """A cached list of ids shared by everyone (``load()`` gives it), in the TIMELINES space (read it with
+    :func:`ids_of`)."""
 
     async def loader(missing: list[str]) -> Mapping[str, IdList]:
         return {name: IdList(tuple(await load()))}
 
-    found = await svc.cache.get(TIMELINES, name, loader)
-    return found.ids if isinstance(found, IdList) else ()
+    return Request(TIMELINES, [name], loader)
 
 
 def timeline_request(space: Space, key: Key, load: Callable[[], Awaitable[Sequence[Any]]]) -> Request:

@@ -259,11 +259,6 @@ async def followee_ids(session: AsyncSession, user_id: int) -> list[int]:
     return list(await session.scalars(sa.select(follows.c.followee_id).where(follows.c.follower_id == user_id)))
 
 
-async def follower_ids(session: AsyncSession, user_id: int) -> list[int]:
-    """Everyone who follows ``user_id`` (whose home timelines a post of theirs changes)."""
-    return list(await session.scalars(sa.select(follows.c.follower_id).where(follows.c.followee_id == user_id)))
-
-
 async def followers_after(session: AsyncSession, user_id: int, after: int, limit: int) -> list[int]:
     """Followers of ``user_id`` with ids above ``after``, in id order (fan-out walks them in chunks)."""
     query = (
