@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,15 +36,18 @@ from feed.keyfile import derive, load_ring, load_secret
 from feed.metrics import Registry
 from feed.queue import ArqQueue, LocalQueue
 from feed.redis_link import RedisLink, make_client
+from feed.relay import Relay
 from feed.resources import resource_path
 from feed.services.context import Database, Secrets, Services, ThrottleRules
 from feed.services.jobs import JobMetrics, record_failure, run_cron
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
-from feed.web import account_pages, api, pages
+from feed.streams import LocalStreams, RedisStreams, Streams
+from feed.web import account_pages, api, live, pages
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
+from feed.web.hub import Hub
 from feed.web.metrics import RequestMetrics, metrics_endpoint
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
 from feed.web.post_html import make_frame_style
@@ -147,6 +153,7 @@ def routes() -> list[BaseRoute]:
         Route("/settings", account_pages.save_profile, methods=["POST"]),
         Route("/settings/password", account_pages.change_password, methods=["POST"]),
         Route("/settings/delete", account_pages.delete_account, methods=["POST"]),
+        Route("/events", live.events),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
@@ -174,25 +181,37 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _connect(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None) -> None:
+def _connect(
+    metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None, hub: Hub | None
+) -> None:
     """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
     unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
-    invalidations it missed, then flushes L1."""
+    invalidations it missed, then flushes L1. Live streams close when their session or token is invalidated, here
+    or elsewhere, and are checked again when invalidations may have been lost."""
 
     async def publish(names: list[str]) -> None:
+        if hub is not None:
+            hub.close_auth(names)
         await bus.publish(Invalidation(keys=names))
 
     def apply(message: Invalidation) -> None:
         cache.drop(message.keys)
         for user_id in message.users:
             keys.forget(user_id)
+        if hub is not None:
+            hub.close_auth(message.keys)
+
+    def reset() -> None:
+        cache.flush()
+        if hub is not None:
+            asyncio.get_running_loop().create_task(hub.recheck_all())
 
     async def flush() -> None:
         cache.flush()
 
     cache.on_invalidate = publish
     bus.on_message(apply)
-    bus.on_reset(cache.flush)
+    bus.on_reset(reset)
     if link is not None:
         link.on_recovery(cache.replay_pending)
         link.on_recovery(flush)
@@ -217,7 +236,39 @@ def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQu
     return ArqQueue(pool, link)
 
 
-def create_app(settings: Settings) -> Starlette:
+def _nothing() -> None:
+    pass
+
+
+def _close_streams_on_signal(hub: Hub) -> Callable[[], None]:
+    """At SIGTERM or SIGINT, end every live stream at once, then let the server's own handler (uvicorn's) go on:
+    the server waits for open responses before it stops, and a stream never ends by itself. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.close_all)
+        before = previous[signal.Signals(sig)]
+        if callable(before):
+            before(sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+
+    def undo() -> None:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handle:
+                signal.signal(sig, before)
+
+    return undo
+
+
+def create_app(settings: Settings, *, role: str = "web") -> Starlette:
+    """The app. ``role``: ``web`` (serves pages and live streams, relays the outbox), ``worker`` (relays the
+    outbox, runs jobs) or ``cli`` (a command's services only)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.metrics = Registry()  # first: the cache, the bus and RequestMetrics register in it
@@ -235,8 +286,11 @@ def create_app(settings: Settings) -> Starlette:
             cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=app.state.metrics)
             bus: LocalBus = RedisBus(link, metrics=app.state.metrics) if link else LocalBus()
             keys = KeyStore(ring)
-            _connect(app.state.metrics, cache, bus, keys, link)
-            await bus.start()
+            streams: Streams | None = None
+            if link is not None:
+                streams = RedisStreams(link, metrics=app.state.metrics)
+            elif role == "web":
+                streams = LocalStreams()
             app.state.cache, app.state.bus = cache, bus
             hasher = PasswordHasher()
             app.state.engine = engine
@@ -244,6 +298,10 @@ def create_app(settings: Settings) -> Starlette:
             app.state.frame_style = make_frame_style(app.state.templates)
             app.state.csrf_key = derive(secret, "csrf")
             queue = app.state.queue = make_queue(settings, link)
+            relay = None
+            if role != "cli" and streams is not None:
+                relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams, forget=keys.forget,
+                              link=link, metrics=app.state.metrics)  # fmt: skip
             app.state.services = Services(
                 db=Database(engine),
                 cache=cache,
@@ -269,18 +327,39 @@ def create_app(settings: Settings) -> Starlette:
                 feed_inactive_days=settings.feed_inactive_days,
                 fanout_batch=settings.fanout_batch,
                 job_metrics=JobMetrics.register(app.state.metrics),
+                streams=streams,
+                relay=relay,
             )
+            svc = app.state.services
+            hub = app.state.hub = Hub(svc, streams, metrics=app.state.metrics) if role == "web" and streams else None
+            _connect(app.state.metrics, cache, bus, keys, link, hub)
+            await bus.start()
+            undo_signals: Callable[[], None] = _nothing
+            if hub is not None:
+                await hub.start()
+                if streams is not None:
+                    await streams.start()
+                undo_signals = _close_streams_on_signal(hub)
             cron = None
             if isinstance(queue, LocalQueue):
                 from jobs.registry import MAINTENANCE
 
-                queue.ctx["services"] = app.state.services
-                queue.on_failure = partial(record_failure, app.state.services)
+                queue.ctx["services"] = svc
+                queue.on_failure = partial(record_failure, svc)
                 if settings.embedded_cron:
-                    cron = asyncio.get_running_loop().create_task(run_cron(app.state.services, [*MAINTENANCE.values()]))
+                    cron = asyncio.get_running_loop().create_task(run_cron(svc, [*MAINTENANCE.values()]))
+            if relay is not None:
+                await relay.start()
             try:
                 yield
             finally:
+                undo_signals()
+                if hub is not None:
+                    await hub.stop()
+                if streams is not None:
+                    await streams.stop()
+                if relay is not None:
+                    await relay.stop()
                 if cron is not None:
                     cron.cancel()
                 if isinstance(queue, LocalQueue):

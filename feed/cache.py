@@ -507,8 +507,9 @@ class Cache:
 
     # -- writing
 
-    async def invalidate(self, keys: Iterable[tuple[Space, Key]]) -> None:
-        """Drop ``keys`` here, in Redis and (over the bus) in every other process. Call after the commit."""
+    async def invalidate(self, keys: Iterable[tuple[Space, Key]], *, broadcast: bool = True) -> None:
+        """Drop ``keys`` here, in Redis and (over the bus, unless ``broadcast`` is False because the outbox relay
+        will) in every other process. Call after the commit."""
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
@@ -518,7 +519,7 @@ class Cache:
         if self.link is not None and shared:
             if not await self._l2_invalidate(shared):
                 self._pending.update(shared)
-        if self.on_invalidate is not None:
+        if broadcast and self.on_invalidate is not None:
             await self.on_invalidate(names)
 
     async def put(self, space: Space, values: Mapping[Any, Cacheable]) -> None:

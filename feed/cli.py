@@ -48,7 +48,7 @@ async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[T]]
     _prepare(settings)
     if settings.is_sqlite:
         await _migrate(settings)
-    app = create_app(settings)
+    app = create_app(settings, role="cli")
     async with app.router.lifespan_context(app):
         return await work(app.state.services)
 

@@ -73,7 +73,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     from feed.app import create_app
     from feed.settings import load_settings
 
-    app = create_app(ctx.get("settings") or load_settings())
+    app = create_app(ctx.get("settings") or load_settings(), role="worker")
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
     ctx["lifespan"], ctx["services"] = lifespan, app.state.services

@@ -274,9 +274,35 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-async def redis_app(env: dict[str, str], migrated: None) -> AsyncIterator[Any]:
-    """A second app on the same database that always has Redis (L2 and the bus), whichever pass this is."""
-    application = create_app(load_settings(env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL}))
+def redis_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database of ``redis_app``: a deployment of its own (its outbox is relayed into its own Redis)."""
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('redis-db') / 'test.db'}"
+        return
+    name = database_url.rsplit("/", 1)[1] + "_r"
+    _psql(f"CREATE DATABASE {name}")
+    try:
+        yield _pg_url(name)
+    finally:
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def redis_env(env: dict[str, str], redis_database_url: str) -> dict[str, str]:
+    """The environment of ``redis_app``'s deployment (for its other processes)."""
+    return env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL, "CIPHERFEED_DATABASE_URL": redis_database_url}
+
+
+@pytest.fixture(scope="session")
+async def redis_app(redis_env: dict[str, str]) -> AsyncIterator[Any]:
+    """A second deployment (its own database) that always has Redis (L2 and the bus), whichever pass this is."""
+    settings = load_settings(redis_env)
+    engine = db.make_engine(settings.database_url)
+    try:
+        await db.upgrade(engine)
+    finally:
+        await engine.dispose()
+    application = create_app(settings)
     async with application.router.lifespan_context(application):
         await start_worker(application)
         try:
@@ -291,6 +317,23 @@ async def redis_clean(redis_app: Any, app: Any) -> AsyncIterator[Any]:
     await forget_cached(redis_app)
     await forget_cached(app)
     yield redis_app
+
+
+@pytest.fixture(scope="session")
+async def peer_app(settings: Settings, app: Any) -> AsyncIterator[Any]:
+    """Another process of ``app``'s deployment: the same database and Redis (or, embedded, none)."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def make_peer_browser(peer_app: Any, make_browser: Any) -> AsyncIterator[Any]:
+    """Browsers on ``peer_app``."""
+    clients: list[httpx.AsyncClient] = []
+    yield browser_factory(peer_app, clients)
+    for http in clients:
+        await http.aclose()
 
 
 def client_for(application: Any, **kw: Any) -> httpx.AsyncClient:

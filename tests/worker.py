@@ -8,11 +8,13 @@ import contextlib
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 from arq.worker import Worker
 
 from feed.queue import LocalQueue
+from feed.storage.tables import outbox
 from jobs.worker import WorkerSettings
 
 
@@ -57,9 +59,21 @@ async def _close(worker: Worker) -> None:
     await worker.pool.aclose(close_connection_pool=True)
 
 
+async def relayed(app: Any, limit: float = 20.0) -> None:
+    """Wait until the outbox is empty: every committed write's invalidations, jobs and events went out."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        async with app.state.engine.connect() as conn:
+            if not await conn.scalar(sa.select(sa.func.count()).select_from(outbox)):
+                return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("the outbox was not relayed")
+
+
 async def settle(app: Any, limit: float = 20.0) -> None:
-    """Wait until every job queued so far (and those they queued) has run: what a reader sees a moment after a
-    write, once the background work is done."""
+    """Wait until every write so far was relayed and every job queued so far (and those they queued) has run: what
+    a reader sees a moment after a write, once the background work is done."""
+    await relayed(app, limit)
     queue = app.state.queue
     if isinstance(queue, LocalQueue):
         while queue._tasks:

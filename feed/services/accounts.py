@@ -19,10 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
-from feed.cache import SESSIONS, USERS
 from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
 from feed.ids import new_id
-from feed.services import erasure, lookup
+from feed.services import effects, erasure, lookup
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
@@ -238,9 +237,11 @@ async def session_user(svc: Services, token: str) -> User | None:
 
 async def logout(svc: Services, token: str) -> None:
     id_hash = token_hash(svc, token)
+    caused = effects.sessions_ended([id_hash])
     async with svc.db.begin() as session:
         await store.delete_session(session, id_hash)
-    await lookup.invalidate(svc, (SESSIONS, id_hash.hex()))
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
 
 
 async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
@@ -291,8 +292,9 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
         except IntegrityError:  # the same address was saved by another account at the same moment
             raise Conflict(_EMAIL_TAKEN) from None
         row = await store.get_user(session, user.id)
+        await effects.record(session, effects.profile_changed(user.id))
     assert row is not None
-    await lookup.invalidate(svc, (USERS, user.id))
+    await effects.committed(svc, effects.profile_changed(user.id))
     return User.from_row(row)
 
 
@@ -325,7 +327,9 @@ async def change_password(svc: Services, user: User, current: str, new: str, kee
         # Every other browser and device is signed out.
         keep = token_hash(svc, keep_session) if keep_session else None
         gone = await store.delete_other_sessions(session, user.id, keep)
-    await lookup.invalidate(svc, *((SESSIONS, id_hash.hex()) for id_hash in gone))
+        caused = effects.sessions_ended(gone)
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
 
 
 async def find_user(svc: Services, username: str) -> User:

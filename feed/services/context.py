@@ -15,6 +15,7 @@ from feed.cache import Cache
 from feed.feeds import RedisFeeds
 from feed.services.jobs import JobMetrics, Queue
 from feed.services.keys import KeyStore
+from feed.streams import Streams
 
 
 def now() -> datetime:
@@ -79,6 +80,8 @@ class Services:
     feed_inactive_days: int = 30  # feeds of users away longer are dropped by a cleanup job
     fanout_batch: int = 1000  # feeds written per Redis round trip
     job_metrics: JobMetrics | None = None
+    streams: Streams | None = None  # live events (feed.streams); None: nobody listens (the CLI)
+    relay: Any = None  # the outbox relay to wake after a commit (feed.relay.Relay); None: other processes relay
 
     def __repr__(self) -> str:
         return "Services(...)"

@@ -37,11 +37,11 @@ from typing import Any
 import sqlalchemy as sa
 from redis.exceptions import RedisError
 
-from feed.cache import API_TOKENS, FOLLOWING, HOME, LIKED, SESSIONS, TIMELINES, USERS
 from feed.errors import Conflict, NotFound
+from feed.events import merge
 from feed.feeds import FeedsUnavailable
 from feed.queue import ArqQueue
-from feed.services import lookup
+from feed.services import effects, lookup
 from feed.services.context import Services, now
 from feed.services.jobs import Queue
 from feed.services.text import USERNAME_RE
@@ -157,32 +157,21 @@ async def erase(svc: Services, user_id: int) -> Receipt:
             .returning(erasure_receipts.c.id)
         )
         receipt_id = int(result.scalar_one())
+        caused = merge([
+            effects.user_erased(user_id, [lookup.key_name(user_id, v) for v, _ in keys]),
+            effects.sessions_ended(ended),
+            effects.tokens_revoked(revoked),
+        ])
+        await effects.record(session, caused)
     log.info("erased user %s: %d keys destroyed (receipt %s)", user_id, len(keys), receipt_id)
-    await _evict(svc, user_id, [v for v, _ in keys], ended, revoked)
-    dropped = await drop_user_jobs(svc.queue, user_id)
-    return Receipt(receipt_id, user_id, row.username, keys, when, len(ended), len(revoked), dropped)
-
-
-async def _evict(
-    svc: Services, user_id: int, versions: Sequence[int], ended: Sequence[bytes], revoked: Sequence[bytes]
-) -> None:
-    """After the commit: no process keeps the user's keys, sessions, tokens, profile or timelines."""
-    await lookup.forget_user_keys(svc, user_id, versions)
-    await lookup.invalidate(
-        svc,
-        (USERS, user_id),
-        (FOLLOWING, user_id),
-        (HOME, user_id),
-        (LIKED, user_id),
-        (TIMELINES, "public"),  # its cached first page would show fewer posts until it expired
-        *((SESSIONS, h.hex()) for h in ended),
-        *((API_TOKENS, h.hex()) for h in revoked),
-    )
+    await effects.committed(svc, caused)
     if svc.feeds is not None:
         try:
             await svc.feeds.drop([user_id])
         except FeedsUnavailable:
             pass  # vacuum_feeds drops it once the account row is purged
+    dropped = await drop_user_jobs(svc.queue, user_id)
+    return Receipt(receipt_id, user_id, row.username, keys, when, len(ended), len(revoked), dropped)
 
 
 async def drop_user_jobs(queue: Queue, user_id: int) -> int:

@@ -24,6 +24,8 @@ from functools import partial
 from typing import Any
 
 from feed.cache import HOME
+from feed.events import HOME as HOME_EVENT
+from feed.events import Event
 from feed.feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
@@ -58,7 +60,8 @@ async def fan_out(svc: Services, post_id: int) -> int:
         big = post.visibility != "direct" and (
             await store.follower_count(session, post.author_id) > svc.fanout_max_followers
         )
-    written = await _deliver(svc, post_id, [post.author_id, *(mentioned if post.visibility == "direct" else [])])
+    event = Event(HOME_EVENT, post_id, post.author_id, post.visibility, committed_ms=post_id >> 16)
+    written = await _deliver(svc, event, [post.author_id, *(mentioned if post.visibility == "direct" else [])])
     if post.visibility != "direct" and not big:
         # Followers in id order, from where a killed or timed-out run of this job stopped.
         after = await _resume_point(svc, post_id)
@@ -67,7 +70,7 @@ async def fan_out(svc: Services, post_id: int) -> int:
                 chunk = await store.followers_after(session, post.author_id, after, svc.fanout_batch)
             if not chunk:
                 break
-            written += await _deliver(svc, post_id, chunk)
+            written += await _deliver(svc, event, chunk)
             after = chunk[-1]
             await _save_point(svc, post_id, after)
         await _save_point(svc, post_id, None)
@@ -99,14 +102,17 @@ def _progress_key(post_id: int) -> str:
     return f"cf:fanout:{post_id}"
 
 
-async def _deliver(svc: Services, post_id: int, user_ids: Sequence[int]) -> int:
+async def _deliver(svc: Services, event: Event, user_ids: Sequence[int]) -> int:
+    """Into the feeds of ``user_ids`` that exist, and the live streams of those of them who watch."""
     written = 0
     if svc.feeds is not None:
         try:
-            written = await svc.feeds.add(post_id, user_ids)
+            written = await svc.feeds.add(event.post, user_ids)
         except FeedsUnavailable:
             pass  # rebuilt from the database once Redis is back and readers find their feeds missing
     await lookup.invalidate(svc, *((HOME, uid) for uid in user_ids))
+    if svc.streams is not None:
+        await svc.streams.append_home(event, user_ids)
     return written
 
 

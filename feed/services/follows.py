@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feed.cache import FOLLOWING, HOME
 from feed.errors import Invalid, NotFound
-from feed.services import lookup
+from feed.services import effects
 from feed.services.context import Services, now
 from feed.services.models import User
 from feed.storage import posts as store
@@ -30,23 +29,27 @@ async def _target(svc: Services, user: User, target_id: int) -> None:
 
 async def follow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
+    caused = effects.follow_changed(user.id, target_id, following=True)
     async with svc.db.begin() as session:
         changed = await store.add_follow(session, user.id, target_id, now())
         following, followed_by = await store.follow_state(session, user.id, target_id)
+        if changed:
+            await effects.record(session, caused)
     if changed:
-        await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
-        await svc.queue.enqueue("merge_follow", user.id, target_id)
+        await effects.committed(svc, caused)
     return Relationship(target_id, following, followed_by)
 
 
 async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
+    caused = effects.follow_changed(user.id, target_id, following=False)
     async with svc.db.begin() as session:
         changed = await store.remove_follow(session, user.id, target_id)
         following, followed_by = await store.follow_state(session, user.id, target_id)
+        if changed:
+            await effects.record(session, caused)
     if changed:
-        await lookup.invalidate(svc, (FOLLOWING, user.id), (HOME, user.id))
-        await svc.queue.enqueue("unmerge_follow", user.id, target_id)
+        await effects.committed(svc, caused)
     return Relationship(target_id, following, followed_by)
 
 

@@ -1,5 +1,5 @@
-"""Writing posts: create, edit, delete, like. Text is sealed here, before any storage call; each writer drops
-the cache keys it made stale, after its commit."""
+"""Writing posts: create, edit, delete, like. Text is sealed here, before any storage call; each writer records
+what it causes (``feed.services.effects``) in its own transaction."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import seal_fields
-from feed.cache import FRAMES, HOME, LIKED, POSTS, TIMELINES, Space
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
+from feed.events import Effects
 from feed.ids import new_id
-from feed.services import feeds, lookup
+from feed.services import effects, feeds
 from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
@@ -69,24 +69,19 @@ async def create(
     for attempt in (1, 2):
         post_id = new_id()
         try:
-            parent_id = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
+            caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
             break
         except IntegrityError:
             if attempt == 2:  # not an id collision after all
                 raise
-    stale: list[tuple[Space, Any]] = [(POSTS, parent_id)] if parent_id else []  # its replies count
-    if visibility == "public":
-        stale.append((TIMELINES, "public"))
-    stale.append((HOME, author.id))  # the author sees it at once; everyone else when its fan-out has run
-    await lookup.invalidate(svc, *stale)
-    await svc.queue.enqueue("fan_out", post_id)
+    await effects.committed(svc, caused)
     return await get(svc, post_id, author)
 
 
 async def _insert(
     svc: Services, author: User, post_id: int, text: str, cw: str | None, visibility: str, in_reply_to_id: int | None
-) -> int | None:
-    """Insert the post; the id of the post it replies to."""
+) -> Effects:
+    """Insert the post, and what it causes in the outbox; returns what it causes."""
     async with svc.db.begin() as session:
         parent = None
         if in_reply_to_id is not None:
@@ -114,7 +109,9 @@ async def _insert(
         await store.set_mentions(session, post_id, mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
-    return parent.id if parent else None
+        caused = effects.post_created(post_id, author.id, visibility, parent.id if parent else None, mention_ids)
+        await effects.record(session, caused)
+    return caused
 
 
 async def edit(
@@ -157,11 +154,11 @@ async def edit(
         if not changed:
             raise Conflict("The post was changed at the same time; reload and try again")
         await store.set_mentions(session, post_id, mention_ids)
-    # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones stop
-    # seeing it because every cached timeline is checked again when read).
-    await lookup.invalidate(svc, (POSTS, post_id), (FRAMES, post_id))
-    if row.visibility == "direct" and mention_ids:
-        await svc.queue.enqueue("fan_out", post_id)  # into the feeds of whom it mentions now
+        # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones
+        # stop seeing it because every cached timeline is checked again when read).
+        caused = effects.post_edited(post_id, author.id, row.visibility, mention_ids)
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
     return await get(svc, post_id, author)
 
 
@@ -177,13 +174,10 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
             raise NotFound()
         if view.in_reply_to_id is not None:
             await store.bump_replies(session, view.in_reply_to_id, -1)
-    stale: list[tuple[Space, Any]] = [(POSTS, post_id), (FRAMES, post_id), (TIMELINES, "public")]
-    if view.in_reply_to_id is not None:
-        stale.append((POSTS, view.in_reply_to_id))
-    await lookup.invalidate(svc, *stale)
+        caused = effects.post_deleted(post_id, author.id, view.visibility, view.in_reply_to_id, mentioned)
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
     await feeds.remove_from(svc, [post_id], [author.id, *mentioned])
-    if view.visibility != "direct":
-        await svc.queue.enqueue("unfan", post_id, author.id)
     return view
 
 
@@ -196,8 +190,10 @@ async def like(svc: Services, user: User, post_id: int) -> PostView:
             changed = await store.add_like(session, post_id, user.id, now())
         except IntegrityError:  # deleted between the check and the insert
             raise NotFound() from None
+        if changed:
+            await effects.record(session, effects.like_changed(post_id, user.id))
     if changed:
-        await lookup.invalidate(svc, (POSTS, post_id), (LIKED, user.id))
+        await effects.committed(svc, effects.like_changed(post_id, user.id))
     return await get(svc, post_id, user)
 
 
@@ -206,6 +202,8 @@ async def unlike(svc: Services, user: User, post_id: int) -> PostView:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
         changed = await store.remove_like(session, post_id, user.id)
+        if changed:
+            await effects.record(session, effects.like_changed(post_id, user.id))
     if changed:
-        await lookup.invalidate(svc, (POSTS, post_id), (LIKED, user.id))
+        await effects.committed(svc, effects.like_changed(post_id, user.id))
     return await get(svc, post_id, user)

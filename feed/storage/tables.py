@@ -191,3 +191,15 @@ erasure_receipts = sa.Table(
     sa.Column("key_ids", sa.String(500), nullable=False),
     sa.Column("erased_at", UTCDateTime, nullable=False),
 )
+
+# What committed writes cause and has not been relayed yet (``feed.relay``): cache keys to invalidate, jobs to queue
+# and live events, as ids and names only (``feed.effects``). A row is written in the transaction of its write and
+# deleted once relayed, so nothing a commit causes is lost when a process dies right after it.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("effects", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+)

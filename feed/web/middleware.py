@@ -134,13 +134,13 @@ class CrossSiteGuard:
             if site is not None and site not in ("same-origin", "none"):
                 await _reject(scope, send, 403, "Cross-site request refused")
                 return
-            if origin is not None and origin != _own_origin(scope, headers):
+            if origin is not None and origin != own_origin(scope, headers):
                 await _reject(scope, send, 403, "Cross-origin request refused")
                 return
         await self.app(scope, receive, send)
 
 
-def _own_origin(scope: Scope, headers: Headers) -> str:
+def own_origin(scope: Scope, headers: Headers) -> str:
     scheme = scope.get("scheme", "http")
     host = headers.get("host")
     if host is None:

@@ -228,14 +228,14 @@ async def test_expensive_refills_happen_in_one_process(cache: Cache) -> None:
     await other.link.close()  # type: ignore[union-attr]
 
 
-async def test_unwrapped_keys_are_forgotten_in_every_process(redis_clean: Any, env: dict[str, str]) -> None:
+async def test_unwrapped_keys_are_forgotten_in_every_process(redis_clean: Any, redis_env: dict[str, str]) -> None:
     from feed.app import create_app
     from feed.services import accounts, lookup
     from feed.settings import load_settings
     from tests.conftest import PASSWORD
 
     here = redis_clean.state.services
-    other_app = create_app(load_settings(env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL}))
+    other_app = create_app(load_settings(redis_env))
     async with other_app.router.lifespan_context(other_app):
         there = other_app.state.services
         await asyncio.wait_for(other_app.state.bus.ready.wait(), 5)

@@ -166,7 +166,7 @@ async def test_feed_cleanup_jobs_dry_run_then_idempotent(redis_clean: Any, autho
 
 
 async def test_a_worker_killed_mid_fan_out_finishes_after_a_restart(
-    redis_clean: Any, author: User, env: dict[str, str], tmp_path: Path
+    redis_clean: Any, author: User, redis_env: dict[str, str], tmp_path: Path
 ) -> None:
     app, svc = redis_clean, redis_clean.state.services
     followers = await make_users(svc, 1000)
@@ -178,7 +178,7 @@ async def test_a_worker_killed_mid_fan_out_finishes_after_a_restart(
         post = await posts.create(svc, author, "through a crash")
         # Small batches, so the fan-out takes long enough to be killed half way; a killed worker's job is picked
         # up again 5 + 10 s after it started, and goes on from its checkpoint.
-        settings = process_env(env, TEST_REDIS_DB_URL) | {"CIPHERFEED_FANOUT_BATCH": "3", "CIPHERFEED_JOB_TIMEOUT": "5"}
+        settings = process_env(redis_env, TEST_REDIS_DB_URL) | {"CIPHERFEED_FANOUT_BATCH": "3", "CIPHERFEED_JOB_TIMEOUT": "5"}
 
         async def holding() -> int:
             async with client.pipeline(transaction=False) as pipe:

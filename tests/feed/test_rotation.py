@@ -44,16 +44,16 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def restore(app: Any, redis_app: Any) -> AsyncIterator[None]:
+async def restore(app: Any, peer_app: Any) -> AsyncIterator[None]:
     """Put back the session's root key ring (and empty what was written under another) after a test that rotates."""
-    rings = [(a.state.services.keys, a.state.services.keys.ring) for a in (app, redis_app)]
+    rings = [(a.state.services.keys, a.state.services.keys.ring) for a in (app, peer_app)]
     yield
     for keys, ring in rings:
         keys.use_ring(ring)
         keys.forget_all()
     await empty_tables(app.state.engine)
     await forget_cached(app)
-    await forget_cached(redis_app)
+    await forget_cached(peer_app)
 
 
 async def job(app: Any, name: str, *, dry_run: bool = False) -> Run:
@@ -217,13 +217,13 @@ async def rows(app: Any, query: Any) -> list[Any]:
 
 
 async def test_root_key_rotation_while_serving(
-    app: Any, redis_app: Any, api: Any, make_browser: Any, make_redis_browser: Any, restore: None
+    app: Any, peer_app: Any, api: Any, make_browser: Any, make_peer_browser: Any, restore: None
 ) -> None:
     """Two processes (this app and the second one) share the database. The new version is rolled out to both, this
     one promotes it and rewraps every user key while both serve; the other, not restarted yet, still wraps new keys
     under the old version; after its restart a second run picks those up and the old version is retired."""
     world = await seed(api)
-    svc, other = app.state.services, redis_app.state.services
+    svc, other = app.state.services, peer_app.state.services
     start = svc.keys.ring
     added, step = rotation.next_ring(start)
     assert step == "add" and added.primary == start.primary and len(added.versions) == len(start.versions) + 1
@@ -236,7 +236,7 @@ async def test_root_key_rotation_while_serving(
 
     load = Load(world)
     reader = await make_browser("reader")
-    late = await make_redis_browser("reader2")
+    late = await make_peer_browser("reader2")
     run = await serving(
         load,
         lambda: job(app, "rewrap_user_keys"),
@@ -245,14 +245,14 @@ async def test_root_key_rotation_while_serving(
         lambda stop: load.page_reader(late, stop),
         lambda stop: load.composer("bob", stop),
         lambda stop: load.newcomer(make_browser, "dora", stop),
-        lambda stop: load.newcomer(make_redis_browser, "eve", stop),
+        lambda stop: load.newcomer(make_peer_browser, "eve", stop),
     )
     assert not load.failures, load.failures[:10]
     assert load.during > 0, "no request was served while the job ran"
     assert run.changed["user_keys_rewrapped"] >= len(NAMES) + 1  # and reader2, made by the other process
 
     # The other process, not restarted yet, still wraps new keys under the old version: retiring now is refused.
-    await make_redis_browser("frank")
+    await make_peer_browser("frank")
     assert await rotation.root_version_use(svc, old) >= 1
     other.keys.use_ring(promoted)  # its restart
     again = await job(app, "rewrap_user_keys")

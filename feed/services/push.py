@@ -1,0 +1,54 @@
+"""Live events seen by one viewer: which events a viewer may get, and a post as pushed (decrypted in this process,
+through the frame cache, only for the connections that may see it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from feed.events import Event
+from feed.records import PostRecord
+from feed.services import lookup, timelines
+from feed.services.context import Services
+from feed.services.models import FrameStyle, PostView, User
+
+
+async def may_see(
+    svc: Services, viewer: User | None, author_id: int, visibility: str, mentions: Iterable[int]
+) -> bool:
+    """The visibility rule (``timelines.can_see``) for a post known by its metadata only (one that is gone)."""
+    if visibility in ("public", "unlisted"):
+        return True
+    if viewer is None:
+        return False
+    if author_id == viewer.id or viewer.id in mentions:
+        return True
+    return visibility == "followers" and author_id in await lookup.following(svc, viewer.id)
+
+
+async def may_see_event(svc: Services, viewer: User | None, event: Event) -> bool:
+    return await may_see(svc, viewer, event.author, event.visibility, event.mentions)
+
+
+async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:
+    """Whether the post belongs in the viewer's home timeline: their own, a followee's, or one mentioning them."""
+    if event.author == viewer.id or viewer.id in event.mentions:
+        return True
+    return event.visibility != "direct" and event.author in await lookup.following(svc, viewer.id)
+
+
+async def post(svc: Services, post_id: int, style: FrameStyle | None) -> tuple[PostRecord, PostView] | None:
+    """The post as it is now, with its frame, for every viewer at once (each connection then checks its viewer with
+    :func:`may_see_record` and sets ``liked``); None if it is gone or does not open."""
+    record = await lookup.post(svc, post_id)
+    if record is None:
+        return None
+    found = await timelines.views(svc, [record], None, set(), style=style)
+    return (record, found[0]) if found else None
+
+
+async def may_see_record(svc: Services, viewer: User | None, record: PostRecord) -> bool:
+    return await may_see(svc, viewer, record.author_id, record.visibility, (uid for uid, _ in record.mentions))
+
+
+async def liked(svc: Services, viewer: User | None, post_id: int) -> bool:
+    return viewer is not None and post_id in await lookup.liked(svc, viewer.id, [post_id])
