@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -43,7 +43,7 @@ from feed.services.jobs import JobMetrics, record_failure, run_cron
 from feed.services.keys import KeyStore
 from feed.settings import ConfigError, Settings, load_settings
 from feed.streams import LocalStreams, RedisStreams, Streams
-from feed.web import account_pages, api, live, pages
+from feed.web import account_pages, api, live, pages, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
@@ -172,6 +172,9 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/statuses/{{status_id}}/context", api.status_context),
         Route(f"{v1}/statuses/{{status_id}}/favourite", api.favourite, methods=["POST"]),
         Route(f"{v1}/statuses/{{status_id}}/unfavourite", api.unfavourite, methods=["POST"]),
+        Route(f"{v1}/streaming/health", streaming.health),
+        Route(f"{v1}/streaming/{{stream:path}}", streaming.events),
+        WebSocketRoute(f"{v1}/streaming", streaming.websocket),
         Route(f"{v1}/timelines/home", api.home_timeline),
         Route(f"{v1}/timelines/public", api.public_timeline),
         Route(f"{v1}/instance", api.instance_v1),
@@ -336,6 +339,9 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
             await bus.start()
             undo_signals: Callable[[], None] = _nothing
             if hub is not None:
+                access = logging.getLogger("uvicorn.access")
+                if not any(isinstance(f, streaming.RedactTokens) for f in access.filters):
+                    access.addFilter(streaming.RedactTokens())
                 await hub.start()
                 if streams is not None:
                     await streams.start()

@@ -280,6 +280,11 @@ def _limits() -> dict[str, Any]:
     }
 
 
+def _streaming_url(request: Request) -> str:
+    """Where the streaming API is: this server, as a WebSocket address (``wss://host``)."""
+    return f"{'wss' if request.url.scheme == 'https' else 'ws'}://{request.url.netloc}"
+
+
 async def instance_v1(request: Request) -> Response:
     figures = await site.stats(services(request))
     base = str(request.base_url).rstrip("/")
@@ -291,7 +296,7 @@ async def instance_v1(request: Request) -> Response:
             "description": DESCRIPTION,
             "email": "",
             "version": VERSION,
-            "urls": {},
+            "urls": {"streaming_api": _streaming_url(request)},
             "stats": {"user_count": figures.users, "status_count": figures.posts, "domain_count": 0},
             "thumbnail": f"{base}/static/favicon.svg",
             "languages": ["en"],
@@ -318,7 +323,7 @@ async def instance_v2(request: Request) -> Response:
             "thumbnail": {"url": f"{str(request.base_url).rstrip('/')}/static/favicon.svg"},
             "languages": ["en"],
             "configuration": {
-                "urls": {},
+                "urls": {"streaming": _streaming_url(request)},
                 "accounts": {"max_featured_tags": 0, "max_pinned_statuses": 0},
                 **_limits(),
                 "translation": {"enabled": False},

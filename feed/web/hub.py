@@ -46,6 +46,7 @@ class Message:
     data: str
     id: str | None = None  # the connection's position after this message (None: not a position, e.g. counts)
     committed_ms: int = 0  # when the write behind it committed, for the delivery-lag histogram
+    stream: str = ""  # the Mastodon stream it belongs to (a WebSocket message names it)
 
 
 class Sink(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from feed.services.follows import Relationship
 from feed.services.models import PostView, Profile
@@ -14,7 +14,7 @@ from feed.services.text import render_html
 VISIBILITY_OUT = {"public": "public", "unlisted": "unlisted", "followers": "private", "direct": "direct"}
 
 
-def _base(request: Request) -> str:
+def _base(request: HTTPConnection) -> str:
     return str(request.base_url).rstrip("/")
 
 
@@ -30,7 +30,7 @@ def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def account(request: Request, profile: Profile, *, with_source: bool = False) -> dict[str, Any]:
+def account(request: HTTPConnection, profile: Profile, *, with_source: bool = False) -> dict[str, Any]:
     user = profile.user
     base = _base(request)
     url = f"{base}/@{user.username}"
@@ -76,7 +76,7 @@ def account(request: Request, profile: Profile, *, with_source: bool = False) ->
 
 
 def status(
-    request: Request, post: PostView, profiles: dict[int, Profile], *, with_source: bool = False
+    request: HTTPConnection, post: PostView, profiles: dict[int, Profile], *, with_source: bool = False
 ) -> dict[str, Any]:
     base = _base(request)
     url = f"{base}/posts/{post.id}"

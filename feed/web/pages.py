@@ -6,6 +6,7 @@ endpoint answers with the fragment to swap in.
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from feed.services import accounts, follows, posts, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, read_form
+from feed.web.live import live_url
 from feed.web.templating import frame_style, is_htmx, render
 
 PAGE_SIZE = 20
@@ -37,11 +39,18 @@ def _page(request: Request) -> Page:
     return Page(limit=PAGE_SIZE, max_id=parse_id(raw, "max_id") if raw else None)
 
 
-def _timeline(request: Request, template: str, page: TimelinePage, **context: object) -> Response:
+def _timeline(
+    request: Request, template: str, page: TimelinePage, live: str | None = None, **context: object
+) -> Response:
+    """A timeline page; with htmx, an older page (``max_id``) or the first page again (``fragment=timeline``, after
+    the live stream said "resync") as a fragment. ``live``: the stream's timeline, for first pages."""
     more_url = f"{request.url.path}?{urlencode({'max_id': page.next_max_id})}" if page.next_max_id else None
-    ctx = {"page": page, "more_url": more_url, **context}
-    if is_htmx(request) and request.query_params.get("max_id"):
+    ctx: dict[str, object] = {"page": page, "more_url": more_url, "live": None, "refresh": None, **context}
+    if is_htmx(request) and (request.query_params.get("max_id") or request.query_params.get("fragment") == "timeline"):
         return render(request, "_partials/timeline_page.html", ctx)
+    if live is not None and not request.query_params.get("max_id"):
+        ctx["live"] = live_url(live, [post.id for post in page.posts], int(time.time() * 1000))
+        ctx["refresh"] = f"{request.url.path}?fragment=timeline"
     return render(request, template, ctx)
 
 
@@ -50,13 +59,13 @@ async def home(request: Request) -> Response:
     if user is None:
         return render(request, "welcome.html")
     page = await timelines.home(services(request), user, _page(request), frame_style(request))
-    return _timeline(request, "home.html", page, composer={})
+    return _timeline(request, "home.html", page, "home", composer={})
 
 
 async def public(request: Request) -> Response:
     user = await viewer(request)
     page = await timelines.public(services(request), user, _page(request), frame_style(request))
-    return _timeline(request, "public.html", page)
+    return _timeline(request, "public.html", page, "public")
 
 
 async def profile(request: Request) -> Response:
@@ -65,7 +74,7 @@ async def profile(request: Request) -> Response:
     author = await accounts.find_user(svc, request.path_params["username"])
     page = await timelines.by_author(svc, author, user, _page(request), style=frame_style(request))
     info = await accounts.profile(svc, author, user)
-    return _timeline(request, "profile.html", page, profile=info)
+    return _timeline(request, "profile.html", page, f"author:{author.id}", profile=info)
 
 
 async def thread(request: Request) -> Response:
@@ -75,10 +84,12 @@ async def thread(request: Request) -> Response:
     )
     # A reply starts as private as the post it answers: a reply to a direct post stays direct.
     composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility} if user else None
+    shown = [post.id for post in (*ancestors, focus, *replies)]
+    live = live_url(f"post:{focus.id}", shown, int(time.time() * 1000))
     return render(
         request,
         "thread.html",
-        {"ancestors": ancestors, "focus": focus, "replies": replies, "composer": composer},
+        {"ancestors": ancestors, "focus": focus, "replies": replies, "composer": composer, "live": live},
     )
 
 

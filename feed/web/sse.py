@@ -50,6 +50,7 @@ class EventStream(Response):
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
             media_type=self.media_type,
         )
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]  # it is a stream
         self.hub = hub
         self.conn = conn
         self.heartbeat = heartbeat

@@ -6,6 +6,7 @@
  *   <textarea data-counter="ID" data-max="500">  live remaining-characters counter
  *   <time datetime="ISO" data-relative>          compact relative timestamps
  *   <form data-confirm="Question?">              confirm() before submitting
+ *   <div id="live" sse-connect="/events?...">   the live timeline (htmx's SSE extension connects)
  */
 (() => {
   "use strict";
@@ -135,6 +136,189 @@
     evt.preventDefault();
     if (window.confirm(msg)) issueRequest(true);
   });
+
+  /* ---------- d. the live timeline ---------- */
+
+  // htmx's SSE extension owns the connection (and reconnects); this applies what arrives:
+  //   post    <li> for the top of #timeline: slides in at the top, else waits behind the "N new posts" bar
+  //   edit    a post's new <article>          delete  a post's id        counts  {"id": [likes, replies]}
+  // The server rendered all of it for this viewer. Each event's id is the stream position, kept in the
+  // sse-connect URL too, so that a new EventSource (after the extension gave up on one) resumes from it.
+  const pending = []; // <li> elements behind the bar, oldest first
+  const handled = new WeakSet();
+  let source = null;
+  let lastId = null;
+
+  const liveBox = () => document.getElementById("live");
+  const timelineList = () => document.getElementById("timeline");
+  const atTop = () => window.scrollY < 120;
+
+  const fragment = (html) => {
+    const tpl = document.createElement("template");
+    tpl.innerHTML = html.trim();
+    return tpl.content;
+  };
+
+  const enhance = (el) => {
+    if (window.htmx) window.htmx.process(el);
+    refreshCounters(el);
+    refreshTimes(el);
+  };
+
+  const liveUrl = (posts) => {
+    const box = liveBox();
+    if (!box) return null;
+    const url = new URL(box.getAttribute("sse-connect"), window.location.href);
+    if (lastId) url.searchParams.set("last", lastId);
+    if (posts) url.searchParams.set("posts", posts.join(","));
+    return url.pathname + url.search;
+  };
+
+  const remember = (evt) => {
+    if (!evt.lastEventId || evt.lastEventId === lastId) return;
+    lastId = evt.lastEventId;
+    const box = liveBox();
+    const url = liveUrl(null);
+    if (box && url) box.setAttribute("sse-connect", url);
+  };
+
+  const showBar = () => {
+    const bar = liveBox()?.querySelector(".new-posts");
+    if (!bar) return;
+    bar.hidden = pending.length === 0;
+    bar.textContent = pending.length === 1 ? "1 new post" : `${pending.length} new posts`;
+  };
+
+  const insert = (items) => {
+    const list = timelineList();
+    if (!list) return null;
+    document.getElementById("empty-home")?.remove();
+    for (const li of items) {
+      li.classList.add("arrived");
+      list.prepend(li);
+      enhance(li);
+    }
+    return list.firstElementChild;
+  };
+
+  const reveal = (scroll) => {
+    const first = insert(pending.splice(0));
+    showBar();
+    if (scroll && first) first.scrollIntoView({ behavior: "smooth", block: "start" });
+  };
+
+  const onPost = (evt) => {
+    remember(evt);
+    const li = fragment(evt.data).firstElementChild;
+    const article = li?.querySelector("article[id^='post-']");
+    if (!article || document.getElementById(article.id)) return; // shown already (replayed, or the page had it)
+    if (pending.some((p) => p.querySelector(`#${article.id}`))) return;
+    if (atTop() && pending.length === 0) insert([li]);
+    else {
+      pending.push(li);
+      showBar();
+    }
+  };
+
+  const onEdit = (evt) => {
+    remember(evt);
+    const article = fragment(evt.data).querySelector("article[id^='post-']");
+    const old = article && document.getElementById(article.id);
+    if (!old) return;
+    if (old.querySelector("details[open]")) article.querySelector("details")?.setAttribute("open", "");
+    if (old.classList.contains("thread-focus")) article.classList.add("thread-focus");
+    old.replaceWith(article);
+    enhance(article);
+  };
+
+  const onDelete = (evt) => {
+    remember(evt);
+    const id = `post-${evt.data}`;
+    const at = pending.findIndex((p) => p.querySelector(`#${id}`));
+    if (at >= 0) {
+      pending.splice(at, 1);
+      showBar();
+    }
+    const old = document.getElementById(id);
+    if (!old) return;
+    const gone = document.createElement("article");
+    gone.className = "post deleted";
+    gone.id = id;
+    const note = document.createElement("p");
+    note.textContent = "This post was deleted.";
+    gone.append(note);
+    old.replaceWith(gone);
+  };
+
+  const onCounts = (evt) => {
+    let counts;
+    try {
+      counts = JSON.parse(evt.data);
+    } catch {
+      return;
+    }
+    for (const [id, [likes, replies]] of Object.entries(counts)) {
+      const article = document.getElementById(`post-${id}`);
+      if (!article) continue;
+      article.querySelectorAll(".like-button .count").forEach((c) => {
+        c.textContent = String(likes);
+      });
+      const reply = article.querySelector(".reply-link");
+      if (!reply) continue;
+      let count = reply.querySelector(".count");
+      if (replies && !count) {
+        count = document.createElement("span");
+        count.className = "count";
+        reply.append(" ", count);
+      }
+      if (count && replies) count.textContent = String(replies);
+      else if (count) count.remove();
+    }
+  };
+
+  document.addEventListener("htmx:sseOpen", (evt) => {
+    const opened = evt.detail?.source;
+    if (!opened || handled.has(opened)) return;
+    handled.add(opened);
+    source = opened;
+    opened.addEventListener("post", onPost);
+    opened.addEventListener("edit", onEdit);
+    opened.addEventListener("delete", onDelete);
+    opened.addEventListener("counts", onCounts);
+    opened.addEventListener("resync", remember);
+  });
+
+  // The server follows the posts a page shows (for their counts, edits and deletions): when the timeline gains
+  // posts another way (an older page scrolled in, a refetch after "resync"), connect again with the new list.
+  let rewatch = null;
+  const watchAgain = () => {
+    const box = liveBox();
+    const list = timelineList();
+    if (!box || !list) return;
+    const ids = [...list.querySelectorAll("article[id^='post-']")].map((a) => a.id.slice(5)).slice(0, 200);
+    const url = liveUrl(ids);
+    if (!url) return;
+    source?.close();
+    const fresh = box.cloneNode(true);
+    fresh.setAttribute("sse-connect", url);
+    box.replaceWith(fresh);
+    if (window.htmx) window.htmx.process(fresh);
+  };
+
+  document.addEventListener("htmx:afterSettle", (evt) => {
+    const list = timelineList();
+    const target = evt.detail?.target;
+    if (!list || !target || !(target === list || list.contains(target))) return;
+    clearTimeout(rewatch);
+    rewatch = setTimeout(watchAgain, 300);
+  });
+
+  document.addEventListener("click", (evt) => {
+    if (evt.target instanceof Element && evt.target.closest("#live .new-posts")) reveal(true);
+  });
+  window.addEventListener("scroll", () => {
+    if (pending.length && atTop()) reveal(false);
+  }, { passive: true });
 
   /* ---------- wiring ---------- */
 
