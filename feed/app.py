@@ -332,16 +332,19 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
                 job_metrics=JobMetrics.register(app.state.metrics),
                 streams=streams,
                 relay=relay,
+                crash_after_commit=settings.crash_after_commit,
             )
             svc = app.state.services
-            hub = app.state.hub = Hub(svc, streams, metrics=app.state.metrics) if role == "web" and streams else None
+            hub = app.state.hub = Hub(svc, streams, metrics=app.state.metrics, queue_limit=settings.stream_queue,
+                                      per_user=settings.streams_per_user) if role == "web" and streams else None
             _connect(app.state.metrics, cache, bus, keys, link, hub)
             await bus.start()
             undo_signals: Callable[[], None] = _nothing
             if hub is not None:
-                access = logging.getLogger("uvicorn.access")
-                if not any(isinstance(f, streaming.RedactTokens) for f in access.filters):
-                    access.addFilter(streaming.RedactTokens())
+                for name in ("uvicorn.access", "uvicorn.error"):  # the latter logs WebSocket handshakes
+                    server_log = logging.getLogger(name)
+                    if not any(isinstance(f, streaming.RedactTokens) for f in server_log.filters):
+                        server_log.addFilter(streaming.RedactTokens())
                 await hub.start()
                 if streams is not None:
                     await streams.start()

@@ -64,6 +64,12 @@ class Settings:
     job_timeout: int = 300  # seconds a queued job may run; a killed worker's jobs are retried after it (+10 s)
     # The embedded mode runs the maintenance schedule itself (the scaled mode's workers do it there).
     embedded_cron: bool = True
+    # Messages a live stream may have waiting before its reader counts as one that stopped reading (and is dropped).
+    stream_queue: int = 256
+    # Live streams one user may hold open on one web process.
+    streams_per_user: int = 8
+    # A fault point for tests: the process kills itself (SIGKILL) right after its next write commits.
+    crash_after_commit: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -142,4 +148,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fanout_batch=_int(env, "CIPHERFEED_FANOUT_BATCH", 1000),
         job_timeout=_int(env, "CIPHERFEED_JOB_TIMEOUT", 300),
         embedded_cron=(env.get("CIPHERFEED_EMBEDDED_CRON") or "on").lower() not in ("off", "0", "false", "no"),
+        stream_queue=_int(env, "CIPHERFEED_STREAM_QUEUE", 256, minimum=4),
+        streams_per_user=_int(env, "CIPHERFEED_STREAMS_PER_USER", 8),
+        crash_after_commit=env.get("CIPHERFEED_TEST_CRASH_AFTER_COMMIT") == "1",
     )

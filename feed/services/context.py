@@ -82,6 +82,7 @@ class Services:
     job_metrics: JobMetrics | None = None
     streams: Streams | None = None  # live events (feed.streams); None: nobody listens (the CLI)
     relay: Any = None  # the outbox relay to wake after a commit (feed.relay.Relay); None: other processes relay
+    crash_after_commit: bool = False  # a fault point for tests (CIPHERFEED_TEST_CRASH_AFTER_COMMIT)
 
     def __repr__(self) -> str:
         return "Services(...)"

@@ -9,6 +9,8 @@ on every process, jobs, live events. If this process dies right after the commit
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterable
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +48,8 @@ async def record(session: AsyncSession, effects: Effects) -> None:
 
 async def committed(svc: Services, effects: Effects) -> None:
     """After the commit: this process and Redis stop serving what the write made stale, and the relay is woken."""
+    if svc.crash_after_commit:  # a test's fault point: die as a process killed at the worst moment would
+        os.kill(os.getpid(), signal.SIGKILL)
     if effects.invalidate:
         await svc.cache.invalidate(((_SPACES[space], key) for space, key in effects.invalidate), broadcast=False)
     for user_id in effects.forget_users:

@@ -104,7 +104,7 @@ class Connection:
         if self.closed:
             return
         self.queue.append(message)
-        if len(self.queue) > QUEUE_LIMIT and self.hub is not None:
+        if self.hub is not None and len(self.queue) > self.hub.queue_limit:
             self.hub.drop(self)
         self.wake()
 
@@ -149,8 +149,18 @@ def parse_cursor(raw: str | None) -> tuple[str | None, str | None] | None:
 
 
 class Hub:
-    def __init__(self, svc: Services, streams: Streams, *, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        streams: Streams,
+        *,
+        metrics: Any = None,
+        queue_limit: int = QUEUE_LIMIT,
+        per_user: int = PER_USER,
+    ) -> None:
         self.svc = svc
+        self.queue_limit = queue_limit
+        self.per_user = per_user
         self.streams = streams
         self.connections: set[Connection] = set()
         self.by_user: dict[int, set[Connection]] = {}
@@ -203,9 +213,9 @@ class Hub:
         if self.closing:
             return False
         user_id = conn.user.id if conn.user else None
-        if user_id is not None and len(self.by_user.get(user_id, ())) >= PER_USER:
+        if user_id is not None and len(self.by_user.get(user_id, ())) >= self.per_user:
             await self._probe_user(user_id)  # streams of reloaded pages may be gone without having said so
-            if len(self.by_user.get(user_id, ())) >= PER_USER:
+            if len(self.by_user.get(user_id, ())) >= self.per_user:
                 return False
         conn.hub = self
         conn.task = asyncio.current_task()

@@ -44,7 +44,15 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: Hub, conn: Connection, *, heartbeat: bytes = b": \n\n", strict: bool = False) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        conn: Connection,
+        *,
+        heartbeat: bytes = b": \n\n",
+        preamble: bytes = f"retry: {RETRY_MS}\n\n".encode(),
+        strict: bool = False,
+    ) -> None:
         super().__init__(
             status_code=200,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "keep-alive"},
@@ -54,13 +62,14 @@ class EventStream(Response):
         self.hub = hub
         self.conn = conn
         self.heartbeat = heartbeat
+        self.preamble = preamble
         self.strict = strict
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub, conn = self.hub, self.conn
         await receive()  # the (empty) request body; from now on ``receive`` answers only when the client goes
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
         try:
             await hub.open(conn, strict=self.strict)
             while True:
@@ -75,7 +84,7 @@ class EventStream(Response):
                     body = b"".join(self.heartbeat if not m.event else encode(m) for m in messages)
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     hub.sent(conn, [m for m in messages if m.event])
-                if conn.closed:
+                if conn.closed and not conn.queue:
                     break
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

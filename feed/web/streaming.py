@@ -189,7 +189,9 @@ async def events(request: Request) -> Response:
         conn.home_cursor, conn.posts_cursor = resume
     if not await hub.add(conn):
         raise RateLimited("Too many streams are open for this account", retry_after=10)
-    return EventStream(hub, conn, heartbeat=b":thump\n\n", strict=resume is not None)
+    # Mastodon's own server opens with a comment and sends ``:thump`` heartbeats; some clients (Mastodon.py) take
+    # any field other than a comment for an event and need every event to have a name.
+    return EventStream(hub, conn, heartbeat=b":thump\n\n", preamble=b":)\n\n", strict=resume is not None)
 
 
 async def websocket(ws: WebSocket) -> None:
@@ -220,7 +222,7 @@ async def websocket(ws: WebSocket) -> None:
                 body = {"stream": [message.stream], "event": message.event, "payload": message.data}
                 await ws.send_text(json.dumps(body, separators=(",", ":")))
             hub.sent(conn, messages)
-            if conn.closed:
+            if conn.closed and not conn.queue:
                 break
         await ws.close()
     except (WebSocketDisconnect, OSError, RuntimeError):

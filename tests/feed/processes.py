@@ -85,6 +85,7 @@ class AppProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
+        self.env = env
         argv = command or ["serve", "--port", str(self.port), "--no-access-log"]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
