@@ -40,14 +40,22 @@ class ArqQueue:
         self.pool = pool
         self.link = link
 
-    async def enqueue(self, name: str, *args: int, key: str | None = None, delay: float = 0) -> bool:
+    async def enqueue(
+        self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
+    ) -> bool:
+        """Queue a job; False if it was not (a job of that key waits already, or Redis is away). ``strict``: Redis
+        being away raises ConnectionError instead (the outbox relay then keeps the job and tries again)."""
         check_args(name, args)
         if self.link is not None and not self.link.up:
             log.debug("job %s not queued: Redis is down", name)
+            if strict:
+                raise ConnectionError("Redis is down")
             return False
         try:
             job = await self.pool.enqueue_job(name, *args, _job_id=key, _defer_by=delay or None)
         except (RedisError, ConnectionError, OSError) as exc:
+            if strict:
+                raise ConnectionError("Redis unavailable") from exc
             # Redis is away: so is everything the job would write to (feeds), and what it would fix is rebuilt
             # when readers find it missing. Say so once per failure, without the job's arguments.
             log.warning("job %s not queued: Redis unavailable (%s)", name, type(exc).__name__)
@@ -78,7 +86,9 @@ class LocalQueue:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting = 0
 
-    async def enqueue(self, name: str, *args: int, key: str | None = None, delay: float = 0) -> bool:
+    async def enqueue(
+        self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
+    ) -> bool:
         check_args(name, args)
         if name not in self.functions:
             raise LookupError(f"no job named {name}")

@@ -187,9 +187,12 @@ class Relay:
             for user_id in users:
                 self.forget(user_id)
             await self.bus.publish(Invalidation(users=users))
-        for _, effects in parts:
-            for job in effects.jobs:
-                await self.queue.enqueue(job.name, *job.args, key=job.key)
+        try:
+            for _, effects in parts:
+                for job in effects.jobs:
+                    await self.queue.enqueue(job.name, *job.args, key=job.key, strict=True)
+        except ConnectionError:
+            return False  # the queue is away: the rows stay, and go again (a job queued twice is harmless)
         if not await self._publish_events(parts):
             return False
         self._take_counts({post for _, e in parts for post in e.counts})

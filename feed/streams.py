@@ -397,6 +397,13 @@ class RedisStreams:
         self._epoch = epoch
         return lost
 
+    async def _link_up(self, limit: float = 10.0) -> None:
+        """Until the process's link (which answers nothing while it thinks Redis is down) has noticed Redis is back:
+        what the reset handlers do goes through it."""
+        deadline = time.monotonic() + limit
+        while not self.link.up and time.monotonic() < deadline:  # noqa: ASYNC110 - the link has no event to wait on
+            await asyncio.sleep(0.05)
+
     async def _read_posts(self) -> None:
         await self._forever(self._read_posts_once)
 
@@ -434,8 +441,10 @@ class RedisStreams:
         pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(PUSH_CHANNEL)
+            lost = await self._check_epoch()
+            await self._link_up()
             # Subscribed first, then told what may have been missed: everything announced from here on arrives.
-            self._reset(await self._check_epoch())
+            self._reset(lost)
             while True:
                 message = await pubsub.get_message(timeout=5.0)
                 if message is None or message["type"] != "message":

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class Queue(Protocol):
-    async def enqueue(self, name: str, *args: int, key: str | None = None, delay: float = 0) -> bool:
-        """Queue job ``name``; with ``key``, not if a job of that key is already queued. False if not queued."""
+    async def enqueue(
+        self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
+    ) -> bool:
+        """Queue job ``name``; with ``key``, not if a job of that key is already queued. False if not queued.
+        ``strict``: raise ConnectionError when the queue is unreachable, instead of giving up on the job."""
         ...
 
     async def depth(self) -> int:

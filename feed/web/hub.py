@@ -323,15 +323,37 @@ class Hub:
                 items += [(parse_id(entry.id), source, entry) for entry in replay.entries]
             if items and self._replays is not None:
                 self._replays.inc()
+            await self._replay(conn, items)
             memo: dict[Any, Any] = {}
-            for _, source, entry in sorted(items, key=lambda item: item[0]):
-                await self._deliver(conn, source, entry, memo)
             while conn.held:
                 source, entry = conn.held.pop(0)
                 await self._deliver(conn, source, entry, memo)
         finally:
             conn.catching_up = False
             conn.held.clear()
+
+    async def _replay(self, conn: Connection, items: list[tuple[tuple[int, int], str, Entry]]) -> None:
+        """Deliver what a connection missed, in the order the writes behind it committed (home entries are in the
+        order their fan-outs ran, which run side by side), then move its position past all of it. Only the last
+        message carries the new position: a client that drops half way gets the whole replay again."""
+        memo: dict[Any, Any] = {}
+        out: list[Message] = []
+        ends: dict[str, tuple[tuple[int, int], str]] = {}
+        for position, source, entry in sorted(items, key=lambda item: (item[2].event.committed_ms, item[0])):
+            render = conn.sink.home if source == "home" else conn.sink.posts
+            for message in await render(conn, entry, memo):
+                message.committed_ms = entry.event.committed_ms
+                out.append(message)
+            if source not in ends or position > ends[source][0]:
+                ends[source] = (position, entry.id)
+        if "home" in ends:
+            conn.home_cursor = ends["home"][1]
+        if "posts" in ends:
+            conn.posts_cursor = ends["posts"][1]
+        if out:
+            out[-1].id = conn.cursor()
+        for message in out:
+            conn.push(message)
 
     async def resync(self, conn: Connection) -> None:
         """Tell the client to fetch its timeline again, from the streams' current ends on."""

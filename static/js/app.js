@@ -189,16 +189,25 @@
     bar.textContent = pending.length === 1 ? "1 new post" : `${pending.length} new posts`;
   };
 
+  // Post ids are 64-bit (too large for a JS number) and of equal length for centuries: compare them as text.
+  const idOf = (li) => li.querySelector("article[id^='post-']")?.id.slice(5) ?? "";
+  const newer = (a, b) => (a.length !== b.length ? a.length > b.length : a > b);
+
+  // Each new post goes above the first older one (two posts made a moment apart may arrive in either order).
   const insert = (items) => {
     const list = timelineList();
     if (!list) return null;
     document.getElementById("empty-home")?.remove();
+    let top = null;
     for (const li of items) {
       li.classList.add("arrived");
-      list.prepend(li);
+      const id = idOf(li);
+      const before = [...list.children].find((other) => newer(id, idOf(other)));
+      list.insertBefore(li, before ?? null);
       enhance(li);
+      if (!top || newer(id, idOf(top))) top = li;
     }
-    return list.firstElementChild;
+    return top;
   };
 
   const reveal = (scroll) => {

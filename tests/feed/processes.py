@@ -178,8 +178,8 @@ class Account:
     async def post(self, where: str, url: str, data: dict[str, str] | None = None) -> httpx.Response:
         return await self.on[where].post(url, data={"csrf_token": self.csrf, **(data or {})})
 
-    async def compose(self, where: str, text: str) -> int:
-        response = await self.post(where, "/posts", {"status": text})
+    async def compose(self, where: str, text: str, **fields: str) -> int:
+        response = await self.post(where, "/posts", {"status": text, **fields})
         assert response.status_code == 303, response.text
         location = response.headers["location"]
         return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])

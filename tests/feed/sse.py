@@ -77,7 +77,7 @@ class Stream:
             self.opened.set()
             self.ended.set()
 
-    async def next(self, event: str | None = None, timeout: float = 5.0) -> Event:
+    async def next(self, event: str | None = None, timeout: float = 5.0) -> Event:  # noqa: ASYNC109
         """The next event (of kind ``event``, others skipped); AssertionError if none comes in time."""
         deadline = time.monotonic() + timeout
         while True:

@@ -178,7 +178,8 @@ async def test_a_worker_killed_mid_fan_out_finishes_after_a_restart(
         post = await posts.create(svc, author, "through a crash")
         # Small batches, so the fan-out takes long enough to be killed half way; a killed worker's job is picked
         # up again 5 + 10 s after it started, and goes on from its checkpoint.
-        settings = process_env(redis_env, TEST_REDIS_DB_URL) | {"CIPHERFEED_FANOUT_BATCH": "3", "CIPHERFEED_JOB_TIMEOUT": "5"}
+        small = {"CIPHERFEED_FANOUT_BATCH": "3", "CIPHERFEED_JOB_TIMEOUT": "5"}
+        settings = process_env(redis_env, TEST_REDIS_DB_URL) | small
 
         async def holding() -> int:
             async with client.pipeline(transaction=False) as pipe:
