@@ -48,7 +48,7 @@ from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.hub import Hub
-from feed.web.metrics import RequestMetrics, metrics_endpoint
+from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
 from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
 from feed.web.post_html import make_frame_style
 from feed.web.templating import is_htmx, make_environment, render
@@ -275,6 +275,7 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.metrics = Registry()  # first: the cache, the bus and RequestMetrics register in it
+        app.state.outbox_gauges = outbox_gauges(app.state.metrics)
         embedded = settings.is_sqlite
         if embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -124,6 +124,8 @@ class Relay:
     async def _lead_postgresql(self) -> None:
         async with AsyncExitStack() as stack:
             conn = await stack.enter_async_context(self.engine.connect())
+            # Never back to the pool: a pooled connection would keep the session's lock after this relay stopped.
+            stack.push_async_callback(conn.invalidate)
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             while True:  # a standby until the leader's connection goes
                 if await conn.scalar(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK}):

@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feed.metrics import CONTENT_TYPE, Counter, Histogram, Registry
+from feed.storage import outbox
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -73,6 +77,13 @@ class RequestMetrics:
             requests.labels(*labels).inc()
 
 
+def outbox_gauges(registry: Registry) -> tuple[Any, Any]:
+    """The outbox's depth and age, set when ``/metrics`` is read (one query)."""
+    return registry.gauge("cipherfeed_outbox_depth", "Outbox rows not relayed yet"), registry.gauge(
+        "cipherfeed_outbox_oldest_seconds", "Age of the oldest outbox row not relayed yet"
+    )
+
+
 async def metrics_endpoint(request: Request) -> Response:
     registry: Registry = request.app.state.metrics
     svc = request.app.state.services
@@ -81,4 +92,13 @@ async def metrics_endpoint(request: Request) -> Response:
             svc.job_metrics.waiting.set(await svc.queue.depth())
         except (ConnectionError, OSError):
             pass  # Redis is away: the gauge keeps its last value
+    depth, age = request.app.state.outbox_gauges
+    try:
+        async with svc.db() as session:
+            rows, oldest = await outbox.depth(session)
+    except (OSError, SQLAlchemyError):
+        pass  # the database is away: the gauges keep their last values
+    else:
+        depth.set(rows)
+        age.set((datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0)
     return Response(registry.render(), media_type=CONTENT_TYPE)

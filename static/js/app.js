@@ -314,10 +314,22 @@
     if (window.htmx) window.htmx.process(fresh);
   };
 
+  // The page's own new post comes twice: as the composer's answer and as a live event. Keep the first.
+  const dedupe = (list) => {
+    const seen = new Set();
+    for (const li of [...list.children]) {
+      const id = idOf(li);
+      if (id && seen.has(id)) li.remove();
+      else if (id) seen.add(id);
+    }
+  };
+
   document.addEventListener("htmx:afterSettle", (evt) => {
     const list = timelineList();
     const target = evt.detail?.target;
     if (!list || !target || !(target === list || list.contains(target))) return;
+    dedupe(list);
+    if (evt.detail?.requestConfig?.verb !== "get") return; // a post of one's own, which the stream knows already
     clearTimeout(rewatch);
     rewatch = setTimeout(watchAgain, 300);
   });

@@ -384,3 +384,120 @@ def test_two_people_in_a_real_browser(browser: Any, server: str) -> None:
     alice.context.close()
     bob.context.close()
     assert console.problems == []
+
+
+class NetworkConsole(Console):
+    """A Console that sets aside what a page logs while the test holds its network down on purpose (the failed
+    reconnections, and htmx's report of each), so that everything else still fails the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offline = False
+        self.expected: list[str] = []
+
+    def watch(self, page: Any) -> Any:
+        page.on("console", lambda msg: msg.type == "error" and self._add(f"{page.url}: {msg.text}"))
+        page.on("pageerror", lambda exc: self.problems.append(f"{page.url}: uncaught {exc}"))
+        page.on("requestfailed", self._request_failed)
+        return page
+
+    def _add(self, problem: str) -> None:
+        (self.expected if self.offline else self.problems).append(problem)
+
+    def _request_failed(self, request: Any) -> None:
+        if request.failure != "net::ERR_ABORTED":
+            self._add(f"request failed: {request.url} {request.failure}")
+
+
+def test_the_timeline_is_live_in_two_browsers(browser: Any, server: str) -> None:
+    """Alice and Bob follow each other; each sees the other's new posts, likes and deletions without a reload, a
+    reader further down gets the "new posts" bar, and a browser that was offline catches up by itself."""
+    from playwright.sync_api import expect
+
+    console = NetworkConsole()
+    alice = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    bob = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    _register(alice, "alice")
+    _register(bob, "bob")
+    for page, other in ((alice, "bob"), (bob, "alice")):
+        page.goto(f"/@{other}")
+        page.get_by_role("button", name="Follow", exact=True).click()
+        expect(page.get_by_role("button", name="Unfollow", exact=True)).to_be_visible()
+        page.goto("/")
+        _mark_document(page)
+    live_open = "document.querySelector('#live') !== null"
+    assert alice.evaluate(live_open) and bob.evaluate(live_open)
+    alice.wait_for_timeout(500)  # both streams are open
+
+    # alice posts through the composer: it slides into bob's timeline (he is at the top)
+    alice.locator("#composer-status").fill("Live from alice")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    expect(alice.locator("#timeline article.post").first).to_contain_text("Live from alice")
+    arrived = bob.locator("#timeline article.post").first
+    expect(arrived).to_contain_text("Live from alice")
+    post_id = _post_id(arrived)
+    expect(alice.locator(f"#post-{post_id}")).to_have_count(1)  # the composer's answer and the event: once
+
+    # bob posts: alice sees it; bob likes alice's post: alice's count follows
+    bob.locator("#composer-status").fill("And bob answers")
+    bob.get_by_role("button", name="Post", exact=True).click()
+    expect(alice.locator("#timeline article.post").first).to_contain_text("And bob answers")
+    bob.locator(f"#post-{post_id} button.like-button").click()
+    expect(bob.locator(f"#post-{post_id} button.like-button")).to_have_attribute("aria-pressed", "true")
+    expect(alice.locator(f"#post-{post_id} .like-button .count")).to_have_text("1")
+
+    # alice edits in another tab (a plain form post): bob's copy changes in place
+    csrf = alice.locator("#composer input[name=csrf_token]").input_value()
+    edited = alice.request.post(f"/posts/{post_id}/edit", form={"csrf_token": csrf, "status": "Live, edited"},
+                                max_redirects=0)  # fmt: skip
+    assert edited.status == 303
+    expect(bob.locator(f"#post-{post_id} .post-body")).to_have_text("Live, edited")
+    expect(bob.locator(f"#post-{post_id} .edited")).to_be_visible()
+
+    # bob reads further down: alice's next post waits behind the bar, which reveals it on click
+    for n in range(24):
+        response = alice.request.post("/posts", form={"csrf_token": csrf, "status": f"Filler {n:02d}"},
+                                      max_redirects=0)  # fmt: skip
+        assert response.status == 303
+    expect(bob.locator("#timeline article.post")).to_have_count(26)
+    bob.mouse.wheel(0, 2500)
+    bob.wait_for_function("window.scrollY > 1000")
+    alice.request.post("/posts", form={"csrf_token": csrf, "status": "While bob reads"}, max_redirects=0)
+    bar = bob.locator("#live .new-posts")
+    expect(bar).to_have_text("1 new post")
+    expect(bob.get_by_text("While bob reads")).to_have_count(0)
+    assert bob.evaluate("window.scrollY") > 1000, "the reader was not moved"
+    bar.click()
+    expect(bob.get_by_text("While bob reads")).to_be_visible()
+    expect(bar).to_be_hidden()
+
+    # alice deletes her first post: it goes from bob's page
+    alice.on("dialog", lambda dialog: dialog.accept())
+    alice.goto(f"/posts/{post_id}")
+    alice.locator(f"#post-{post_id}").get_by_role("button", name="Delete").click()
+    expect(alice.locator(f"#post-{post_id}")).to_have_text("This post was deleted.")
+    expect(bob.locator(f"#post-{post_id}")).to_have_text("This post was deleted.")
+
+    # bob goes offline; alice posts twice; back online, bob's page shows both, once each
+    bob.evaluate("window.scrollTo(0, 0)")
+    console.offline = True
+    bob.context.set_offline(True)
+    bob.wait_for_timeout(500)
+    for text in ("Missed one", "Missed two"):
+        alice.request.post("/posts", form={"csrf_token": csrf, "status": text}, max_redirects=0)
+    bob.wait_for_timeout(500)
+    bob.context.set_offline(False)
+    expect(bob.get_by_text("Missed two")).to_be_visible(timeout=15000)
+    expect(bob.get_by_text("Missed one")).to_have_count(1)
+    expect(bob.get_by_text("Missed two")).to_have_count(1)
+    console.offline = False
+    bob.wait_for_timeout(300)
+    _assert_not_reloaded(bob)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    bob.screenshot(path=str(SHOTS / "live-home.png"))
+    alice.context.close()
+    bob.context.close()
+    assert console.problems == []
+    assert all("ERR_INTERNET_DISCONNECTED" in p or "sseError" in p or "/events" in p for p in console.expected), (
+        console.expected
+    )

@@ -121,11 +121,12 @@ async def test_the_check_finds_a_planted_plaintext(make_browser: Any, app: Any, 
 async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redis_browser: Any, redis_app: Any) -> None:
     from feed.bus import CHANNEL
     from feed.records import encode
+    from feed.streams import POSTS_STREAM, PUSH_CHANNEL
 
     texts = canaries()
     client = redis_app.state.cache.link.client
     listener = client.pubsub()
-    await listener.subscribe(CHANNEL)
+    await listener.subscribe(CHANNEL, PUSH_CHANNEL)
     alice = await make_redis_browser("alice", email=f"{texts[0]}@example.org")
     bob = await make_redis_browser("bob")
     await bob.post("/@alice/follow")
@@ -143,6 +144,7 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
     keys = [key async for key in client.scan_iter(count=500)]
     assert len(keys) > 10, "the caches should hold something"
     assert any(key.startswith(b"cf:r:") for key in keys), "sealed post frames are among them"
+    assert POSTS_STREAM.encode() in keys, "the live events' stream is among them"
     stored = b"\n".join([*keys, *[await client.dump(key) or b"" for key in keys]])
     assert find_leaks(stored, texts) == []
     l1 = redis_app.state.cache.l1_values()
@@ -154,6 +156,7 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
             messages.append(message["data"])
     await listener.aclose()
     assert messages, "writes published invalidations"
+    assert any(m.startswith(b'{"c":') for m in messages), "and count updates on the push channel"
     assert find_leaks(b"\n".join(messages), texts) == []
 
 
