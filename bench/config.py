@@ -28,6 +28,8 @@ class Config:
     expiry_rounds: int = 3
     redis_count_requests: int = 300  # requests over which Redis commands per page are counted (scenario 3)
     micro_repeats: int = 7
+    push_clients: int = 1_000  # SSE streams one post is delivered to (scenario 8)
+    idle_streams: int = 10_000  # idle streams held to measure memory per stream (scenario 8)
     pg_admin_url: str = DEFAULT_PG_ADMIN_URL
     db_name: str = ""
     keep_db: bool = False
@@ -60,6 +62,8 @@ MODES: dict[str, Config] = {
         expiry_rounds=1,
         redis_count_requests=30,
         micro_repeats=3,
+        push_clients=50,
+        idle_streams=200,
     ),
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,7 @@ from feed import db
 from feed.keyfile import derive
 from feed.services.models import Content, PostView, TimelinePage, User
 from feed.settings import load_settings
+from feed.web.live import live_url
 from feed.web.templating import make_environment, render
 
 PAGE = 20
@@ -110,7 +112,10 @@ def asgi_factory() -> Starlette:
         next_max_id = posts[-1].id if len(posts) >= PAGE else None
         page = TimelinePage(posts=posts, next_max_id=next_max_id, prev_min_id=posts[0].id if posts else None)
         more_url = f"/?max_id={next_max_id}" if next_max_id else None
-        return render(request, "home.html", {"page": page, "more_url": more_url, "composer": {}})
+        live = live_url("home", [p.id for p in posts], int(time.time() * 1000))
+        context: dict[str, object] = {"page": page, "more_url": more_url, "composer": {}, "live": live,
+                                      "refresh": "/?fragment=timeline"}
+        return render(request, "home.html", context)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")

@@ -1,17 +1,21 @@
-"""The stack's ceiling: a bare Starlette route that answers with the bytes of the real page.
+"""The stack's ceilings, served by uvicorn with the same settings as cipherfeed:
 
-Served by uvicorn with the same settings as cipherfeed (``bench.peers:asgi_factory --factory``); the harness
-fetches the real page once and passes the file holding it in ``BENCH_PAGE_FILE``.
+- ``asgi_factory``: a bare Starlette route that answers with the bytes of the real page (the harness fetches the
+  real page once and passes the file holding it in ``BENCH_PAGE_FILE``).
+- ``sse_factory``: a bare Starlette server-sent events broadcaster: ``GET /events`` holds a stream open,
+  ``POST /publish`` writes its body to every open stream (the bytes of a real cipherfeed event, in scenario 8).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -26,3 +30,34 @@ def asgi_factory() -> Starlette:
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/", page), Route("/healthz", healthz)])
+
+
+def sse_factory() -> Starlette:
+    streams: set[asyncio.Queue[bytes]] = set()
+
+    async def events(request: Request) -> Response:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def stream() -> AsyncIterator[bytes]:
+            streams.add(queue)
+            try:
+                yield b"retry: 2000\n\n"
+                while True:
+                    yield await queue.get()
+            finally:
+                streams.discard(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    async def publish(request: Request) -> Response:
+        body = await request.body()
+        for queue in streams:
+            queue.put_nowait(body)
+        return PlainTextResponse(str(len(streams)))
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[Route("/events", events), Route("/publish", publish, methods=["POST"]), Route("/healthz", healthz)]
+    )

@@ -18,6 +18,7 @@ from bench import http
 from bench.config import Config
 from bench.fanout import fanout
 from bench.load import WrkFailed
+from bench.push import push
 from bench.report import Row, markdown, write
 from bench.scenarios import Bench, Load, count_posts
 from bench.seed import Dataset, create_database, drop_database, seed
@@ -141,12 +142,18 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     print("hot key expiry", file=sys.stderr)
     await bench.expiry(while_idle)
     bench.summarize(counted["cold"], redis_warm)
-    print("fan-out", file=sys.stderr)
-    bench.rows.extend(await fanout(config.repeats, procs, env, ds.star_id))
     if config.profile:
         print("profiling the home page (py-spy)", file=sys.stderr)
         config.out.mkdir(parents=True, exist_ok=True)
         bench.notes["profile_table"] = await bench.profile(config.out)
+    # The servers share one database but not one Redis: each relays the outbox into its own, so only the server a
+    # scenario writes through may run (writes of scenario 8 go through cipherfeed, those of 7 through this process).
+    cold.stop()
+    print("live push", file=sys.stderr)
+    bench.rows.extend(await push(config.push_clients, config.idle_streams, config.repeats, procs, cf, ds.api_token))
+    cf.stop()
+    print("fan-out", file=sys.stderr)
+    bench.rows.extend(await fanout(config.repeats, procs, env, ds.star_id))
     return bench.rows, {"notes": bench.notes, "samples": bench.raw()}
 
 

@@ -288,6 +288,31 @@ def redis_database_url(database_url: str, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
+def processes_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database for tests that run cipherfeed processes of their own: a deployment apart from ``app``'s (whose
+    outbox relay, on a shared database, would take their writes into another Redis)."""
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('processes-db') / 'test.db'}"
+        return
+    name = database_url.rsplit("/", 1)[1] + "_p"
+    _psql(f"CREATE DATABASE {name}")
+    try:
+        yield _pg_url(name)
+    finally:
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+async def processes_engine(processes_database_url: str) -> AsyncIterator[Any]:
+    engine = db.make_engine(load_settings({"CIPHERFEED_DATABASE_URL": processes_database_url}).database_url)
+    try:
+        await db.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
 def redis_env(env: dict[str, str], redis_database_url: str) -> dict[str, str]:
     """The environment of ``redis_app``'s deployment (for its other processes)."""
     return env | {"CIPHERFEED_REDIS_URL": TEST_REDIS_DB_URL, "CIPHERFEED_DATABASE_URL": redis_database_url}

@@ -19,14 +19,22 @@ from feed.web.hub import Connection, Hub, Message
 RETRY_MS = 2000  # how long a browser waits before reconnecting
 
 
+_bodies: dict[tuple[str, str], bytes] = {}  # the encoded event of the last messages, shared by their connections
+
+
 def encode(message: Message) -> bytes:
-    lines = []
-    if message.id is not None:
-        lines.append(f"id: {message.id}")
-    if message.event != "message":
-        lines.append(f"event: {message.event}")
-    lines += [f"data: {line}" for line in message.data.split("\n")]
-    return ("\n".join(lines) + "\n\n").encode()
+    """The wire form of ``message``. The event and data part is encoded once for every connection that gets the
+    same message (one new post sent to a thousand viewers is one string, see the hub's ``memo``)."""
+    key = (message.event, message.data)
+    body = _bodies.get(key)
+    if body is None:
+        lines = [] if message.event == "message" else [f"event: {message.event}"]
+        lines += [f"data: {line}" for line in message.data.split("\n")]
+        body = ("\n".join(lines) + "\n\n").encode()
+        if len(_bodies) >= 256:
+            _bodies.clear()
+        _bodies[key] = body
+    return body if message.id is None else b"id: " + message.id.encode() + b"\n" + body
 
 
 async def client_gone(receive: Receive) -> bool:

@@ -31,7 +31,8 @@ async def test_a_page_from_cached_frames_is_the_page_drawn_afresh(make_browser: 
     assert all(isinstance(f, SealedFrame) for f in frames.values()), "each post's frame is cached, sealed"
     assert all(b"frame number" not in f.sealed.data for f in frames.values())
     opened = (await bob.get("/")).text
-    assert opened == drawn
+    since = re.compile(r"since=\d+")  # the live stream's address names the moment the page was drawn
+    assert since.sub("since=", opened) == since.sub("since=", drawn)
     assert "frame number 2 with &lt;b&gt;markup&lt;/b&gt; &amp; " in opened
 
 
