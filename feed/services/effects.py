@@ -115,10 +115,14 @@ def like_changed(post_id: int, user_id: int) -> Effects:
 # -- people
 
 
-def follow_changed(follower_id: int, followee_id: int, *, following: bool) -> Effects:
-    """A follow brings the followee's recent posts into the follower's feed; an unfollow takes them out."""
+def follow_changed(follower_id: int, followee_id: int, *, following: bool, popular_changed: bool = False) -> Effects:
+    """A follow brings the followee's recent posts into the follower's feed; an unfollow takes them out. One that
+    takes the followee across the fan-out threshold changes the list of popular authors."""
     job = Job("merge_follow" if following else "unmerge_follow", (follower_id, followee_id))
-    return Effects(invalidate=_keys((FOLLOWING, follower_id), (HOME, follower_id)), jobs=(job,))
+    stale: list[tuple[Space, int | str]] = [(FOLLOWING, follower_id), (HOME, follower_id)]
+    if popular_changed:
+        stale.append((TIMELINES, "popular"))
+    return Effects(invalidate=_keys(*stale), jobs=(job,))
 
 
 def sessions_ended(id_hashes: Iterable[bytes]) -> Effects:

@@ -226,6 +226,13 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
     return list(unique.values())[:FIRST_PAGE]
 
 
+async def popular_authors(svc: Services) -> frozenset[int]:
+    """Authors whose posts are not fanned out (cached): their followers' home timelines and live streams take their
+    posts when read."""
+    found = (await svc.cache.get_multi([lookup.shared_ids_request("popular", partial(_load_popular, svc))]))[0]
+    return lookup.ids_of(found.get("popular"))
+
+
 async def _load_popular(svc: Services) -> list[int]:
     """Authors whose posts are not fanned out (cached: who is that popular changes slowly)."""
     async with svc.db() as session:

@@ -29,10 +29,14 @@ async def _target(svc: Services, user: User, target_id: int) -> None:
 
 async def follow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
-    caused = effects.follow_changed(user.id, target_id, following=True)
     async with svc.db.begin() as session:
         changed = await store.add_follow(session, user.id, target_id, now())
         following, followed_by = await store.follow_state(session, user.id, target_id)
+        # Crossing the fan-out threshold changes who counts as popular (their posts are then merged when read).
+        crossed = changed and await store.follower_count_upto(session, target_id, svc.fanout_max_followers + 2) == (
+            svc.fanout_max_followers + 1
+        )
+        caused = effects.follow_changed(user.id, target_id, following=True, popular_changed=crossed)
         if changed:
             await effects.record(session, caused)
     if changed:
@@ -42,10 +46,14 @@ async def follow(svc: Services, user: User, target_id: int) -> Relationship:
 
 async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
     await _target(svc, user, target_id)
-    caused = effects.follow_changed(user.id, target_id, following=False)
     async with svc.db.begin() as session:
         changed = await store.remove_follow(session, user.id, target_id)
         following, followed_by = await store.follow_state(session, user.id, target_id)
+        # Crossing the fan-out threshold changes who counts as popular (their posts are then merged when read).
+        crossed = changed and await store.follower_count_upto(session, target_id, svc.fanout_max_followers + 2) == (
+            svc.fanout_max_followers
+        )
+        caused = effects.follow_changed(user.id, target_id, following=False, popular_changed=crossed)
         if changed:
             await effects.record(session, caused)
     if changed:

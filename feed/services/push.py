@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from feed.events import Event
 from feed.records import PostRecord
-from feed.services import lookup, timelines
+from feed.services import feeds, lookup, timelines
 from feed.services.context import Services
 from feed.services.models import FrameStyle, PostView, User
 
@@ -27,6 +27,14 @@ async def may_see(
 
 async def may_see_event(svc: Services, viewer: User | None, event: Event) -> bool:
     return await may_see(svc, viewer, event.author, event.visibility, event.mentions)
+
+
+async def joins_home_when_read(svc: Services, viewer: User, event: Event) -> bool:
+    """A new post that no fan-out brings to the viewer's home stream (its author has too many followers for one),
+    which belongs in their home timeline."""
+    if event.visibility == "direct" or event.author == viewer.id:
+        return False
+    return event.author in await feeds.popular_authors(svc) and await in_home_of(svc, viewer, event)
 
 
 async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:

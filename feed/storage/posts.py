@@ -275,6 +275,12 @@ async def follower_count(session: AsyncSession, user_id: int) -> int:
     return int(await session.scalar(query) or 0)
 
 
+async def follower_count_upto(session: AsyncSession, user_id: int, cap: int) -> int:
+    """The user's follower count, or ``cap`` if it is more (reads at most ``cap`` index entries)."""
+    some = sa.select(follows.c.follower_id).where(follows.c.followee_id == user_id).limit(cap).subquery()
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(some)) or 0)
+
+
 async def popular(session: AsyncSession, above: int) -> list[int]:
     """Everyone with more than ``above`` followers (one pass over the follows index; cached by the caller)."""
     query = sa.select(follows.c.followee_id).group_by(follows.c.followee_id).having(sa.func.count() > above)

@@ -27,7 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from feed.events import NEW
 from feed.services.context import Services
+from feed.services.feeds import popular_authors
 from feed.services.models import User
 from feed.streams import POSTS_STREAM, Entry, Replay, Streams, parse_id, user_stream
 
@@ -55,6 +57,9 @@ class Sink(Protocol):
     kind: str  # for metrics: page, sse, websocket
     wants_home: bool
     wants_posts: bool
+    # Which entries of the posts stream it is offered: new posts of ``public`` or of ``author:<id>``, ``all`` of
+    # them; edits and deletions of the posts it shows (``Connection.on_screen``) come to every connection anyway.
+    topics: frozenset[str]
 
     async def home(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]: ...
 
@@ -82,12 +87,17 @@ class Connection:
     probe: bool = False  # the handler should write a heartbeat and check its client is still there
     catching_up: bool = False
     held: list[tuple[str, Any]] = field(default_factory=list)  # live items that came during a catch-up
-    task: asyncio.Task[Any] | None = None
     _wake: asyncio.Future[None] | None = None
     hub: Hub | None = None
 
     def cursor(self) -> str:
-        return f"{self.home_cursor or ''}/{self.posts_cursor or ''}"
+        """Where the client stands. Its posts stream position is the hub's once it is live: the hub offered it every
+        entry up to there, those it was not offered were of no concern to it."""
+        posts = self.posts_cursor
+        if self.hub is not None and self.hub.posts_at and not self.catching_up and self.sink.wants_posts:
+            if posts is None or parse_id(self.hub.posts_at) > parse_id(posts):
+                posts = self.hub.posts_at
+        return f"{self.home_cursor or ''}/{posts or ''}"
 
     def watch(self, post_ids: Iterable[int]) -> None:
         for post_id in post_ids:
@@ -166,6 +176,8 @@ class Hub:
         self.by_user: dict[int, set[Connection]] = {}
         self.by_auth: dict[str, set[Connection]] = {}
         self.by_post: dict[int, set[Connection]] = {}
+        self.by_topic: dict[str, set[Connection]] = {}
+        self.posts_at = ""  # the last entry of the posts stream dispatched here
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
@@ -218,7 +230,6 @@ class Hub:
             if len(self.by_user.get(user_id, ())) >= self.per_user:
                 return False
         conn.hub = self
-        conn.task = asyncio.current_task()
         self.connections.add(conn)
         if user_id is not None:
             self.by_user.setdefault(user_id, set()).add(conn)
@@ -226,7 +237,15 @@ class Hub:
             self.by_auth.setdefault(conn.auth, set()).add(conn)
         for post_id in conn.on_screen:
             self.by_post.setdefault(post_id, set()).add(conn)
+        self.subscribe(conn)
         return True
+
+    def subscribe(self, conn: Connection, before: frozenset[str] = frozenset()) -> None:
+        """Index the connection under its sink's topics (again, after they changed from ``before``)."""
+        for topic in before - conn.sink.topics:
+            _discard(self.by_topic, topic, conn)
+        for topic in conn.sink.topics:
+            self.by_topic.setdefault(topic, set()).add(conn)
 
     def remove(self, conn: Connection) -> None:
         conn.closed = True
@@ -237,6 +256,8 @@ class Hub:
             _discard(self.by_auth, conn.auth, conn)
         for post_id in conn.on_screen:
             _discard(self.by_post, post_id, conn)
+        for topic in conn.sink.topics:
+            _discard(self.by_topic, topic, conn)
 
     def unwatch(self, conn: Connection, post_id: int) -> None:
         _discard(self.by_post, post_id, conn)
@@ -398,13 +419,25 @@ class Hub:
                 log.error("live event not delivered (%s)", type(exc).__name__)
 
     async def _dispatch_posts(self, entry: Entry) -> None:
+        event = entry.event
+        concerned = set(self.by_topic.get("all", ()))
+        if event.kind == NEW:
+            concerned.update(self.by_topic.get(f"author:{event.author}", ()))
+            if event.visibility == "public":
+                concerned.update(self.by_topic.get("public", ()))
+            if event.visibility != "direct" and event.author in await popular_authors(self.svc):
+                concerned.update(self.by_topic.get("home", ()))  # no fan-out brings it to their home streams
+        else:
+            concerned.update(self.by_post.get(event.post, ()))
+        concerned.update(c for c in self.connections if c.catching_up)
         memo: dict[Any, Any] = {}
-        for conn in list(self.connections):
+        for conn in concerned:
             if conn.sink.wants_posts and not conn.closed:
                 if conn.catching_up:
                     conn.held.append(("posts", entry))
                 else:
                     await self._deliver(conn, "posts", entry, memo)
+        self.posts_at = entry.id
 
     async def _dispatch_home(self, pairs: list[tuple[int, Entry]]) -> None:
         memo: dict[Any, Any] = {}

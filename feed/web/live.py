@@ -57,6 +57,9 @@ class PageSink:
 
     def __post_init__(self) -> None:
         self.wants_home = self.timeline == "home"
+        self.topics = frozenset(
+            {"public": {"public"}, "author": {f"author:{self.subject}"}, "home": {"home"}}.get(self.timeline, set())
+        )
 
     async def home(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
         return await self._new_post(conn, entry.event.post, memo)
@@ -64,11 +67,12 @@ class PageSink:
     async def posts(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
         event = entry.event
         if event.kind == NEW:
-            if (self.timeline == "public" and event.visibility == "public") or (
+            shown = (self.timeline == "public" and event.visibility == "public") or (
                 self.timeline == "author" and event.author == self.subject
-            ):
-                return await self._new_post(conn, event.post, memo)
-            return []
+            )
+            if not shown and self.timeline == "home" and conn.user is not None:
+                shown = await push.joins_home_when_read(self.svc, conn.user, event)
+            return await self._new_post(conn, event.post, memo) if shown else []
         if event.post not in conn.on_screen:
             return []
         if event.kind == DELETE:

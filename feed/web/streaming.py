@@ -72,6 +72,7 @@ class ApiSink:
     subscribed: set[str] = field(default_factory=set)
     wants_home: bool = False
     wants_posts: bool = False
+    topics: frozenset[str] = frozenset({"all"})
 
     def subscribe(self, stream: str) -> None:
         self.subscribed.add(stream)
@@ -93,6 +94,8 @@ class ApiSink:
         event = entry.event
         public = [s for s in PUBLIC if s in self.subscribed] if event.visibility == "public" else []
         if event.kind == NEW:
+            if "user" in self.subscribed and conn.user and await push.joins_home_when_read(self.svc, conn.user, event):
+                public.append("user")
             status = await self._status(conn, event.post, memo) if public else None
             return [Message("update", status, stream=s) for s in public] if status else []
         targets = list(public)

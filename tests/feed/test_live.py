@@ -46,7 +46,8 @@ def embedded_env(data_dir: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     workdir = tmp_path_factory.mktemp("live")
-    proc = AppProcess("embedded", embedded_env(workdir / "data", CIPHERFEED_STREAM_QUEUE="8"), workdir)
+    settings = embedded_env(workdir / "data", CIPHERFEED_STREAM_QUEUE="8", CIPHERFEED_FANOUT_MAX_FOLLOWERS="2")
+    proc = AppProcess("embedded", settings, workdir)
     proc.wait_ready()
     yield proc
     proc.stop()
@@ -159,6 +160,26 @@ async def test_home_public_and_profile_pages_update_live(world: Any) -> None:
             assert private not in [post_id_of(e) for e in stream.seen if e.event in ("post", "edit")]
     finally:
         for stream in (home, public, profile):
+            await stream.close()
+
+
+async def test_a_popular_authors_posts_reach_their_followers_streams_without_a_fan_out(world: Any) -> None:
+    """Past CIPHERFEED_FANOUT_MAX_FOLLOWERS (2 here) an author's posts are not fanned out; their followers' home
+    streams take them from the posts stream instead."""
+    star = await world("star")
+    fans = [await world(f"fan{n}") for n in range(3)]
+    for fan in fans:
+        assert (await fan.form(f"/@{star.name}/follow")).status_code == 303
+    stranger = await world("stranger")
+    streams = [await fan.live("/") for fan in fans]
+    other = await stranger.live("/")
+    try:
+        post = await star.compose("to all my fans")
+        for stream in streams:
+            assert post_id_of(await stream.next("post")) == post
+        assert await other.quiet(1.0, "post") == [], "not to someone who does not follow"
+    finally:
+        for stream in (*streams, other):
             await stream.close()
 
 
