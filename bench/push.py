@@ -33,7 +33,8 @@ from bench.servers import Proc, Processes, wait_ready
 
 PEER = "bare SSE"
 MARK = b"event: post\n"
-BUCKET_RE = re.compile(r'^cipherfeed_stream_delivery_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$', re.M)
+DELIVERY = "cipherfeed_stream_delivery_seconds"
+RELAY = "cipherfeed_outbox_relay_seconds"
 
 
 class Client:
@@ -135,22 +136,23 @@ async def _per_stream(proc: Proc, count: int) -> float:
     return (after - before) / count
 
 
-async def _delivery_buckets(port: int) -> dict[float, float]:
-    """Cumulative counts of cipherfeed_stream_delivery_seconds per bucket bound."""
+async def _buckets(port: int, name: str) -> dict[float, float]:
+    """Cumulative counts of the histogram ``name`` per bucket bound, from ``/metrics``."""
     text = (await http.get(port, "/metrics")).body.decode()
+    pattern = re.compile(rf'^{name}_bucket\{{[^}}]*le="([^"]+)"[^}}]*\}} (\S+)$', re.M)
     out: dict[float, float] = {}
-    for found in BUCKET_RE.finditer(text):
+    for found in pattern.finditer(text):
         bound = math.inf if found.group(1) == "+Inf" else float(found.group(1))
         out[bound] = out.get(bound, 0.0) + float(found.group(2))
     return out
 
 
-def _p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
-    """The smallest bucket bound under which 99% of the deliveries between the two readings fell (seconds)."""
+def _bound(before: dict[float, float], after: dict[float, float], share: float) -> float:
+    """The smallest bucket bound under which ``share`` of the observations between the two readings fell."""
     counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
     total = counts.get(math.inf, 0.0)
     for bound, count in counts.items():
-        if total and count >= 0.99 * total:
+        if total and count >= share * total:
             return bound
     return math.nan
 
@@ -164,7 +166,7 @@ async def push(clients_n: int, idle_n: int, repeats: int, procs: Processes, cf: 
     ours: list[list[float]] = []
     peer: list[list[float]] = []
     event = b""
-    histogram_before = await _delivery_buckets(cf.port)
+    before = {name: await _buckets(cf.port, name) for name in (DELIVERY, RELAY)}
     try:
         for round_ in range(repeats * 2 + 1):
             if round_ % 2 == 0:
@@ -175,7 +177,7 @@ async def push(clients_n: int, idle_n: int, repeats: int, procs: Processes, cf: 
             else:
                 request = _form("/publish", event, {"Content-Type": "text/event-stream"})
                 peer.append(await _round(peer_clients, partial(_post, bare.port, request)))
-        histogram_after = await _delivery_buckets(cf.port)
+        after = {name: await _buckets(cf.port, name) for name in (DELIVERY, RELAY)}
     finally:
         for client in (*ours_clients, *peer_clients):
             await client.close()
@@ -190,7 +192,9 @@ async def push(clients_n: int, idle_n: int, repeats: int, procs: Processes, cf: 
     ours_memory = await _per_stream(cf, idle_n)
     peer_memory = await _per_stream(bare, idle_n)
     scenario = "8"
-    committed_p99 = _p99_bound(histogram_before, histogram_after) * 1000
+    committed_p99 = _bound(before[DELIVERY], after[DELIVERY], 0.99) * 1000
+    relay_p50 = _bound(before[RELAY], after[RELAY], 0.5) * 1000
+    relay_max = _bound(before[RELAY], after[RELAY], 1.0) * 1000
     return [
         Row(scenario, f"one post to {clients_n} SSE streams, broadcast rate (first copy to last)", "1/s", rate(ours),
             rate(peer), PEER, Target(">=", 0.5), note=f"{len(event)} bytes per event"),
@@ -198,6 +202,8 @@ async def push(clients_n: int, idle_n: int, repeats: int, procs: Processes, cf: 
             committed_p99, target=Target("<=", 50, on="cipherfeed")),
         Row(scenario, "p99 from the post request to each copy (cipherfeed: the write included)", "ms", p99(ours),
             p99(peer), PEER),
+        Row(scenario, "outbox relay, commit to relayed, median (bucket bound)", "ms", relay_p50,
+            note=f"slowest under {relay_max:g} ms"),
         Row(scenario, f"{idle_n} idle streams, memory per stream", "KiB", ours_memory / 1024, peer_memory / 1024,
             PEER, Target("<=", 30, on="cipherfeed")),
     ]

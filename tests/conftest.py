@@ -273,33 +273,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The database of ``redis_app``: a deployment of its own (its outbox is relayed into its own Redis)."""
+def _database_beside(database_url: str, tmp_path_factory: pytest.TempPathFactory, suffix: str) -> Iterator[str]:
+    """A database of its own next to this run's (another SQLite file, or ``<name>_<suffix>`` on PostgreSQL)."""
     if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('redis-db') / 'test.db'}"
+        yield f"sqlite:///{tmp_path_factory.mktemp(f'db-{suffix}') / 'test.db'}"
         return
-    name = database_url.rsplit("/", 1)[1] + "_r"
+    name = f"{database_url.rsplit('/', 1)[1]}_{suffix}"
     _psql(f"CREATE DATABASE {name}")
     try:
         yield _pg_url(name)
     finally:
         _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def redis_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The database of ``redis_app``: a deployment of its own (its outbox is relayed into its own Redis)."""
+    yield from _database_beside(database_url, tmp_path_factory, "r")
 
 
 @pytest.fixture(scope="session")
 def processes_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database for tests that run cipherfeed processes of their own: a deployment apart from ``app``'s (whose
     outbox relay, on a shared database, would take their writes into another Redis)."""
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('processes-db') / 'test.db'}"
-        return
-    name = database_url.rsplit("/", 1)[1] + "_p"
-    _psql(f"CREATE DATABASE {name}")
-    try:
-        yield _pg_url(name)
-    finally:
-        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from _database_beside(database_url, tmp_path_factory, "p")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ through the frame cache, only for the connections that may see it)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from feed.events import Event
 from feed.records import PostRecord
@@ -45,8 +46,7 @@ async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:
 
 
 async def post(svc: Services, post_id: int, style: FrameStyle | None) -> tuple[PostRecord, PostView] | None:
-    """The post as it is now, with its frame, for every viewer at once (each connection then checks its viewer with
-    :func:`may_see_record` and sets ``liked``); None if it is gone or does not open."""
+    """The post as it is now, with its frame, for every viewer at once; None if it is gone or does not open."""
     record = await lookup.post(svc, post_id)
     if record is None:
         return None
@@ -54,9 +54,19 @@ async def post(svc: Services, post_id: int, style: FrameStyle | None) -> tuple[P
     return (record, found[0]) if found else None
 
 
-async def may_see_record(svc: Services, viewer: User | None, record: PostRecord) -> bool:
-    return await may_see(svc, viewer, record.author_id, record.visibility, (uid for uid, _ in record.mentions))
-
-
-async def liked(svc: Services, viewer: User | None, post_id: int) -> bool:
-    return viewer is not None and post_id in await lookup.liked(svc, viewer.id, [post_id])
+async def for_viewer(
+    svc: Services, post_id: int, viewer: User | None, style: FrameStyle | None, memo: dict[Any, Any]
+) -> tuple[PostRecord, PostView, bool] | None:
+    """The post for one viewer of a live event: the record, the view shared by every viewer (opened once per event,
+    kept in ``memo``) and whether this viewer liked it; None if they may not see it, or it is gone."""
+    key = ("post", post_id, style is not None)
+    if key not in memo:
+        memo[key] = await post(svc, post_id, style)
+    found = memo[key]
+    if found is None:
+        return None
+    record, view = found
+    if not await may_see(svc, viewer, record.author_id, record.visibility, (uid for uid, _ in record.mentions)):
+        return None
+    liked = bool(record.likes_count) and viewer is not None and post_id in await lookup.liked(svc, viewer.id, [post_id])
+    return record, view, liked

@@ -178,6 +178,7 @@ class Hub:
         self.by_post: dict[int, set[Connection]] = {}
         self.by_topic: dict[str, set[Connection]] = {}
         self.posts_at = ""  # the last entry of the posts stream dispatched here
+        self.catching: set[Connection] = set()  # connections catching up (they hold what comes meanwhile)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
@@ -230,6 +231,10 @@ class Hub:
             if len(self.by_user.get(user_id, ())) >= self.per_user:
                 return False
         conn.hub = self
+        # Until ``open`` has caught it up, what comes live is held for it (its position must not move past what it
+        # has still to be sent).
+        conn.catching_up = True
+        self.catching.add(conn)
         self.connections.add(conn)
         if user_id is not None:
             self.by_user.setdefault(user_id, set()).add(conn)
@@ -250,6 +255,7 @@ class Hub:
     def remove(self, conn: Connection) -> None:
         conn.closed = True
         self.connections.discard(conn)
+        self.catching.discard(conn)
         if conn.user is not None:
             _discard(self.by_user, conn.user.id, conn)
         if conn.auth is not None:
@@ -323,16 +329,32 @@ class Hub:
             if created and strict and conn.home_cursor is not None:
                 await self.resync(conn)
                 return
-        await self.catch_up(conn, strict=strict)
+        floor = None
+        if not strict and conn.sink.wants_home and conn.user is not None:
+            # From a render time to a real position: a later catch-up (after the push channel dropped) must not
+            # mistake the start of a stream made just now for something missed.
+            floor = await self.streams.tail(user_stream(conn.user.id))
+        await self.catch_up(conn, strict=strict, home_floor=floor)
 
-    async def catch_up(self, conn: Connection, *, strict: bool = True) -> None:
+    async def catch_up(
+        self,
+        conn: Connection,
+        *,
+        strict: bool = True,
+        sources: tuple[str, ...] = ("home", "posts"),
+        home_floor: str | None = None,
+    ) -> None:
+        """Send what the connection missed since its position, then what came meanwhile. ``home_floor``: an entry of
+        its home stream read before the replay, which its position may move up to once the replay is sent."""
         conn.catching_up = True
+        if conn in self.connections:
+            self.catching.add(conn)
         try:
             items: list[tuple[tuple[int, int], str, Entry]] = []
             wanted = []
-            if conn.sink.wants_home and conn.user is not None and conn.home_cursor is not None:
+            if "home" in sources and conn.sink.wants_home and conn.user is not None and conn.home_cursor is not None:
                 wanted.append(("home", user_stream(conn.user.id), conn.home_cursor))
-            if conn.sink.wants_posts and conn.posts_cursor is not None:
+            if "posts" in sources and conn.sink.wants_posts and conn.posts_cursor is not None:
                 wanted.append(("posts", POSTS_STREAM, conn.posts_cursor))
             for source, key, after in wanted:
                 replay: Replay | None = await self.streams.replay(key, after)
@@ -345,6 +367,8 @@ class Hub:
             if items and self._replays is not None:
                 self._replays.inc()
             await self._replay(conn, items)
+            if home_floor and (conn.home_cursor is None or parse_id(home_floor) > parse_id(conn.home_cursor)):
+                conn.home_cursor = home_floor
             memo: dict[Any, Any] = {}
             while conn.held:
                 source, entry = conn.held.pop(0)
@@ -352,6 +376,7 @@ class Hub:
         finally:
             conn.catching_up = False
             conn.held.clear()
+            self.catching.discard(conn)
 
     async def _replay(self, conn: Connection, items: list[tuple[tuple[int, int], str, Entry]]) -> None:
         """Deliver what a connection missed, in the order the writes behind it committed (home entries are in the
@@ -429,7 +454,7 @@ class Hub:
                 concerned.update(self.by_topic.get("home", ()))  # no fan-out brings it to their home streams
         else:
             concerned.update(self.by_post.get(event.post, ()))
-        concerned.update(c for c in self.connections if c.catching_up)
+        concerned.update(self.catching)
         memo: dict[Any, Any] = {}
         for conn in concerned:
             if conn.sink.wants_posts and not conn.closed:
@@ -485,8 +510,8 @@ class Hub:
                 if conn.sink.wants_home and conn.user is not None:
                     await self.streams.open_user(conn.user.id)
                 await self.resync(conn)
-            else:
-                await self.catch_up(conn, strict=True)
+            else:  # the posts stream is read apart, and missed nothing: only home entries were announced here
+                await self.catch_up(conn, strict=True, sources=("home",))
 
     async def _beat(self) -> None:
         touched = time.monotonic()

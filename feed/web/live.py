@@ -97,16 +97,10 @@ class PageSink:
 
     async def _article(self, conn: Connection, post_id: int, memo: dict[Any, Any]) -> str | None:
         """The post as this viewer sees it now; None if they may not, or it is gone."""
-        key = ("post", post_id)
-        if key not in memo:
-            memo[key] = await push.post(self.svc, post_id, self.style)
-        found = memo[key]
+        found = await push.for_viewer(self.svc, post_id, conn.user, self.style, memo)
         if found is None:
             return None
-        record, view = found
-        if not await push.may_see_record(self.svc, conn.user, record):
-            return None
-        liked = bool(record.likes_count) and await push.liked(self.svc, conn.user, post_id)
+        record, view, liked = found
         own = conn.user is not None and conn.user.id == record.author_id
         variant = ("html", post_id, conn.user is not None, liked, own, self.here)
         if variant not in memo:

@@ -118,16 +118,10 @@ class ApiSink:
         return []  # nor a resync: its apps fetch their timelines again when they reconnect
 
     async def _status(self, conn: Connection, post_id: int, memo: dict[Any, Any]) -> str | None:
-        key = ("post", post_id)
-        if key not in memo:
-            memo[key] = await push.post(self.svc, post_id, None)
-        found = memo[key]
+        found = await push.for_viewer(self.svc, post_id, conn.user, None, memo)
         if found is None:
             return None
-        record, view = found
-        if not await push.may_see_record(self.svc, conn.user, record):
-            return None
-        liked = bool(record.likes_count) and await push.liked(self.svc, conn.user, post_id)
+        record, view, liked = found
         variant = ("status", post_id, liked, str(self.http.base_url))
         if variant not in memo:
             profiles_key = ("profiles", record.author_id)
@@ -215,6 +209,7 @@ async def websocket(ws: WebSocket) -> None:
         await ws.close(code=4029, reason="Too many streams")
         return
     await ws.accept(subprotocol=token if offered and token and offered.split(",")[0].strip() == token else None)
+    await hub.open(conn, strict=False)  # live from here (a WebSocket has no position to resume from)
     reader = asyncio.get_running_loop().create_task(_read(ws, conn, sink, user, first))
     try:
         while True:

@@ -192,6 +192,13 @@ async def test_a_client_that_comes_back_gets_exactly_what_it_missed(world: Any) 
     assert resume_at
     await stream.close()
     missed = [await alice.compose(f"missed {n}") for n in range(3)]
+    deadline = time.monotonic() + 10
+    while True:  # until their fan-outs ran (side by side: in any order)
+        page = (await bob.http.get("/")).text
+        if all(f'id="post-{post}"' in page for post in missed):
+            break
+        assert time.monotonic() < deadline, "the posts did not reach bob's home timeline"
+        await asyncio.sleep(0.05)
     again = await open_stream(bob.http, "/events?timeline=home", **{"Last-Event-ID": resume_at})
     try:
         got = [post_id_of(await again.next("post")) for _ in range(3)]
@@ -370,11 +377,15 @@ async def test_mastodon_clients_stream_over_sse_and_websocket(world: Any, server
                 await asyncio.wait_for(public_ws.recv(), 1.0)
             await public_ws.send("not json")
             assert "error" in json.loads(await asyncio.wait_for(public_ws.recv(), 5))
+            handle.close()
+            # Erasing the account revokes its tokens: their streams close.
+            assert (await bob.form("/settings/delete", {"password": PASSWORD})).status_code in (200, 303)
+            await asyncio.wait_for(user_ws.wait_closed(), 5)
     finally:
         handle.close()
     ws_base = server.url.replace("http://", "ws://")
-    assert (await bob.http.get("/api/v1/instance")).json()["urls"]["streaming_api"] == ws_base
-    assert (await bob.http.get("/api/v2/instance")).json()["configuration"]["urls"]["streaming"] == ws_base
+    assert (await alice.http.get("/api/v1/instance")).json()["urls"]["streaming_api"] == ws_base
+    assert (await alice.http.get("/api/v2/instance")).json()["configuration"]["urls"]["streaming"] == ws_base
     assert token not in server.output(), "a token in a query string reached the log"
 
 

@@ -103,6 +103,17 @@ async def live(account: Account, where: str, path: str = "/", **headers: str) ->
     return await open_stream(account.on[where], url, **headers)
 
 
+async def in_home(account: Account, where: str, posts: list[int]) -> None:
+    """Until each of ``posts`` is in the account's home timeline (their fan-outs have run)."""
+    deadline = time.monotonic() + 10
+    while True:
+        page = (await account.on[where].get("/")).text
+        if all(f'id="post-{post}"' in page for post in posts):
+            return
+        assert time.monotonic() < deadline, "the posts did not reach the home timeline"
+        await asyncio.sleep(0.05)
+
+
 class Monitor:
     """Every command Redis runs (pub/sub messages included, as the PUBLISH commands that sent them)."""
 
@@ -219,6 +230,7 @@ async def test_resume_redis_restart_and_shutdown(scaled: Cluster) -> None:
     resume_at = (await stream.next("post")).id
     await stream.close()
     missed = [await alice.compose("A", f"missed {n}") for n in range(3)]
+    await in_home(bob, "B", missed)  # their fan-outs ran (side by side: in any order)
     again = await open_stream(bob.on["B"], "/events?timeline=home", **{"Last-Event-ID": resume_at or ""})
     assert [post_id_of(await again.next("post")) for _ in missed] == missed
     assert await again.quiet(1.0, "post") == []
