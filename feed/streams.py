@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import json
 import logging
 import secrets
@@ -53,6 +54,7 @@ def user_stream(user_id: int) -> str:
     return f"cf:ev:{{u{user_id}}}"  # the hash tag keeps a user's keys in one Redis Cluster slot
 
 
+@functools.lru_cache(maxsize=4096)  # the same few ids are compared for every connection an entry goes to
 def parse_id(raw: str) -> tuple[int, int]:
     """A stream id as a comparable pair; raises ValueError if it is not one."""
     ms, _, seq = raw.partition("-")

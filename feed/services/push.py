@@ -66,7 +66,9 @@ async def for_viewer(
     if found is None:
         return None
     record, view = found
-    if not await may_see(svc, viewer, record.author_id, record.visibility, (uid for uid, _ in record.mentions)):
+    if record.visibility not in ("public", "unlisted") and not await may_see(
+        svc, viewer, record.author_id, record.visibility, [uid for uid, _ in record.mentions]
+    ):
         return None
     liked = bool(record.likes_count) and viewer is not None and post_id in await lookup.liked(svc, viewer.id, [post_id])
     return record, view, liked

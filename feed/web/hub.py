@@ -183,6 +183,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
         self._sent = self._replays = self._resyncs = self._drops = self._lag = None
+        self._sent_by_kind: dict[str, Any] = {}
         if metrics is not None:
             metrics.gauge_callback("cipherfeed_streams_open", "Live streams open on this process, by kind",
                                    self._open_by_kind, ("kind",))  # fmt: skip
@@ -311,12 +312,18 @@ class Hub:
 
     def sent(self, conn: Connection, messages: Sequence[Message]) -> None:
         """The handler wrote ``messages`` (to their last byte)."""
-        now_ms = time.time() * 1000
-        for message in messages:
-            if self._sent is not None:
-                self._sent.labels(conn.sink.kind).inc()
-            if self._lag is not None and message.committed_ms:
-                self._lag.observe(max(0.0, (now_ms - message.committed_ms) / 1000))
+        if not messages:
+            return
+        if self._sent is not None:
+            child = self._sent_by_kind.get(conn.sink.kind)
+            if child is None:
+                child = self._sent_by_kind[conn.sink.kind] = self._sent.labels(conn.sink.kind)
+            child.inc(len(messages))
+        if self._lag is not None:
+            now_ms = time.time() * 1000
+            for message in messages:
+                if message.committed_ms:
+                    self._lag.observe(max(0.0, (now_ms - message.committed_ms) / 1000))
 
     # -- catching up
 
