@@ -189,14 +189,15 @@ class Relay:
             for user_id in users:
                 self.forget(user_id)
             await self.bus.publish(Invalidation(users=users))
+        # Events before jobs: a client waits for the event, nobody for the job to be queued.
+        if not await self._publish_events(parts):
+            return False
         try:
             for _, effects in parts:
                 for job in effects.jobs:
                     await self.queue.enqueue(job.name, *job.args, key=job.key, strict=True)
         except ConnectionError:
             return False  # the queue is away: the rows stay, and go again (a job queued twice is harmless)
-        if not await self._publish_events(parts):
-            return False
         self._take_counts({post for _, e in parts for post in e.counts})
         return self.link is None or self.link.up
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from feed.cache import FRAMES, POSTS, redis_key
 from feed.events import Event
 from feed.records import PostRecord
 from feed.services import feeds, lookup, timelines
@@ -45,8 +46,16 @@ async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:
     return event.visibility != "direct" and event.author in await lookup.following(svc, viewer.id)
 
 
-async def post(svc: Services, post_id: int, style: FrameStyle | None) -> tuple[PostRecord, PostView] | None:
-    """The post as it is now, with its frame, for every viewer at once; None if it is gone or does not open."""
+async def post(
+    svc: Services, post_id: int, style: FrameStyle | None, *, fresh: bool = False
+) -> tuple[PostRecord, PostView] | None:
+    """The post as it is now, with its frame, for every viewer at once; None if it is gone or does not open.
+
+    ``fresh``: for an edit. The event and the invalidation of the old revision reach this process by different
+    ways (a stream and pub/sub), in either order: this process's copies are dropped first, so the post is read
+    from Redis (which the writer updated before its commit returned) or the database."""
+    if fresh:
+        svc.cache.drop([redis_key(POSTS, post_id), redis_key(FRAMES, post_id)])
     record = await lookup.post(svc, post_id)
     if record is None:
         return None
@@ -55,13 +64,19 @@ async def post(svc: Services, post_id: int, style: FrameStyle | None) -> tuple[P
 
 
 async def for_viewer(
-    svc: Services, post_id: int, viewer: User | None, style: FrameStyle | None, memo: dict[Any, Any]
+    svc: Services,
+    post_id: int,
+    viewer: User | None,
+    style: FrameStyle | None,
+    memo: dict[Any, Any],
+    *,
+    fresh: bool = False,
 ) -> tuple[PostRecord, PostView, bool] | None:
     """The post for one viewer of a live event: the record, the view shared by every viewer (opened once per event,
     kept in ``memo``) and whether this viewer liked it; None if they may not see it, or it is gone."""
     key = ("post", post_id, style is not None)
     if key not in memo:
-        memo[key] = await post(svc, post_id, style)
+        memo[key] = await post(svc, post_id, style, fresh=fresh)
     found = memo[key]
     if found is None:
         return None

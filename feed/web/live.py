@@ -78,7 +78,7 @@ class PageSink:
         if event.kind == DELETE:
             return [Message("delete", str(event.post))]
         if event.kind == EDIT:
-            html = await self._article(conn, event.post, memo)
+            html = await self._article(conn, event.post, memo, fresh=True)
             return [Message("edit", html)] if html else []
         return []
 
@@ -95,9 +95,11 @@ class PageSink:
         conn.watch([post_id])
         return [Message("post", f"<li>{html}</li>")]
 
-    async def _article(self, conn: Connection, post_id: int, memo: dict[Any, Any]) -> str | None:
+    async def _article(
+        self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False
+    ) -> str | None:
         """The post as this viewer sees it now; None if they may not, or it is gone."""
-        found = await push.for_viewer(self.svc, post_id, conn.user, self.style, memo)
+        found = await push.for_viewer(self.svc, post_id, conn.user, self.style, memo, fresh=fresh)
         if found is None:
             return None
         record, view, liked = found

@@ -107,7 +107,7 @@ class ApiSink:
         if event.kind == DELETE:
             return [Message("delete", str(event.post), stream=s) for s in targets]
         if event.kind == EDIT:
-            status = await self._status(conn, event.post, memo)
+            status = await self._status(conn, event.post, memo, fresh=True)
             return [Message("status.update", status, stream=s) for s in targets] if status else []
         return []
 
@@ -117,8 +117,8 @@ class ApiSink:
     def resync(self, conn: Connection) -> list[Message]:
         return []  # nor a resync: its apps fetch their timelines again when they reconnect
 
-    async def _status(self, conn: Connection, post_id: int, memo: dict[Any, Any]) -> str | None:
-        found = await push.for_viewer(self.svc, post_id, conn.user, None, memo)
+    async def _status(self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False) -> str | None:
+        found = await push.for_viewer(self.svc, post_id, conn.user, None, memo, fresh=fresh)
         if found is None:
             return None
         record, view, liked = found
