@@ -292,7 +292,7 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
             keys = KeyStore(ring)
             streams: Streams | None = None
             if link is not None:
-                streams = RedisStreams(link, metrics=app.state.metrics)
+                streams = RedisStreams(link)
             elif role == "web":
                 streams = LocalStreams()
             app.state.cache, app.state.bus = cache, bus

@@ -164,11 +164,10 @@ class Relay:
             if conn is None:
                 conn = await stack.enter_async_context(self.engine.connect())
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = await store.oldest(conn, BATCH)
+            rows = await store.take(conn, BATCH)
             if not rows:
                 return 0
             ids = [row.id for row in rows]
-            await store.mark_tried(conn, ids)
             if not await self._carry_out(rows):
                 return 0  # Redis went away: the rows stay, and are done again when it is back
             await store.remove(conn, ids)
@@ -207,7 +206,7 @@ class Relay:
         since: int | None = None
         for row, effects in parts:
             stamped = [_stamped(event, row.created_at) for event in effects.events]
-            if row.attempts:  # a relay may have published these before it died
+            if row.attempts > 1:  # a relay may have published these before it died
                 retried += stamped
                 created_ms = int(row.created_at.timestamp() * 1000)
                 since = created_ms if since is None else min(since, created_ms)

@@ -257,7 +257,7 @@ return created
 class RedisStreams:
     """Streams in Redis through the process's link (an outage is "no answer", see ``feed.redis_link``)."""
 
-    def __init__(self, link: RedisLink, *, metrics: Any = None) -> None:
+    def __init__(self, link: RedisLink) -> None:
         self.link = link
         self._append_script: Any = None
         self._open_script: Any = None

@@ -21,15 +21,17 @@ async def add(session: AsyncSession, effects: str, now: datetime) -> None:
         await session.execute(sa.text(f"NOTIFY {CHANNEL}"))  # delivered at commit, dropped at rollback
 
 
-async def oldest(conn: AsyncConnection | AsyncSession, limit: int) -> list[Any]:
-    """The oldest ``limit`` rows, oldest first."""
-    query = sa.select(outbox.c.id, outbox.c.created_at, outbox.c.effects, outbox.c.attempts)
-    return list((await conn.execute(query.order_by(outbox.c.id).limit(limit))).all())
-
-
-async def mark_tried(conn: AsyncConnection | AsyncSession, ids: Sequence[int]) -> None:
-    """Count an attempt before relaying: a row seen again with attempts > 0 may have been relayed in part."""
-    await conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(attempts=outbox.c.attempts + 1))
+async def take(conn: AsyncConnection | AsyncSession, limit: int) -> list[Any]:
+    """The oldest ``limit`` rows, oldest first, each with one more attempt counted (in the same statement): a row
+    whose ``attempts`` is above 1 was taken before, and may have been relayed in part."""
+    oldest = sa.select(outbox.c.id).order_by(outbox.c.id).limit(limit).scalar_subquery()
+    query = (
+        outbox.update()
+        .where(outbox.c.id.in_(oldest))
+        .values(attempts=outbox.c.attempts + 1)
+        .returning(outbox.c.id, outbox.c.created_at, outbox.c.effects, outbox.c.attempts)
+    )
+    return sorted((await conn.execute(query)).all(), key=lambda row: row.id)
 
 
 async def remove(conn: AsyncConnection | AsyncSession, ids: Sequence[int]) -> None:
