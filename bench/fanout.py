@@ -27,17 +27,17 @@ PEER = "raw pipeline"
 
 
 async def fanout(repeats: int, procs: Processes, env: Mapping[str, str], star_id: int) -> list[Row]:
-    from feed.app import create_app
+    from feed.runtime import open_runtime
     from feed.services import accounts, feeds, posts
     from feed.settings import load_settings
 
     redis = procs.redis("redis-fanout")
     url = f"redis://{http.HOST}:{redis.port}/0"
     settings = load_settings({**env, "CIPHERFEED_REDIS_URL": url, "CIPHERFEED_FANOUT_MAX_FOLLOWERS": "1000000"})
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        svc = app.state.services
-        client = app.state.cache.link.client
+    async with open_runtime(settings, "worker") as runtime:
+        svc = runtime.services
+        assert runtime.link is not None
+        client = runtime.link.client
         star = await accounts.get_user(svc, star_id)
         async with svc.db() as session:
             from feed.storage import posts as store

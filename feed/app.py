@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
-from functools import partial
 from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
-from anyio import CapacityLimiter
-from argon2 import PasswordHasher
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,22 +21,12 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from feed import db
-from feed.bus import Invalidation, LocalBus, RedisBus
-from feed.cache import Cache
+from feed.bus import Invalidation
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
-from feed.feeds import RedisFeeds
-from feed.keyfile import derive, load_ring, load_secret
-from feed.metrics import Registry
-from feed.queue import ArqQueue, LocalQueue
-from feed.redis_link import RedisLink, make_client
-from feed.relay import Relay
+from feed.keyfile import derive
 from feed.resources import resource_path
-from feed.services.context import Database, Secrets, Services, ThrottleRules
-from feed.services.jobs import JobMetrics, record_failure, run_cron
-from feed.services.keys import KeyStore
-from feed.settings import ConfigError, Settings, load_settings
-from feed.streams import LocalStreams, RedisStreams, Streams
+from feed.runtime import Runtime, open_runtime
+from feed.settings import Settings, load_settings
 from feed.web import account_pages, api, live, pages, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
@@ -184,59 +168,25 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _connect(
-    metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None, hub: Hub | None
-) -> None:
-    """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
-    unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
-    invalidations it missed, then flushes L1. Live streams close when their session or token is invalidated, here
-    or elsewhere, and are checked again when invalidations may have been lost."""
+def _connect_hub(runtime: Runtime, hub: Hub) -> None:
+    """Live streams close when their session or token is invalidated, here or elsewhere, and are checked again
+    when invalidations may have been lost."""
+    publish = runtime.cache.on_invalidate
 
-    async def publish(names: list[str]) -> None:
-        if hub is not None:
-            hub.close_auth(names)
-        await bus.publish(Invalidation(keys=names))
+    async def close_then_publish(names: list[str]) -> None:
+        hub.close_auth(names)
+        if publish is not None:
+            await publish(names)
 
     def apply(message: Invalidation) -> None:
-        cache.drop(message.keys)
-        for user_id in message.users:
-            keys.forget(user_id)
-        if hub is not None:
-            hub.close_auth(message.keys)
+        hub.close_auth(message.keys)
 
     def reset() -> None:
-        cache.flush()
-        if hub is not None:
-            asyncio.get_running_loop().create_task(hub.recheck_all())
+        asyncio.get_running_loop().create_task(hub.recheck_all())
 
-    async def flush() -> None:
-        cache.flush()
-
-    cache.on_invalidate = publish
-    bus.on_message(apply)
-    bus.on_reset(reset)
-    if link is not None:
-        link.on_recovery(cache.replay_pending)
-        link.on_recovery(flush)
-    metrics.gauge_callback("cipherfeed_cache_l1_bytes", "Bytes held in this process's L1 cache", lambda: cache.l1_bytes)
-    metrics.gauge_callback(
-        "cipherfeed_cache_l1_evictions", "Values evicted from L1 to stay within its size", lambda: cache.l1_evictions
-    )
-    metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
-
-
-def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQueue:
-    """arq on Redis in the scaled mode; in the embedded mode the jobs run in this process."""
-    if settings.redis_url is None:
-        from jobs.registry import QUEUED
-
-        return LocalQueue(QUEUED)
-    from arq.connections import ArqRedis
-
-    # Not arq's create_pool: that one pings Redis at start, and the server must start (and serve) without it.
-    # Short timeouts, as for the cache: a slow Redis must not hold a page.
-    pool = ArqRedis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    return ArqQueue(pool, link)
+    runtime.cache.on_invalidate = close_then_publish
+    runtime.bus.on_message(apply)
+    runtime.bus.on_reset(reset)
 
 
 def _nothing() -> None:
@@ -274,113 +224,36 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.metrics = Registry()  # first: the cache, the bus and RequestMetrics register in it
-        app.state.outbox_gauges = outbox_gauges(app.state.metrics)
-        embedded = settings.is_sqlite
-        if embedded:
-            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ring = load_ring(settings, create=embedded)
-        secret = load_secret(settings, create=embedded)
-        engine = db.make_engine(settings.database_url)
-        try:
-            head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
-            if await db.current_revision(engine) != head:
-                raise ConfigError("the database schema is not up to date: run `cipherfeed db upgrade`")
-            link = RedisLink(make_client(settings.redis_url), metrics=app.state.metrics) if settings.redis_url else None
-            cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=app.state.metrics)
-            bus: LocalBus = RedisBus(link, metrics=app.state.metrics) if link else LocalBus()
-            keys = KeyStore(ring)
-            streams: Streams | None = None
-            if link is not None:
-                streams = RedisStreams(link)
-            elif role == "web":
-                streams = LocalStreams()
-            app.state.cache, app.state.bus = cache, bus
-            hasher = PasswordHasher()
-            app.state.engine = engine
+        async with open_runtime(settings, role) as runtime:
+            app.state.runtime = runtime
+            app.state.metrics, app.state.engine = runtime.metrics, runtime.engine
+            app.state.cache, app.state.bus, app.state.queue = runtime.cache, runtime.bus, runtime.queue
+            app.state.services = svc = runtime.services
+            app.state.outbox_gauges = outbox_gauges(runtime.metrics)
             app.state.templates = make_environment()
             app.state.frame_style = make_frame_style(app.state.templates)
-            app.state.csrf_key = derive(secret, "csrf")
-            queue = app.state.queue = make_queue(settings, link)
-            relay = None
-            if role != "cli" and streams is not None:
-                relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams, forget=keys.forget,
-                              link=link, metrics=app.state.metrics)  # fmt: skip
-            app.state.services = Services(
-                db=Database(engine),
-                cache=cache,
-                bus=bus,
-                keys=keys,
-                secrets=Secrets(
-                    index_key=derive(secret, "email-index"),
-                    throttle_key=derive(secret, "throttle"),
-                    token_key=derive(secret, "token"),
-                ),
-                hasher=hasher,
-                hash_slots=CapacityLimiter(max(2, os.cpu_count() or 2)),
-                dummy_hash=hasher.hash("cipherfeed-dummy-password"),
-                session_ttl=timedelta(days=settings.session_days),
-                throttle=ThrottleRules(
-                    per_account=settings.login_attempts_per_account,
-                    per_ip=settings.login_attempts_per_ip,
-                    window=timedelta(seconds=settings.login_window_seconds),
-                ),
-                queue=queue,
-                feeds=RedisFeeds(link) if link is not None else None,
-                fanout_max_followers=settings.fanout_max_followers,
-                feed_inactive_days=settings.feed_inactive_days,
-                fanout_batch=settings.fanout_batch,
-                job_metrics=JobMetrics.register(app.state.metrics),
-                streams=streams,
-                relay=relay,
-                crash_after_commit=settings.crash_after_commit,
-            )
-            svc = app.state.services
-            hub = app.state.hub = Hub(svc, streams, metrics=app.state.metrics, queue_limit=settings.stream_queue,
-                                      per_user=settings.streams_per_user) if role == "web" and streams else None
-            _connect(app.state.metrics, cache, bus, keys, link, hub)
-            await bus.start()
-            undo_signals: Callable[[], None] = _nothing
-            if hub is not None:
-                for name in ("uvicorn.access", "uvicorn.error"):  # the latter logs WebSocket handshakes
-                    server_log = logging.getLogger(name)
-                    if not any(isinstance(f, streaming.RedactTokens) for f in server_log.filters):
-                        server_log.addFilter(streaming.RedactTokens())
-                await hub.start()
-                if streams is not None:
-                    await streams.start()
-                undo_signals = _close_streams_on_signal(hub)
-            cron = None
-            if isinstance(queue, LocalQueue):
-                from jobs.registry import MAINTENANCE
-
-                queue.ctx["services"] = svc
-                queue.on_failure = partial(record_failure, svc)
-                if settings.embedded_cron:
-                    cron = asyncio.get_running_loop().create_task(run_cron(svc, [*MAINTENANCE.values()]))
-            if relay is not None:
-                await relay.start()
+            app.state.csrf_key = derive(runtime.secret, "csrf")
+            streams = runtime.streams
+            if role != "web" or streams is None:
+                app.state.hub = None
+                yield
+                return
+            hub = app.state.hub = Hub(svc, streams, metrics=runtime.metrics, queue_limit=settings.stream_queue,
+                                      per_user=settings.streams_per_user)  # fmt: skip
+            _connect_hub(runtime, hub)
+            for name in ("uvicorn.access", "uvicorn.error"):  # the latter logs WebSocket handshakes
+                server_log = logging.getLogger(name)
+                if not any(isinstance(f, streaming.RedactTokens) for f in server_log.filters):
+                    server_log.addFilter(streaming.RedactTokens())
+            await hub.start()
+            await streams.start()
+            undo_signals = _close_streams_on_signal(hub)
             try:
                 yield
             finally:
                 undo_signals()
-                if hub is not None:
-                    await hub.stop()
-                if streams is not None:
-                    await streams.stop()
-                if relay is not None:
-                    await relay.stop()
-                if cron is not None:
-                    cron.cancel()
-                if isinstance(queue, LocalQueue):
-                    await queue.drain()
-                else:
-                    await queue.close()
-                await bus.stop()
-                if link is not None:
-                    await link.close()
-        finally:
-            await engine.dispose()
+                await hub.stop()
+                await streams.stop()
 
     middleware = [
         Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it

@@ -42,15 +42,14 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(services)`` with the app's own lifespan, so the CLI and the server share one setup path."""
-    from feed.app import create_app
+    """Run ``work(services)`` with the services the server opens (``feed.runtime``), one setup path for both."""
+    from feed.runtime import open_runtime
 
     _prepare(settings)
     if settings.is_sqlite:
         await _migrate(settings)
-    app = create_app(settings, role="cli")
-    async with app.router.lifespan_context(app):
-        return await work(app.state.services)
+    async with open_runtime(settings, "cli") as runtime:
+        return await work(runtime.services)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -310,18 +309,18 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "the worker needs CIPHERFEED_REDIS_URL; in the embedded mode the server runs its jobs itself"
         )
     from arq.connections import RedisSettings
-    from arq.worker import Worker
 
-    from jobs.worker import WorkerSettings
+    from jobs.worker import Worker, WorkerSettings
 
     _prepare(settings)
     asyncio.run(_migrate(settings))
     options = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("_")}
     options["job_timeout"] = settings.job_timeout
-    # arq closes its Redis pool with redis-py's deprecated close(): harmless, and not worth a warning per stop.
-    warnings.filterwarnings("ignore", message="Call to deprecated close", category=DeprecationWarning)
+    # arq would try Redis a few times at start and give up; the worker waits for it instead (and says so once).
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    redis.conn_retries = 0
     print("cipherfeed: worker started", flush=True)
-    worker = Worker(**options, redis_settings=RedisSettings.from_dsn(settings.redis_url), ctx={"settings": settings})
+    worker = Worker(**options, redis_settings=redis, ctx={"settings": settings})
     worker.run()
     return 0
 

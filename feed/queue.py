@@ -1,23 +1,46 @@
-"""Job queues behind ``feed.services.jobs.Queue``: arq on Redis (scaled mode), or an in-process runner (embedded).
+"""Background jobs as services see them: a :class:`Queue` that takes a job name and integer arguments only, with two
+implementations, arq on Redis (scaled mode) and an in-process runner (embedded mode).
 
-Both take a job name and integer arguments only, so that nothing readable can reach a queue; both drop a job
-whose key is already queued (arq's job id), and retry a failing job with growing delays before recording it as
-failed. The in-process runner runs the same job functions as the arq worker (``jobs/``), in this process.
+Nothing readable can reach a queue: arguments are ids and small numbers (:func:`check_args`). Both queues drop a job
+whose key is already queued (arq's job id). How a job is tried, retried and recorded is decided in one place,
+``jobs.runner.attempt``, which both the arq worker and the in-process runner call; arq itself (its pool, its keys)
+stays behind :class:`ArqQueue` here and the worker in ``jobs/worker.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-JobFunction = Callable[..., Awaitable[Any]]
-MAX_TRIES = 5
+JobFunction = Callable[..., Awaitable[Any]]  # ``async def name(ctx, *ids)``
+
+# One try of a job (``jobs.runner.attempt``): None when it is over (done, or failed for good and recorded),
+# otherwise the seconds to wait before the next try.
+Attempt = Callable[[dict[str, Any], str, tuple[int, ...]], Awaitable[float | None]]
+
+
+class Queue(Protocol):
+    async def enqueue(
+        self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
+    ) -> bool:
+        """Queue job ``name``; with ``key``, not if a job of that key is already queued. False if not queued.
+        ``strict``: raise ConnectionError when the queue is unreachable, instead of giving up on the job."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting (not counting those running)."""
+        ...
+
+    async def drop_keyed(self, suffix: str) -> int:
+        """Drop the waiting jobs whose key ends with ``suffix`` (``:<user id>``); how many went."""
+        ...
 
 
 def check_args(name: str, args: tuple[Any, ...]) -> None:
@@ -27,9 +50,27 @@ def check_args(name: str, args: tuple[Any, ...]) -> None:
             raise TypeError(f"job {name}: arguments must be ints, not {type(arg).__name__}")
 
 
-def retry_delay(tries: int) -> float:
-    """Seconds before try ``tries + 1``: 1, 4, 9, 16 ..."""
-    return float(tries * tries)
+@dataclass(frozen=True, slots=True)
+class JobMetrics:
+    """Queue depth, job durations and failures, and fan-out latency, in the process's metrics registry."""
+
+    waiting: Any  # Gauge, set when /metrics is read
+    seconds: Any  # Histogram by job name
+    failures: Any  # Counter by job name
+    fanout_seconds: Any  # Histogram
+
+    @classmethod
+    def register(cls, registry: Any) -> JobMetrics:
+        return cls(
+            waiting=registry.gauge("cipherfeed_jobs_waiting", "Jobs queued and not yet started"),
+            seconds=registry.histogram("cipherfeed_job_seconds", "Job run time", ("job",)),
+            failures=registry.counter("cipherfeed_job_failures_total", "Job runs that raised", ("job",)),
+            fanout_seconds=registry.histogram(
+                "cipherfeed_fanout_seconds",
+                "From a post's creation to the last home feed its fan-out wrote",
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            ),
+        )
 
 
 class ArqQueue:
@@ -40,11 +81,17 @@ class ArqQueue:
         self.pool = pool
         self.link = link
 
+    @classmethod
+    def from_url(cls, url: str, link: Any = None) -> ArqQueue:
+        from arq.connections import ArqRedis
+
+        # Not arq's create_pool: that one pings Redis at start, and the server must start (and serve) without it.
+        # Short timeouts, as for the cache: a slow Redis must not hold a page.
+        return cls(ArqRedis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5), link)
+
     async def enqueue(
         self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
     ) -> bool:
-        """Queue a job; False if it was not (a job of that key waits already, or Redis is away). ``strict``: Redis
-        being away raises ConnectionError instead (the outbox relay then keeps the job and tries again)."""
         check_args(name, args)
         if self.link is not None and not self.link.up:
             log.debug("job %s not queued: Redis is down", name)
@@ -63,25 +110,44 @@ class ArqQueue:
         return job is not None
 
     async def depth(self) -> int:
-        from arq.constants import default_queue_name
-
         try:
-            return int(await self.pool.zcard(default_queue_name))
+            return int(await self.pool.zcard(self.pool.default_queue_name))
         except RedisError as exc:
             raise ConnectionError("Redis unavailable") from exc
+
+    async def drop_keyed(self, suffix: str) -> int:
+        """arq keeps a waiting job as a member of its queue (a sorted set of job ids) plus the job's own key and,
+        when deferred for a retry, a retry key; all go in one transaction. A job a worker has taken runs to its end.
+        """
+        from arq.constants import job_key_prefix, retry_key_prefix
+
+        name = self.pool.default_queue_name
+        ending = suffix.encode()
+        try:
+            found = [m async for m, _ in self.pool.zscan_iter(name, match=f"*{suffix}", count=1000) if m.endswith(ending)]
+            if not found:
+                return 0
+            async with self.pool.pipeline(transaction=True) as pipe:
+                for job_id in found:
+                    pipe.zrem(name, job_id)
+                    pipe.delete(job_key_prefix + job_id.decode(), retry_key_prefix + job_id.decode())
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise ConnectionError("Redis unavailable") from exc
+        return sum(int(n) for n in results[0::2])
 
     async def close(self) -> None:
         await self.pool.aclose()
 
 
 class LocalQueue:
-    """Runs jobs as tasks of this process (the embedded mode has no workers), with arq's keys and retries."""
+    """Runs jobs as tasks of this process (the embedded mode has no workers), with arq's keys and the same tries
+    (``attempt``, given the job's try number as ``ctx["job_try"]``)."""
 
-    def __init__(self, functions: Mapping[str, JobFunction], *, max_tries: int = MAX_TRIES) -> None:
-        self.functions = dict(functions)
-        self.max_tries = max_tries
+    def __init__(self, names: Collection[str], attempt: Attempt) -> None:
+        self.names = frozenset(names)
+        self.attempt = attempt
         self.ctx: dict[str, Any] = {}
-        self.on_failure: Callable[[str, tuple[int, ...], BaseException], Awaitable[None]] | None = None
         self._queued: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting = 0
@@ -90,7 +156,7 @@ class LocalQueue:
         self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
     ) -> bool:
         check_args(name, args)
-        if name not in self.functions:
+        if name not in self.names:
             raise LookupError(f"no job named {name}")
         if key is not None:
             if key in self._queued:
@@ -105,6 +171,9 @@ class LocalQueue:
     async def depth(self) -> int:
         return self._waiting
 
+    async def drop_keyed(self, suffix: str) -> int:
+        return 0  # jobs start at once here: there is no waiting job to drop
+
     async def _run(self, name: str, args: tuple[int, ...], key: str | None, delay: float) -> None:
         try:
             if delay:
@@ -112,23 +181,16 @@ class LocalQueue:
             self._waiting -= 1
             if key is not None:
                 self._queued.discard(key)  # a job queued from now on runs again, as with arq's job ids
-            for tries in range(1, self.max_tries + 1):
-                try:
-                    await self.functions[name]({**self.ctx, "job_try": tries}, *args)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if tries == self.max_tries:
-                        log.error("job %s failed for good after %d tries (%s)", name, tries, type(exc).__name__)
-                        if self.on_failure is not None:
-                            await self.on_failure(name, args, exc)
-                        return
-                    log.warning("job %s failed (%s); try %d in %.0f s", name, type(exc).__name__, tries + 1,
-                                retry_delay(tries))  # fmt: skip
-                    await asyncio.sleep(retry_delay(tries))
+            tries = 1
+            while (wait := await self.attempt({**self.ctx, "job_try": tries}, name, args)) is not None:
+                await asyncio.sleep(wait)
+                tries += 1
         except asyncio.CancelledError:
             pass
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks)
 
     async def drain(self, grace: float = 10.0) -> None:
         """Wait for the jobs under way (at shutdown, or in tests), cancelling what is left after ``grace`` seconds."""

@@ -70,6 +70,8 @@ class Settings:
     streams_per_user: int = 8
     # A fault point for tests: the process kills itself (SIGKILL) right after its next write commits.
     crash_after_commit: bool = False
+    # A fault point for tests: each queued job waits this many seconds before it starts (a window to kill it in).
+    job_pause: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -151,4 +153,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stream_queue=_int(env, "CIPHERFEED_STREAM_QUEUE", 256, minimum=4),
         streams_per_user=_int(env, "CIPHERFEED_STREAMS_PER_USER", 8),
         crash_after_commit=env.get("CIPHERFEED_TEST_CRASH_AFTER_COMMIT") == "1",
+        job_pause=_int(env, "CIPHERFEED_TEST_JOB_PAUSE", 0, minimum=0),
     )

@@ -7,7 +7,8 @@ from typing import Any
 
 from feed.queue import JobFunction
 from feed.services import cleanup, feeds, rotation
-from feed.services.jobs import Maintenance, measured, run_maintenance
+from feed.services.jobs import Maintenance, run_maintenance
+from jobs.runner import Tries
 
 # -- queued jobs: ``async def name(ctx, *ids)``, ctx["services"] being the process's Services
 
@@ -37,7 +38,7 @@ async def rotate_user_key(ctx: dict[str, Any], user_id: int, from_version: int) 
     await run_maintenance(ctx["services"], rotation.user_rotation(user_id, from_version))
 
 
-_FUNCTIONS: dict[str, JobFunction] = {
+QUEUED: dict[str, JobFunction] = {
     "fan_out": fan_out,
     "unfan": unfan,
     "merge_follow": merge_follow,
@@ -45,7 +46,7 @@ _FUNCTIONS: dict[str, JobFunction] = {
     "rebuild_feed": rebuild_feed,
     "rotate_user_key": rotate_user_key,
 }
-QUEUED: dict[str, JobFunction] = {name: measured(name, function) for name, function in _FUNCTIONS.items()}
+attempt = Tries(QUEUED)  # one try of a queued job, with the retry policy (jobs.runner)
 
 # -- maintenance jobs, by hand (``cipherfeed jobs run NAME``) and, where a schedule is given, by cron
 

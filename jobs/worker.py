@@ -1,51 +1,61 @@
-"""The arq worker: ``cipherfeed worker`` runs the queued jobs and the cron
-schedule of the maintenance jobs, with the server's own setup (settings from the environment, read once here).
+"""The arq worker: ``cipherfeed worker`` runs the queued jobs and the cron schedule of the maintenance jobs, with the
+services every process opens (``feed.runtime``, settings read once by the CLI).
+
+arq is used as it is, with two changes (:class:`Worker`):
+
+- **It outlives Redis.** arq's own worker exits when a Redis command fails. Ours logs one warning when Redis goes
+  away and one line when it is back, retries with a growing pause (up to :data:`MAX_PAUSE`), and goes on by itself;
+  jobs that could not be taken or finished stay in the queue and run then.
+- **Jobs are leased, not held for their whole timeout.** arq marks a job taken for the longest job timeout plus
+  10 s, so a job whose worker was killed waited minutes to be taken up again. Ours marks it for
+  :data:`LEASE_SECONDS` and renews the mark every third of that while the job runs: a killed worker's jobs are
+  taken up again within seconds. Jobs are safe to run twice (fan-outs write the same feed entries, maintenance
+  jobs go on from their checkpoint).
 
 Results are not kept (``keep_result = 0``) nor logged: a job returns nothing worth keeping, and a result in Redis or
-a log line is one more place a value could leak. Job arguments are ids only (``feed.queue.check_args``).
+a log line is one more place a value could leak. How a job is tried and retried is ``jobs.runner``'s business; a
+job's failure reaches arq only as "try again in N seconds" (``Retry``), never as an exception message.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import logging
+import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, cast
 
+import arq.worker
 from arq import Retry, cron
+from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from feed.queue import retry_delay
-from feed.services.jobs import Maintenance, record_failure, run_maintenance
-from jobs.registry import MAINTENANCE, QUEUED
+from feed.services.jobs import Maintenance, run_maintenance
+from jobs.registry import MAINTENANCE, QUEUED, attempt
+from jobs.runner import MAX_TRIES
 
 log = logging.getLogger(__name__)
 
 # Seconds a job may run (CIPHERFEED_JOB_TIMEOUT overrides it for ``cipherfeed worker``). Long maintenance jobs
-# checkpoint, so a timed-out run is retried from where it was; and a killed worker's jobs are picked up again
-# this long (plus 10 s) after they started, so it is kept short.
+# checkpoint, so a timed-out run is retried from where it was.
 JOB_TIMEOUT = 300
-MAX_TRIES = 5
+LEASE_SECONDS = 10.0  # a job whose worker stopped renewing its mark is taken up again after this long
+MAX_PAUSE = 2.0  # seconds between tries while Redis is away, at most
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 
 
-def _queued(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The job function, retried with growing delays (arq retries only on ``Retry``), its last failure recorded
-    for ``cipherfeed jobs status``."""
-
-    @functools.wraps(function)
+def _arq_job(name: str) -> Callable[..., Awaitable[None]]:
     async def job(ctx: dict[str, Any], *args: int) -> None:
-        tries = int(ctx.get("job_try", 1))
-        try:
-            await function(ctx, *args)
-        except Exception as exc:
-            if tries < MAX_TRIES:
-                log.warning("job %s failed (%s); try %d in %.0f s", name, type(exc).__name__, tries + 1,
-                            retry_delay(tries))  # fmt: skip
-                raise Retry(defer=retry_delay(tries)) from None
-            log.error("job %s failed for good after %d tries (%s)", name, tries, type(exc).__name__)
-            await record_failure(ctx["services"], name, args, exc)
-            raise
+        wait = await attempt(ctx, name, tuple(args))
+        if wait is not None:
+            raise Retry(defer=wait)
 
+    job.__name__ = job.__qualname__ = name
     return job
 
 
@@ -59,29 +69,114 @@ def _scheduled(job: Maintenance) -> CronJob:
 
 
 def functions() -> list[Any]:
-    from arq.worker import func
-
-    return [func(cast(Any, _queued(name, fn)), name=name, max_tries=MAX_TRIES) for name, fn in QUEUED.items()]
+    return [arq.worker.func(cast(Any, _arq_job(name)), name=name, max_tries=MAX_TRIES) for name in QUEUED]
 
 
 def cron_jobs() -> list[CronJob]:
     return [_scheduled(job) for job in MAINTENANCE.values() if job.minute is not None]
 
 
+class Worker(arq.worker.Worker):
+    """arq's worker that waits out Redis outages and leases its jobs (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = LEASE_SECONDS
+        self._down_since: float | None = None
+        self._pause = 0.1
+        self._lease_task: asyncio.Task[None] | None = None
+
+    async def main(self) -> None:
+        while self._pool is None:  # arq tries a few times, then gives up: this waits for Redis instead
+            try:
+                self._pool = await create_pool(
+                    self.redis_settings,
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+            except LINK_ERRORS as exc:
+                await self._link_down(exc)
+        self._lease_task = asyncio.get_running_loop().create_task(self._renew_leases())
+        try:
+            while True:
+                try:
+                    await super().main()  # the pool is set: arq's own loop, from its start-up on
+                    return
+                except LINK_ERRORS as exc:
+                    if "services" in self.ctx:
+                        raise  # past start-up, _poll_iteration handles these: not a blink
+                    await self._link_down(exc)
+        finally:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except LINK_ERRORS as exc:
+            await self._link_down(exc)
+        else:
+            self._link_up()
+
+    async def _link_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("worker: Redis unreachable (%s); waiting for it", type(exc).__name__)
+        await asyncio.sleep(self._pause)
+        self._pause = min(self._pause * 2, MAX_PAUSE)
+
+    def _link_up(self) -> None:
+        if self._down_since is not None:
+            log.warning("worker: Redis is back after %.1f s; taking jobs again", time.monotonic() - self._down_since)
+            self._down_since = None
+        self._pause = 0.1
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running or self._pool is None:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, int(LEASE_SECONDS * 1000))
+                    await pipe.execute()
+            except LINK_ERRORS:
+                pass  # the poll loop says Redis is away; a lease that lapses meanwhile means a job runs twice
+
+    async def close(self) -> None:
+        """arq's close, which does not fail when Redis is away at shutdown, and closes the pool without the
+        deprecated call."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if self._pool is None:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(*LINK_ERRORS):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+
 async def startup(ctx: dict[str, Any]) -> None:
-    """The server's own lifespan (database, Redis, keys, caches, bus), entered for the worker's life."""
-    from feed.app import create_app
+    """The services every process opens (``feed.runtime``), held for the worker's life."""
+    from feed.runtime import open_runtime
     from feed.settings import load_settings
 
-    app = create_app(ctx.get("settings") or load_settings(), role="worker")
-    lifespan = app.router.lifespan_context(app)
-    await lifespan.__aenter__()
-    ctx["lifespan"], ctx["services"] = lifespan, app.state.services
+    runtime = open_runtime(ctx.get("settings") or load_settings(), "worker")
+    ctx["services"] = (await runtime.__aenter__()).services
+    ctx["runtime"] = runtime
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if (lifespan := ctx.get("lifespan")) is not None:
-        await lifespan.__aexit__(None, None, None)
+    if (runtime := ctx.pop("runtime", None)) is not None:
+        await runtime.__aexit__(None, None, None)
 
 
 class WorkerSettings:

@@ -11,11 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
-from arq.worker import Worker
 
 from feed.queue import LocalQueue
 from feed.storage.tables import outbox
-from jobs.worker import WorkerSettings
+from jobs.worker import Worker, WorkerSettings
 
 
 def worker_for(app: Any, **overrides: Any) -> Worker:
@@ -50,13 +49,7 @@ async def stop_worker(app: Any) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await _close(app.state.test_worker)
-
-
-async def _close(worker: Worker) -> None:
-    """Worker.close() calls redis-py's deprecated close(); the same, with aclose()."""
-    await asyncio.gather(*worker.tasks.values())
-    await worker.pool.aclose(close_connection_pool=True)
+    await app.state.test_worker.close()
 
 
 async def relayed(app: Any, limit: float = 20.0) -> None:

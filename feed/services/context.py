@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from feed.bus import LocalBus
 from feed.cache import Cache
 from feed.feeds import RedisFeeds
-from feed.services.jobs import JobMetrics, Queue
+from feed.queue import JobMetrics, Queue
 from feed.services.keys import KeyStore
 from feed.streams import Streams
 
@@ -83,6 +83,7 @@ class Services:
     streams: Streams | None = None  # live events (feed.streams); None: nobody listens (the CLI)
     relay: Any = None  # the outbox relay to wake after a commit (feed.relay.Relay); None: other processes relay
     crash_after_commit: bool = False  # a fault point for tests (CIPHERFEED_TEST_CRASH_AFTER_COMMIT)
+    job_pause: int = 0  # a fault point for tests: seconds each queued job waits first (CIPHERFEED_TEST_JOB_PAUSE)
 
     def __repr__(self) -> str:
         return "Services(...)"

@@ -35,15 +35,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from redis.exceptions import RedisError
 
 from feed.errors import Conflict, NotFound
 from feed.events import merge
 from feed.feeds import FeedsUnavailable
-from feed.queue import ArqQueue
+from feed.queue import Queue
 from feed.services import effects, lookup
 from feed.services.context import Services, now
-from feed.services.jobs import Queue
 from feed.services.text import USERNAME_RE
 from feed.storage.tables import api_tokens, erasure_receipts, sessions, user_keys, users
 
@@ -175,37 +173,14 @@ async def erase(svc: Services, user_id: int) -> Receipt:
 
 
 async def drop_user_jobs(queue: Queue, user_id: int) -> int:
-    """Drop the queued jobs keyed ``NAME:USER_ID`` (waiting, or deferred for a retry); how many went.
-
-    arq keeps a queued job as a member of its queue (a sorted set of job ids) plus the job's own key; both go in one
-    transaction. A job a worker has taken already runs to its end. The in-process runner (embedded mode) starts its
-    jobs at once and cannot drop one: nothing to do there.
-    """
-    if not isinstance(queue, ArqQueue):
-        return 0
-    from arq.constants import job_key_prefix, retry_key_prefix
-
-    pool = queue.pool
-    name = pool.default_queue_name
-    suffix = f":{user_id}".encode()
+    """Drop the waiting jobs keyed ``NAME:USER_ID`` (waiting, or deferred for a retry); how many went. A job a
+    worker has taken already runs to its end, and finds the user's keys gone."""
     try:
-        found = [
-            member
-            async for member, _ in pool.zscan_iter(name, match=f"*:{user_id}", count=1000)
-            if member.endswith(suffix)
-        ]
-        if not found:
-            return 0
-        async with pool.pipeline(transaction=True) as pipe:
-            for job_id in found:
-                pipe.zrem(name, job_id)
-                pipe.delete(job_key_prefix + job_id.decode(), retry_key_prefix + job_id.decode())
-            results = await pipe.execute()
-    except (RedisError, OSError) as exc:
+        return await queue.drop_keyed(f":{user_id}")
+    except ConnectionError as exc:
         # The erasure stands: a job that runs later finds the user's keys gone and does nothing.
         log.warning("pending jobs of an erased user not dropped: Redis unavailable (%s)", type(exc).__name__)
         return 0
-    return sum(int(n) for n in results[0::2])
 
 
 async def receipts_for(svc: Services, user_id: int) -> list[ReceiptRow]:

@@ -1,7 +1,6 @@
-"""Background work as services see it: a queue that takes jobs by name with ids only, and maintenance runs.
+"""Maintenance runs, as services see them, and what ``cipherfeed jobs status`` shows.
 
-A *job* is queued by name with integer arguments (ids, versions, counts), never text: a job queue in Redis is
-as readable as any cache. The job functions themselves live in ``jobs/`` and call services.
+Queued jobs (by name, with ids only) go through ``feed.queue``; their functions live in ``jobs/`` and call services.
 
 A *maintenance job* (cleanup, rotation, erasure follow-up) is a service function ``async def run(svc, job)`` that
 works in batches, reports progress and what it changed through ``job`` (a :class:`Run`), honours ``job.dry_run``
@@ -11,36 +10,23 @@ way goes on from where it was. Each run is recorded in ``job_runs`` (what ``ciph
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 
+from feed.queue import JobMetrics
+from feed.services.context import Services, now
 from feed.storage.dialect import insert
 from feed.storage.tables import job_cursors, job_runs
 
-if TYPE_CHECKING:
-    from feed.services.context import Services
-
 log = logging.getLogger(__name__)
-
-
-class Queue(Protocol):
-    async def enqueue(
-        self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
-    ) -> bool:
-        """Queue job ``name``; with ``key``, not if a job of that key is already queued. False if not queued.
-        ``strict``: raise ConnectionError when the queue is unreachable, instead of giving up on the job."""
-        ...
-
-    async def depth(self) -> int:
-        """Jobs waiting (not counting those running)."""
-        ...
 
 
 Progress = Callable[[int, int | None], None]  # (done, total or None when not known)
@@ -107,8 +93,6 @@ class Run:
 
 
 async def save_cursor(session: Any, name: str, cursor: int) -> None:
-    from feed.services.context import now
-
     stmt = insert(session, job_cursors).values(name=name, cursor=cursor, updated_at=now())
     await session.execute(
         stmt.on_conflict_do_update(index_elements=[job_cursors.c.name], set_={"cursor": cursor, "updated_at": now()})
@@ -134,8 +118,6 @@ async def run_maintenance(
     svc: Services, job: Maintenance, *, dry_run: bool = False, on_progress: Progress = _quiet
 ) -> Run:
     """Run ``job`` now, in this process, recorded in ``job_runs``; raises what the job raised (recorded too)."""
-    from feed.services.context import now
-
     async with svc.db.begin() as session:
         result = await session.execute(
             job_runs.insert().values(name=job.name, dry_run=dry_run, state="running", started_at=now())
@@ -145,10 +127,14 @@ async def run_maintenance(
     with _timed(job.name, svc.job_metrics):
         try:
             await job.run(svc, run)
+        except asyncio.CancelledError:
+            # Stopped (a shutdown): recorded as such, and the next run goes on from the checkpoint.
+            await asyncio.shield(_end(svc, run, "cancelled"))
+            raise
         except BaseException as exc:
             if svc.job_metrics is not None:
                 svc.job_metrics.failures.labels(job.name).inc()
-            await _end(svc, run, "failed", error=describe(exc))
+            await asyncio.shield(_end(svc, run, "failed", error=describe(exc)))
             raise
     await _end(svc, run, "done")
     return run
@@ -156,8 +142,6 @@ async def run_maintenance(
 
 async def record_failure(svc: Services, name: str, args: tuple[int, ...], exc: BaseException) -> None:
     """A queued job failed for good (no retries left): keep the reason for ``jobs status``."""
-    from feed.services.context import now
-
     async with svc.db.begin() as session:
         await session.execute(
             job_runs.insert().values(
@@ -182,8 +166,6 @@ def describe(exc: BaseException) -> str:
 
 
 async def _end(svc: Services, run: Run, state: str, error: str | None = None) -> None:
-    from feed.services.context import now
-
     if run.run_id is None:
         return
     async with svc.db.begin() as session:
@@ -275,29 +257,6 @@ async def status(svc: Services, names: list[str], *, failures: int = 10) -> Stat
     return Status(waiting, [info(r) for r in running], [info(r) for r in failed], last)
 
 
-@dataclass(frozen=True, slots=True)
-class JobMetrics:
-    """Queue depth, job durations and failures, and fan-out latency, in the process's metrics registry."""
-
-    waiting: Any  # Gauge, set when /metrics is read
-    seconds: Any  # Histogram by job name
-    failures: Any  # Counter by job name
-    fanout_seconds: Any  # Histogram
-
-    @classmethod
-    def register(cls, registry: Any) -> JobMetrics:
-        return cls(
-            waiting=registry.gauge("cipherfeed_jobs_waiting", "Jobs queued and not yet started"),
-            seconds=registry.histogram("cipherfeed_job_seconds", "Job run time", ("job",)),
-            failures=registry.counter("cipherfeed_job_failures_total", "Job runs that raised", ("job",)),
-            fanout_seconds=registry.histogram(
-                "cipherfeed_fanout_seconds",
-                "From a post's creation to the last home feed its fan-out wrote",
-                buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            ),
-        )
-
-
 def due(job: Maintenance, when: datetime) -> bool:
     """Whether ``job``'s schedule (arq cron sets, UTC) names this minute."""
     if job.minute is None or when.minute not in job.minute:
@@ -308,10 +267,6 @@ def due(job: Maintenance, when: datetime) -> bool:
 async def run_cron(svc: Services, jobs: Sequence[Maintenance]) -> None:
     """The maintenance schedule inside the server (the embedded mode has no worker): once a minute, each job whose
     schedule names that minute, one after the other. Runs until cancelled; a failing job is logged and recorded."""
-    import asyncio
-
-    from feed.services.context import now
-
     last = None
     while True:
         moment = now().replace(second=0, microsecond=0)
@@ -324,23 +279,3 @@ async def run_cron(svc: Services, jobs: Sequence[Maintenance]) -> None:
                     except Exception as exc:
                         log.error("cron job %s failed (%s)", job.name, type(exc).__name__)
         await asyncio.sleep(60 - now().second + 0.5)
-
-
-def measured(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A queued job function that reports its run time and failures to the process's job metrics."""
-
-    async def job(ctx: dict[str, Any], *args: int) -> Any:
-        metrics: JobMetrics | None = getattr(ctx.get("services"), "job_metrics", None)
-        started = time.monotonic()
-        try:
-            return await function(ctx, *args)
-        except Exception:
-            if metrics is not None:
-                metrics.failures.labels(name).inc()
-            raise
-        finally:
-            if metrics is not None:
-                metrics.seconds.labels(name).observe(time.monotonic() - started)
-
-    job.__name__ = job.__qualname__ = name
-    return job

@@ -163,7 +163,7 @@ job_runs = sa.Table(
     sa.Column("name", sa.String(60), nullable=False),
     sa.Column("args", sa.String(200), nullable=False, server_default=""),
     sa.Column("dry_run", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("state", sa.String(10), nullable=False, index=True),  # running, done, failed
+    sa.Column("state", sa.String(10), nullable=False, index=True),  # running, done, failed, cancelled
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("done", sa.BigInteger, nullable=False, server_default="0"),

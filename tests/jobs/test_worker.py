@@ -12,6 +12,7 @@ from feed.queue import LocalQueue, check_args
 from feed.services import accounts, posts
 from feed.services.jobs import status
 from jobs.registry import MAINTENANCE, QUEUED
+from jobs.runner import Tries
 from jobs.worker import WorkerSettings
 from tests.feed.test_cli import cipherfeed, one_line_error
 from tests.worker import settle, start_worker, stop_worker
@@ -65,22 +66,11 @@ async def test_a_failing_job_is_retried_then_recorded(app: Any, clean: None) -> 
         calls.append(ctx["job_try"])
         raise LookupError("always")
 
-    queue = LocalQueue({"flaky": flaky}, max_tries=3)
+    queue = LocalQueue(["flaky"], Tries({"flaky": flaky}, max_tries=3, delay=lambda tries: 0.0))
     queue.ctx["services"] = app.state.services
-    from functools import partial
-
-    from feed.services.jobs import record_failure
-
-    queue.on_failure = partial(record_failure, app.state.services)
-    import feed.queue
-
-    original, feed.queue.retry_delay = feed.queue.retry_delay, lambda tries: 0.0  # type: ignore[assignment]
-    try:
-        assert await queue.enqueue("flaky", 42, key="flaky:42")
-        assert not await queue.enqueue("flaky", 42, key="flaky:42"), "one job per key while it waits"
-        await queue.drain()
-    finally:
-        feed.queue.retry_delay = original  # type: ignore[assignment]
+    assert await queue.enqueue("flaky", 42, key="flaky:42")
+    assert not await queue.enqueue("flaky", 42, key="flaky:42"), "one job per key while it waits"
+    await queue.drain()
     assert calls == [1, 2, 3]
     report = await status(app.state.services, [])
     assert [(run.name, run.args, run.error) for run in report.failed] == [("flaky", "42", "LookupError")]

@@ -1,0 +1,193 @@
+"""``open_runtime(settings, role)``: the resources every cipherfeed process opens, in one place.
+
+The web app's lifespan, ``cipherfeed worker`` and the CLI commands all open their services here: the database
+engine (its schema checked), the Redis link, the two-tier cache and the invalidation bus, the unwrapped-key store,
+the job queue, the live-event streams, the outbox relay, and the :class:`~feed.services.context.Services` value
+that service functions receive. What only the web needs (templates, live connections) is added by ``feed.app``.
+
+Roles:
+
+- ``web``: serves pages; relays the outbox; in the embedded mode, runs the jobs and the maintenance schedule itself.
+- ``worker``: runs queued jobs (arq) and relays the outbox.
+- ``cli``: one command's services; relays nothing (the server's relay does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from alembic.script import ScriptDirectory
+from anyio import CapacityLimiter
+from argon2 import PasswordHasher
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from feed import db
+from feed.bus import Invalidation, LocalBus, RedisBus
+from feed.cache import Cache
+from feed.feeds import RedisFeeds
+from feed.keyfile import derive, load_ring, load_secret
+from feed.metrics import Registry
+from feed.queue import ArqQueue, JobMetrics, LocalQueue
+from feed.redis_link import RedisLink, make_client
+from feed.relay import Relay
+from feed.services.context import Database, Secrets, Services, ThrottleRules
+from feed.services.jobs import run_cron
+from feed.services.keys import KeyStore
+from feed.settings import ConfigError, Settings
+from feed.streams import LocalStreams, RedisStreams, Streams
+
+ROLES = ("web", "worker", "cli")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Runtime:
+    """What one process opened. Every field but ``services`` is there for the process's own plumbing."""
+
+    settings: Settings
+    role: str
+    metrics: Registry
+    engine: AsyncEngine
+    link: RedisLink | None
+    cache: Cache
+    bus: LocalBus
+    queue: ArqQueue | LocalQueue
+    streams: Streams | None
+    relay: Relay | None
+    services: Services
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.role})"
+
+
+def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQueue:
+    """arq on Redis in the scaled mode; in the embedded mode the jobs run in this process."""
+    if settings.redis_url is None:
+        from jobs.registry import QUEUED, attempt
+
+        return LocalQueue(QUEUED, attempt)
+    return ArqQueue.from_url(settings.redis_url, link)
+
+
+def _wire(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None) -> None:
+    """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
+    unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
+    invalidations it missed, then flushes L1."""
+
+    async def publish(names: list[str]) -> None:
+        await bus.publish(Invalidation(keys=names))
+
+    def apply(message: Invalidation) -> None:
+        cache.drop(message.keys)
+        for user_id in message.users:
+            keys.forget(user_id)
+
+    async def flush() -> None:
+        cache.flush()
+
+    cache.on_invalidate = publish
+    bus.on_message(apply)
+    bus.on_reset(cache.flush)
+    if link is not None:
+        link.on_recovery(cache.replay_pending)
+        link.on_recovery(flush)
+    metrics.gauge_callback("cipherfeed_cache_l1_bytes", "Bytes held in this process's L1 cache", lambda: cache.l1_bytes)
+    metrics.gauge_callback(
+        "cipherfeed_cache_l1_evictions", "Values evicted from L1 to stay within its size", lambda: cache.l1_evictions
+    )
+    metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
+    """Open everything a ``role`` process needs, and close it all, in the reverse order, at the end."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    metrics = Registry()  # first: the cache, the bus and the relay register in it
+    embedded = settings.is_sqlite
+    if embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ring = load_ring(settings, create=embedded)
+    secret = load_secret(settings, create=embedded)
+    engine = db.make_engine(settings.database_url)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(engine.dispose)
+        head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+        if await db.current_revision(engine) != head:
+            raise ConfigError("the database schema is not up to date: run `cipherfeed db upgrade`")
+        link = RedisLink(make_client(settings.redis_url), metrics=metrics) if settings.redis_url else None
+        if link is not None:
+            stack.push_async_callback(link.close)
+        cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=metrics)
+        bus: LocalBus = RedisBus(link, metrics=metrics) if link else LocalBus()
+        keys = KeyStore(ring)
+        streams: Streams | None = None
+        if link is not None:
+            streams = RedisStreams(link)
+        elif role == "web":
+            streams = LocalStreams()  # the embedded server is its own only listener
+        queue = make_queue(settings, link)
+        relay = None
+        if role != "cli" and streams is not None:
+            relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams, forget=keys.forget, link=link,
+                          metrics=metrics)  # fmt: skip
+        hasher = PasswordHasher()
+        services = Services(
+            db=Database(engine),
+            cache=cache,
+            bus=bus,
+            keys=keys,
+            secrets=Secrets(
+                index_key=derive(secret, "email-index"),
+                throttle_key=derive(secret, "throttle"),
+                token_key=derive(secret, "token"),
+            ),
+            hasher=hasher,
+            hash_slots=CapacityLimiter(max(2, os.cpu_count() or 2)),
+            dummy_hash=hasher.hash("cipherfeed-dummy-password"),
+            session_ttl=timedelta(days=settings.session_days),
+            throttle=ThrottleRules(
+                per_account=settings.login_attempts_per_account,
+                per_ip=settings.login_attempts_per_ip,
+                window=timedelta(seconds=settings.login_window_seconds),
+            ),
+            queue=queue,
+            feeds=RedisFeeds(link) if link is not None else None,
+            fanout_max_followers=settings.fanout_max_followers,
+            feed_inactive_days=settings.feed_inactive_days,
+            fanout_batch=settings.fanout_batch,
+            job_metrics=JobMetrics.register(metrics),
+            streams=streams,
+            relay=relay,
+            crash_after_commit=settings.crash_after_commit,
+            job_pause=settings.job_pause,
+        )
+        _wire(metrics, cache, bus, keys, link)
+        await bus.start()
+        stack.push_async_callback(bus.stop)
+        if isinstance(queue, LocalQueue):
+            queue.ctx["services"] = services
+            stack.push_async_callback(queue.drain)
+        else:
+            stack.push_async_callback(queue.close)
+        if isinstance(queue, LocalQueue) and role == "web" and settings.embedded_cron:
+            from jobs.registry import MAINTENANCE
+
+            cron = asyncio.get_running_loop().create_task(run_cron(services, [*MAINTENANCE.values()]))
+            stack.push_async_callback(_cancel, cron)
+        if relay is not None:
+            await relay.start()
+            stack.push_async_callback(relay.stop)
+        yield Runtime(settings, role, metrics, engine, link, cache, bus, queue, streams, relay, services, secret)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end (a maintenance run records itself cancelled on the way out)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

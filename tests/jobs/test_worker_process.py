@@ -1,0 +1,105 @@
+"""The worker as operators run it: real ``cipherfeed worker`` processes on a Redis server of the test's own, which
+the test restarts, and a worker the test kills in the middle of a job.
+
+Runs once, in the PostgreSQL pass (a worker beside other processes is the scaled mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from feed.feeds import feed_key
+from feed.runtime import open_runtime
+from feed.services import accounts, feeds, follows, posts
+from feed.settings import load_settings
+from jobs.worker import LEASE_SECONDS
+from tests.conftest import BACKEND, empty_tables
+from tests.feed.processes import AppProcess, RedisServer, process_env, within
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(BACKEND != "postgresql", reason="the worker's processes run once, in the PostgreSQL pass"),
+]
+
+
+@asynccontextmanager
+async def services(env: dict[str, str]) -> AsyncIterator[Any]:
+    """The services a CLI command opens, on the test's deployment (it relays nothing: the worker does)."""
+    async with open_runtime(load_settings(env), "cli") as runtime:
+        yield runtime.services
+
+
+async def in_feed(client: aioredis.Redis, user_id: int, post_id: int) -> bool:
+    return await client.zscore(feed_key(user_id), str(post_id)) is not None
+
+
+async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_taken_up_within_seconds(
+    tmp_path: Path, env: dict[str, str], processes_database_url: str, processes_engine: Any
+) -> None:
+    await empty_tables(processes_engine)  # nothing of another test's deployment left to relay
+    server = RedisServer(tmp_path)
+    server.start()
+    deployment = process_env(env, server.url) | {"CIPHERFEED_DATABASE_URL": processes_database_url}
+    client = aioredis.Redis.from_url(server.url)
+    workers: list[AppProcess] = []
+
+    def worker(name: str, **extra: str) -> AppProcess:
+        proc = AppProcess(name, deployment | extra, tmp_path, ["worker"])
+        proc.wait_ready()
+        workers.append(proc)
+        return proc
+
+    try:
+        first = worker("W1")
+        async with services(deployment) as svc:
+            suffix = secrets.token_hex(3)
+            alice = await accounts.register(svc, f"alice{suffix}", "correct horse battery staple")
+            bob = await accounts.register(svc, f"bob{suffix}", "correct horse battery staple")
+            await follows.follow(svc, bob, alice.id)
+
+            # Redis restarts (and, without persistence, forgets everything): the worker waits and goes on.
+            for _ in range(2):
+                server.kill()
+                await asyncio.sleep(1.0)
+                server.start()
+                await feeds.rebuild(svc, bob.id)  # bob's feed was lost with Redis: built again, as a read would
+                post = await posts.create(svc, alice, "after a restart of Redis")
+                took = await within(10, lambda: in_feed(client, bob.id, post.id))
+                assert took is not None, f"the fan-out did not run after Redis came back: {first.output()}"
+            assert first.proc.poll() is None, f"the worker exited: {first.output()}"
+            log = first.output()
+            assert log.count("Redis unreachable") == 2 and log.count("Redis is back") == 2, log
+            assert "Traceback" not in log, log
+
+            # A worker killed in the middle of a fan-out: another takes the job up within seconds, not minutes.
+            first.stop()
+            doomed = worker("W2", CIPHERFEED_TEST_JOB_PAUSE="60")
+            post = await posts.create(svc, alice, "its first worker is killed")
+
+            async def taken() -> bool:
+                return bool([key async for key in client.scan_iter(match="arq:in-progress:*")])
+
+            assert await within(10, taken) is not None, "the worker took the job"
+            doomed.proc.send_signal(signal.SIGKILL)
+            doomed.proc.wait(timeout=5)
+            killed_at = time.monotonic()
+            worker("W3")
+            took = await within(LEASE_SECONDS + 10, lambda: in_feed(client, bob.id, post.id))
+            assert took is not None, "the killed worker's job was not taken up again"
+            waited = time.monotonic() - killed_at
+            assert waited < LEASE_SECONDS + 5, f"taken up {waited:.1f} s after the kill"
+    finally:
+        for proc in workers:
+            proc.stop()
+        await client.aclose()
+        server.kill()
