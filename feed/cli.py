@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import getpass
 import sys
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 

@@ -124,7 +124,8 @@ class ArqQueue:
         name = self.pool.default_queue_name
         ending = suffix.encode()
         try:
-            found = [m async for m, _ in self.pool.zscan_iter(name, match=f"*{suffix}", count=1000) if m.endswith(ending)]
+            scan = self.pool.zscan_iter(name, match=f"*{suffix}", count=1000)
+            found = [member async for member, _ in scan if member.endswith(ending)]
             if not found:
                 return 0
             async with self.pool.pipeline(transaction=True) as pipe:

@@ -98,4 +98,4 @@ async def run_jobs(app: Any) -> None:
     try:
         await worker.main()
     finally:
-        await _close(worker)
+        await worker.close()

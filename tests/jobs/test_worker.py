@@ -125,3 +125,25 @@ async def test_the_embedded_mode_runs_the_maintenance_schedule_itself(app: Any, 
     assert ran == ["this_minute"]
     last = (await status(app.state.services, ["this_minute"])).last["this_minute"]
     assert (last.state, last.changed) == ("done", "things=1")
+
+
+async def test_a_maintenance_run_stopped_at_shutdown_is_recorded_as_cancelled(app: Any, clean: None) -> None:
+    import anyio
+
+    from feed.services.jobs import Maintenance, Run, run_maintenance
+
+    started = anyio.Event()
+
+    async def work(svc: Any, job: Run) -> None:
+        job.count("things", 2)
+        started.set()
+        await anyio.sleep(60)
+
+    job = Maintenance("long_one", "runs until stopped", work)
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_maintenance, app.state.services, job)
+        await started.wait()
+        group.cancel_scope.cancel()
+    last = (await status(app.state.services, ["long_one"])).last["long_one"]
+    assert (last.state, last.changed) == ("cancelled", "things=2")
+    assert (await status(app.state.services, [])).running == []

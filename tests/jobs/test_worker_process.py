@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ pytestmark = [
 async def services(env: dict[str, str]) -> AsyncIterator[Any]:
     """The services a CLI command opens, on the test's deployment (it relays nothing: the worker does)."""
     async with open_runtime(load_settings(env), "cli") as runtime:
-        yield runtime.services
+        yield runtime
+
+
+async def link_up(runtime: Any) -> bool:
+    return bool(runtime.link.up) and bool(await runtime.link.run(lambda r: r.ping()))
 
 
 async def in_feed(client: aioredis.Redis, user_id: int, post_id: int) -> bool:
@@ -61,7 +66,8 @@ async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_ta
 
     try:
         first = worker("W1")
-        async with services(deployment) as svc:
+        async with services(deployment) as runtime:
+            svc = runtime.services
             suffix = secrets.token_hex(3)
             alice = await accounts.register(svc, f"alice{suffix}", "correct horse battery staple")
             bob = await accounts.register(svc, f"bob{suffix}", "correct horse battery staple")
@@ -72,13 +78,15 @@ async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_ta
                 server.kill()
                 await asyncio.sleep(1.0)
                 server.start()
+                assert await within(10, partial(link_up, runtime)) is not None
                 await feeds.rebuild(svc, bob.id)  # bob's feed was lost with Redis: built again, as a read would
+                assert await client.exists(feed_key(bob.id))
                 post = await posts.create(svc, alice, "after a restart of Redis")
-                took = await within(10, lambda: in_feed(client, bob.id, post.id))
+                took = await within(10, partial(in_feed, client, bob.id, post.id))
                 assert took is not None, f"the fan-out did not run after Redis came back: {first.output()}"
             assert first.proc.poll() is None, f"the worker exited: {first.output()}"
             log = first.output()
-            assert log.count("Redis unreachable") == 2 and log.count("Redis is back") == 2, log
+            assert log.count("worker: Redis unreachable") == 2 and log.count("worker: Redis is back") == 2, log
             assert "Traceback" not in log, log
 
             # A worker killed in the middle of a fan-out: another takes the job up within seconds, not minutes.
@@ -94,7 +102,7 @@ async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_ta
             doomed.proc.wait(timeout=5)
             killed_at = time.monotonic()
             worker("W3")
-            took = await within(LEASE_SECONDS + 10, lambda: in_feed(client, bob.id, post.id))
+            took = await within(LEASE_SECONDS + 10, partial(in_feed, client, bob.id, post.id))
             assert took is not None, "the killed worker's job was not taken up again"
             waited = time.monotonic() - killed_at
             assert waited < LEASE_SECONDS + 5, f"taken up {waited:.1f} s after the kill"
