@@ -98,12 +98,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready while the database answers: a balancer stops sending traffic here during an outage."""
     try:
         async with request.app.state.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-    except Exception:
-        log.warning("readiness check: database unreachable")
-        return PlainTextResponse("database unreachable", status_code=503)
+    except Exception as exc:
+        request.app.state.runtime.outage.down(exc)  # logged once per outage, not once per probe
+        return PlainTextResponse("database unreachable", status_code=503, headers={"Retry-After": "5"})
     return PlainTextResponse("ready")
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from alembic import command
 from feed.resources import resource_path
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5  # seconds to open a connection: a database that does not answer is down, not slow
+# SQLSTATE classes that say the server is away, not that the statement was wrong: 08 connection exception,
+# 57P operator intervention (shutting down, cannot connect now), 53300 too many connections.
+_DOWN_STATES = ("08", "57P", "53300")
 
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -25,8 +35,62 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        pool_timeout=CONNECT_TIMEOUT,
         hide_parameters=True,
+        connect_args={"timeout": CONNECT_TIMEOUT},
     )
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (down, restarting, the connection lost, every
+    connection busy), rather than that a statement was wrong."""
+    if isinstance(exc, OSError | TimeoutError | sa_exc.TimeoutError):
+        return True  # refused, reset, no route; a connect or a pool checkout that timed out
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+        return True
+    for cause in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_DOWN_STATES):
+            return True
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+    if isinstance(exc, sa_exc.OperationalError) and exc.orig is not None and type(exc.orig).__module__ == "sqlite3":
+        return True  # the file cannot be opened, or stays locked past the busy timeout
+    return False
+
+
+class Outage:
+    """Whether this process's database is reachable, with one log line when it stops answering and one when it
+    is back (not one per failed request). ``down`` is called by whoever saw a failure; ``up`` by the engine when a
+    statement went through again (:meth:`watch`)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    @property
+    def is_down(self) -> bool:
+        return self.since is not None
+
+    def down(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("database unreachable (%s); answering 503 until it is back", type(exc).__name__)
+
+    def up(self) -> None:
+        if self.since is not None:
+            log.warning("database is back after %.1f s", time.monotonic() - self.since)
+            self.since = None
+
+    def watch(self, engine: AsyncEngine) -> None:
+        """Mark the database up when a statement of ``engine`` went through (a check of one attribute each)."""
+
+        def executed(*_: Any) -> None:
+            if self.since is not None:
+                self.up()
+
+        event.listen(engine.sync_engine, "after_cursor_execute", executed)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

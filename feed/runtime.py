@@ -60,6 +60,7 @@ class Runtime:
     relay: Relay | None
     services: Services
     secret: bytes
+    outage: db.Outage  # whether the database answers, logged once per outage
 
     def __repr__(self) -> str:
         return f"Runtime({self.role})"
@@ -115,6 +116,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
     ring = load_ring(settings, create=embedded)
     secret = load_secret(settings, create=embedded)
     engine = db.make_engine(settings.database_url)
+    outage = db.Outage()
+    outage.watch(engine)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
@@ -183,7 +186,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         if relay is not None:
             await relay.start()
             stack.push_async_callback(relay.stop)
-        yield Runtime(settings, role, metrics, engine, link, cache, bus, queue, streams, relay, services, secret)
+        yield Runtime(settings, role, metrics, engine, link, cache, bus, queue, streams, relay, services, secret,
+                      outage)  # fmt: skip
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

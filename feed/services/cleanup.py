@@ -30,7 +30,8 @@ from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.erasure import ERASED
 from feed.services.jobs import Maintenance, Run
-from feed.storage.tables import api_tokens, follows, likes, mentions, posts, sessions, users
+from feed.storage import idempotency
+from feed.storage.tables import api_tokens, follows, idempotency_keys, likes, mentions, posts, sessions, users
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,13 @@ async def expire_sessions(svc: Services, job: Run) -> None:
     await job.progress(0, total)
     await _expire(svc, job, sessions, sessions.c.id_hash, expired_sessions, SESSIONS, "sessions")
     await _expire(svc, job, api_tokens, api_tokens.c.token_hash, expired_tokens, API_TOKENS, "api_tokens")
+    if job.dry_run:
+        async with svc.db() as session:
+            stale = idempotency_keys.c.created_at <= cutoff - idempotency.WINDOW
+            job.count("idempotency_keys", await _count(session, sa.select(idempotency_keys.c.user_id).where(stale)))
+    else:
+        async with svc.db.begin() as session:
+            job.count("idempotency_keys", await idempotency.purge(session, cutoff))
 
 
 async def _expire(
@@ -393,7 +401,10 @@ JOBS = (
         minute=frozenset({15}),
     ),
     Maintenance(
-        "expire_sessions", "delete sessions and API tokens past their expiry", expire_sessions, minute=frozenset({45})
+        "expire_sessions",
+        "delete sessions, API tokens and idempotency keys past their expiry",
+        expire_sessions,
+        minute=frozenset({45}),
     ),
     Maintenance(
         "reconcile_counts",

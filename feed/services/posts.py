@@ -3,6 +3,8 @@ what it causes (``feed.services.effects``) in its own transaction."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -18,6 +20,7 @@ from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
 from feed.services.timelines import get
+from feed.storage import idempotency
 from feed.storage import posts as store
 from feed.storage import users as user_store
 
@@ -62,27 +65,48 @@ async def create(
     visibility: str = "public",
     cw: str | None = None,
     in_reply_to_id: int | None = None,
+    idempotency_key: str | None = None,
 ) -> PostView:
+    """A new post. With ``idempotency_key``: if this author's key created a post within the last hour, that post
+    is returned and nothing new is made (a client retrying a request whose answer it lost, as Mastodon does)."""
     text = normalize_post(text)
     cw = normalize_cw(cw)
     visibility = check_visibility(visibility)
+    key_hash = _key_hash(svc, idempotency_key) if idempotency_key else None
     for attempt in (1, 2):
         post_id = new_id()
         try:
-            caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id)
+            post_id, caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id, key_hash)
             break
         except IntegrityError:
-            if attempt == 2:  # not an id collision after all
+            if attempt == 2:  # neither an id collision nor a concurrent request with the same key
                 raise
-    await effects.committed(svc, caused)
+    if caused is not None:
+        await effects.committed(svc, caused)
     return await get(svc, post_id, author)
 
 
+def _key_hash(svc: Services, key: str) -> bytes:
+    """A client's key, as stored: a keyed hash (the table holds no string a client chose)."""
+    message = b"idempotency-key:" + key.encode("utf-8", "surrogatepass")
+    return hmac.digest(svc.secrets.token_key, message, hashlib.sha256)
+
+
 async def _insert(
-    svc: Services, author: User, post_id: int, text: str, cw: str | None, visibility: str, in_reply_to_id: int | None
-) -> Effects:
-    """Insert the post, and what it causes in the outbox; returns what it causes."""
+    svc: Services,
+    author: User,
+    post_id: int,
+    text: str,
+    cw: str | None,
+    visibility: str,
+    in_reply_to_id: int | None,
+    key_hash: bytes | None,
+) -> tuple[int, Effects | None]:
+    """Insert the post, and what it causes in the outbox; returns its id and what it causes, or, when the key
+    made a post already, that post's id and None."""
     async with svc.db.begin() as session:
+        if key_hash is not None and (made := await idempotency.find(session, author.id, key_hash, now())) is not None:
+            return made, None
         parent = None
         if in_reply_to_id is not None:
             parent = await store.get_visible_post(session, in_reply_to_id, author.id)
@@ -109,9 +133,11 @@ async def _insert(
         await store.set_mentions(session, post_id, mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
+        if key_hash is not None:
+            await idempotency.remember(session, author.id, key_hash, post_id, now())
         caused = effects.post_created(post_id, author.id, visibility, parent.id if parent else None, mention_ids)
         await effects.record(session, caused)
-    return caused
+    return post_id, caused
 
 
 async def edit(

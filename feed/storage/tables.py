@@ -135,6 +135,16 @@ sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
 )
 
+# A client's Idempotency-Key (kept as a keyed hash) and the post it created, for an hour: a retry gets that post.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("post_id", BigId, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
 api_tokens = sa.Table(
     "api_tokens",
     metadata,

@@ -17,7 +17,7 @@ from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
 from feed.web.auth import api_user, services
-from feed.web.forms import BadRequest, parse_id, read_body
+from feed.web.forms import BadRequest, parse_count, parse_id, read_body
 
 VERSION = "4.3.0 (compatible; cipherfeed 0.1.0)"
 DESCRIPTION = "A social timeline that stores only encrypted posts."
@@ -48,13 +48,8 @@ def _query_id(request: Request, name: str) -> int | None:
 
 def _page(request: Request) -> Page:
     raw = request.query_params.get("limit")
-    limit = DEFAULT_LIMIT
-    if raw:
-        if not (raw.isascii() and raw.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
-            raise BadRequest("limit must be a number")
-        limit = max(1, min(MAX_LIMIT, int(raw)))
     return Page(
-        limit=limit,
+        limit=parse_count(raw, "limit", MAX_LIMIT) if raw else DEFAULT_LIMIT,
         max_id=_query_id(request, "max_id"),
         since_id=_query_id(request, "since_id"),
         min_id=_query_id(request, "min_id"),
@@ -190,6 +185,7 @@ async def create_status(request: Request) -> Response:
         visibility=_optional_text(data, "visibility") or "public",
         cw=_optional_text(data, "spoiler_text"),
         in_reply_to_id=reply_to,
+        idempotency_key=request.headers.get("idempotency-key") or None,
     )
     return await _status_response(request, post)
 

@@ -3,6 +3,9 @@
 Exception messages can carry whatever the failing code held (a post's text in a ``KeyError``, say), so the log
 gets the exception type and the stack of code locations, never ``str(exc)``. Catching here, inside Starlette's
 own error middleware, also stops the exception from reaching the server's logger with its message.
+
+A database that does not answer is not a bug: such a request gets a 503 with ``Retry-After`` (a short page, or
+``{"error": ...}`` on the API), and the outage is logged once (``feed.db.Outage``), not once per request.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import traceback
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feed import db
 from feed.web.middleware import send_plain
 
 log = logging.getLogger("feed.crash")
@@ -22,6 +26,14 @@ _PAGE = (
     '<link rel="stylesheet" href="/static/css/app.css"><main class="container"><section class="empty-state">'
     "<h1>Server error</h1><p>Something went wrong on our side; please try again.</p>"
     '<p><a href="/">Back to your timeline</a></p></section></main>'
+)
+RETRY_AFTER = 5  # seconds a client is asked to wait while the database is away
+_UNAVAILABLE = (
+    "<!doctype html><html lang=en><meta charset=utf-8><title>503 · cipherfeed</title>"
+    f'<meta http-equiv="refresh" content="{RETRY_AFTER}">'
+    '<link rel="stylesheet" href="/static/css/app.css"><main class="container"><section class="empty-state">'
+    "<h1>Back in a moment</h1><p>cipherfeed cannot reach its database right now. Nothing you sent was lost: "
+    "this page tries again by itself in a few seconds.</p></section></main>"
 )
 
 
@@ -57,6 +69,9 @@ class CatchAll:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
+            if db.unreachable(exc):
+                await self._unavailable(scope, send, exc, started)
+                return
             log.error("unhandled error on %s %s: %s", scope["method"], scope["path"], describe(exc))
             if started:
                 return
@@ -65,3 +80,16 @@ class CatchAll:
                 await send_plain(send, 500, body, b"application/json")
             else:
                 await send_plain(send, 500, _PAGE.encode(), b"text/html; charset=utf-8")
+
+    async def _unavailable(self, scope: Scope, send: Send, exc: BaseException, started: bool) -> None:
+        runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        if runtime is not None:
+            runtime.outage.down(exc)
+        if started:
+            return
+        headers = [(b"retry-after", str(RETRY_AFTER).encode())]
+        if scope["path"].startswith("/api/"):
+            body = json.dumps({"error": "The database is unavailable; try again in a few seconds"}).encode()
+            await send_plain(send, 503, body, b"application/json", headers)
+        else:
+            await send_plain(send, 503, _UNAVAILABLE.encode(), b"text/html; charset=utf-8", headers)

@@ -162,3 +162,13 @@ def parse_id(raw: str | None, what: str = "id") -> int:
     if not 0 < value < 2**63:
         raise Invalid(f"{what} is out of range")
     return value
+
+
+def parse_count(raw: str, what: str, maximum: int) -> int:
+    """A count such as ``limit`` from the query: digits only, clamped to 1..``maximum`` as Mastodon does; a number
+    of more than 19 digits (past any 64-bit number) is refused before it is converted, however long it is."""
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit() alone accepts "²", which int() refuses
+        raise BadRequest(f"{what} must be a number")
+    if len(raw) > 19:
+        raise BadRequest(f"{what} is out of range")
+    return max(1, min(maximum, int(raw)))

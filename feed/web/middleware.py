@@ -52,13 +52,19 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def send_plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def send_plain(
+    send: Send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """A whole response from middleware, below the framework's response classes."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or ()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -113,9 +113,11 @@ async def create_post(request: Request) -> Response:
             visibility=form.get("visibility", "public"),
             cw=form.get("spoiler_text"),
             in_reply_to_id=reply_to,
+            idempotency_key=form.get("idempotency_key") or None,
         )
     except Invalid as exc:
         composer = {
+            "idempotency_key": form.get("idempotency_key", ""),
             "status": form.get("status", ""),
             "spoiler_text": form.get("spoiler_text", ""),
             "visibility": form.get("visibility", "public"),

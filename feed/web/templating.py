@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import jinja2
@@ -36,7 +37,12 @@ def make_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html)
+    env.globals["draft_key"] = _draft_key  # the composer's idempotency key: a new one for each new draft
     return env
+
+
+def _draft_key() -> str:
+    return secrets.token_urlsafe(16)
 
 
 def frame_style(request: Request) -> FrameStyle:
