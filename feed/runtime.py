@@ -158,6 +158,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
                 per_account=settings.login_attempts_per_account,
                 per_ip=settings.login_attempts_per_ip,
                 window=timedelta(seconds=settings.login_window_seconds),
+                per_account_unknown=settings.login_attempts_per_account_unknown,
             ),
             queue=queue,
             feeds=RedisFeeds(link) if link is not None else None,

@@ -52,6 +52,7 @@ class Settings:
     session_days: int = 30
     login_attempts_per_account: int = 5
     login_attempts_per_ip: int = 20
+    login_attempts_per_account_unknown: int = 20
     login_window_seconds: int = 15 * 60
     # Trusted front proxies whose X-Forwarded-For/-Proto we believe (uvicorn's --forwarded-allow-ips).
     forwarded_allow_ips: str = "127.0.0.1"
@@ -142,6 +143,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_days=_int(env, "CIPHERFEED_SESSION_DAYS", 30),
         login_attempts_per_account=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT", 5),
         login_attempts_per_ip=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP", 20),
+        login_attempts_per_account_unknown=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT_UNKNOWN", 20),
         login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         log_level=log_level,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
-from feed.errors import Conflict, Invalid, NotFound, RateLimited, Unauthorized
+from feed.errors import Conflict, Invalid, NotFound, Unauthorized
 from feed.ids import new_id
-from feed.services import effects, erasure, lookup
+from feed.services import effects, erasure, lookup, throttle
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
@@ -48,6 +48,8 @@ class Session:
 
     token: str = field(repr=False)
     user: User
+    device: str = field(default="", repr=False)  # a new token for the browser's device cookie (feed.services.throttle)
+    replaces: str | None = field(default=None, repr=False)  # the device token of this account it replaces
 
 
 def token_hash(svc: Services, token: str) -> bytes:
@@ -55,35 +57,13 @@ def token_hash(svc: Services, token: str) -> bytes:
     return hmac.new(svc.secrets.token_key, token.encode(), hashlib.sha256).digest()
 
 
-def _bucket(svc: Services, kind: str, value: str) -> str:
-    """A throttle bucket name that does not reveal what was typed or who typed it."""
-    digest = hmac.new(svc.secrets.throttle_key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
-    return f"{kind}:{digest[:32]}"
-
-
-def _ip_prefix(ip: str) -> str:
-    """IPv4 addresses as they are; IPv6 by /64, the block one subscriber usually holds."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip[:64]
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
-
-
-async def _attempt(svc: Services, limits: list[tuple[str, int]], message: str) -> None:
-    """Count one attempt in every bucket first (atomically), then refuse if any is over its limit.
-
-    Counting before the password check means that concurrent guesses cannot all slip in under the limit.
-    """
-    when = now()
-    async with svc.db.begin() as session:
-        counts = [await store.throttle_hit(session, bucket, when, svc.throttle.window) for bucket, _ in limits]
-        if secrets.randbelow(100) == 0:
-            await store.throttle_purge(session, when)
-    if any(count > limit for count, (_, limit) in zip(counts, limits, strict=True)):
-        raise RateLimited(message, int(svc.throttle.window.total_seconds()))
+async def _password_guess(svc: Services, user: User) -> list[tuple[str, int]]:
+    """A guess at a signed-in user's own password (to change it, or to delete the account): slowed down per
+    account, apart from logins (a stolen session is not a way to guess the password, nor to slow the owner's
+    logins down)."""
+    buckets = [(throttle.bucket(svc, "password", user.username.lower()), svc.throttle.per_account)]
+    await throttle.attempt(svc, buckets, "Too many wrong passwords")
+    return buckets
 
 
 def check_username(raw: str) -> str:
@@ -180,15 +160,14 @@ async def register(svc: Services, username: str, password: str, email: str = "")
     return User(id=user_id, username=username, display_name="", bio="", created_at=when, key_version=1)
 
 
-async def login(svc: Services, username: str, password: str, ip: str) -> Session:
-    """Check the password under per-account and per-IP throttles; one error for unknown user or bad password."""
+async def login(svc: Services, username: str, password: str, ip: str, devices: Sequence[str] = ()) -> Session:
+    """Check the password, slowed down by the login throttle (``feed.services.throttle``; ``devices``: the tokens
+    of the browser's device cookie). One error for an unknown user and a wrong password."""
     name = _lookup_name(username)
-    account = _bucket(svc, "acct", name or "-")  # names that cannot exist share one bucket
-    client = _bucket(svc, "ip", _ip_prefix(ip))
-    rules = svc.throttle
-    await _attempt(
-        svc, [(account, rules.per_account), (client, rules.per_ip)], "Too many failed logins; try again later"
-    )
+    key = name or "-"  # names that cannot exist share one account bucket
+    device = throttle.known_device(svc, key, devices) if name else None
+    buckets = throttle.login_buckets(svc, key, ip, device)
+    await throttle.attempt(svc, buckets, "Too many failed logins")
     async with svc.db() as session:
         creds = await store.get_credentials(session, name) if name else None
     ok = False
@@ -196,22 +175,24 @@ async def login(svc: Services, username: str, password: str, ip: str) -> Session
         await _verify_password(svc, svc.dummy_hash, password)  # same work as a real check
     else:
         ok = await _verify_password(svc, creds.password_hash, password)
-    if not ok or creds is None:
+    if not ok or creds is None or name is None:
         raise Unauthorized(LOGIN_ERROR)
     # Hashed before the transaction, so no write lock is held through the slow part.
     new_hash = await _hash_password(svc, password) if svc.hasher.check_needs_rehash(creds.password_hash) else None
     async with svc.db.begin() as session:
-        await store.throttle_clear(session, account)
-        await store.throttle_release(session, client)
+        await throttle.succeeded(svc, buckets, session)
         if new_hash:
             await store.update_user(session, creds.id, password_hash=new_hash)
-        return await _new_session(svc, session, creds.id)
+        opened = await _new_session(svc, session, creds.id)
+    return Session(opened.token, opened.user, throttle.device_token(svc, name), device)
 
 
 async def open_session(svc: Services, user_id: int) -> Session:
-    """A session for a user who has just proved who they are some other way (right after signing up)."""
+    """A session for a user who has just proved who they are some other way (right after signing up), with a
+    device token: the browser that made the account is one of its known devices."""
     async with svc.db.begin() as session:
-        return await _new_session(svc, session, user_id)
+        opened = await _new_session(svc, session, user_id)
+    return Session(opened.token, opened.user, throttle.device_token(svc, opened.user.username.lower()))
 
 
 async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Session:
@@ -311,10 +292,8 @@ async def email_of(svc: Services, user: User) -> str:
 
 
 async def change_password(svc: Services, user: User, current: str, new: str, keep_session: str | None) -> None:
-    """Guesses at ``current`` count against the same per-account throttle as logins (a stolen session is not
-    a way to brute-force the password)."""
-    account = _bucket(svc, "acct", user.username.lower())
-    await _attempt(svc, [(account, svc.throttle.per_account)], "Too many wrong passwords; try again later")
+    """Guesses at ``current`` are slowed down (:func:`_password_guess`)."""
+    buckets = await _password_guess(svc, user)
     async with svc.db() as session:
         stored = await store.get_password_hash(session, user.id)
     if stored is None or not await _verify_password(svc, stored, current):
@@ -322,7 +301,7 @@ async def change_password(svc: Services, user: User, current: str, new: str, kee
     check_password(new, user.username)
     new_hash = await _hash_password(svc, new)
     async with svc.db.begin() as session:
-        await store.throttle_clear(session, account)
+        await throttle.succeeded(svc, buckets, session)
         await store.update_user(session, user.id, password_hash=new_hash, updated_at=now())
         # Every other browser and device is signed out.
         keep = token_hash(svc, keep_session) if keep_session else None
@@ -384,16 +363,15 @@ async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
 
 
 async def delete_account(svc: Services, user: User, password: str) -> erasure.Receipt:
-    """The account page's "delete my account": the password again (wrong guesses count against the same
-    per-account throttle as logins), then :func:`feed.services.erasure.erase`."""
+    """The account page's "delete my account": the password again (guesses slowed down as in
+    :func:`_password_guess`), then :func:`feed.services.erasure.erase`."""
     if not password:
         raise Invalid("Enter your password to delete your account", "delete_password")
-    account = _bucket(svc, "acct", user.username.lower())
-    await _attempt(svc, [(account, svc.throttle.per_account)], "Too many wrong passwords; try again later")
+    buckets = await _password_guess(svc, user)
     async with svc.db() as session:
         stored = await store.get_password_hash(session, user.id)
     if stored is None or not await _verify_password(svc, stored, password):
         raise Invalid("That password is wrong; your account was not deleted", "delete_password")
     async with svc.db.begin() as session:
-        await store.throttle_clear(session, account)
+        await throttle.succeeded(svc, buckets, session)
     return await erasure.erase(svc, user.id)

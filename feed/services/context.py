@@ -44,9 +44,12 @@ class Database:
 
 @dataclass(frozen=True, slots=True)
 class ThrottleRules:
-    per_account: int
-    per_ip: int
+    """Limits of the login throttle (``feed.services.throttle``)."""
+
+    per_account: int  # an account from one address, or from one known device
+    per_ip: int  # one address, whatever the account
     window: timedelta
+    per_account_unknown: int = 20  # an account from every device it does not know
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,7 @@ throttle = sa.Table(
     sa.Column("bucket", sa.String(100), primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("window_ends", UTCDateTime, nullable=False, index=True),
+    sa.Column("blocked_until", UTCDateTime, nullable=True),  # the next attempt is refused before this
 )
 
 # Background job runs (maintenance jobs, and failures of any job): what ``cipherfeed jobs status`` shows. Arguments

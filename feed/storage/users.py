@@ -1,4 +1,4 @@
-"""Users, their wrapped keys, sessions, API tokens and login throttles."""
+"""Users, their wrapped keys, sessions and API tokens."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.dialect import insert
-from feed.storage.tables import api_tokens, follows, posts, sessions, throttle, user_keys, users
+from feed.storage.tables import api_tokens, follows, posts, sessions, user_keys, users
 
 USER_COLUMNS = (
     users.c.id,
@@ -172,38 +171,6 @@ async def token_row(session: AsyncSession, token_hash: bytes) -> Record | None:
 
 
 # -- throttling
-
-
-async def throttle_hit(session: AsyncSession, bucket: str, now: datetime, window: timedelta) -> int:
-    """Count one attempt in ``bucket``'s fixed window (a new window if the old one ended); the count after it.
-
-    One atomic upsert, so concurrent attempts each get their own number.
-    """
-    stmt = insert(session, throttle).values(bucket=bucket, count=1, window_ends=now + window)
-    expired = throttle.c.window_ends <= now
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[throttle.c.bucket],
-        set_={
-            "count": sa.case((expired, 1), else_=throttle.c.count + 1),
-            "window_ends": sa.case((expired, stmt.excluded.window_ends), else_=throttle.c.window_ends),
-        },
-    ).returning(throttle.c.count)
-    return int((await session.execute(stmt)).scalar_one())
-
-
-async def throttle_release(session: AsyncSession, bucket: str) -> None:
-    """Take back one attempt (it succeeded)."""
-    await session.execute(
-        throttle.update().where(throttle.c.bucket == bucket, throttle.c.count > 0).values(count=throttle.c.count - 1)
-    )
-
-
-async def throttle_purge(session: AsyncSession, now: datetime) -> None:
-    await session.execute(throttle.delete().where(throttle.c.window_ends <= now))
-
-
-async def throttle_clear(session: AsyncSession, bucket: str) -> None:
-    await session.execute(throttle.delete().where(throttle.c.bucket == bucket))
 
 
 class UserCounts(NamedTuple):

@@ -9,7 +9,16 @@ from starlette.responses import Response
 
 from feed.errors import Conflict, Invalid, RateLimited, Unauthorized
 from feed.services import accounts
-from feed.web.auth import end_session, require_user, services, session_token, start_session, viewer
+from feed.web.auth import (
+    device_tokens,
+    end_session,
+    remember_device,
+    require_user,
+    services,
+    session_token,
+    start_session,
+    viewer,
+)
 from feed.web.forms import read_form
 from feed.web.pages import safe_next, see_other
 from feed.web.templating import render
@@ -40,7 +49,9 @@ async def login(request: Request) -> Response:
     svc = services(request)
     values = {"username": form.get("username", ""), "next": form.get("next", "")}
     try:
-        session = await accounts.login(svc, form.get("username", ""), form.get("password", ""), _client_ip(request))
+        session = await accounts.login(
+            svc, form.get("username", ""), form.get("password", ""), _client_ip(request), device_tokens(request)
+        )
     except (Unauthorized, RateLimited) as exc:
         status = 429 if isinstance(exc, RateLimited) else 401
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
@@ -50,6 +61,7 @@ async def login(request: Request) -> Response:
         await accounts.logout(svc, previous)
     response = see_other(safe_next(form.get("next"), "/"))
     start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
+    remember_device(request, response, session.device, session.replaces)
     return response
 
 
@@ -79,6 +91,7 @@ async def register(request: Request) -> Response:
         await accounts.logout(svc, previous)
     response = see_other("/?notice=welcome")
     start_session(request, response, session.token, int(svc.session_ttl.total_seconds()))
+    remember_device(request, response, session.device, None)
     return response
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feed.errors import Forbidden, Unauthorized
-from feed.services import accounts
+from feed.services import accounts, throttle
 from feed.services.context import Services
 from feed.services.models import User
 
@@ -69,6 +69,21 @@ def _set_cookie(request: Request, response: Response, base: str, value: str, max
 def start_session(request: Request, response: Response, token: str, max_age: int) -> None:
     _set_cookie(request, response, _SESSION, token, max_age)
     response.delete_cookie(_cookie_name(request, _ANON), path="/", secure=_https(request), httponly=True)
+
+
+_DEVICE = "cf_device"
+DEVICE_DAYS = 365
+
+
+def device_tokens(request: Request) -> list[str]:
+    """The browser's device cookie: tokens of the accounts it logged in to (``feed.services.throttle``)."""
+    return throttle.device_tokens(request.cookies.get(_cookie_name(request, _DEVICE)))
+
+
+def remember_device(request: Request, response: Response, token: str, replaced: str | None) -> None:
+    """Keep ``token`` first in the device cookie, in place of the account's old one (``replaced``)."""
+    kept = [t for t in device_tokens(request) if t != replaced][: throttle.MAX_DEVICES - 1]
+    _set_cookie(request, response, _DEVICE, "~".join([token, *kept]), DEVICE_DAYS * 86400)
 
 
 def end_session(request: Request, response: Response) -> None:

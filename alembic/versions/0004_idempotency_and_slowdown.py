@@ -1,4 +1,5 @@
-"""Idempotency keys: a retried ``POST /api/v1/statuses`` (or page composer submit) returns the first post.
+"""Idempotency keys: a retried ``POST /api/v1/statuses`` (or page composer submit) returns the first post. Login
+throttle buckets slow down (a time before which the next attempt is refused) instead of locking out.
 
 Revision ID: 0004
 Revises: 0003
@@ -32,8 +33,12 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_idempotency_keys_created_at", "idempotency_keys", ["created_at"])
+    with op.batch_alter_table("throttle") as batch:
+        batch.add_column(sa.Column("blocked_until", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("throttle") as batch:
+        batch.drop_column("blocked_until")
     op.drop_index("ix_idempotency_keys_created_at", "idempotency_keys")
     op.drop_table("idempotency_keys")
