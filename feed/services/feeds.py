@@ -78,6 +78,18 @@ async def fan_out(svc: Services, post_id: int) -> int:
     return written
 
 
+async def own_post(svc: Services, post_id: int, author_id: int) -> None:
+    """A new post in its author's own feed at once, before the request that made it is answered: the author sees
+    it on their home page whatever the workers are doing (their fan-out adds it again, harmlessly, and reaches the
+    followers). Without Redis the home page reads the database, which has it already."""
+    if svc.feeds is not None:
+        try:
+            await svc.feeds.add(post_id, [author_id])
+        except FeedsUnavailable:
+            pass
+    await lookup.invalidate(svc, (HOME, author_id))  # after the add: a page cached in between is dropped too
+
+
 async def _resume_point(svc: Services, post_id: int) -> int:
     """The last follower a killed or timed-out run of this fan-out reached (0: none). Kept in Redis beside the
     feeds it describes; without Redis a fan-out runs in this process and starts over if the process dies."""

@@ -83,6 +83,7 @@ async def create(
                 raise
     if caused is not None:
         await effects.committed(svc, caused)
+        await feeds.own_post(svc, post_id, author.id)
     return await get(svc, post_id, author)
 
 

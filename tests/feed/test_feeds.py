@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from feed.feeds import feed_key
@@ -210,3 +211,27 @@ async def test_a_worker_killed_mid_fan_out_finishes_after_a_restart(
             assert await client.zrevrange(feed_key(follower), 0, -1) == [str(post.id).encode(), b"0"]
     finally:
         await start_worker(app)
+
+
+async def test_the_author_sees_their_own_post_at_once_with_the_worker_stopped(redis_clean: Any, author: User) -> None:
+    app, svc = redis_clean, redis_clean.state.services
+    [reader] = await make_users(svc, 1)
+    await follow_all(svc, [reader], author.id)
+    await build_feeds(svc, [author.id, reader])
+    assert await home_ids(app, author.id) == []  # the home page is cached now
+    await stop_worker(app)
+    try:
+        post = await posts.create(svc, author, "mine, at once")
+        token = (await accounts.open_session(svc, author.id)).token
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver",
+                                     cookies={"cf_session": token}) as http:  # fmt: skip
+            page = await http.get("/")
+            profile = await http.get(f"/@{author.username}")
+        assert f'id="post-{post.id}"' in page.text, "on the author's home page right after the request"
+        assert f'id="post-{post.id}"' in profile.text
+        assert post.id in await feed_of(app, author.id)
+        assert post.id not in await feed_of(app, reader), "the fan-out to followers waits for a worker"
+    finally:
+        await start_worker(app)
+    await settle(app)
+    assert post.id in await feed_of(app, reader)
