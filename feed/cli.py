@@ -72,6 +72,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=not args.no_access_log,
         server_header=False,
+        # Limits uvicorn lacks (head size and count, slow heads and bodies): feed.web.protocol.
+        http="feed.web.protocol:GuardedHttpTools",
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keepalive_seconds,
     )
     return 0
 

@@ -56,6 +56,11 @@ class Settings:
     login_window_seconds: int = 15 * 60
     # Trusted front proxies whose X-Forwarded-For/-Proto we believe (uvicorn's --forwarded-allow-ips).
     forwarded_allow_ips: str = "127.0.0.1"
+    # Connections one serve process holds at most (live streams count); past it, a 503. Below the fd limit.
+    max_connections: int = 10_000
+    keepalive_seconds: int = 5  # an idle keep-alive connection is closed after this long
+    head_timeout_seconds: int = 10  # a request head must arrive within this (feed.web.protocol)
+    body_timeout_seconds: int = 30  # a request body must arrive within this of its head
     log_level: str = "info"
     # Authors with more followers than this are not fanned out on write: their posts join home timelines when read.
     fanout_max_followers: int = 10_000
@@ -85,6 +90,19 @@ class Settings:
     @property
     def secret_key_file(self) -> Path:
         return self.data_dir / "secret.key"
+
+
+def seconds_setting(env: Mapping[str, str], name: str, default: int) -> float:
+    """A timeout in whole seconds from ``env`` (at least 1); ConfigError if it is not one."""
+    return float(_int(env, name, default))
+
+
+def _connection_cap() -> int:
+    """10,000, or fewer when the process may not open that many files (each connection is one)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 10_000 if soft == resource.RLIM_INFINITY else max(16, min(10_000, soft - 100))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -146,6 +164,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_attempts_per_account_unknown=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT_UNKNOWN", 20),
         login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
+        max_connections=_int(env, "CIPHERFEED_MAX_CONNECTIONS", _connection_cap(), minimum=16),
+        keepalive_seconds=_int(env, "CIPHERFEED_KEEPALIVE_SECONDS", 5),
+        head_timeout_seconds=_int(env, "CIPHERFEED_HEAD_TIMEOUT_SECONDS", 10),
+        body_timeout_seconds=_int(env, "CIPHERFEED_BODY_TIMEOUT_SECONDS", 30),
         log_level=log_level,
         fanout_max_followers=_int(env, "CIPHERFEED_FANOUT_MAX_FOLLOWERS", 10_000),
         feed_inactive_days=_int(env, "CIPHERFEED_FEED_INACTIVE_DAYS", 30),

@@ -14,6 +14,7 @@ import json
 import logging
 import traceback
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feed import db
@@ -68,6 +69,8 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            return  # the client went away mid-request: nobody to answer, nothing to log
         except Exception as exc:
             if db.unreachable(exc):
                 await self._unavailable(scope, send, exc, started)
