@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -204,3 +206,66 @@ async def register(urls: dict[str, str], name: str, clients: list[httpx.AsyncCli
     assert csrf
     account.csrf = csrf.group(1)
     return account
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (``initdb`` in a temporary directory, run as the ``postgres`` user on
+    its own port), so that the test can stop it, kill it and start it again. fsync is off: a test's data."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            raise AssertionError("PostgreSQL's initdb is not installed (apt-get install postgresql)")
+        self.bin = found[-1].parent
+        self.dir = Path(tempfile.mkdtemp(prefix="cipherfeed-pg-", dir="/tmp"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.log = self.dir / "postgres.log"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.dir, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"{tool} failed: {done.stdout}{done.stderr}")
+        return done
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """A clean, fast shutdown: open connections are ended."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def kill(self) -> None:
+        """A crash: the postmaster and every process of it SIGKILLed at once; the next start recovers from the
+        write-ahead log."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        family = [pid, *_children(pid)]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{member}").exists() for member in family):
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        with contextlib.suppress(AssertionError, FileNotFoundError, ValueError, ProcessLookupError):
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
