@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,8 +55,6 @@ async def _with_services(settings: Settings, work: Callable[[Any], Awaitable[T]]
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     if args.workers > 1 and settings.redis_url is None:
         # Each process has its own L1; without Redis they would not hear of each other's writes.
         raise CommandError("--workers above 1 needs CIPHERFEED_REDIS_URL (the processes share invalidations there)")
@@ -61,6 +62,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(_migrate(settings))
     where = "SQLite at " + settings.database_url.split("///", 1)[-1] if settings.is_sqlite else "PostgreSQL"
     print(f"cipherfeed: serving on http://{args.host}:{args.port} ({where})", flush=True)
+    from feed.metrics import use_directory
+
+    # Several processes behind one port: /metrics, answered by any of them, shows them all (feed.metrics).
+    shared = Path(tempfile.mkdtemp(prefix="cipherfeed-metrics-")) if args.workers > 1 else None
+    use_directory(shared)
+    try:
+        _serve(args, settings)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "feed.app:asgi_factory",
         factory=True,
@@ -77,7 +94,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keepalive_seconds,
     )
-    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -313,7 +329,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         )
     from arq.connections import RedisSettings
 
+    from feed.metrics import use_directory
     from jobs.worker import Worker, WorkerSettings
+
+    use_directory(None)  # one process: its own metrics, on its own endpoint (CIPHERFEED_WORKER_METRICS)
 
     _prepare(settings)
     asyncio.run(_migrate(settings))

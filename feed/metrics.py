@@ -1,8 +1,17 @@
-"""A small Prometheus client: counters, gauges, histograms and callback gauges in a ``Registry``, rendered in the
-text exposition format 0.0.4 (https://prometheus.io/docs/instrumenting/exposition_formats/).
+"""Metrics with prometheus-client: a :class:`Registry` per process (per app, in tests) that every layer (cache, bus,
+relay, hub, jobs) registers its counters, gauges and histograms in; the HTTP side (request timing, ``/metrics``) is
+in ``feed.web.metrics``, the worker's endpoint in ``jobs.worker``.
 
-It imports nothing of ours and no web framework, so every layer (cache, bus, services) can register metrics; the
-HTTP side (request timing middleware, the ``/metrics`` endpoint) is in ``feed.web.metrics``.
+**Several processes, one view.** ``cipherfeed serve --workers N`` runs N processes behind one port, and a scrape
+reaches any one of them. So serve runs prometheus-client in its multiprocess mode (:func:`use_directory`, before
+the library is imported): each process writes its values to files in one directory, and whichever process answers
+``/metrics`` reads them all. Counters and histograms are summed; a gauge says how it is combined (``mode``): the
+sum over live processes (``livesum``: L1 bytes, open streams) or the latest value written (``mostrecent``: queue
+depth, outbox age, the same figure seen from every process). Without the directory (tests, embedded use of the
+app) a registry is the process's own.
+
+Gauges whose value is read from an object (``gauge_callback``) are written when ``/metrics`` is read and every
+:data:`REFRESH_SECONDS` by :meth:`Registry.run_refresh`, so that processes not scraped are current too.
 
 Privacy: metric names and label values must never carry user input (paths, usernames, ids, text). Names are
 checked here; label values are the caller's duty: use closed sets (a route template, a tier, a status code).
@@ -10,233 +19,133 @@ checked here; label values are the caller's duty: use closed sets (a route templ
 
 from __future__ import annotations
 
-import copy
-import math
+import asyncio
+import contextlib
+import os
 import re
-import threading
-from bisect import bisect_left
+import shutil
+import sys
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Self, TypeVar
+from pathlib import Path
+from typing import Any
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of what render() returns
-_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+REFRESH_SECONDS = 5.0
+DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_NAME_RE = re.compile(r"cipherfeed_[a-z0-9_]+")
+_LABEL_RE = re.compile(r"[a-z][a-z0-9_]*")
 
-Labels = tuple[tuple[str, str], ...]
-Sample = tuple[str, Labels, float]
 Read = Callable[[], float | dict[tuple[str, ...], float]]
-F = TypeVar("F", bound="_Family")
 
 
-def format_value(value: float) -> str:
-    """A float as Prometheus writes it: ``+Inf``, ``-Inf``, ``NaN``, integers without ``.0``."""
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
+def use_directory(directory: Path | None) -> None:
+    """Before any metric is made: share metrics through ``directory`` (emptied first: files of processes that
+    ended would count), or, with None, keep them in this process. Child processes inherit the choice."""
+    if directory is None:
+        os.environ.pop(DIRECTORY_VARIABLE, None)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, mode=0o700)
+        os.environ[DIRECTORY_VARIABLE] = str(directory)
+    if "prometheus_client.values" in sys.modules:  # imported already: its value class follows the variable again
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
-def _escape(text: str, quote: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if quote else text
-
-
-def _sample_line(name: str, labels: Labels, value: float) -> str:
-    if not labels:
-        return f"{name} {format_value(value)}"
-    inner = ",".join(f'{key}="{_escape(val, quote=True)}"' for key, val in labels)
-    return f"{name}{{{inner}}} {format_value(value)}"
-
-
-class _Family:
-    """One metric: with ``labelnames`` it is a family of children made by ``labels()``, else a single series."""
-
-    kind: ClassVar[str]
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()  # one per family, shared with its children
-        self._children: dict[tuple[str, ...], Self] = {}
-        self._reset()
-
-    def _reset(self) -> None:
-        self._value = 0.0
-
-    def _child(self) -> Self:
-        child = copy.copy(self)  # same name, help, kind, buckets and lock
-        child.labelnames = ()
-        child._children = {}
-        child._reset()
-        return child
-
-    def labels(self, *values: str) -> Self:
-        """The child for these label values (in ``labelnames`` order), made once and then reused."""
-        if not self.labelnames:
-            raise ValueError(f"{self.name} has no labels")
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes {len(self.labelnames)} label values, got {len(values)}")
-        if not all(isinstance(value, str) for value in values):
-            raise TypeError("label values must be str")
-        with self._lock:
-            child = self._children.get(values)
-            if child is None:
-                child = self._children[values] = self._child()
-        return child
-
-    def _unlabelled(self) -> None:
-        if self.labelnames:
-            raise ValueError(f"{self.name} has labels {self.labelnames}: call .labels(...) first")
-
-    def _own_samples(self, labels: Labels) -> list[Sample]:
-        return [(self.name, labels, self._value)]
-
-    def samples(self) -> list[Sample]:
-        with self._lock:
-            if not self.labelnames:
-                return self._own_samples(())
-            out: list[Sample] = []
-            for values, child in self._children.items():
-                out.extend(child._own_samples(tuple(zip(self.labelnames, values, strict=True))))
-            return out
-
-
-class Counter(_Family):
-    kind = "counter"
-
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        self._unlabelled()
-        with self._lock:
-            self._value += amount
-
-
-class Gauge(_Family):
-    kind = "gauge"
-
-    def set(self, value: float) -> None:
-        self._unlabelled()
-        with self._lock:
-            self._value = float(value)
-
-    def inc(self, amount: float = 1) -> None:
-        self._unlabelled()
-        with self._lock:
-            self._value += amount
-
-    def dec(self, amount: float = 1) -> None:
-        self.inc(-amount)
-
-
-class Histogram(_Family):
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help: str,
-        labelnames: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
-    ) -> None:
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError("histogram buckets must be distinct and at least one must be finite")
-        self.buckets = (*bounds, math.inf)
-        super().__init__(name, help, labelnames)
-
-    def _reset(self) -> None:
-        self._counts = [0] * len(self.buckets)  # per bucket, not cumulative; summed when rendered
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self._unlabelled()
-        with self._lock:
-            self._counts[bisect_left(self.buckets, value)] += 1  # bounds are inclusive: le="0.1" counts 0.1
-            self._sum += value
-
-    def _own_samples(self, labels: Labels) -> list[Sample]:
-        out: list[Sample] = []
-        total = 0
-        for bound, count in zip(self.buckets, self._counts, strict=True):
-            total += count
-            out.append((f"{self.name}_bucket", (*labels, ("le", format_value(bound))), total))
-        out.append((f"{self.name}_sum", labels, self._sum))
-        out.append((f"{self.name}_count", labels, total))
-        return out
-
-
-class GaugeCallback(_Family):
-    """A gauge read at render time from ``fn``: a float, or a dict from label values to floats with labelnames.
-
-    ``fn`` runs on every scrape, in the event loop: it must be cheap, must not block and must not fail.
-    """
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, fn: Read, labelnames: Sequence[str]) -> None:
-        super().__init__(name, help, labelnames)
-        self.fn = fn
-
-    def samples(self) -> list[Sample]:
-        result = self.fn()
-        if not isinstance(result, dict):
-            if self.labelnames:
-                raise ValueError(f"{self.name} has labels: its callback must return a dict")
-            return [(self.name, (), float(result))]
-        out: list[Sample] = []
-        for values, value in result.items():
-            if len(values) != len(self.labelnames) or not all(isinstance(v, str) for v in values):
-                raise ValueError(f"{self.name}: callback returned bad label values {values!r}")
-            out.append((self.name, tuple(zip(self.labelnames, values, strict=True)), float(value)))
-        return out
+def _multiprocess() -> bool:
+    return bool(os.environ.get(DIRECTORY_VARIABLE))
 
 
 class Registry:
-    """The metrics of one process, in registration order. Names are unique: registering one twice is an error."""
+    """The metrics of one process (or app). Names are unique: registering one twice is an error."""
 
     def __init__(self) -> None:
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
+        import prometheus_client
 
-    def _add(self, family: F) -> F:
-        if not _NAME_RE.fullmatch(family.name):
-            raise ValueError(f"invalid metric name {family.name!r}")
-        for label in family.labelnames:
-            if not _LABEL_RE.fullmatch(label) or label.startswith("__") or label == "le":
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self._callbacks: list[tuple[Any, Read, set[tuple[str, ...]]]] = []
+
+    @staticmethod
+    def _check(name: str, labelnames: Sequence[str]) -> None:
+        if not _NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        for label in labelnames:
+            if not _LABEL_RE.fullmatch(label) or label == "le":
                 raise ValueError(f"invalid label name {label!r}")
-        with self._lock:
-            if family.name in self._families:
-                raise ValueError(f"metric {family.name!r} is already registered")
-            self._families[family.name] = family
-        return family
 
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        return self._add(Counter(name, help, labelnames))
+    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Any:
+        from prometheus_client import Counter
 
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        return self._add(Gauge(name, help, labelnames))
+        self._check(name, labelnames)
+        return Counter(name, help, labelnames, registry=self.registry)
+
+    def gauge(self, name: str, help: str, labelnames: Sequence[str] = (), mode: str = "mostrecent") -> Any:
+        from prometheus_client import Gauge
+
+        self._check(name, labelnames)
+        return Gauge(name, help, labelnames, registry=self.registry, multiprocess_mode=mode)  # type: ignore[arg-type]
 
     def histogram(
         self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS
-    ) -> Histogram:
-        return self._add(Histogram(name, help, labelnames, buckets))
+    ) -> Any:
+        from prometheus_client import Histogram
 
-    def gauge_callback(self, name: str, help: str, fn: Read, labelnames: Sequence[str] = ()) -> GaugeCallback:
-        return self._add(GaugeCallback(name, help, fn, labelnames))
+        self._check(name, labelnames)
+        return Histogram(name, help, labelnames, registry=self.registry, buckets=buckets)
+
+    def gauge_callback(
+        self, name: str, help: str, fn: Read, labelnames: Sequence[str] = (), mode: str = "livesum"
+    ) -> Any:
+        """A gauge written from ``fn`` (a float, or with ``labelnames`` a dict from label values to floats). ``fn``
+        runs in the event loop, or in the worker's metrics thread: it must be cheap and must not fail."""
+        gauge = self.gauge(name, help, labelnames, mode)
+        self._callbacks.append((gauge, fn, set()))
+        return gauge
+
+    def refresh(self) -> None:
+        """Write every callback gauge's current value."""
+        for gauge, fn, seen in self._callbacks:
+            result = fn()
+            if not isinstance(result, dict):
+                gauge.set(float(result))
+                continue
+            for values in seen - set(result):
+                gauge.labels(*values).set(0)  # a label set no longer reported is zero, not its last value
+            for values, value in result.items():
+                gauge.labels(*values).set(float(value))
+                seen.add(values)
+
+    async def run_refresh(self) -> None:
+        """Refresh every :data:`REFRESH_SECONDS` until cancelled (only needed with several processes)."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            with contextlib.suppress(Exception):
+                self.refresh()
 
     def render(self) -> str:
-        with self._lock:
-            families = list(self._families.values())
-        lines: list[str] = []
-        for family in families:
-            lines.append(f"# HELP {family.name} {_escape(family.help, quote=False)}")
-            lines.append(f"# TYPE {family.name} {family.kind}")
-            lines.extend(_sample_line(*sample) for sample in family.samples())
-        return "\n".join(lines) + "\n"
+        """The exposition text of this process or, in the multiprocess mode, of every process sharing the
+        directory."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        self.refresh()
+        if not _multiprocess():
+            return bytes(generate_latest(self.registry)).decode()
+        every = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(every)).decode()
+
+    def names(self) -> list[str]:
+        """The metric family names registered here."""
+        return sorted({metric.name for metric in self.registry.collect()})
+
+    def process_ended(self) -> None:
+        """This process stops: its live gauges leave the shared view."""
+        if _multiprocess():
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # of what render() returns

@@ -20,6 +20,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from alembic.script import ScriptDirectory
 from anyio import CapacityLimiter
@@ -187,11 +188,15 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         if relay is not None:
             await relay.start()
             stack.push_async_callback(relay.stop)
+        if role != "cli":  # callback gauges written for the processes a scrape does not reach (feed.metrics)
+            refresh = asyncio.get_running_loop().create_task(metrics.run_refresh())
+            stack.push_async_callback(_cancel, refresh)
+            stack.callback(metrics.process_ended)
         yield Runtime(settings, role, metrics, engine, link, cache, bus, queue, streams, relay, services, secret,
                       outage)  # fmt: skip
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait for it to end (a maintenance run records itself cancelled on the way out)."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

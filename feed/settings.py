@@ -59,6 +59,8 @@ class Settings:
     # Connections one serve process holds at most (live streams count); past it, a 503. Below the fd limit.
     max_connections: int = 10_000
     keepalive_seconds: int = 5  # an idle keep-alive connection is closed after this long
+    # Where ``cipherfeed worker`` serves its /metrics (host:port), or None: nowhere.
+    worker_metrics: tuple[str, int] | None = ("127.0.0.1", 9102)
     head_timeout_seconds: int = 10  # a request head must arrive within this (feed.web.protocol)
     body_timeout_seconds: int = 30  # a request body must arrive within this of its head
     log_level: str = "info"
@@ -90,6 +92,19 @@ class Settings:
     @property
     def secret_key_file(self) -> Path:
         return self.data_dir / "secret.key"
+
+
+def _address(env: Mapping[str, str], name: str, default: tuple[str, int]) -> tuple[str, int] | None:
+    """``host:port``, or ``off``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() == "off":
+        return None
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{name} must be HOST:PORT or off, got {raw!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def seconds_setting(env: Mapping[str, str], name: str, default: int) -> float:
@@ -166,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         max_connections=_int(env, "CIPHERFEED_MAX_CONNECTIONS", _connection_cap(), minimum=16),
         keepalive_seconds=_int(env, "CIPHERFEED_KEEPALIVE_SECONDS", 5),
+        worker_metrics=_address(env, "CIPHERFEED_WORKER_METRICS", ("127.0.0.1", 9102)),
         head_timeout_seconds=_int(env, "CIPHERFEED_HEAD_TIMEOUT_SECONDS", 10),
         body_timeout_seconds=_int(env, "CIPHERFEED_BODY_TIMEOUT_SECONDS", 30),
         log_level=log_level,

@@ -165,18 +165,53 @@ class Worker(arq.worker.Worker):
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """The services every process opens (``feed.runtime``), held for the worker's life."""
+    """The services every process opens (``feed.runtime``), held for the worker's life, and the worker's own
+    metrics endpoint (``CIPHERFEED_WORKER_METRICS``)."""
     from feed.runtime import open_runtime
     from feed.settings import load_settings
 
-    runtime = open_runtime(ctx.get("settings") or load_settings(), "worker")
-    ctx["services"] = (await runtime.__aenter__()).services
-    ctx["runtime"] = runtime
+    settings = ctx.get("settings") or load_settings()
+    opening = open_runtime(settings, "worker")
+    runtime = await opening.__aenter__()
+    ctx["services"], ctx["runtime"] = runtime.services, opening
+    if settings.worker_metrics is not None:
+        ctx["metrics_server"] = _serve_metrics(runtime, *settings.worker_metrics)
+        ctx["queue_gauge"] = asyncio.get_running_loop().create_task(_watch_queue(runtime))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if (task := ctx.pop("queue_gauge", None)) is not None:
+        task.cancel()
+    if (server := ctx.pop("metrics_server", None)) is not None:
+        server.shutdown()
     if (runtime := ctx.pop("runtime", None)) is not None:
         await runtime.__aexit__(None, None, None)
+
+
+def _serve_metrics(runtime: Any, host: str, port: int) -> Any:
+    """prometheus-client's own HTTP endpoint (a thread) for this worker's registry; None if the port is taken
+    (another worker on this machine has it: this one runs on without an endpoint)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, host, registry=runtime.metrics.registry)
+    except OSError as exc:
+        log.warning("worker: no metrics endpoint on %s:%d (%s)", host, port, type(exc).__name__)
+        return None
+    log.info("worker: metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+async def _watch_queue(runtime: Any) -> None:
+    """What the endpoint shows is written here: callback gauges, and the queue's depth."""
+    from feed.metrics import REFRESH_SECONDS
+
+    metrics = runtime.services.job_metrics
+    while True:
+        runtime.metrics.refresh()
+        with contextlib.suppress(ConnectionError, OSError):
+            metrics.waiting.set(await runtime.queue.depth())
+        await asyncio.sleep(REFRESH_SECONDS)
 
 
 class WorkerSettings:

@@ -32,6 +32,7 @@ from feed.records import (
 )
 from feed.redis_link import RedisLink, make_client
 from tests.conftest import TEST_REDIS_DB_URL
+from tests.feed.test_metrics import parse, series
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -274,10 +275,7 @@ async def test_a_zero_byte_l1_means_no_l1() -> None:
 
 
 def l1_hits(registry: Registry, space: Space) -> float:
-    found = re.search(
-        rf'^cipherfeed_cache_hits_total\{{tier="l1",space="{space.name}"\}} (\S+)$', registry.render(), re.M
-    )
-    return float(found[1]) if found else 0.0
+    return parse(registry.render()).get(series("cipherfeed_cache_hits_total", tier="l1", space=space.name), 0.0)
 
 
 async def test_the_synchronous_lookup_gives_what_l1_holds_and_nothing_else() -> None:
