@@ -7,11 +7,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from feed.metrics import Registry
+from feed.runtime import open_runtime
+from feed.services import accounts
+from feed.settings import load_settings
+from tests.conftest import BACKEND, empty_tables
+from tests.feed.processes import AppProcess, RedisServer, free_port, process_env, within
 
 Series = tuple[str, frozenset[tuple[str, str]]]
 
@@ -106,3 +113,59 @@ def test_several_processes_add_up_in_one_view(tmp_path: Path) -> None:
     parsed = families(text)
     assert parsed["cipherfeed_work"][("cipherfeed_work_total", ())] == 7
     assert parsed["cipherfeed_depth"][("cipherfeed_depth", ())] == 7, "the most recent value, not a sum"
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="real processes, once, in the PostgreSQL pass")
+@pytest.mark.anyio
+async def test_serve_with_two_workers_and_the_worker_show_their_families(
+    env: dict[str, str], tmp_path: Path, processes_database_url: str, processes_engine: Any
+) -> None:
+    await empty_tables(processes_engine)
+    redis = RedisServer(tmp_path)
+    redis.start()
+    worker_port = free_port()
+    deployment = process_env(env, redis.url) | {
+        "CIPHERFEED_DATABASE_URL": processes_database_url,
+        "CIPHERFEED_WORKER_METRICS": f"127.0.0.1:{worker_port}",
+    }
+    port = free_port()
+    web = AppProcess("web", deployment, tmp_path, ["serve", "--workers", "2", "--port", str(port), "--no-access-log"])
+    web.port, web.url = port, f"http://127.0.0.1:{port}"
+    worker = AppProcess("worker", deployment, tmp_path, ["worker"])
+    try:
+        web.wait_ready(60)
+        worker.wait_ready(60)
+        async with httpx.AsyncClient(base_url=web.url) as http:
+            for _ in range(120):  # each on a new connection: the two processes share them out
+                async with httpx.AsyncClient(base_url=web.url) as fresh:
+                    assert (await fresh.get("/healthz")).status_code == 200
+            seen = [parse((await http.get("/metrics")).text) for _ in range(6)]
+        counts = {s.get(series("cipherfeed_http_requests_total", method="GET", route="/healthz", status="200"))
+                  for s in seen}  # fmt: skip
+        # wait_ready asked too: one more. Every scrape, whichever process answers, counts the requests of both.
+        assert len(counts) == 1 and counts.pop() in (121.0, 122.0, 123.0), counts
+        names = {name for name, _ in seen[0]}
+        for family in ("cipherfeed_http_request_duration_seconds_bucket", "cipherfeed_cache_l1_bytes",
+                       "cipherfeed_streams_open", "cipherfeed_outbox_depth", "cipherfeed_jobs_waiting"):  # fmt: skip
+            assert family in names, family
+        async with open_runtime(load_settings(deployment), "cli") as runtime:
+            await accounts.register(runtime.services, "metered", "correct horse battery staple")
+            token = await accounts.create_token(runtime.services, "metered")
+        async with httpx.AsyncClient(base_url=web.url, headers={"Authorization": f"Bearer {token}"}) as http:
+            assert (await http.post("/api/v1/statuses", json={"status": "counted"})).status_code == 200
+
+            async def fanned_out() -> bool:
+                text = (await http.get(f"http://127.0.0.1:{worker_port}/metrics")).text
+                return series("cipherfeed_job_seconds_count", job="fan_out") in parse(text)
+
+            assert await within(10, fanned_out) is not None, "the worker's endpoint shows the fan-out it ran"
+            text = (await http.get(f"http://127.0.0.1:{worker_port}/metrics")).text
+        worker_names = {name for name, _ in parse(text)}
+        for family in ("cipherfeed_jobs_waiting", "cipherfeed_job_seconds_bucket", "cipherfeed_fanout_seconds_count",
+                       "cipherfeed_outbox_relay_seconds_count", "cipherfeed_cache_l1_bytes"):  # fmt: skip
+            assert family in worker_names, family
+    finally:
+        web.stop()
+        worker.stop()
+        redis.kill()
+    assert "Traceback" not in web.output() + worker.output()
