@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -42,9 +42,24 @@ Handler = Callable[[Invalidation], None]
 ResetHandler = Callable[[], None]
 
 
-class LocalBus:
-    """Embedded mode: one process, no one else to tell. ``publish`` reaches *other* processes only; the
-    publisher has already applied its own change."""
+class Bus(Protocol):
+    """Invalidations between the processes of a deployment. ``publish`` reaches *other* processes only (the
+    publisher has applied its own change); ``on_message`` handlers get theirs; ``on_reset`` handlers run when
+    messages may have been lost (every cached value is then suspect)."""
+
+    def on_message(self, handler: Handler) -> None: ...
+
+    def on_reset(self, handler: ResetHandler) -> None: ...
+
+    async def publish(self, message: Invalidation) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _Handlers:
+    """Who to tell: the part every bus shares."""
 
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
@@ -56,6 +71,10 @@ class LocalBus:
     def on_reset(self, handler: ResetHandler) -> None:
         self._resets.append(handler)
 
+
+class LocalBus(_Handlers):
+    """Embedded mode: one process, no one else to tell."""
+
     async def publish(self, message: Invalidation) -> None:
         pass
 
@@ -66,7 +85,9 @@ class LocalBus:
         pass
 
 
-class RedisBus(LocalBus):
+class RedisBus(_Handlers):
+    """Scaled mode: Redis pub/sub, with the sequence numbers that tell a subscriber it missed something."""
+
     def __init__(self, link: RedisLink, *, metrics: Any = None) -> None:
         super().__init__()
         self.link = link

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from feed.bus import Invalidation, LocalBus
+from feed.bus import Bus, Invalidation
 from feed.cache import SPACES, Cache, Space
 from feed.events import Effects, Event
 from feed.redis_link import RedisLink
@@ -56,7 +56,7 @@ class Relay:
         engine: AsyncEngine,
         *,
         cache: Cache,
-        bus: LocalBus,
+        bus: Bus,
         queue: Any,
         streams: Streams,
         forget: Callable[[int], None],

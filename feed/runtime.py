@@ -28,7 +28,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from feed import db
-from feed.bus import Invalidation, LocalBus, RedisBus
+from feed.bus import Bus, Invalidation, LocalBus, RedisBus
 from feed.cache import Cache
 from feed.feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
@@ -55,7 +55,7 @@ class Runtime:
     engine: AsyncEngine
     link: RedisLink | None
     cache: Cache
-    bus: LocalBus
+    bus: Bus
     queue: ArqQueue | LocalQueue
     streams: Streams | None
     relay: Relay | None
@@ -76,7 +76,7 @@ def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQu
     return ArqQueue.from_url(settings.redis_url, link)
 
 
-def _wire(metrics: Registry, cache: Cache, bus: LocalBus, keys: KeyStore, link: RedisLink | None) -> None:
+def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: RedisLink | None) -> None:
     """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
     unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
     invalidations it missed, then flushes L1."""
@@ -128,7 +128,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         if link is not None:
             stack.push_async_callback(link.close)
         cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=metrics)
-        bus: LocalBus = RedisBus(link, metrics=metrics) if link else LocalBus()
+        bus: Bus = RedisBus(link, metrics=metrics) if link else LocalBus()
         keys = KeyStore(ring)
         streams: Streams | None = None
         if link is not None:

@@ -10,7 +10,7 @@ from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from feed.bus import LocalBus
+from feed.bus import Bus
 from feed.cache import Cache
 from feed.feeds import RedisFeeds
 from feed.queue import JobMetrics, Queue
@@ -68,7 +68,7 @@ class Secrets:
 class Services:
     db: Database
     cache: Cache
-    bus: LocalBus
+    bus: Bus
     keys: KeyStore
     secrets: Secrets
     hasher: PasswordHasher
