@@ -8,7 +8,7 @@ import getpass
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -498,11 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """The command: ``argv`` (default ``sys.argv[1:]``), settings from ``env`` (default the environment)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(env)
         result: int = args.func(args, settings)
         return result
     except (ConfigError, CommandError, DomainError) as exc:

@@ -1,12 +1,17 @@
-"""The ``cipherfeed`` command, run as a real process against this run's database."""
+"""The ``cipherfeed`` command against this run's database: ``cli.main()`` run in this process (each command in a
+thread of its own, since it runs its own event loop), and as a real process where the process is what is tested.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +19,43 @@ import httpx
 import pytest
 
 from crypto import RootKeyRing
+from feed.cli import main
 from tests.conftest import PASSWORD, empty_tables, forget_cached
 
 pytestmark = pytest.mark.anyio
 
 
 def cipherfeed(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``cipherfeed ARGS`` with settings from ``env``: its exit code, standard output and error."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _stdin(stdin):
+            try:
+                return main(list(args), env=env)
+            except SystemExit as exc:  # argparse's way of refusing a command line
+                return exc.code if isinstance(exc.code, int) else 1
+
+    with ThreadPoolExecutor(1) as pool:
+        code = pool.submit(run).result(timeout=60)
+    return subprocess.CompletedProcess(["cipherfeed", *args], code, out.getvalue(), err.getvalue())
+
+
+def cipherfeed_process(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m feed ARGS`` as a real process (no CIPHERFEED_* setting from the outer environment)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")} | env
     return subprocess.run(
-        [sys.executable, "-m", "feed", *args],
-        input=stdin,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", "feed", *args], input=stdin, env=full_env, capture_output=True, text=True, timeout=60
     )
+
+
+@contextlib.contextmanager
+def _stdin(text: str) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -71,6 +98,10 @@ def test_bad_input_is_one_line_and_non_zero(env: dict[str, str], tmp_path: Path)
     no_redis = {k: v for k, v in env.items() if k != "CIPHERFEED_REDIS_URL"}
     assert "CIPHERFEED_REDIS_URL" in one_line_error(cipherfeed(no_redis, "serve", "--workers", "2"))
     usage = cipherfeed(env)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    # The same, as the real command: its exit status and its one line on stderr.
+    assert "password" in one_line_error(cipherfeed_process(env, "users", "create", "erin", stdin="short\n")).lower()
+    usage = cipherfeed_process(env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
