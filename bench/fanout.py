@@ -40,9 +40,9 @@ async def fanout(repeats: int, procs: Processes, env: Mapping[str, str], star_id
         client = runtime.link.client
         star = await accounts.get_user(svc, star_id)
         async with svc.db() as session:
-            from feed.storage import posts as store
+            from feed.storage import follows as follow_store
 
-            followers = await store.followers_after(session, star_id, 0, 10_000_000)
+            followers = await follow_store.followers_after(session, star_id, 0, 10_000_000)
         await _build_empty_feeds(client, followers)
         ours: list[float] = []
         peer: list[float] = []

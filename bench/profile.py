@@ -87,7 +87,7 @@ PARTS = (
         ),
     ),
     ("post text to HTML (render_html)", ("(text.py",)),
-    ("caches (feed.cache, records, cachetools)", ("(cache.py", "(records.py", "cachetools/", "(keys.py")),
+    ("caches (feed.cache, records, cachetools)", ("cache/", "(records.py", "cachetools/", "(keys.py")),
     ("Starlette", ("starlette/",)),
     ("uvicorn, httptools", ("uvicorn/", "httptools/")),
     (

@@ -25,7 +25,7 @@ from feed.services import effects, erasure, lookup, throttle
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
-from feed.storage import posts as post_store
+from feed.storage import follows as follow_store
 from feed.storage import users as store
 
 MIN_PASSWORD = 10
@@ -335,7 +335,7 @@ async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
         counts = (await store.counts_many(session, [user.id]))[user.id]
         a_b = (False, False)
         if viewer is not None and viewer.id != user.id:
-            a_b = await post_store.follow_state(session, viewer.id, user.id)
+            a_b = await follow_store.follow_state(session, viewer.id, user.id)
     return Profile(
         user=user,
         followers=counts.followers,
@@ -350,7 +350,7 @@ async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
 async def follow_list(svc: Services, user: User, *, followers: bool, limit: int = 80) -> list[User]:
     """Who follows ``user`` (or whom ``user`` follows), most recent accounts first."""
     async with svc.db() as session:
-        ids = await post_store.follow_list(session, user.id, followers=followers, limit=limit)
+        ids = await follow_store.follow_list(session, user.id, followers=followers, limit=limit)
         rows = await store.get_users(session, ids)
     return [User.from_row(rows[i]) for i in ids if i in rows and not erasure.is_erased(rows[i])]
 

@@ -11,27 +11,26 @@ The writer drops what it stales: cached post records whose counts or mentions ch
 frames of purged posts, the sessions and tokens it deleted, the follow lists and home timelines of the followers of
 an erased account.
 
-The queries live here rather than in ``feed.storage``: only these jobs use them, and they are written against the
-tables directly, each in the one transaction of its chunk.
+The queries live in ``feed.storage.cleanup``; the jobs here run them, each chunk's in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import API_TOKENS, FOLLOWING, FRAMES, HOME, POSTS, SESSIONS, TIMELINES, USERS, Space
 from feed.feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
-from feed.services.erasure import ERASED
 from feed.services.jobs import Maintenance, Run
+from feed.storage import cleanup as store
 from feed.storage import idempotency
-from feed.storage.tables import api_tokens, follows, idempotency_keys, likes, mentions, posts, sessions, users
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,7 @@ CHUNK = 500  # rows per transaction (and per checkpoint)
 
 Fetch = Callable[[int], Awaitable[list[int]]]  # ids above the given one, in order, at most CHUNK
 Apply = Callable[[list[int]], Awaitable[None]]
+FetchOf = Callable[[AsyncSession, int, int, int], Awaitable[list[int]]]  # (session, user id, after, limit)
 
 
 async def _walk(job: Run, part: str, fetch: Fetch, apply: Apply) -> None:
@@ -53,24 +53,6 @@ async def _walk(job: Run, part: str, fetch: Fetch, apply: Apply) -> None:
     await job.finish(part)
 
 
-async def _count(session: Any, query: sa.Select[Any]) -> int:
-    return int(await session.scalar(sa.select(sa.func.count()).select_from(query.subquery())) or 0)
-
-
-def _decrement(column: sa.Column[int], by: int) -> sa.ColumnElement[int]:
-    """``column - by``, never below 0 (a counter that had drifted low is left to ``reconcile_counts``)."""
-    return sa.case((column > by, column - by), else_=0)
-
-
-async def _decrement_posts(session: Any, column: sa.Column[int], counts: Counter[int]) -> None:
-    """Take ``counts[post id]`` off ``column`` of each post (one UPDATE per distinct amount)."""
-    by_amount: dict[int, list[int]] = {}
-    for post_id, n in counts.items():
-        by_amount.setdefault(n, []).append(post_id)
-    for n, ids in by_amount.items():
-        await session.execute(posts.update().where(posts.c.id.in_(ids)).values({column: _decrement(column, n)}))
-
-
 # -- purge_erased
 
 
@@ -79,10 +61,8 @@ async def purge_erased(svc: Services, job: Run) -> None:
     and the mentions of it on other posts (their counts and cached records adjusted), its follows both ways, and
     last the account row, which frees the username."""
     async with svc.db() as session:
-        erased = list(
-            await session.scalars(sa.select(users.c.id).where(users.c.key_version == ERASED).order_by(users.c.id))
-        )
-        total = await _purge_total(session, erased)
+        erased = await store.erased_user_ids(session)
+        total = await store.purge_total(session, erased)
     await job.progress(0, total)
     for user_id in erased:
         purge = _Purge(svc, job, user_id)
@@ -98,61 +78,35 @@ async def purge_erased(svc: Services, job: Run) -> None:
     await job.progress(job.done, job.done)
 
 
-async def _purge_total(session: Any, erased: Sequence[int]) -> int:
-    """About how many rows the purge of ``erased`` goes through (for progress)."""
-    if not erased:
-        return 0
-    counted = [
-        sa.select(posts.c.id).where(posts.c.author_id.in_(erased)),
-        sa.select(likes.c.post_id).where(likes.c.user_id.in_(erased)),
-        sa.select(mentions.c.post_id).where(mentions.c.user_id.in_(erased)),
-        sa.select(follows.c.follower_id).where(follows.c.follower_id.in_(erased)),
-        sa.select(follows.c.follower_id).where(follows.c.followee_id.in_(erased)),
-    ]
-    return sum([await _count(session, query) for query in counted]) + len(erased)
-
-
 class _Purge:
     """The parts of one erased account's purge, each a fetch (the next chunk of ids) and its apply."""
 
     def __init__(self, svc: Services, job: Run, user_id: int) -> None:
         self.svc, self.job, self.user_id = svc, job, user_id
 
-    async def _ids(self, query: sa.Select[Any], column: sa.ColumnElement[int], after: int) -> list[int]:
+    async def _ids(self, fetch: FetchOf, after: int) -> list[int]:
         async with self.svc.db() as session:
-            return list(await session.scalars(query.where(column > after).order_by(column).limit(CHUNK)))
+            return await fetch(session, self.user_id, after, CHUNK)
 
     # The account's posts, with the likes and mentions on them; the posts they reply to count one reply less.
 
     async def fetch_posts(self, after: int) -> list[int]:
-        return await self._ids(sa.select(posts.c.id).where(posts.c.author_id == self.user_id), posts.c.id, after)
+        return await self._ids(store.posts_of, after)
 
     async def posts(self, ids: list[int]) -> None:
         if self.job.dry_run:
             async with self.svc.db() as session:
                 self.job.count("posts", len(ids))
-                self.job.count("likes", await _count(session, sa.select(likes).where(likes.c.post_id.in_(ids))))
-                self.job.count(
-                    "mentions", await _count(session, sa.select(mentions).where(mentions.c.post_id.in_(ids)))
-                )
+                self.job.count("likes", await store.count_likes_on(session, ids))
+                self.job.count("mentions", await store.count_mentions_on(session, ids))
             return
         async with self.svc.db.begin() as session:
-            liked = await session.execute(likes.delete().where(likes.c.post_id.in_(ids)).returning(likes.c.post_id))
-            n_likes = len(liked.all())
-            mentioned = await session.execute(
-                mentions.delete().where(mentions.c.post_id.in_(ids)).returning(mentions.c.post_id)
-            )
-            n_mentions = len(mentioned.all())
-            gone = (
-                await session.execute(
-                    posts.delete()
-                    .where(posts.c.id.in_(ids), posts.c.author_id == self.user_id)
-                    .returning(posts.c.id, posts.c.in_reply_to_id)
-                )
-            ).all()
+            n_likes = await store.delete_likes_on(session, ids)
+            n_mentions = await store.delete_mentions_on(session, ids)
+            gone = await store.delete_posts_of(session, self.user_id, ids)
             deleted = {row.id for row in gone}
             parents = Counter(r.in_reply_to_id for r in gone if r.in_reply_to_id and r.in_reply_to_id not in deleted)
-            await _decrement_posts(session, posts.c.replies_count, parents)
+            await store.decrement_replies(session, parents)
         self.job.count("posts", len(gone))
         self.job.count("likes", n_likes)
         self.job.count("mentions", n_mentions)
@@ -162,90 +116,56 @@ class _Purge:
     # Its likes of other accounts' posts (whose like counts go down).
 
     async def fetch_likes(self, after: int) -> list[int]:
-        query = (
-            sa.select(likes.c.post_id)
-            .join(posts, posts.c.id == likes.c.post_id)
-            .where(likes.c.user_id == self.user_id, posts.c.author_id != self.user_id)
-        )
-        return await self._ids(query, likes.c.post_id, after)
+        return await self._ids(store.liked_by, after)
 
     async def likes(self, ids: list[int]) -> None:
         if self.job.dry_run:
             self.job.count("likes", len(ids))
             return
         async with self.svc.db.begin() as session:
-            result = await session.execute(
-                likes.delete()
-                .where(likes.c.user_id == self.user_id, likes.c.post_id.in_(ids))
-                .returning(likes.c.post_id)
-            )
-            gone = list(result.scalars())
-            await _decrement_posts(session, posts.c.likes_count, Counter(gone))
+            gone = await store.delete_likes_by(session, self.user_id, ids)
+            await store.decrement_likes(session, Counter(gone))
         self.job.count("likes", len(gone))
         await lookup.invalidate(self.svc, *((POSTS, i) for i in gone))
 
     # Mentions of it in other accounts' posts (their cached records name it).
 
     async def fetch_mentions(self, after: int) -> list[int]:
-        query = (
-            sa.select(mentions.c.post_id)
-            .join(posts, posts.c.id == mentions.c.post_id)
-            .where(mentions.c.user_id == self.user_id, posts.c.author_id != self.user_id)
-        )
-        return await self._ids(query, mentions.c.post_id, after)
+        return await self._ids(store.mentioning, after)
 
     async def mentions(self, ids: list[int]) -> None:
         if self.job.dry_run:
             self.job.count("mentions", len(ids))
             return
         async with self.svc.db.begin() as session:
-            result = await session.execute(
-                mentions.delete()
-                .where(mentions.c.user_id == self.user_id, mentions.c.post_id.in_(ids))
-                .returning(mentions.c.post_id)
-            )
-            gone = list(result.scalars())
+            gone = await store.delete_mentions_of(session, self.user_id, ids)
         self.job.count("mentions", len(gone))
         await lookup.invalidate(self.svc, *((POSTS, i) for i in gone))
 
     # Whom it followed (its own follow list was dropped from the cache by the erasure).
 
     async def fetch_following(self, after: int) -> list[int]:
-        query = sa.select(follows.c.followee_id).where(follows.c.follower_id == self.user_id)
-        return await self._ids(query, follows.c.followee_id, after)
+        return await self._ids(store.followees_of, after)
 
     async def following(self, ids: list[int]) -> None:
         if self.job.dry_run:
             self.job.count("follows", len(ids))
             return
         async with self.svc.db.begin() as session:
-            result = await session.execute(
-                follows.delete()
-                .where(follows.c.follower_id == self.user_id, follows.c.followee_id.in_(ids))
-                .returning(follows.c.followee_id)
-            )
-            self.job.count("follows", len(result.all()))
+            self.job.count("follows", len(await store.delete_following(session, self.user_id, ids)))
 
     # Who followed it: their follow lists change, and their home feeds, which may hold its posts, are dropped to be
     # rebuilt (from the database, where those posts are gone by now) when next read.
 
     async def fetch_followers(self, after: int) -> list[int]:
-        query = sa.select(follows.c.follower_id).where(
-            follows.c.followee_id == self.user_id, follows.c.follower_id != self.user_id
-        )
-        return await self._ids(query, follows.c.follower_id, after)
+        return await self._ids(store.followers_of, after)
 
     async def followers(self, ids: list[int]) -> None:
         if self.job.dry_run:
             self.job.count("follows", len(ids))
             return
         async with self.svc.db.begin() as session:
-            result = await session.execute(
-                follows.delete()
-                .where(follows.c.followee_id == self.user_id, follows.c.follower_id.in_(ids))
-                .returning(follows.c.follower_id)
-            )
-            gone = list(result.scalars())
+            gone = await store.delete_followers(session, self.user_id, ids)
         self.job.count("follows", len(gone))
         if self.svc.feeds is not None and gone:
             try:
@@ -261,10 +181,7 @@ class _Purge:
             self.job.count("users")
             return
         async with self.svc.db.begin() as session:
-            result = await session.execute(
-                users.delete().where(users.c.id == self.user_id, users.c.key_version == ERASED).returning(users.c.id)
-            )
-            gone = len(result.all())
+            gone = await store.delete_tombstone(session, self.user_id)
         self.job.count("users", gone)
         await lookup.invalidate(self.svc, (USERS, self.user_id))
 
@@ -276,44 +193,44 @@ async def expire_sessions(svc: Services, job: Run) -> None:
     """Delete browser sessions and API tokens past their expiry (tokens without one never expire). A deleted row is
     its own checkpoint: a stopped run simply starts again and finds the rest."""
     cutoff = now()
-    expired_sessions = sessions.c.expires_at <= cutoff
-    expired_tokens = sa.and_(api_tokens.c.expires_at.is_not(None), api_tokens.c.expires_at <= cutoff)
     async with svc.db() as session:
-        total = await _count(session, sa.select(sessions.c.id_hash).where(expired_sessions))
-        total += await _count(session, sa.select(api_tokens.c.token_hash).where(expired_tokens))
+        total = await store.count_expired_sessions(session, cutoff)
+        total += await store.count_expired_tokens(session, cutoff)
     await job.progress(0, total)
-    await _expire(svc, job, sessions, sessions.c.id_hash, expired_sessions, SESSIONS, "sessions")
-    await _expire(svc, job, api_tokens, api_tokens.c.token_hash, expired_tokens, API_TOKENS, "api_tokens")
+    await _expire(svc, job, store.expired_sessions, store.delete_expired_sessions, cutoff, SESSIONS, "sessions")
+    await _expire(svc, job, store.expired_tokens, store.delete_expired_tokens, cutoff, API_TOKENS, "api_tokens")
     if job.dry_run:
         async with svc.db() as session:
-            stale = idempotency_keys.c.created_at <= cutoff - idempotency.WINDOW
-            job.count("idempotency_keys", await _count(session, sa.select(idempotency_keys.c.user_id).where(stale)))
+            job.count("idempotency_keys", await idempotency.count_stale(session, cutoff))
     else:
         async with svc.db.begin() as session:
             job.count("idempotency_keys", await idempotency.purge(session, cutoff))
 
 
+FindExpired = Callable[[AsyncSession, datetime, bytes, int], Awaitable[list[bytes]]]  # (session, cutoff, after, limit)
+DeleteExpired = Callable[[AsyncSession, list[bytes], datetime], Awaitable[list[bytes]]]  # (session, keys, cutoff)
+
+
 async def _expire(
     svc: Services,
     job: Run,
-    table: sa.Table,
-    key: sa.Column[bytes],
-    expired: sa.ColumnElement[bool],
+    find: FindExpired,
+    delete: DeleteExpired,
+    cutoff: datetime,
     space: Space,
     what: str,
 ) -> None:
     after = b""
     while True:
         async with svc.db() as session:
-            found = list(await session.scalars(sa.select(key).where(expired, key > after).order_by(key).limit(CHUNK)))
+            found = await find(session, cutoff, after, CHUNK)
         if not found:
             return
         if job.dry_run:
             job.count(what, len(found))
         else:
             async with svc.db.begin() as session:
-                result = await session.execute(table.delete().where(key.in_(found), expired).returning(key))
-                gone = list(result.scalars())
+                gone = await delete(session, found, cutoff)
             job.count(what, len(gone))
             await lookup.invalidate(svc, *((space, h.hex()) for h in gone))
         after = found[-1]
@@ -322,26 +239,21 @@ async def _expire(
 
 # -- reconcile_counts
 
-_LIKES = sa.select(sa.func.count()).select_from(likes).where(likes.c.post_id == posts.c.id).scalar_subquery()
-_replies = posts.alias("replies")
-_REPLIES = sa.select(sa.func.count()).select_from(_replies).where(_replies.c.in_reply_to_id == posts.c.id)
-_REPLIES_OF = _REPLIES.scalar_subquery()
-
 
 async def reconcile_counts(svc: Services, job: Run) -> None:
     """Set ``likes_count`` and ``replies_count`` of every post to what the likes and replies rows say, where they
     drifted (a crash between two writes, a bug, a restored backup)."""
     async with svc.db() as session:
-        total = await _count(session, sa.select(posts.c.id))
+        total = await store.count_posts(session)
     await job.progress(job.done, total)
 
     async def fetch(after: int) -> list[int]:
         async with svc.db() as session:
-            query = sa.select(posts.c.id).where(posts.c.id > after).order_by(posts.c.id).limit(CHUNK)
-            return list(await session.scalars(query))
+            return await store.post_ids_after(session, after, CHUNK)
 
     async def apply(ids: list[int]) -> None:
-        likes_off, replies_off = await _drifted(svc, ids)
+        async with svc.db() as session:
+            likes_off, replies_off = await store.drifted(session, ids)
         if job.dry_run:
             job.count("likes_count", len(likes_off))
             job.count("replies_count", len(replies_off))
@@ -349,48 +261,12 @@ async def reconcile_counts(svc: Services, job: Run) -> None:
         if not likes_off and not replies_off:
             return
         async with svc.db.begin() as session:
-            # Lock the rows first (PostgreSQL): a like that commits meanwhile waits for us, and our counts, read by
-            # the statements below after the lock, include every like committed before it.
-            await session.execute(
-                sa.select(posts.c.id).where(posts.c.id.in_(likes_off + replies_off)).with_for_update()
-            )
-            fixed_likes = await _set(session, likes_off, posts.c.likes_count, _LIKES)
-            fixed_replies = await _set(session, replies_off, posts.c.replies_count, _REPLIES_OF)
+            fixed_likes, fixed_replies = await store.fix_counts(session, likes_off, replies_off)
         job.count("likes_count", len(fixed_likes))
         job.count("replies_count", len(fixed_replies))
         await lookup.invalidate(svc, *((POSTS, i) for i in {*fixed_likes, *fixed_replies}))
 
     await _walk(job, "", fetch, apply)
-
-
-async def _drifted(svc: Services, ids: list[int]) -> tuple[list[int], list[int]]:
-    """Which of the posts ``ids`` have a likes count, and which a replies count, other than their rows say."""
-    likes_of = sa.select(likes.c.post_id, sa.func.count()).where(likes.c.post_id.in_(ids)).group_by(likes.c.post_id)
-    replies_of = (
-        sa.select(posts.c.in_reply_to_id, sa.func.count())
-        .where(posts.c.in_reply_to_id.in_(ids))
-        .group_by(posts.c.in_reply_to_id)
-    )
-    async with svc.db() as session:
-        stored = (
-            await session.execute(
-                sa.select(posts.c.id, posts.c.likes_count, posts.c.replies_count).where(posts.c.id.in_(ids))
-            )
-        ).all()
-        liked = {int(post_id): int(n) for post_id, n in await session.execute(likes_of)}
-        replied = {int(post_id): int(n) for post_id, n in await session.execute(replies_of)}
-    likes_off = [row.id for row in stored if row.likes_count != liked.get(row.id, 0)]
-    replies_off = [row.id for row in stored if row.replies_count != replied.get(row.id, 0)]
-    return likes_off, replies_off
-
-
-async def _set(session: Any, ids: list[int], column: sa.Column[int], actual: Any) -> list[int]:
-    if not ids:
-        return []
-    result = await session.execute(
-        posts.update().where(posts.c.id.in_(ids), column != actual).values({column: actual}).returning(posts.c.id)
-    )
-    return list(result.scalars())
 
 
 JOBS = (

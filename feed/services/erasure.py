@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from feed.errors import Conflict, NotFound
 from feed.events import merge
 from feed.feeds import FeedsUnavailable
@@ -43,11 +41,12 @@ from feed.queue import Queue
 from feed.services import effects, lookup
 from feed.services.context import Services, now
 from feed.services.text import USERNAME_RE
-from feed.storage.tables import api_tokens, erasure_receipts, sessions, user_keys, users
+from feed.storage import erasure as store
+from feed.storage import users as user_store
+from feed.storage.erasure import ERASED
 
 log = logging.getLogger(__name__)
 
-ERASED = 0  # users.key_version of an erased account (real versions start at 1)
 UNUSABLE_PASSWORD = "!erased"  # noqa: S105 - not an Argon2 hash: verifying anything against it fails
 _RECEIPT_LABEL = b"cipherfeed:erasure-receipt"
 
@@ -95,10 +94,10 @@ async def erase_user(svc: Services, username: str) -> Receipt:
     if not USERNAME_RE.fullmatch(name):
         raise NotFound(f"no user named {username!r}")
     async with svc.db() as session:
-        row = (await session.execute(sa.select(users.c.id).where(users.c.username_lower == name))).first()
-    if row is None:
+        user_id = await store.user_id_by_username(session, name)
+    if user_id is None:
         raise NotFound(f"no user named {username!r}")
-    return await erase(svc, row.id)
+    return await erase(svc, user_id)
 
 
 async def erase(svc: Services, user_id: int) -> Receipt:
@@ -108,53 +107,27 @@ async def erase(svc: Services, user_id: int) -> Receipt:
     async with svc.db.begin() as session:
         # Locked (PostgreSQL; SQLite's write transaction holds its one lock already): a concurrent key rotation
         # that adds a version must not slip in between reading the keys and deleting them.
-        query = sa.select(users.c.username, users.c.key_version).where(users.c.id == user_id).with_for_update()
-        row = (await session.execute(query)).first()
+        row = await store.lock_user(session, user_id)
         if row is None:
             raise NotFound("No such user")
         if is_erased(row):
             raise Conflict(f"@{row.username} is erased already; the purge_erased job removes what is left")
-        destroyed = (
-            await session.execute(
-                user_keys.delete()
-                .where(user_keys.c.user_id == user_id)
-                .returning(user_keys.c.version, user_keys.c.root_version)
-            )
-        ).all()
-        await session.execute(
-            users.update()
-            .where(users.c.id == user_id)
-            .values(
-                key_version=ERASED,
-                password_hash=UNUSABLE_PASSWORD,
-                email_index=None,
-                email_sealed=None,
-                display_name="",
-                bio="",
-                updated_at=when,
-            )
+        destroyed = await store.delete_user_keys(session, user_id)
+        await user_store.update_user(
+            session,
+            user_id,
+            key_version=ERASED,
+            password_hash=UNUSABLE_PASSWORD,
+            email_index=None,
+            email_sealed=None,
+            display_name="",
+            bio="",
+            updated_at=when,
         )
-        ended = list(
-            (
-                await session.execute(
-                    sessions.delete().where(sessions.c.user_id == user_id).returning(sessions.c.id_hash)
-                )
-            ).scalars()
-        )
-        revoked = list(
-            (
-                await session.execute(
-                    api_tokens.delete().where(api_tokens.c.user_id == user_id).returning(api_tokens.c.token_hash)
-                )
-            ).scalars()
-        )
+        ended = await user_store.delete_other_sessions(session, user_id, keep=None)
+        revoked = await store.delete_tokens(session, user_id)
         keys = tuple(sorted((int(k.version), int(k.root_version)) for k in destroyed))
-        result = await session.execute(
-            erasure_receipts.insert()
-            .values(subject=subject(svc, user_id), key_ids=key_ids(keys), erased_at=when)
-            .returning(erasure_receipts.c.id)
-        )
-        receipt_id = int(result.scalar_one())
+        receipt_id = await store.insert_receipt(session, subject=subject(svc, user_id), key_ids=key_ids(keys), now=when)
         caused = merge([
             effects.user_erased(user_id, [lookup.key_name(user_id, v) for v, _ in keys]),
             effects.sessions_ended(ended),
@@ -186,9 +159,5 @@ async def drop_user_jobs(queue: Queue, user_id: int) -> int:
 async def receipts_for(svc: Services, user_id: int) -> list[ReceiptRow]:
     """The erasure receipts of ``user_id`` (found by its keyed hash), oldest first."""
     async with svc.db() as session:
-        rows = await session.execute(
-            sa.select(erasure_receipts.c.id, erasure_receipts.c.key_ids, erasure_receipts.c.erased_at)
-            .where(erasure_receipts.c.subject == subject(svc, user_id))
-            .order_by(erasure_receipts.c.id)
-        )
+        rows = await store.receipts(session, subject(svc, user_id))
     return [ReceiptRow(r.id, r.key_ids, r.erased_at) for r in rows]

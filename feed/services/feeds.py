@@ -30,6 +30,7 @@ from feed.feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
+from feed.storage import follows as follow_store
 from feed.storage import posts as store
 from feed.storage import users as user_store
 from feed.storage.posts import Page
@@ -58,7 +59,7 @@ async def fan_out(svc: Services, post_id: int) -> int:
             return 0  # deleted before its fan-out ran
         mentioned = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
         big = post.visibility != "direct" and (
-            await store.follower_count(session, post.author_id) > svc.fanout_max_followers
+            await follow_store.follower_count(session, post.author_id) > svc.fanout_max_followers
         )
     event = Event(HOME_EVENT, post_id, post.author_id, post.visibility, committed_ms=post_id >> 16)
     written = await _deliver(svc, event, [post.author_id, *(mentioned if post.visibility == "direct" else [])])
@@ -67,7 +68,7 @@ async def fan_out(svc: Services, post_id: int) -> int:
         after = await _resume_point(svc, post_id)
         while True:
             async with svc.db() as session:
-                chunk = await store.followers_after(session, post.author_id, after, svc.fanout_batch)
+                chunk = await follow_store.followers_after(session, post.author_id, after, svc.fanout_batch)
             if not chunk:
                 break
             written += await _deliver(svc, event, chunk)
@@ -135,7 +136,7 @@ async def unfan(svc: Services, post_id: int, author_id: int) -> None:
     after = 0
     while True:
         async with svc.db() as session:
-            chunk = await store.followers_after(session, author_id, after, svc.fanout_batch)
+            chunk = await follow_store.followers_after(session, author_id, after, svc.fanout_batch)
         if not chunk:
             return
         await remove_from(svc, [post_id], chunk)
@@ -248,7 +249,7 @@ async def popular_authors(svc: Services) -> frozenset[int]:
 async def _load_popular(svc: Services) -> list[int]:
     """Authors whose posts are not fanned out (cached: who is that popular changes slowly)."""
     async with svc.db() as session:
-        return await store.popular(session, svc.fanout_max_followers)
+        return await follow_store.popular(session, svc.fanout_max_followers)
 
 
 def _observe_latency(svc: Services, post_id: int) -> None:

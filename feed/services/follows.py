@@ -8,7 +8,7 @@ from feed.errors import Invalid, NotFound
 from feed.services import effects
 from feed.services.context import Services, now
 from feed.services.models import User
-from feed.storage import posts as store
+from feed.storage import follows as store
 from feed.storage import users as user_store
 
 

@@ -19,12 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from feed.queue import JobMetrics
 from feed.services.context import Services, now
-from feed.storage.dialect import insert
-from feed.storage.tables import job_cursors, job_runs
+from feed.storage import jobs as store
 
 log = logging.getLogger(__name__)
 
@@ -61,42 +58,32 @@ class Run:
         if self.run_id is not None and time.monotonic() - self._saved_at > 1.0:
             self._saved_at = time.monotonic()
             async with self.svc.db.begin() as session:
-                await session.execute(
-                    job_runs.update().where(job_runs.c.id == self.run_id).values(done=self.done, total=self.total)
-                )
+                await store.save_progress(session, self.run_id, self.done, self.total)
 
     async def cursor(self, part: str = "") -> int | None:
         """The checkpoint this job (``part`` of it) saved last, or None to start from the beginning."""
         async with self.svc.db() as session:
-            value = await session.scalar(sa.select(job_cursors.c.cursor).where(job_cursors.c.name == self._key(part)))
-        return int(value) if value is not None else None
+            return await store.get_cursor(session, self._key(part))
 
     async def advance(self, cursor: int, part: str = "") -> None:
         """Save a checkpoint (not in a dry run, which must change nothing)."""
         if self.dry_run:
             return
         async with self.svc.db.begin() as session:
-            await save_cursor(session, self._key(part), cursor)
+            await store.save_cursor(session, self._key(part), cursor, now())
 
     async def finish(self, part: str = "") -> None:
         """The job (``part``) went through to the end: the next run starts from the beginning."""
         if self.dry_run:
             return
         async with self.svc.db.begin() as session:
-            await session.execute(job_cursors.delete().where(job_cursors.c.name == self._key(part)))
+            await store.delete_cursor(session, self._key(part))
 
     def _key(self, part: str) -> str:
         return f"{self.name}:{part}" if part else self.name
 
     def summary(self) -> str:
         return ", ".join(f"{name}={count}" for name, count in sorted(self.changed.items()))
-
-
-async def save_cursor(session: Any, name: str, cursor: int) -> None:
-    stmt = insert(session, job_cursors).values(name=name, cursor=cursor, updated_at=now())
-    await session.execute(
-        stmt.on_conflict_do_update(index_elements=[job_cursors.c.name], set_={"cursor": cursor, "updated_at": now()})
-    )
 
 
 MaintenanceFn = Callable[["Services", Run], Awaitable[None]]
@@ -119,10 +106,7 @@ async def run_maintenance(
 ) -> Run:
     """Run ``job`` now, in this process, recorded in ``job_runs``; raises what the job raised (recorded too)."""
     async with svc.db.begin() as session:
-        result = await session.execute(
-            job_runs.insert().values(name=job.name, dry_run=dry_run, state="running", started_at=now())
-        )
-        run_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        run_id = await store.start_run(session, job.name, dry_run, now())
     run = Run(svc, job.name, dry_run=dry_run, on_progress=on_progress, run_id=run_id)
     with _timed(job.name, svc.job_metrics):
         try:
@@ -143,15 +127,8 @@ async def run_maintenance(
 async def record_failure(svc: Services, name: str, args: tuple[int, ...], exc: BaseException) -> None:
     """A queued job failed for good (no retries left): keep the reason for ``jobs status``."""
     async with svc.db.begin() as session:
-        await session.execute(
-            job_runs.insert().values(
-                name=name,
-                args=",".join(str(int(a)) for a in args)[:200],
-                state="failed",
-                started_at=now(),
-                finished_at=now(),
-                error=describe(exc),
-            )
+        await store.insert_failure(
+            session, name=name, args=",".join(str(int(a)) for a in args)[:200], now=now(), error=describe(exc)
         )
 
 
@@ -169,17 +146,15 @@ async def _end(svc: Services, run: Run, state: str, error: str | None = None) ->
     if run.run_id is None:
         return
     async with svc.db.begin() as session:
-        await session.execute(
-            job_runs.update()
-            .where(job_runs.c.id == run.run_id)
-            .values(
-                state=state,
-                finished_at=now(),
-                done=run.done,
-                total=run.total,
-                changed=run.summary()[:1000],
-                error=error,
-            )
+        await store.end_run(
+            session,
+            run.run_id,
+            state=state,
+            now=now(),
+            done=run.done,
+            total=run.total,
+            changed=run.summary()[:1000],
+            error=error,
         )
 
 
@@ -225,29 +200,11 @@ async def status(svc: Services, names: list[str], *, failures: int = 10) -> Stat
                        row.total, row.changed, row.error)  # fmt: skip
 
     async with svc.db() as session:
-        running = (
-            await session.execute(
-                sa.select(job_runs).where(job_runs.c.state == "running").order_by(job_runs.c.started_at)
-            )
-        ).all()
-        failed = (
-            await session.execute(
-                sa.select(job_runs)
-                .where(job_runs.c.state == "failed")
-                .order_by(job_runs.c.started_at.desc())
-                .limit(failures)
-            )
-        ).all()
+        running = await store.running(session)
+        failed = await store.failed(session, failures)
         last: dict[str, RunInfo] = {}
         for name in names:
-            row = (
-                await session.execute(
-                    sa.select(job_runs)
-                    .where(job_runs.c.name == name, job_runs.c.dry_run.is_(False))
-                    .order_by(job_runs.c.started_at.desc())
-                    .limit(1)
-                )
-            ).first()
+            row = await store.last_run(session, name)
             if row is not None:
                 last[name] = info(row)
     try:

@@ -39,6 +39,8 @@ from feed.records import (
     WrappedKey,
 )
 from feed.services.context import Services
+from feed.storage import follows as follow_store
+from feed.storage import likes as like_store
 from feed.storage import posts as post_store
 from feed.storage import users as user_store
 
@@ -144,7 +146,7 @@ def following_request(svc: Services, user_id: int) -> Request:
 
     async def load(missing: list[int]) -> Mapping[int, IdList]:
         async with svc.db() as session:
-            return {user_id: IdList(tuple(await post_store.followee_ids(session, user_id)))}
+            return {user_id: IdList(tuple(await follow_store.followee_ids(session, user_id)))}
 
     return Request(FOLLOWING, [user_id], load)
 
@@ -226,7 +228,7 @@ def liked_request(svc: Services, user_id: int) -> Request:
 
     async def load(missing: list[int]) -> Mapping[int, IdSet]:
         async with svc.db() as session:
-            newest = await post_store.recent_likes(session, user_id, LIKED_KEPT + 1)
+            newest = await like_store.recent_likes(session, user_id, LIKED_KEPT + 1)
         if len(newest) <= LIKED_KEPT:
             return {user_id: IdSet(frozenset(newest))}
         return {user_id: IdSet(frozenset(newest[:LIKED_KEPT]), floor=newest[LIKED_KEPT - 1])}
@@ -241,7 +243,7 @@ async def liked_among(svc: Services, user_id: int, newest: Cacheable | None, pos
     out = {i for i in post_ids if i in known.ids}
     if older := [i for i in post_ids if i < known.floor]:
         async with svc.db() as session:
-            out |= await post_store.liked_by(session, user_id, older)
+            out |= await like_store.liked_by(session, user_id, older)
     return out
 
 

@@ -21,6 +21,7 @@ from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
 from feed.services.timelines import get
 from feed.storage import idempotency
+from feed.storage import likes as like_store
 from feed.storage import posts as store
 from feed.storage import users as user_store
 
@@ -214,7 +215,7 @@ async def like(svc: Services, user: User, post_id: int) -> PostView:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
         try:
-            changed = await store.add_like(session, post_id, user.id, now())
+            changed = await like_store.add_like(session, post_id, user.id, now())
         except IntegrityError:  # deleted between the check and the insert
             raise NotFound() from None
         if changed:
@@ -228,7 +229,7 @@ async def unlike(svc: Services, user: User, post_id: int) -> PostView:
     async with svc.db.begin() as session:
         if await store.get_visible_post(session, post_id, user.id) is None:
             raise NotFound()
-        changed = await store.remove_like(session, post_id, user.id)
+        changed = await like_store.remove_like(session, post_id, user.id)
         if changed:
             await effects.record(session, effects.like_changed(post_id, user.id))
     if changed:

@@ -23,6 +23,7 @@ from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import feeds, lookup
 from feed.services.context import Services
 from feed.services.models import Content, FrameStyle, Mention, Page, PostView, TimelinePage, User
+from feed.storage import likes as like_store
 from feed.storage import posts as store
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         return _page(await views(svc, refs, viewer, liked, recheck=True, style=style), refs, page)
     async with svc.db() as session:  # one connection for the page's ids and the viewer's likes among them
         refs = await store.home(session, viewer.id, page)
-        liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs])
+        liked = await like_store.liked_by(session, viewer.id, [ref.id for ref in refs])
     return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
 
 
@@ -285,7 +286,7 @@ async def by_author(
         refs = await store.by_author(
             session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
         )
-        liked = await store.liked_by(session, viewer.id, [ref.id for ref in refs]) if viewer else set()
+        liked = await like_store.liked_by(session, viewer.id, [ref.id for ref in refs]) if viewer else set()
     return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
 
 

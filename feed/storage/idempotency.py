@@ -38,6 +38,13 @@ async def remember(session: AsyncSession, user_id: int, key_hash: bytes, post_id
     )
 
 
+async def count_stale(session: AsyncSession, now: datetime) -> int:
+    """How many keys are older than the window (what :func:`purge` would delete)."""
+    stale = idempotency_keys.c.created_at <= now - WINDOW
+    query = sa.select(idempotency_keys.c.user_id).where(stale).subquery()
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(query)) or 0)
+
+
 async def purge(session: AsyncSession, now: datetime) -> int:
     """Forget the keys older than the window; how many went."""
     stale = idempotency_keys.c.created_at <= now - WINDOW

@@ -1,18 +1,16 @@
-"""Posts, mentions, likes and follows, and the timeline queries with visibility rules in SQL."""
+"""Posts and their mentions, and the timeline queries with visibility rules in SQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.dialect import insert
-from feed.storage.tables import follows, likes, mentions, posts, users
+from feed.storage.tables import follows, mentions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -167,124 +165,6 @@ async def mentions_of(session: AsyncSession, post_ids: Sequence[int]) -> dict[in
     for row in rows:
         out.setdefault(row.post_id, []).append(row)
     return out
-
-
-# -- likes
-
-
-async def liked_by(session: AsyncSession, user_id: int, post_ids: Sequence[int]) -> set[int]:
-    if not post_ids:
-        return set()
-    rows = await session.scalars(
-        sa.select(likes.c.post_id).where(likes.c.user_id == user_id, likes.c.post_id.in_(post_ids))
-    )
-    return set(rows)
-
-
-async def recent_likes(session: AsyncSession, user_id: int, limit: int) -> list[int]:
-    """The ids of the newest posts (by post id, not by when they were liked) that ``user_id`` liked."""
-    query = sa.select(likes.c.post_id).where(likes.c.user_id == user_id).order_by(likes.c.post_id.desc()).limit(limit)
-    return list(await session.scalars(query))
-
-
-async def add_like(session: AsyncSession, post_id: int, user_id: int, now: datetime) -> bool:
-    """Insert the like and bump the counter in the same transaction; False if it was already there."""
-    stmt = insert(session, likes).values(post_id=post_id, user_id=user_id, created_at=now)
-    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=[likes.c.post_id, likes.c.user_id]))
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return False
-    await session.execute(posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count + 1))
-    return True
-
-
-async def remove_like(session: AsyncSession, post_id: int, user_id: int) -> bool:
-    result = await session.execute(likes.delete().where(likes.c.post_id == post_id, likes.c.user_id == user_id))
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return False
-    await session.execute(posts.update().where(posts.c.id == post_id).values(likes_count=posts.c.likes_count - 1))
-    return True
-
-
-async def likes_count(session: AsyncSession, post_id: int) -> int:
-    return int(await session.scalar(sa.select(posts.c.likes_count).where(posts.c.id == post_id)) or 0)
-
-
-# -- follows
-
-
-async def add_follow(session: AsyncSession, follower_id: int, followee_id: int, now: datetime) -> bool:
-    stmt = insert(session, follows).values(follower_id=follower_id, followee_id=followee_id, created_at=now)
-    result = await session.execute(
-        stmt.on_conflict_do_nothing(index_elements=[follows.c.follower_id, follows.c.followee_id])
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def remove_follow(session: AsyncSession, follower_id: int, followee_id: int) -> bool:
-    result = await session.execute(
-        follows.delete().where(follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def follow_state(session: AsyncSession, a: int, b: int) -> tuple[bool, bool]:
-    """(a follows b, b follows a)."""
-    rows = await session.execute(
-        sa.select(follows.c.follower_id).where(
-            sa.or_(
-                sa.and_(follows.c.follower_id == a, follows.c.followee_id == b),
-                sa.and_(follows.c.follower_id == b, follows.c.followee_id == a),
-            )
-        )
-    )
-    followers = {r.follower_id for r in rows}
-    return a in followers, b in followers
-
-
-async def follow_list(
-    session: AsyncSession, user_id: int, *, followers: bool, limit: int = 40, max_id: int | None = None
-) -> list[int]:
-    """Ids of ``user_id``'s followers (or followees), newest user id first."""
-    mine, theirs = (
-        (follows.c.followee_id, follows.c.follower_id) if followers else (follows.c.follower_id, follows.c.followee_id)
-    )
-    query = sa.select(theirs).where(mine == user_id)
-    if max_id is not None:
-        query = query.where(theirs < max_id)
-    return list(await session.scalars(query.order_by(theirs.desc()).limit(limit)))
-
-
-async def followee_ids(session: AsyncSession, user_id: int) -> list[int]:
-    """Everyone ``user_id`` follows (for visibility checks from the cache)."""
-    return list(await session.scalars(sa.select(follows.c.followee_id).where(follows.c.follower_id == user_id)))
-
-
-async def followers_after(session: AsyncSession, user_id: int, after: int, limit: int) -> list[int]:
-    """Followers of ``user_id`` with ids above ``after``, in id order (fan-out walks them in chunks)."""
-    query = (
-        sa.select(follows.c.follower_id)
-        .where(follows.c.followee_id == user_id, follows.c.follower_id > after)
-        .order_by(follows.c.follower_id)
-        .limit(limit)
-    )
-    return list(await session.scalars(query))
-
-
-async def follower_count(session: AsyncSession, user_id: int) -> int:
-    query = sa.select(sa.func.count()).select_from(follows).where(follows.c.followee_id == user_id)
-    return int(await session.scalar(query) or 0)
-
-
-async def follower_count_upto(session: AsyncSession, user_id: int, cap: int) -> int:
-    """The user's follower count, or ``cap`` if it is more (reads at most ``cap`` index entries)."""
-    some = sa.select(follows.c.follower_id).where(follows.c.followee_id == user_id).limit(cap).subquery()
-    return int(await session.scalar(sa.select(sa.func.count()).select_from(some)) or 0)
-
-
-async def popular(session: AsyncSession, above: int) -> list[int]:
-    """Everyone with more than ``above`` followers (one pass over the follows index; cached by the caller)."""
-    query = sa.select(follows.c.followee_id).group_by(follows.c.followee_id).having(sa.func.count() > above)
-    return list(await session.scalars(query))
 
 
 async def refs(session: AsyncSession, post_ids: Sequence[int]) -> list[Record]:

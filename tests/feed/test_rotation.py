@@ -40,7 +40,7 @@ class Crash(Exception):
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rotation, "CHUNK", 4)
+    monkeypatch.setattr(rotation.batch, "CHUNK", 4)
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ async def test_an_edit_between_read_and_write_wins(app: Any, api: Any, restore: 
     svc = app.state.services
     alice = await accounts.get_user(svc, world.ids["alice"])  # read before the rotation: key version 1
     target = min(p for p, who in world.author.items() if who == "alice")
-    write = rotation._write_posts
+    write = rotation.rewrap._write_posts
     edited = []
 
     async def edit_first(svc_: Any, run: Run, writes: Any, what: str) -> None:
@@ -336,7 +336,7 @@ async def test_an_edit_between_read_and_write_wins(app: Any, api: Any, restore: 
             world.record(target, "alice", "edited meanwhile")
         await write(svc_, run, writes, what)
 
-    monkeypatch.setattr(rotation, "_write_posts", edit_first)
+    monkeypatch.setattr(rotation.rewrap, "_write_posts", edit_first)
     run = await run_maintenance(svc, rotation.user_rotation(alice.id, 1))
     assert edited and run.changed["skipped_changed_meanwhile"] == 1
     assert run.changed["posts_rewrapped"] == PER_USER - 1  # the edited one was sealed under the new key
@@ -374,22 +374,22 @@ async def test_root_rewrap_resumes_after_a_crash(app: Any, api: Any, restore: No
         await job(app, "rewrap_user_keys")
     checkpoint = (await rows(app, sa.select(job_cursors.c.name, job_cursors.c.cursor)))[0]
     assert checkpoint.name == "rewrap_user_keys"
-    assert await rotation.root_version_use(svc, promoted.primary) == rotation.CHUNK
+    assert await rotation.root_version_use(svc, promoted.primary) == rotation.batch.CHUNK
     status = await rows(app, sa.text("SELECT state, error FROM job_runs"))
     assert [(s.state, s.error) for s in status] == [("failed", "Crash")]
 
     starts: list[int | None] = []
-    chunk = rotation._user_keys_chunk
+    chunk = rotation.root._user_keys_chunk
 
     async def spy(svc_: Any, primary: int, after: int | None) -> Any:
         starts.append(after)
         return await chunk(svc_, primary, after)
 
-    monkeypatch.setattr(rotation, "_user_keys_chunk", spy)
+    monkeypatch.setattr(rotation.root, "_user_keys_chunk", spy)
     run = await job(app, "rewrap_user_keys")
     assert starts[0] == checkpoint.cursor  # went on from the checkpoint
-    assert run.changed["user_keys_rewrapped"] == total - rotation.CHUNK
-    assert run.total == total - rotation.CHUNK and run.done == total - rotation.CHUNK
+    assert run.changed["user_keys_rewrapped"] == total - rotation.batch.CHUNK
+    assert run.total == total - rotation.batch.CHUNK and run.done == total - rotation.batch.CHUNK
     assert await rotation.root_version_use(svc, promoted.primary) == total
     assert await rows(app, sa.select(job_cursors)) == []
     svc.keys.use_ring(promoted.retire(1))
@@ -403,10 +403,10 @@ async def test_user_rotation_resumes_after_a_crash(app: Any, api: Any, restore: 
     with pytest.raises(Crash):
         await job(app, "rotate_user_keys")
     use = await rotation.post_key_use(app.state.services)
-    assert use.behind == len(world.seeded) - rotation.CHUNK
+    assert use.behind == len(world.seeded) - rotation.batch.CHUNK
     run = await job(app, "rotate_user_keys")
     assert "user_keys_created" not in run.changed  # the same rotation, gone on with
-    assert run.changed["posts_rewrapped"] == len(world.seeded) - rotation.CHUNK
+    assert run.changed["posts_rewrapped"] == len(world.seeded) - rotation.batch.CHUNK
     keys = await rows(app, sa.select(user_keys.c.user_id, sa.func.count()).group_by(user_keys.c.user_id))
     assert sorted(n for _, n in keys) == [2] * len(NAMES)
     # Only the rotation's start is kept: running again finds every key newer than it.
@@ -475,7 +475,7 @@ async def test_reencrypt_to_a_newer_format(app: Any, api: Any, restore: None, mo
     with pytest.raises(Crash):
         await job(app, "reencrypt_posts")
     run = await job(app, "reencrypt_posts")
-    assert run.changed == {"posts_reencrypted": len(world.seeded) - rotation.CHUNK}
+    assert run.changed == {"posts_reencrypted": len(world.seeded) - rotation.batch.CHUNK}
     assert (await job(app, "reencrypt_posts")).changed == {}
     report = await keystatus.status(app.state.services)
     assert report.posts.fields_by_format == {2: fields} and report.format_version == 2

@@ -1,220 +1,29 @@
-"""The two-tier cache: L1 in this process (bounded in bytes), L2 in Redis, the database behind both.
+"""The two-tier cache itself: reads through L1 and L2 to the caller's loader, invalidation, and the Redis calls.
 
-Every key name and TTL is in :data:`SPACES`. Values are the declared types of :mod:`feed.records` only.
-
-Consistency, in the order things happen:
-
-- Reads fill L1 from L2 and L2 from the database (the caller's loader), one Redis round trip for any number of
-  keys across spaces, plus one more to store what the database gave.
-- A writer calls :meth:`Cache.invalidate` after its commit: the keys leave this L1, their generation counters in
-  Redis are incremented and the values deleted (one MULTI), and the bus tells every other process to drop them.
-- A refill that raced with an invalidation cannot be kept: L2 values are stored by a script that compares the
-  generation read before the database was asked; L1 values are kept only if no invalidation of that key arrived
-  in this process meanwhile.
-- Worst case: a writer that dies between its commit and its invalidation leaves the old value in L2 until its TTL
-  (``l2_ttl``, at most 10 minutes) and in L1s until theirs (at most 5 minutes). Nothing else is stale longer.
-- Redis down: reads come from L1 and the database, writes invalidate L1 and remember their keys; when Redis is back
-  the remembered keys are invalidated there first, then every L1 is flushed (by the bus's reconnect).
+Its guarantees are in the docstring of :mod:`feed.cache`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import random
-import struct
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import cachetools
-
-from feed.records import Cacheable, CorruptValue, check, decode, encode
+from feed.cache.l1 import _L1, _Entry
+from feed.cache.spaces import PREFIX, Key, Space, generation_key, lock_key, redis_key
+from feed.cache.stamps import _STORE_IF_UNCHANGED, _stamp, _unstamp
+from feed.cache.stats import _Stats
+from feed.records import Cacheable, CorruptValue, check
 from feed.redis_link import RedisLink
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("feed.cache")  # the package's name, which log configuration and filters know
 
-Key = int | str
 Loader = Callable[[list[Any]], Awaitable[Mapping[Any, Cacheable]]]
-PREFIX = "cf"
-
-
-@dataclass(frozen=True, slots=True)
-class Space:
-    name: str
-    l1_ttl: float  # seconds
-    l2_ttl: float  # 0: this space lives in L1 only (its values are cheap to load, or Redis holds them otherwise)
-    # Refresh in the background once this fraction of the L1 TTL has passed and the key is read again.
-    refresh_after: float = 0.8
-    # Refills are expensive (a timeline query): one process refills while the others wait for its result.
-    shared_refill: bool = False
-    key_prefix: str = field(init=False, repr=False, compare=False)  # what redis_key() puts before a key
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key_prefix", f"{PREFIX}:{self.name}:")
-
-
-POSTS = Space("p", l1_ttl=120, l2_ttl=600)
-USERS = Space("u", l1_ttl=120, l2_ttl=600)
-SESSIONS = Space("s", l1_ttl=30, l2_ttl=300)
-API_TOKENS = Space("a", l1_ttl=30, l2_ttl=300)  # a revoked token must be invalidated like a logged-out session
-USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
-FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
-TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
-# The first page of each user's home timeline (post refs), in L1 only (l2_ttl 0: its shared copy is the user's feed
-# in Redis, see feed.feeds), dropped by every fan-out, delete and follow that changes it.
-HOME = Space("h", l1_ttl=60, l2_ttl=0)
-LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
-# Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
-# edit or delete so no ciphertext of an old revision outlives the row.
-FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
 REFILL_LOCK_SECONDS = 1.0
-SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES, HOME, LIKED, FRAMES)
-
-
-def redis_key(space: Space, key: Key) -> str:
-    return f"{space.key_prefix}{key}"
-
-
-def generation_key(space: Space, key: Key) -> str:
-    return f"{PREFIX}:g:{space.name}:{key}"
-
-
-def lock_key(name: str) -> str:
-    return f"{PREFIX}:lock:{name.split(':', 1)[1]}"
-
-
-# Stores each value only if its generation is still what it was before the database was read.
-# KEYS: n value keys, then their n generation keys.  ARGV: n, then n expected generations, n TTLs (ms), n values.
-_STORE_IF_UNCHANGED = """
-local n = tonumber(ARGV[1])
-local stored = 0
-for i = 1, n do
-  local generation = redis.call('GET', KEYS[n + i]) or ''
-  if generation == ARGV[1 + i] then
-    redis.call('SET', KEYS[i], ARGV[1 + 2 * n + i], 'PX', ARGV[1 + n + i])
-    stored = stored + 1
-  end
-end
-return stored
-"""
-
-
-_STAMP = struct.Struct(">d")
-
-
-def _stamp(value: Cacheable) -> bytes:
-    """What L2 stores: when it was stored (for early refresh), then the value."""
-    return _STAMP.pack(time.time()) + encode(value)
-
-
-def _unstamp(data: bytes) -> tuple[float, Cacheable]:
-    if len(data) <= _STAMP.size:
-        raise CorruptValue
-    return _STAMP.unpack_from(data)[0], decode(data[_STAMP.size :])
-
-
-@dataclass(slots=True)
-class _Entry:
-    value: Cacheable
-    expires: float
-    refresh_at: float
-    size: int
-
-
-def _size(entry: _Entry) -> int:
-    return entry.size
-
-
-class _L1(cachetools.Cache[str, _Entry]):
-    """An LRU cache bounded by the bytes of its entries, where an entry is gone from its ``expires`` on (monotonic
-    clock): never returned, and removed before anything live is evicted; ``evictions`` counts the live entries
-    removed to stay within ``maxsize``. What ``TLRUCache`` does, but a lookup can be a dict get on :attr:`recent`
-    and one comparison, made by the caller (:meth:`Cache._from_l1`), where ``TLRUCache.get`` costs ~900 ns.
-
-    The base class keeps the byte count and calls :meth:`popitem` while a new entry does not fit."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize, getsizeof=_size)
-        # The same entries as the base class's (private) mapping, least recently used first. Whoever reads an entry
-        # from it checks ``expires`` and calls ``move_to_end``.
-        self.recent: OrderedDict[str, _Entry] = OrderedDict()
-        self._deadlines: list[tuple[float, str]] = []  # a heap of (expires, name), with pairs since replaced or gone
-        self.evictions = 0
-
-    def __getitem__(self, name: str) -> _Entry:
-        entry = self.recent.get(name)
-        if entry is None or time.monotonic() >= entry.expires:
-            return self.__missing__(name)
-        self.recent.move_to_end(name)
-        return entry
-
-    def __contains__(self, name: object) -> bool:
-        entry = self.recent.get(name) if isinstance(name, str) else None
-        return entry is not None and time.monotonic() < entry.expires
-
-    def __setitem__(self, name: str, entry: _Entry) -> None:
-        now = time.monotonic()
-        self.expire(now)
-        if now >= entry.expires:
-            self.discard(name)
-            return
-        super().__setitem__(name, entry)
-        self.recent[name] = entry
-        self.recent.move_to_end(name)
-        heapq.heappush(self._deadlines, (entry.expires, name))
-
-    def __delitem__(self, name: str) -> None:
-        super().__delitem__(name)
-        del self.recent[name]
-
-    def __iter__(self) -> Iterator[str]:
-        now = time.monotonic()
-        return iter([name for name, entry in self.recent.items() if now < entry.expires])
-
-    def __len__(self) -> int:
-        self.expire(time.monotonic())
-        return len(self.recent)
-
-    @property
-    def currsize(self) -> float:
-        self.expire(time.monotonic())
-        return super().currsize
-
-    def discard(self, name: str) -> None:
-        """Remove ``name``, live or expired."""
-        if name in self.recent:
-            del self[name]
-
-    def expire(self, now: float) -> None:
-        """Remove every entry expired at ``now``."""
-        deadlines = self._deadlines
-        if len(deadlines) > 2 * len(self.recent) + 64:
-            self._deadlines = deadlines = [(entry.expires, name) for name, entry in self.recent.items()]
-            heapq.heapify(deadlines)
-        while deadlines and deadlines[0][0] <= now:
-            name = heapq.heappop(deadlines)[1]
-            entry = self.recent.get(name)
-            if entry is not None and entry.expires <= now:
-                del self[name]
-
-    def popitem(self) -> tuple[str, _Entry]:
-        """Evict the least recently used entry (``__setitem__`` has removed the expired ones first)."""
-        name = next(iter(self.recent), None)
-        if name is None:
-            raise KeyError("L1 is empty")
-        entry = self.recent[name]
-        del self[name]
-        self.evictions += 1
-        return name, entry
-
-    def clear(self) -> None:
-        super().clear()
-        self.recent.clear()
-        self._deadlines.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,33 +429,3 @@ class Cache:
     def l1_values(self) -> list[Cacheable]:
         """Everything in L1, expired entries not yet removed included (for the privacy audit and its test)."""
         return [entry.value for entry in self._l1.recent.values()]
-
-
-class _Stats:
-    """Hit and miss counts per tier and space, fed to the metrics registry when there is one."""
-
-    def __init__(self, metrics: Any) -> None:
-        self.flushes = 0
-        self._hits = self._misses = None
-        self._children: dict[tuple[str, ...], Any] = {}  # per label values: .labels() is too dear for every key
-        if metrics is not None:
-            self._hits = metrics.counter(
-                "cipherfeed_cache_hits_total", "Cache hits by tier and space", ("tier", "space")
-            )
-            self._misses = metrics.counter(
-                "cipherfeed_cache_misses_total", "Reads that went to the database, by space", ("space",)
-            )
-
-    def hit(self, tier: str, space: Space, count: int = 1) -> None:
-        if self._hits is not None:
-            child = self._children.get((tier, space.name))
-            if child is None:
-                child = self._children[tier, space.name] = self._hits.labels(tier, space.name)
-            child.inc(count)
-
-    def miss(self, space: Space) -> None:
-        if self._misses is not None:
-            child = self._children.get((space.name,))
-            if child is None:
-                child = self._children[space.name,] = self._misses.labels(space.name)
-            child.inc()

@@ -1,0 +1,52 @@
+"""Cache spaces, each a kind of cached value with its TTLs, and the Redis key names made from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Key = int | str
+PREFIX = "cf"
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    name: str
+    l1_ttl: float  # seconds
+    l2_ttl: float  # 0: this space lives in L1 only (its values are cheap to load, or Redis holds them otherwise)
+    # Refresh in the background once this fraction of the L1 TTL has passed and the key is read again.
+    refresh_after: float = 0.8
+    # Refills are expensive (a timeline query): one process refills while the others wait for its result.
+    shared_refill: bool = False
+    key_prefix: str = field(init=False, repr=False, compare=False)  # what redis_key() puts before a key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_prefix", f"{PREFIX}:{self.name}:")
+
+
+POSTS = Space("p", l1_ttl=120, l2_ttl=600)
+USERS = Space("u", l1_ttl=120, l2_ttl=600)
+SESSIONS = Space("s", l1_ttl=30, l2_ttl=300)
+API_TOKENS = Space("a", l1_ttl=30, l2_ttl=300)  # a revoked token must be invalidated like a logged-out session
+USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped ones live in KeyStore only
+FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
+TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
+# The first page of each user's home timeline (post refs), in L1 only (l2_ttl 0: its shared copy is the user's feed
+# in Redis, see feed.feeds), dropped by every fan-out, delete and follow that changes it.
+HOME = Space("h", l1_ttl=60, l2_ttl=0)
+LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
+# Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
+# edit or delete so no ciphertext of an old revision outlives the row.
+FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
+SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES, HOME, LIKED, FRAMES)
+
+
+def redis_key(space: Space, key: Key) -> str:
+    return f"{space.key_prefix}{key}"
+
+
+def generation_key(space: Space, key: Key) -> str:
+    return f"{PREFIX}:g:{space.name}:{key}"
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}:lock:{name.split(':', 1)[1]}"
