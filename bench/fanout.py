@@ -4,7 +4,7 @@ write.
 
 The star is followed by every seeded account. Each follower's feed is built first (empty, as a rebuild leaves a
 user who follows nobody else), so that the fan-out writes into all of them. Timed A/B/A: our fan-out job's body
-(``feed.services.feeds.fan_out``: followers read from PostgreSQL in batches, one Lua call per batch, the home caches
+(``feed.services.fanout.fan_out``: followers read from PostgreSQL in batches, one Lua call per batch, the home caches
 of the batch dropped over the bus, a checkpoint per batch), then the peer (a pipeline of ZADD and ZREMRANGEBYRANK
 per follower, in batches of the same size), alternating, medians of the repeats.
 """
@@ -21,14 +21,14 @@ from typing import Any
 from bench import http
 from bench.report import Row, Target
 from bench.servers import Processes
-from feed.feeds import feed_key, score
+from feed.home_feeds import feed_key, score
 
 PEER = "raw pipeline"
 
 
 async def fanout(repeats: int, procs: Processes, env: Mapping[str, str], star_id: int) -> list[Row]:
     from feed.runtime import open_runtime
-    from feed.services import accounts, feeds, posts
+    from feed.services import accounts, fanout, posts
     from feed.settings import load_settings
 
     redis = procs.redis("redis-fanout")
@@ -50,7 +50,7 @@ async def fanout(repeats: int, procs: Processes, env: Mapping[str, str], star_id
             if round_ % 2 == 0:
                 post = await posts.create(svc, star, f"fan-out round {round_}")
                 started = time.perf_counter()
-                written = await feeds.fan_out(svc, post.id)
+                written = await fanout.fan_out(svc, post.id)
                 ours.append(time.perf_counter() - started)
                 assert written >= len(followers), f"fan-out wrote {written} feeds for {len(followers)} followers"
             else:

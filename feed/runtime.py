@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from feed import db
 from feed.bus import Bus, Invalidation, LocalBus, RedisBus
 from feed.cache import Cache
-from feed.feeds import RedisFeeds
+from feed.home_feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
 from feed.metrics import Registry
 from feed.queue import ArqQueue, JobMetrics, LocalQueue

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from feed.queue import JobFunction
-from feed.services import cleanup, feeds, rotation
+from feed.services import cleanup, fanout, rotation
 from feed.services.jobs import Maintenance, run_maintenance
 from jobs.runner import Tries
 
@@ -14,23 +14,23 @@ from jobs.runner import Tries
 
 
 async def fan_out(ctx: dict[str, Any], post_id: int) -> None:
-    await feeds.fan_out(ctx["services"], post_id)
+    await fanout.fan_out(ctx["services"], post_id)
 
 
 async def unfan(ctx: dict[str, Any], post_id: int, author_id: int) -> None:
-    await feeds.unfan(ctx["services"], post_id, author_id)
+    await fanout.unfan(ctx["services"], post_id, author_id)
 
 
 async def merge_follow(ctx: dict[str, Any], follower_id: int, followee_id: int) -> None:
-    await feeds.merge_follow(ctx["services"], follower_id, followee_id)
+    await fanout.merge_follow(ctx["services"], follower_id, followee_id)
 
 
 async def unmerge_follow(ctx: dict[str, Any], follower_id: int, followee_id: int) -> None:
-    await feeds.unmerge_follow(ctx["services"], follower_id, followee_id)
+    await fanout.unmerge_follow(ctx["services"], follower_id, followee_id)
 
 
 async def rebuild_feed(ctx: dict[str, Any], user_id: int) -> None:
-    await feeds.rebuild(ctx["services"], user_id)
+    await fanout.rebuild(ctx["services"], user_id)
 
 
 async def rotate_user_key(ctx: dict[str, Any], user_id: int, from_version: int) -> None:
@@ -50,7 +50,7 @@ attempt = Tries(QUEUED)  # one try of a queued job, with the retry policy (jobs.
 
 # -- maintenance jobs, by hand (``cipherfeed jobs run NAME``) and, where a schedule is given, by cron
 
-MAINTENANCE: dict[str, Maintenance] = {job.name: job for job in (*feeds.JOBS, *rotation.JOBS, *cleanup.JOBS)}
+MAINTENANCE: dict[str, Maintenance] = {job.name: job for job in (*fanout.JOBS, *rotation.JOBS, *cleanup.JOBS)}
 
 
 def maintenance(name: str) -> Maintenance:

@@ -31,7 +31,7 @@ USER_KEYS = Space("k", l1_ttl=300, l2_ttl=600)  # wrapped user keys; unwrapped o
 FOLLOWING = Space("f", l1_ttl=60, l2_ttl=600)
 TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
 # The first page of each user's home timeline (post refs), in L1 only (l2_ttl 0: its shared copy is the user's feed
-# in Redis, see feed.feeds), dropped by every fan-out, delete and follow that changes it.
+# in Redis, see feed.home_feeds), dropped by every fan-out, delete and follow that changes it.
 HOME = Space("h", l1_ttl=60, l2_ttl=0)
 LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
 # Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import API_TOKENS, FOLLOWING, FRAMES, HOME, POSTS, SESSIONS, TIMELINES, USERS, Space
-from feed.feeds import FeedsUnavailable
+from feed.home_feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from feed.bus import Bus
 from feed.cache import Cache
-from feed.feeds import RedisFeeds
+from feed.home_feeds import RedisFeeds
 from feed.queue import JobMetrics, Queue
 from feed.services.keys import KeyStore
 from feed.streams import Streams

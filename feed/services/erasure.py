@@ -36,7 +36,7 @@ from typing import Any
 
 from feed.errors import Conflict, NotFound
 from feed.events import merge
-from feed.feeds import FeedsUnavailable
+from feed.home_feeds import FeedsUnavailable
 from feed.queue import Queue
 from feed.services import effects, lookup
 from feed.services.context import Services, now

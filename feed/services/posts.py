@@ -15,7 +15,7 @@ from crypto import seal_fields
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.events import Effects
 from feed.ids import new_id
-from feed.services import effects, feeds
+from feed.services import effects, fanout
 from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
@@ -84,7 +84,7 @@ async def create(
                 raise
     if caused is not None:
         await effects.committed(svc, caused)
-        await feeds.own_post(svc, post_id, author.id)
+        await fanout.own_post(svc, post_id, author.id)
     return await get(svc, post_id, author)
 
 
@@ -205,7 +205,7 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
         caused = effects.post_deleted(post_id, author.id, view.visibility, view.in_reply_to_id, mentioned)
         await effects.record(session, caused)
     await effects.committed(svc, caused)
-    await feeds.remove_from(svc, [post_id], [author.id, *mentioned])
+    await fanout.remove_from(svc, [post_id], [author.id, *mentioned])
     return view
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from feed.cache import FRAMES, POSTS, redis_key
 from feed.events import Event
 from feed.records import PostRecord
-from feed.services import feeds, lookup, timelines
+from feed.services import fanout, lookup, timelines
 from feed.services.context import Services
 from feed.services.models import FrameStyle, PostView, User
 
@@ -36,7 +36,7 @@ async def joins_home_when_read(svc: Services, viewer: User, event: Event) -> boo
     which belongs in their home timeline."""
     if event.visibility == "direct" or event.author == viewer.id:
         return False
-    return event.author in await feeds.popular_authors(svc) and await in_home_of(svc, viewer, event)
+    return event.author in await fanout.popular_authors(svc) and await in_home_of(svc, viewer, event)
 
 
 async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:

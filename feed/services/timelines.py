@@ -20,7 +20,7 @@ from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, seal
 from feed.cache import FRAMES, HOME, TIMELINES
 from feed.errors import Forbidden, NotFound
 from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
-from feed.services import feeds, lookup
+from feed.services import fanout, lookup
 from feed.services.context import Services
 from feed.services.models import Content, FrameStyle, Mention, Page, PostView, TimelinePage, User
 from feed.storage import likes as like_store
@@ -33,7 +33,7 @@ MAX_DESCENDANTS = 200
 # Refs kept for the first page of the public timeline and of each home timeline (any limit up to this is served
 # from the cache; later pages come from the database).
 PUBLIC_FIRST_PAGE = 40
-HOME_FIRST_PAGE = feeds.FIRST_PAGE
+HOME_FIRST_PAGE = fanout.FIRST_PAGE
 
 
 def can_see(post: PostRecord, viewer: User | None, following: frozenset[int] | None) -> bool:
@@ -244,7 +244,7 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
     if _first(page, HOME_FIRST_PAGE):
 
         async def load() -> list[Any]:
-            return await feeds.first_page(svc, viewer.id)
+            return await fanout.first_page(svc, viewer.id)
 
         # The page's refs and the viewer's newest likes in one cache round trip.
         found_refs, found_likes = await svc.cache.get_multi(

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from feed.events import NEW
 from feed.services.context import Services
-from feed.services.feeds import popular_authors
+from feed.services.fanout import popular_authors
 from feed.services.models import User
 from feed.streams import POSTS_STREAM, Entry, Replay, Streams, parse_id, user_stream
 

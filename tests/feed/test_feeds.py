@@ -12,9 +12,9 @@ import anyio
 import httpx
 import pytest
 
-from feed.feeds import feed_key
+from feed.home_feeds import feed_key
 from feed.ids import new_id
-from feed.services import accounts, feeds, posts
+from feed.services import accounts, fanout, posts
 from feed.services.context import now
 from feed.services.jobs import run_maintenance
 from feed.services.models import User
@@ -48,7 +48,7 @@ async def follow_all(svc: Any, followers: list[int], followee: int) -> None:
 
 async def build_feeds(svc: Any, user_ids: list[int]) -> None:
     for user_id in user_ids:
-        await feeds.rebuild(svc, user_id)
+        await fanout.rebuild(svc, user_id)
 
 
 async def feed_of(app: Any, user_id: int) -> list[int]:
@@ -107,7 +107,7 @@ async def test_deletes_unfollows_and_follows_change_feeds(redis_clean: Any, auth
     (reader,) = await make_users(svc, 1)
     first = await posts.create(svc, author, "first")
     second = await posts.create(svc, author, "second")
-    await feeds.rebuild(svc, reader)
+    await fanout.rebuild(svc, reader)
     reader_user = await accounts.get_user(svc, reader)
     from feed.services import follows as follow_service
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from feed.feeds import feed_key
+from feed.home_feeds import feed_key
 from feed.runtime import open_runtime
-from feed.services import accounts, feeds, follows, posts
+from feed.services import accounts, fanout, follows, posts
 from feed.settings import load_settings
 from jobs.worker import LEASE_SECONDS
 from tests.conftest import BACKEND, empty_tables
@@ -79,7 +79,7 @@ async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_ta
                 await asyncio.sleep(1.0)
                 server.start()
                 assert await within(10, partial(link_up, runtime)) is not None
-                await feeds.rebuild(svc, bob.id)  # bob's feed was lost with Redis: built again, as a read would
+                await fanout.rebuild(svc, bob.id)  # bob's feed was lost with Redis: built again, as a read would
                 assert await client.exists(feed_key(bob.id))
                 post = await posts.create(svc, alice, "after a restart of Redis")
                 took = await within(10, partial(in_feed, client, bob.id, post.id))

@@ -1,6 +1,6 @@
 """Home feeds: fan-out on write, the read path's first page, rebuilds, and their cleanup.
 
-Scaled mode: each user's home feed is a sorted set in Redis (``feed.feeds``). One job per new post (``fan_out``)
+Scaled mode: each user's home feed is a sorted set in Redis (``feed.home_feeds``). One job per new post (``fan_out``)
 adds its id to the feeds of the author, their followers (or, for a direct post, the mentioned) in chunks; authors
 with more than ``svc.fanout_max_followers`` followers are skipped there and merged in when a home is read. Deletes
 and unfollows remove entries, a follow merges the followee's recent posts. A missing feed is rebuilt by a job with a
@@ -26,7 +26,7 @@ from typing import Any
 from feed.cache import HOME
 from feed.events import HOME as HOME_EVENT
 from feed.events import Event
-from feed.feeds import FeedsUnavailable
+from feed.home_feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
