@@ -77,32 +77,11 @@ async def views(
     if not refs:
         return []
     ids = [ref.id for ref in refs]
-    people = {ref.author_id for ref in refs} | {ref.in_reply_to_author_id for ref in refs if ref.in_reply_to_author_id}
-    requests = [
-        lookup.posts_request(svc, ids),
-        lookup.users_request(svc, people),
-        lookup.user_keys_request(svc, {(ref.author_id, ref.key_version) for ref in refs}),
-    ]
-    if style is not None:
-        requests.append(lookup.frames_request(ids))
-    found_posts, found_users, wrapped, *found_frames = await svc.cache.get_multi(requests)
-    records: list[PostRecord] = [p for i in ids if isinstance(p := found_posts.get(i), PostRecord)]
+    records, users, keys, cached_frames = await _materials(svc, refs, style)
     if recheck:
         records = await _still_visible(svc, records, viewer)
-    users: dict[int, UserRecord] = dict(found_users)
-    late = {r.in_reply_to_author_id for r in records if r.in_reply_to_author_id} | {r.author_id for r in records}
-    if missing := late - users.keys():  # a reply's parent author, when the ref did not name it
-        users.update(await lookup.users(svc, missing))
-    pairs = {(r.author_id, r.key_version) for r in records}
-    wanted = {lookup.key_name(*pair): pair for pair in pairs}
-    if any(name not in wrapped for name in wanted):  # a post re-keyed since its ref was read
-        more = (await svc.cache.get_multi([lookup.user_keys_request(svc, pairs)]))[0]
-        wrapped = {**wrapped, **more}
-    blobs = {pair: w.blob for name, pair in wanted.items() if isinstance(w := wrapped.get(name), WrappedKey)}
-    keys = svc.keys.open_many(blobs)
     if liked is None:
         liked = await _liked(svc, viewer, ids)
-    cached_frames = found_frames[0] if found_frames else {}
     out: list[PostView] = []
     drawn: dict[int, SealedFrame] = {}
     authors: dict[int, User] = {}
@@ -114,44 +93,100 @@ async def views(
         if key is None or author is None:
             continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
-        view = PostView(
-            id=record.id,
-            author=author,
-            visibility=record.visibility,
-            content=Content(partial(_open_fields, key, record)),
-            in_reply_to_id=record.in_reply_to_id,
-            in_reply_to_author_id=record.in_reply_to_author_id,
-            revision=record.revision,
-            likes_count=record.likes_count,
-            replies_count=record.replies_count,
-            created_at=record.created_at,
-            edited_at=record.edited_at,
-            liked=record.id in liked,
-            mentions=[Mention(uid, name) for uid, name in record.mentions],
-            reply_to_username=parent.username if parent else None,
-        )
-        if style is not None:
-            stamp = _frame_stamp(style, view)
-            cached = cached_frames.get(record.id)
-            if (
-                isinstance(cached, SealedFrame)
-                and (cached.revision, cached.stamp, cached.sealed.key_version) == (record.revision, stamp, key.version)
-            ):
-                view.frame = _open_frame(style, key, record, cached.sealed)
-        if view.frame is None:
-            try:
-                view.content.text  # noqa: B018 - opened now, so that a post that does not open is left out
-            except InvalidToken:
-                log.warning("post %s does not decrypt; left out", record.id)
-                continue
-            if style is not None:
-                frame = _draw_frame(style, key, record, view)
-                if frame is not None:
-                    drawn[record.id] = SealedFrame(record.revision, _frame_stamp(style, view), frame)
-        out.append(view)
+        view = _view(record, key, author, parent, record.id in liked)
+        if style is None:
+            opened = _opens(view, record)
+        else:
+            opened = _framed(style, key, record, view, cached_frames.get(record.id), drawn)
+        if opened:
+            out.append(view)
     if drawn:
         await svc.cache.put(FRAMES, drawn)
     return out
+
+
+Materials = tuple[list[PostRecord], dict[int, UserRecord], dict[tuple[int, int], UserKey], dict[int, Any]]
+
+
+async def _materials(svc: Services, refs: Sequence[Any], style: FrameStyle | None) -> Materials:
+    """What the views of ``refs`` are made of, in one cache round trip: the post records in the refs' order, their
+    authors (and the authors replied to), their authors' keys (unwrapped) and, with a style, their cached frames.
+    A reply's parent author the ref did not name, or a key a post was re-keyed to since its ref was read, costs one
+    more round trip, rarely."""
+    ids = [ref.id for ref in refs]
+    people = {ref.author_id for ref in refs} | {ref.in_reply_to_author_id for ref in refs if ref.in_reply_to_author_id}
+    requests = [
+        lookup.posts_request(svc, ids),
+        lookup.users_request(svc, people),
+        lookup.user_keys_request(svc, {(ref.author_id, ref.key_version) for ref in refs}),
+    ]
+    if style is not None:
+        requests.append(lookup.frames_request(ids))
+    found_posts, found_users, wrapped, *found_frames = await svc.cache.get_multi(requests)
+    records: list[PostRecord] = [p for i in ids if isinstance(p := found_posts.get(i), PostRecord)]
+    users: dict[int, UserRecord] = dict(found_users)
+    late = {r.in_reply_to_author_id for r in records if r.in_reply_to_author_id} | {r.author_id for r in records}
+    if missing := late - users.keys():  # a reply's parent author, when the ref did not name it
+        users.update(await lookup.users(svc, missing))
+    pairs = {(r.author_id, r.key_version) for r in records}
+    wanted = {lookup.key_name(*pair): pair for pair in pairs}
+    if any(name not in wrapped for name in wanted):  # a post re-keyed since its ref was read
+        more = (await svc.cache.get_multi([lookup.user_keys_request(svc, pairs)]))[0]
+        wrapped = {**wrapped, **more}
+    blobs = {pair: w.blob for name, pair in wanted.items() if isinstance(w := wrapped.get(name), WrappedKey)}
+    return records, users, svc.keys.open_many(blobs), found_frames[0] if found_frames else {}
+
+
+def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | None, liked: bool) -> PostView:
+    """The view of one post; its text is opened when first read."""
+    return PostView(
+        id=record.id,
+        author=author,
+        visibility=record.visibility,
+        content=Content(partial(_open_fields, key, record)),
+        in_reply_to_id=record.in_reply_to_id,
+        in_reply_to_author_id=record.in_reply_to_author_id,
+        revision=record.revision,
+        likes_count=record.likes_count,
+        replies_count=record.replies_count,
+        created_at=record.created_at,
+        edited_at=record.edited_at,
+        liked=liked,
+        mentions=[Mention(uid, name) for uid, name in record.mentions],
+        reply_to_username=parent.username if parent else None,
+    )
+
+
+def _opens(view: PostView, record: PostRecord) -> bool:
+    """Whether the post's text opens now (a post that does not is left out)."""
+    try:
+        view.content.text  # noqa: B018 - opened now
+    except InvalidToken:
+        log.warning("post %s does not decrypt; left out", record.id)
+        return False
+    return True
+
+
+def _framed(
+    style: FrameStyle, key: UserKey, record: PostRecord, view: PostView, cached: Any, drawn: dict[int, SealedFrame]
+) -> bool:
+    """Give ``view`` its frame: the cached one when it is of this revision, stamp and key, else drawn now (and put
+    in ``drawn``, to be cached). False when the post does not open."""
+    stamp = _frame_stamp(style, view)
+    if isinstance(cached, SealedFrame) and (cached.revision, cached.stamp, cached.sealed.key_version) == (
+        record.revision,
+        stamp,
+        key.version,
+    ):
+        view.frame = _open_frame(style, key, record, cached.sealed)
+    if view.frame is not None:
+        return True
+    if not _opens(view, record):
+        return False
+    frame = _draw_frame(style, key, record, view)
+    if frame is not None:
+        drawn[record.id] = SealedFrame(record.revision, stamp, frame)
+    return True
 
 
 def _open_fields(key: UserKey, record: PostRecord) -> tuple[str, str | None]:
