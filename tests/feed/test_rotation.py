@@ -109,10 +109,12 @@ class Load:
     world: World
     failures: list[str] = field(default_factory=list)
     during: int = 0
+    total: int = 0
     working: bool = False
     newcomers: list[Any] = field(default_factory=list)
 
     def served(self, what: str, response: httpx.Response, expected: int = 200) -> bool:
+        self.total += 1
         if self.working:
             self.during += 1
         if response.status_code != expected:
@@ -180,6 +182,14 @@ class Load:
             self.served("newcomer post", response, 303)
 
 
+async def served_more(load: Load, count: int) -> None:
+    """Wait until the load has served ``count`` more requests."""
+    target = load.total + count
+    with anyio.fail_after(30):
+        while load.total < target:  # noqa: ASYNC110 - the clients count their answers; nothing to wait on
+            await anyio.sleep(0.005)
+
+
 async def serving(load: Load, work: Callable[[], Awaitable[Any]], *tasks: Callable[[anyio.Event], Any]) -> Any:
     """Run ``work`` while ``tasks`` serve requests; its result once they have stopped."""
     stop = anyio.Event()
@@ -187,13 +197,13 @@ async def serving(load: Load, work: Callable[[], Awaitable[Any]], *tasks: Callab
     async with anyio.create_task_group() as group:
         for task in tasks:
             group.start_soon(task, stop)
-        await anyio.sleep(0.05)  # the clients are under way
+        await served_more(load, len(tasks))  # the clients are under way
         load.working = True
         try:
             result.append(await work())
         finally:
             load.working = False
-            await anyio.sleep(0.05)
+            await served_more(load, len(tasks))  # and go on after the work, through its last invalidations
             stop.set()
     return result[0]
 
