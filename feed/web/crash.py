@@ -29,12 +29,19 @@ _PAGE = (
     '<p><a href="/">Back to your timeline</a></p></section></main>'
 )
 RETRY_AFTER = 5  # seconds a client is asked to wait while the database is away
-_UNAVAILABLE = (
-    "<!doctype html><html lang=en><meta charset=utf-8><title>503 · cipherfeed</title>"
-    f'<meta http-equiv="refresh" content="{RETRY_AFTER}">'
+_UNAVAILABLE_HEAD = (
+    "<!doctype html><html lang=en><meta charset=utf-8><title>503 · cipherfeed</title>{refresh}"
     '<link rel="stylesheet" href="/static/css/app.css"><main class="container"><section class="empty-state">'
-    "<h1>Back in a moment</h1><p>cipherfeed cannot reach its database right now. Nothing you sent was lost: "
-    "this page tries again by itself in a few seconds.</p></section></main>"
+    "<h1>Back in a moment</h1><p>cipherfeed cannot reach its database right now. {what}</p></section></main>"
+)
+# A page asked for again by itself; a form sent is not sent again by a refresh (that would be a GET of its address):
+# it says so, and going back keeps the form, with its draft's idempotency key, to send again.
+_UNAVAILABLE_READ = _UNAVAILABLE_HEAD.format(
+    refresh=f'<meta http-equiv="refresh" content="{RETRY_AFTER}">',
+    what="This page tries again by itself in a few seconds.",
+)
+_UNAVAILABLE_WRITE = _UNAVAILABLE_HEAD.format(
+    refresh="", what="What you sent may not have been done: go back and send it again in a few seconds."
 )
 
 
@@ -95,4 +102,5 @@ class CatchAll:
             body = json.dumps({"error": "The database is unavailable; try again in a few seconds"}).encode()
             await send_plain(send, 503, body, b"application/json", headers)
         else:
-            await send_plain(send, 503, _UNAVAILABLE.encode(), b"text/html; charset=utf-8", headers)
+            page = _UNAVAILABLE_READ if scope["method"] in ("GET", "HEAD") else _UNAVAILABLE_WRITE
+            await send_plain(send, 503, page.encode(), b"text/html; charset=utf-8", headers)

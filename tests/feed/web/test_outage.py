@@ -74,10 +74,13 @@ async def test_a_database_outage_is_a_503_logged_once_and_the_server_recovers_by
             assert page.status_code == 503, page.text[:500]
             assert page.headers["retry-after"] == "5"
             assert page.headers["content-type"].startswith("text/html") and "Back in a moment" in page.text
+            assert "send it again" in page.text and "refresh" not in page.text, "a form is not sent again by itself"
             api = await http.get("/api/v1/accounts/lookup", params={"acct": f"someone{n}"})
             assert api.status_code == 503 and api.headers["retry-after"] == "5"
             assert set(api.json()) == {"error"}
             assert (await http.get("/readyz")).status_code == 503
+            refused = await http.get(f"/@uncached{n}")
+            assert refused.status_code == 503 and 'http-equiv="refresh"' in refused.text
             assert (await http.get("/healthz")).status_code == 200, "alive, only not ready"
         messages = [r.getMessage() for r in caplog.records]
         assert sum("database unreachable" in m for m in messages) == 1, messages
