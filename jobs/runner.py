@@ -2,7 +2,10 @@
 
 A try that raises is tried again after 1, 4, 9, 16 ... seconds, up to :data:`MAX_TRIES` tries; the last failure is
 recorded for ``cipherfeed jobs status`` (its type, and the message only of our own errors) and counted in the
-job metrics. Nothing of a failure reaches a queue or a log beyond the job's name and the error's type.
+job metrics. A try that failed because the database or Redis did not answer is not the job's fault: it is tried
+again every few seconds (at most :data:`OUTAGE_PAUSE`) for up to :data:`OUTAGE_TRIES` tries, about half an hour,
+so that an outage does not use up a job's tries and drop it. Nothing of a failure reaches a queue or a log beyond
+the job's name and the error's type.
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ from feed.services.jobs import record_failure
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 5
+OUTAGE_TRIES = 70  # also arq's own cap on tries (jobs.worker)
+OUTAGE_PAUSE = 30.0
 
 
 def retry_delay(tries: int) -> float:
     """Seconds before try ``tries + 1``: 1, 4, 9, 16 ..."""
     return float(tries * tries)
+
+
+def outage_delay(tries: int) -> float:
+    """Seconds before try ``tries + 1`` after an outage: 2, 4, 6 ... then every :data:`OUTAGE_PAUSE`."""
+    return min(OUTAGE_PAUSE, 2.0 * tries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +44,7 @@ class Tries:
     functions: Mapping[str, JobFunction]
     max_tries: int = MAX_TRIES
     delay: Callable[[int], float] = retry_delay
+    outage: Callable[[int], float] = outage_delay
 
     async def __call__(self, ctx: dict[str, Any], name: str, args: tuple[int, ...]) -> float | None:
         svc = ctx["services"]
@@ -50,6 +61,11 @@ class Tries:
         except Exception as exc:
             if metrics is not None:
                 metrics.failures.labels(name).inc()
+            if _outage(exc) and tries < OUTAGE_TRIES:
+                wait = self.outage(tries)
+                log.warning("job %s: a dependency is away (%s); try %d in %.0f s", name, type(exc).__name__,
+                            tries + 1, wait)  # fmt: skip
+                return wait
             if tries < self.max_tries:
                 wait = self.delay(tries)
                 log.warning("job %s failed (%s); try %d in %.0f s", name, type(exc).__name__, tries + 1, wait)
@@ -63,3 +79,13 @@ class Tries:
         finally:
             if metrics is not None:
                 metrics.seconds.labels(name).observe(time.monotonic() - started)
+
+
+def _outage(exc: BaseException) -> bool:
+    """Whether the try failed because the database or Redis did not answer."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from feed import db
+
+    return db.unreachable(exc) or isinstance(exc, RedisConnectionError | RedisTimeoutError)

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feed.services.jobs import Maintenance, run_maintenance
 from jobs.registry import MAINTENANCE, QUEUED, attempt
-from jobs.runner import MAX_TRIES
+from jobs.runner import OUTAGE_TRIES
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def _scheduled(job: Maintenance) -> CronJob:
 
 
 def functions() -> list[Any]:
-    return [arq.worker.func(cast(Any, _arq_job(name)), name=name, max_tries=MAX_TRIES) for name in QUEUED]
+    # arq's cap is the outage one: jobs.runner decides when a job has failed for good, before arq would.
+    return [arq.worker.func(cast(Any, _arq_job(name)), name=name, max_tries=OUTAGE_TRIES) for name in QUEUED]
 
 
 def cron_jobs() -> list[CronJob]:
@@ -224,7 +225,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     keep_result = 0
     log_results = False
-    max_tries = MAX_TRIES
+    max_tries = OUTAGE_TRIES
     job_timeout = JOB_TIMEOUT
     max_jobs = 10
     poll_delay = 0.05  # seconds between looks at the queue: a new post's fan-out starts within this

@@ -76,6 +76,24 @@ async def test_a_failing_job_is_retried_then_recorded(app: Any, clean: None) -> 
     assert [(run.name, run.args, run.error) for run in report.failed] == [("flaky", "42", "LookupError")]
 
 
+async def test_an_outage_does_not_use_up_a_jobs_tries(app: Any, clean: None) -> None:
+    """A job that failed because the database did not answer is tried again past its tries, until it can run."""
+    calls: list[int] = []
+
+    async def patient(ctx: dict[str, Any], post_id: int) -> None:
+        calls.append(ctx["job_try"])
+        if len(calls) <= 4:
+            raise ConnectionRefusedError("the database is restarting")
+
+    tries = Tries({"patient": patient}, max_tries=2, delay=lambda tries: 0.0, outage=lambda tries: 0.0)
+    queue = LocalQueue(["patient"], tries)
+    queue.ctx["services"] = app.state.services
+    assert await queue.enqueue("patient", 7)
+    await queue.drain()
+    assert calls == [1, 2, 3, 4, 5], "done at the fifth try, though it may fail for good only twice"
+    assert (await status(app.state.services, [])).failed == []
+
+
 async def test_jobs_cli_lists_runs_and_reports(env: dict[str, str], app: Any, clean: None) -> None:
     listed = cipherfeed(env, "jobs", "list")
     assert listed.returncode == 0, listed.stderr
