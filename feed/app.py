@@ -27,13 +27,13 @@ from feed.keyfile import derive
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
-from feed.web import account_pages, api, live, pages, streaming
+from feed.web import account_pages, api, live, pages, startup, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.hub import Hub
 from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
-from feed.web.middleware import BodyLimit, CrossSiteGuard, SecurityHeaders
+from feed.web.middleware import ApiTrailingSlash, BodyLimit, CrossSiteGuard, SecurityHeaders
 from feed.web.post_html import make_frame_style
 from feed.web.templating import is_htmx, make_environment, render
 
@@ -164,6 +164,17 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/timelines/public", api.public_timeline),
         Route(f"{v1}/instance", api.instance_v1),
         Route("/api/v2/instance", api.instance_v2),
+        Route(f"{v1}/preferences", startup.preferences),
+        Route(f"{v1}/custom_emojis", startup.custom_emojis),
+        Route(f"{v1}/markers", startup.get_markers, methods=["GET"]),
+        Route(f"{v1}/markers", startup.save_markers, methods=["POST"]),
+        Route(f"{v1}/filters", startup.nothing_yet),
+        Route("/api/v2/filters", startup.nothing_yet),
+        Route(f"{v1}/lists", startup.nothing_yet),
+        Route(f"{v1}/follow_requests", startup.nothing_yet),
+        Route(f"{v1}/announcements", startup.nothing_yet),
+        Route("/.well-known/nodeinfo", startup.nodeinfo_links),
+        Route("/nodeinfo/2.0", startup.nodeinfo),
         Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Mount("/static", CachedStatic(directory=resource_path("static")), name="static"),
     ]
@@ -257,6 +268,7 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
                 await streams.stop()
 
     middleware = [
+        Middleware(ApiTrailingSlash),  # first: every layer below sees the path as routed
         Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it
         Middleware(SecurityHeaders),
         Middleware(CatchAll),

@@ -145,6 +145,17 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
 )
 
+# Where a person stopped reading a timeline (``home``, ``notifications``): a post id, and a version that counts saves.
+markers = sa.Table(
+    "markers",
+    metadata,
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("timeline", sa.String(20), primary_key=True),
+    sa.Column("last_read_id", BigId, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
 api_tokens = sa.Table(
     "api_tokens",
     metadata,

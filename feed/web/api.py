@@ -299,7 +299,7 @@ async def instance_v1(request: Request) -> Response:
             "registrations": True,
             "approval_required": False,
             "invites_enabled": False,
-            "configuration": _limits(),
+            "configuration": {"accounts": {"max_featured_tags": 0}, **_limits()},
             "contact_account": None,
             "rules": [],
         }
@@ -318,13 +318,16 @@ async def instance_v2(request: Request) -> Response:
             "usage": {"users": {"active_month": figures.active_month}},
             "thumbnail": {"url": f"{str(request.base_url).rstrip('/')}/static/favicon.svg"},
             "languages": ["en"],
+            "icon": [{"src": f"{str(request.base_url).rstrip('/')}/static/favicon.svg", "size": "36x36"}],
+            "api_versions": {"mastodon": 2},
             "configuration": {
-                "urls": {"streaming": _streaming_url(request)},
+                "urls": {"streaming": _streaming_url(request), "status": None, "about": None, "privacy_policy": None},
+                "vapid": {"public_key": ""},
                 "accounts": {"max_featured_tags": 0, "max_pinned_statuses": 0},
                 **_limits(),
                 "translation": {"enabled": False},
             },
-            "registrations": {"enabled": True, "approval_required": False, "message": None},
+            "registrations": {"enabled": True, "approval_required": False, "message": None, "url": None},
             "contact": {"email": "", "account": None},
             "rules": [],
         }

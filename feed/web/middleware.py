@@ -156,3 +156,22 @@ def own_origin(scope: Scope, headers: Headers) -> str:
     if default and host.endswith(default):
         host = host[: -len(default)]
     return f"{scheme}://{host}"
+
+
+class ApiTrailingSlash:
+    """``/api/v1/instance/`` is ``/api/v1/instance``: Mastodon accepts a trailing slash on API paths, and at least one
+    widely used client library asks with one. Rewritten before routing (no redirect: a redirect of a POST loses its
+    body in some clients)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path.startswith("/api/") and path.endswith("/") and len(path) > len("/api/"):
+                scope = dict(scope, path=path.rstrip("/") or "/")
+                raw = scope.get("raw_path")
+                if isinstance(raw, bytes):
+                    scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)

@@ -73,6 +73,7 @@ API_GETS = [
     ("/api/v1/accounts/{me}/statuses", ("limit", "max_id", "exclude_replies", "pinned", "only_media")),
     ("/api/v1/accounts/lookup", ("acct",)),
     ("/api/v1/accounts/relationships", ("id[]", "id")),
+    ("/api/v1/markers", ("timeline[]", "timeline")),
 ]
 
 
@@ -108,6 +109,16 @@ async def test_create_status_json(world: World, body: dict[str, Any], key: str |
     clear(await world.api.post("/api/v1/statuses", content=json.dumps(body), headers={
         "Content-Type": "application/json", **headers}))  # fmt: skip
     clear(await world.api.put(f"/api/v1/statuses/{world.post}", json=body))
+
+
+@FUZZ
+@given(
+    form=st.dictionaries(st.sampled_from(["home[last_read_id]", "notifications[last_read_id]"]), values, max_size=2),
+    body=st.dictionaries(st.sampled_from(["home", "notifications"]), jsons),
+)
+async def test_markers(world: World, form: dict[str, str], body: dict[str, Any]) -> None:
+    clear(await world.api.post("/api/v1/markers", data=form))
+    clear(await world.api.post("/api/v1/markers", json=body))
 
 
 @FUZZ
