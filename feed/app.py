@@ -27,7 +27,7 @@ from feed.keyfile import derive
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
-from feed.web import account_pages, api, live, pages, startup, streaming
+from feed.web import account_pages, api, directory, live, pages, startup, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
@@ -146,6 +146,10 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/accounts/verify_credentials", api.verify_credentials),
         Route(f"{v1}/accounts/lookup", api.lookup_account),
         Route(f"{v1}/accounts/relationships", api.relationships),
+        Route(f"{v1}/accounts/search", directory.search_accounts),
+        Route(f"{v1}/accounts/{{account_id}}/followers", directory.followers),
+        Route(f"{v1}/accounts/{{account_id}}/following", directory.following),
+        Route("/api/v2/search", directory.search_v2),
         Route(f"{v1}/accounts/{{account_id}}", api.get_account),
         Route(f"{v1}/accounts/{{account_id}}/statuses", api.account_statuses),
         Route(f"{v1}/accounts/{{account_id}}/follow", api.follow, methods=["POST"]),

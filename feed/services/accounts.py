@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -347,12 +348,39 @@ async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
     )
 
 
-async def follow_list(svc: Services, user: User, *, followers: bool, limit: int = 80) -> list[User]:
-    """Who follows ``user`` (or whom ``user`` follows), most recent accounts first."""
+async def follow_list(
+    svc: Services,
+    user: User,
+    *,
+    followers: bool,
+    limit: int = 80,
+    max_id: int | None = None,
+    since_id: int | None = None,
+) -> list[User]:
+    """Who follows ``user`` (or whom ``user`` follows), newest account first; a page of them with ``max_id`` or
+    ``since_id`` (account ids)."""
     async with svc.db() as session:
-        ids = await follow_store.follow_list(session, user.id, followers=followers, limit=limit)
+        ids = await follow_store.follow_list(
+            session, user.id, followers=followers, limit=limit, max_id=max_id, since_id=since_id
+        )
         rows = await store.get_users(session, ids)
     return [User.from_row(rows[i]) for i in ids if i in rows and not erasure.is_erased(rows[i])]
+
+
+async def search(
+    svc: Services, text: str, *, limit: int, offset: int = 0, followed_by: User | None = None
+) -> list[User]:
+    """Accounts whose username or display name starts with ``text`` (a leading ``@`` and this server's ``@domain``
+    are the caller's to strip). Only names are searched: post text is sealed, and no index of its words exists."""
+    prefix = unicodedata.normalize("NFC", text).strip()[:60]
+    if not prefix or any(unicodedata.category(c).startswith("C") for c in prefix):
+        return []  # nothing, or control characters no name can hold
+    async with svc.db() as session:
+        ids = await store.search(
+            session, prefix, limit=limit, offset=offset, followed_by=followed_by.id if followed_by else None
+        )
+        rows = await store.get_users(session, ids)
+    return [User.from_row(rows[i]) for i in ids if i in rows]
 
 
 async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:

@@ -41,15 +41,24 @@ async def follow_state(session: AsyncSession, a: int, b: int) -> tuple[bool, boo
 
 
 async def follow_list(
-    session: AsyncSession, user_id: int, *, followers: bool, limit: int = 40, max_id: int | None = None
+    session: AsyncSession,
+    user_id: int,
+    *,
+    followers: bool,
+    limit: int = 40,
+    max_id: int | None = None,
+    since_id: int | None = None,
 ) -> list[int]:
-    """Ids of ``user_id``'s followers (or followees), newest user id first."""
+    """Ids of ``user_id``'s followers (or followees), newest user id first, below ``max_id`` and above
+    ``since_id`` when given."""
     mine, theirs = (
         (follows.c.followee_id, follows.c.follower_id) if followers else (follows.c.follower_id, follows.c.followee_id)
     )
     query = sa.select(theirs).where(mine == user_id)
     if max_id is not None:
         query = query.where(theirs < max_id)
+    if since_id is not None:
+        query = query.where(theirs > since_id)
     return list(await session.scalars(query.order_by(theirs.desc()).limit(limit)))
 
 

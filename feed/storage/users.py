@@ -238,3 +238,24 @@ async def current_key_version(session: AsyncSession, user_id: int) -> int | None
     query = sa.select(users.c.key_version).where(users.c.id == user_id).with_for_update()
     version = await session.scalar(query)
     return int(version) if version is not None else None
+
+
+def _like_prefix(text: str) -> str:
+    """``text`` as a LIKE prefix pattern, its own ``%``, ``_`` and ``\\`` taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def search(
+    session: AsyncSession, prefix: str, *, limit: int, offset: int = 0, followed_by: int | None = None
+) -> list[int]:
+    """Ids of live accounts whose username or display name starts with ``prefix`` (either case), usernames that
+    match first, then by username; with ``followed_by``, only accounts that user follows."""
+    pattern = _like_prefix(prefix.lower())
+    by_name = users.c.username_lower.like(pattern, escape="\\")
+    by_display = sa.func.lower(users.c.display_name).like(pattern, escape="\\")
+    query = sa.select(users.c.id).where(sa.or_(by_name, by_display), users.c.key_version != 0)
+    if followed_by is not None:
+        followed = sa.select(follows.c.followee_id).where(follows.c.follower_id == followed_by)
+        query = query.where(users.c.id.in_(followed))
+    ordered = query.order_by(sa.case((by_name, 0), else_=1), users.c.username_lower).limit(limit).offset(offset)
+    return list(await session.scalars(ordered))

@@ -56,11 +56,11 @@ def _page(request: Request) -> Page:
     )
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "on"))
 
 
-async def _statuses(request: Request, found: list[PostView]) -> list[dict[str, Any]]:
+async def statuses_json(request: Request, found: list[PostView]) -> list[dict[str, Any]]:
     profiles = await accounts.profiles(services(request), list({p.author.id: p.author for p in found}.values()))
     return [mastodon.status(request, p, profiles) for p in found]
 
@@ -81,7 +81,7 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
         links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "min_id": result.posts[0].id})}>; rel="prev"')
     if links:
         headers["Link"] = ", ".join(links)
-    return JSONResponse(await _statuses(request, result.posts), headers=headers)
+    return JSONResponse(await statuses_json(request, result.posts), headers=headers)
 
 
 async def verify_credentials(request: Request) -> Response:
@@ -114,9 +114,9 @@ async def account_statuses(request: Request) -> Response:
     svc = services(request)
     author = await accounts.get_user(svc, path_id(request, "account_id"))
     page = _page(request)
-    if _truthy(request.query_params.get("only_media")) or _truthy(request.query_params.get("pinned")):
+    if truthy(request.query_params.get("only_media")) or truthy(request.query_params.get("pinned")):
         return JSONResponse([])  # we have neither media nor pins
-    exclude_replies = _truthy(request.query_params.get("exclude_replies"))
+    exclude_replies = truthy(request.query_params.get("exclude_replies"))
     result = await timelines.by_author(svc, author, viewer, page, exclude_replies=exclude_replies)
     return await _timeline_response(request, page, result)
 
@@ -237,7 +237,7 @@ async def status_context(request: Request) -> Response:
     viewer = await api_user(request, required=False)
     ancestors, _, descendants = await timelines.thread(services(request), path_id(request, "status_id"), viewer)
     return JSONResponse(
-        {"ancestors": await _statuses(request, ancestors), "descendants": await _statuses(request, descendants)}
+        {"ancestors": await statuses_json(request, ancestors), "descendants": await statuses_json(request, descendants)}
     )
 
 
@@ -263,7 +263,7 @@ async def home_timeline(request: Request) -> Response:
 async def public_timeline(request: Request) -> Response:
     viewer: User | None = await api_user(request, required=False)
     page = _page(request)
-    if _truthy(request.query_params.get("remote")) or _truthy(request.query_params.get("only_media")):
+    if truthy(request.query_params.get("remote")) or truthy(request.query_params.get("only_media")):
         return JSONResponse([])  # no federation and no media (yet)
     return await _timeline_response(request, page, await timelines.public(services(request), viewer, page))
 

@@ -74,6 +74,10 @@ API_GETS = [
     ("/api/v1/accounts/lookup", ("acct",)),
     ("/api/v1/accounts/relationships", ("id[]", "id")),
     ("/api/v1/markers", ("timeline[]", "timeline")),
+    ("/api/v2/search", ("q", "type", "limit", "offset", "following", "resolve", "account_id")),
+    ("/api/v1/accounts/search", ("q", "limit", "offset", "following", "resolve")),
+    ("/api/v1/accounts/{me}/followers", ("limit", "max_id", "since_id")),
+    ("/api/v1/accounts/{me}/following", ("limit", "max_id", "since_id")),
 ]
 
 
