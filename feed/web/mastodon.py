@@ -43,7 +43,12 @@ def account(request: HTTPConnection, profile: Profile, *, with_source: bool = Fa
         "locked": False,
         "bot": False,
         "discoverable": True,
-        "indexable": False,
+        "indexable": False,  # post text cannot be searched (it is sealed)
+        "noindex": False,
+        "memorial": False,
+        "suspended": False,
+        "limited": False,
+        "moved": None,
         "group": False,
         "hide_collections": False,
         # Mastodon reports account creation to the day.

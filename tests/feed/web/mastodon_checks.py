@@ -31,8 +31,10 @@ def check_account(account: dict[str, Any]) -> None:
     assert account["acct"] == account["username"]  # local accounts carry no domain
     assert account["url"] == f"{BASE}/@{account['username']}"
     assert account["avatar"].startswith(f"{BASE}/")
-    for name in ("locked", "bot", "group", "discoverable"):
+    for name in ("locked", "bot", "group", "discoverable", "indexable", "noindex", "memorial", "suspended", "limited",
+                 "hide_collections"):  # fmt: skip
         assert isinstance(account[name], bool), name
+    assert account["moved"] is None and account["roles"] == []
     for name in ("followers_count", "following_count", "statuses_count"):
         assert type(account[name]) is int and account[name] >= 0, name
     assert ISO_Z.fullmatch(account["created_at"]), account["created_at"]
