@@ -7,9 +7,9 @@ adds, per connection:
 - the request line's URL: at most :data:`MAX_URL_BYTES`, else ``414``;
 - the head (request line and headers): at most :data:`MAX_HEAD_BYTES` and :data:`MAX_HEADERS` fields, else ``431``;
   counted as the bytes arrive, so a 100 MB header is refused after its first chunk, not read whole;
-- the head must arrive within :data:`HEAD_SECONDS` (``CIPHERFEED_HEAD_TIMEOUT_SECONDS``, 10) of the connection
+- the head must arrive within ``CIPHERFEED_HEAD_TIMEOUT_SECONDS`` (10) of the connection
   opening or of the request's first byte (else ``408`` and the connection closes: slowloris);
-- a request body must arrive within :data:`BODY_SECONDS` (``CIPHERFEED_BODY_TIMEOUT_SECONDS``, 30) of its head
+- a request body must arrive within ``CIPHERFEED_BODY_TIMEOUT_SECONDS`` (30) of its head
   (else ``408``, or the connection just closes if the answer has begun).
 
 Also from uvicorn's own settings, given by ``cipherfeed serve``: idle keep-alive connections close after
@@ -20,6 +20,7 @@ the cap with a ``503``. The body's size is limited by ``feed.web.middleware.Body
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from typing import Any
 
@@ -30,10 +31,19 @@ from feed.settings import seconds_setting
 MAX_URL_BYTES = 8 * 1024
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
-# Read once per process (uvicorn makes a protocol per connection), from the environment ``cipherfeed serve`` gets.
-HEAD_SECONDS = seconds_setting(os.environ, "CIPHERFEED_HEAD_TIMEOUT_SECONDS", 10)
-BODY_SECONDS = seconds_setting(os.environ, "CIPHERFEED_BODY_TIMEOUT_SECONDS", 30)
 LINGER_SECONDS = 2.0
+
+
+@functools.cache
+def _timeouts() -> tuple[float, float]:
+    """(head, body) seconds, read from the environment at the first connection of a process. uvicorn makes the
+    protocol by its import path in each worker process and gives it only its own config, so the settings cannot be
+    handed in; ``cipherfeed serve`` has checked them (``feed.settings``) before it started uvicorn."""
+    return (
+        seconds_setting(os.environ, "CIPHERFEED_HEAD_TIMEOUT_SECONDS", 10),
+        seconds_setting(os.environ, "CIPHERFEED_BODY_TIMEOUT_SECONDS", 30),
+    )
+
 
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
@@ -52,7 +62,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(HEAD_SECONDS)
+        self._arm(_timeouts()[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -80,7 +90,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = self._header_count = 0
         if self._timer is None:
-            self._arm(HEAD_SECONDS)
+            self._arm(_timeouts()[0])
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -100,7 +110,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if self._refusal is not None:
             return  # no request reaches the app; data_received answers once the parser returns
         if not self.parser.should_upgrade():
-            self._arm(BODY_SECONDS)  # disarmed when the body is complete (at once, for a request without one)
+            self._arm(_timeouts()[1])  # disarmed when the body is complete (at once, for a request without one)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
