@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import anyio
+
 from feed.queue import JobMetrics
 from feed.services.context import Services, now
 from feed.storage import jobs as store
@@ -112,13 +114,16 @@ async def run_maintenance(
         try:
             await job.run(svc, run)
         except asyncio.CancelledError:
-            # Stopped (a shutdown): recorded as such, and the next run goes on from the checkpoint.
-            await asyncio.shield(_end(svc, run, "cancelled"))
+            # Stopped (a shutdown): recorded as such, and the next run goes on from the checkpoint. Shielded, so that
+            # the record is written even while the scope that stopped the run is still cancelling.
+            with anyio.CancelScope(shield=True):
+                await _end(svc, run, "cancelled")
             raise
         except BaseException as exc:
             if svc.job_metrics is not None:
                 svc.job_metrics.failures.labels(job.name).inc()
-            await asyncio.shield(_end(svc, run, "failed", error=describe(exc)))
+            with anyio.CancelScope(shield=True):
+                await _end(svc, run, "failed", error=describe(exc))
             raise
     await _end(svc, run, "done")
     return run
