@@ -223,6 +223,18 @@ async def get_status(request: Request) -> Response:
     )
 
 
+async def status_source(request: Request) -> Response:
+    """The text and content warning of the caller's own status as they were written, for an edit form (Mastodon's
+    StatusSource); someone else's status is "not found", as in Mastodon."""
+    user = await api_user(request)
+    assert user is not None
+    try:
+        post = await timelines.source_of(services(request), path_id(request, "status_id"), user)
+    except Forbidden:
+        raise NotFound() from None
+    return JSONResponse({"id": str(post.id), "text": post.text, "spoiler_text": post.cw or ""})
+
+
 async def delete_status(request: Request) -> Response:
     user = await api_user(request)
     assert user is not None

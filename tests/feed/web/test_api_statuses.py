@@ -438,3 +438,16 @@ async def test_authors_can_favourite_their_own_status(api: Any) -> None:
     created = await post_status(alice, "self love")
     response = await alice.post(f"/api/v1/statuses/{created['id']}/favourite")
     assert response.json()["favourited"] is True and response.json()["favourites_count"] == 1
+
+
+async def test_the_source_of_ones_own_status(api: Any) -> None:
+    """GET /api/v1/statuses/:id/source: StatusSource (id, text, spoiler_text) as written; others' are not found."""
+    alice, bob = await api("alice"), await api("bob")
+    made = await post_status(alice, "Some <b>markup</b> & an @bob mention", spoiler_text="careful")
+    source = await get_json(alice, f"/api/v1/statuses/{made['id']}/source")
+    assert source == {"id": made["id"], "text": "Some <b>markup</b> & an @bob mention", "spoiler_text": "careful"}
+    plain = await post_status(alice, "no warning")
+    assert (await get_json(alice, f"/api/v1/statuses/{plain['id']}/source"))["spoiler_text"] == ""
+    check_error(await bob.get(f"/api/v1/statuses/{made['id']}/source"), 404)
+    check_error(await alice.get("/api/v1/statuses/123/source"), 404)
+    check_error(await (await api()).get(f"/api/v1/statuses/{made['id']}/source"), 401)
