@@ -51,11 +51,13 @@ _SSE_PATHS = {
     "public": "public",
     "public/local": "public:local",
 }
-_TOKEN_IN_QUERY = re.compile(r"(?i)(access_token=)[^&\s]*")
+# A token, and what someone searched for (it may be words they read in a post), in a logged request target.
+_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])(?:access_token|q)=)[^&\s]*")
 
 
 class RedactTokens(logging.Filter):
-    """Keeps ``access_token=...`` out of the server's access log (uvicorn logs the whole request target)."""
+    """Keeps ``access_token=...`` and search queries (``q=...``) out of the server's access log (uvicorn logs the
+    whole request target)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

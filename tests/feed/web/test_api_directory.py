@@ -99,3 +99,29 @@ async def test_followers_and_following_page_with_link_headers(api: Any) -> None:
     assert len(await get_json(anonymous, f"/api/v1/accounts/{star_id}/followers")) == 5
     check_error(await star.get("/api/v1/accounts/123/followers"), 404)
     check_error(await star.get(f"/api/v1/accounts/{star_id}/followers", params={"max_id": "x"}), 400)
+
+
+async def test_search_words_and_tokens_stay_out_of_the_access_log(redis_app: Any) -> None:
+    """uvicorn's access log names the whole request target: the filter the app installs redacts what was searched
+    for and any access token, and nothing else."""
+    import logging
+
+    from feed.web.streaming import RedactTokens
+
+    access = logging.getLogger("uvicorn.access")
+    assert any(isinstance(f, RedactTokens) for f in access.filters), "installed by the app's lifespan"
+    for target, secret, kept in (
+        ("/api/v2/search?q=words+from+a+post&type=statuses", "words", "type=statuses"),
+        ("/api/v1/accounts/search?limit=5&q=alice", "alice", "limit=5"),
+        ("/api/v1/streaming/user?access_token=s3cr3t", "s3cr3t", "/api/v1/streaming/user"),
+    ):
+        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                                   ("127.0.0.1:5000", "GET", target, "1.1", 200), None)  # fmt: skip
+        for found in access.filters:
+            found.filter(record)
+        line = record.getMessage()
+        assert secret not in line and kept in line and "[redacted]" in line, line
+    untouched = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", ("/api/v1/timelines/home?faq=1",),
+                                  None)  # fmt: skip
+    RedactTokens().filter(untouched)
+    assert untouched.getMessage() == "/api/v1/timelines/home?faq=1"
