@@ -138,13 +138,22 @@ async def app(settings: Settings, migrated: None) -> AsyncIterator[Any]:
 
 
 async def empty_tables(engine: Any) -> None:
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            names = ", ".join(t.name for t in metadata.sorted_tables)
-            await conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-        else:
-            for table in reversed(metadata.sorted_tables):
-                await conn.execute(table.delete())
+    """Empty every table. The app's relay and worker keep running between tests, so on PostgreSQL a TRUNCATE
+    can meet one of their transactions in a lock cycle; the server aborts one side and the truncate is tried again."""
+    for attempt in range(5):
+        try:
+            async with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    names = ", ".join(t.name for t in metadata.sorted_tables)
+                    await conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+                else:
+                    for table in reversed(metadata.sorted_tables):
+                        await conn.execute(table.delete())
+            return
+        except sa.exc.DBAPIError as error:
+            if "deadlock detected" not in str(error) or attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 @pytest.fixture
