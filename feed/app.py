@@ -33,7 +33,7 @@ from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.hub import Hub
 from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
-from feed.web.middleware import ApiTrailingSlash, BodyLimit, CrossSiteGuard, SecurityHeaders
+from feed.web.middleware import ApiTrailingSlash, BodyLimit, CrossSiteGuard, DirectSend, SecurityHeaders
 from feed.web.post_html import make_frame_style
 from feed.web.templating import is_htmx, make_environment, render
 
@@ -273,7 +273,8 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
                 await streams.stop()
 
     middleware = [
-        Middleware(ApiTrailingSlash),  # first: every layer below sees the path as routed
+        Middleware(DirectSend),  # live streams write their body chunks past the layers below (feed.web.sse)
+        Middleware(ApiTrailingSlash),  # every layer below sees the path as routed
         Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it
         Middleware(SecurityHeaders),
         Middleware(CatchAll),

@@ -82,10 +82,13 @@ async def create(
         except IntegrityError:
             if attempt == 2:  # neither an id collision nor a concurrent request with the same key
                 raise
-    if caused is not None:
-        await effects.committed(svc, caused)
-        await fanout.own_post(svc, post_id, author.id)
-    return await get(svc, post_id, author)
+    if caused is None:
+        return await get(svc, post_id, author)
+    await effects.committed(svc, caused)
+    # Read (and so cached) at once: the live event the relay is about to announce has every web process read it.
+    view = await get(svc, post_id, author)
+    await fanout.own_post(svc, post_id, author.id)
+    return view
 
 
 def _key_hash(svc: Services, key: str) -> bytes:

@@ -49,6 +49,13 @@ class Message:
     id: str | None = None  # the connection's position after this message (None: not a position, e.g. counts)
     committed_ms: int = 0  # when the write behind it committed, for the delivery-lag histogram
     stream: str = ""  # the Mastodon stream it belongs to (a WebSocket message names it)
+    # (mark, value): ``data`` is shared by every connection that gets this event, with ``mark`` where this
+    # connection's own ``value`` goes (a page's CSRF token in the forms of a post), put in when it is written.
+    fill: tuple[str, str] | None = None
+
+    def text(self) -> str:
+        """``data`` as this connection gets it."""
+        return self.data if self.fill is None else self.data.replace(*self.fill)
 
 
 class Sink(Protocol):
@@ -184,6 +191,10 @@ class Hub:
         self.closing = False
         self._sent = self._replays = self._resyncs = self._drops = self._lag = None
         self._sent_by_kind: dict[str, Any] = {}
+        # What the handlers wrote, counted into the metrics once a broadcast is out rather than at each write
+        self._written: dict[str, int] = {}
+        self._lags: list[float] = []
+        self._flush_due = False
         if metrics is not None:
             metrics.gauge_callback("cipherfeed_streams_open", "Live streams open on this process, by kind",
                                    self._open_by_kind, ("kind",))  # fmt: skip
@@ -312,19 +323,34 @@ class Hub:
                 conn.close()
 
     def sent(self, conn: Connection, messages: Sequence[Message]) -> None:
-        """The handler wrote ``messages`` (to their last byte)."""
-        if not messages:
+        """The handler wrote ``messages`` (to their last byte). Noted here, counted into the metrics by
+        :meth:`flush_metrics` right after the loop has run the other handlers woken with this one, so that a
+        broadcast's last stream does not wait for the bookkeeping of the thousand before it."""
+        if not messages or self._sent is None:
             return
+        kind = conn.sink.kind
+        self._written[kind] = self._written.get(kind, 0) + len(messages)
+        now_ms = time.time() * 1000
+        for message in messages:
+            if message.committed_ms:
+                self._lags.append(now_ms - message.committed_ms)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush_metrics)
+
+    def flush_metrics(self) -> None:
+        self._flush_due = False
+        written, self._written = self._written, {}
+        lags, self._lags = self._lags, []
         if self._sent is not None:
-            child = self._sent_by_kind.get(conn.sink.kind)
-            if child is None:
-                child = self._sent_by_kind[conn.sink.kind] = self._sent.labels(conn.sink.kind)
-            child.inc(len(messages))
+            for kind, count in written.items():
+                child = self._sent_by_kind.get(kind)
+                if child is None:
+                    child = self._sent_by_kind[kind] = self._sent.labels(kind)
+                child.inc(count)
         if self._lag is not None:
-            now_ms = time.time() * 1000
-            for message in messages:
-                if message.committed_ms:
-                    self._lag.observe(max(0.0, (now_ms - message.committed_ms) / 1000))
+            for lag_ms in lags:
+                self._lag.observe(max(0.0, lag_ms / 1000))
 
     # -- catching up
 

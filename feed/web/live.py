@@ -79,7 +79,7 @@ class PageSink:
             return [Message("delete", str(event.post))]
         if event.kind == EDIT:
             html = await self._article(conn, event.post, memo, fresh=True)
-            return [Message("edit", html)] if html else []
+            return [Message("edit", html, fill=(CSRF_MARK, self.csrf))] if html else []
         return []
 
     def counts(self, conn: Connection, counts: dict[int, tuple[int, int]]) -> list[Message]:
@@ -93,24 +93,33 @@ class PageSink:
         if not html:
             return []
         conn.watch([post_id])
-        return [Message("post", f"<li>{html}</li>")]
+        item = memo.get(("li", html))
+        if item is None:
+            item = memo[("li", html)] = f"<li>{html}</li>"
+        return [Message("post", item, fill=(CSRF_MARK, self.csrf))]
 
     async def _article(
         self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False
     ) -> str | None:
-        """The post as this viewer sees it now; None if they may not, or it is gone."""
+        """The post as this viewer sees it now, with :data:`CSRF_MARK` for the token in its forms (the same string
+        for every viewer of a kind, see ``Message.fill``); None if they may not see it, or it is gone."""
+        anonymous = ("anonymous", post_id, self.here)
+        if conn.user is None and anonymous in memo:  # every logged-out viewer of this page sees the same
+            return memo[anonymous]  # type: ignore[no-any-return]
         found = await push.for_viewer(self.svc, post_id, conn.user, self.style, memo, fresh=fresh)
         if found is None:
-            return None
-        record, view, liked = found
-        own = conn.user is not None and conn.user.id == record.author_id
-        variant = ("html", post_id, conn.user is not None, liked, own, self.here)
-        if variant not in memo:
-            view.liked = liked
-            drawn = PostHtml(self.env, conn.user, CSRF_MARK, self.here)(view)
-            memo[variant] = str(drawn)
-        html: str = memo[variant]
-        return html.replace(CSRF_MARK, self.csrf)
+            html = None
+        else:
+            record, view, liked = found
+            own = conn.user is not None and conn.user.id == record.author_id
+            variant = ("html", post_id, conn.user is not None, liked, own, self.here)
+            if variant not in memo:
+                view.liked = liked
+                memo[variant] = str(PostHtml(self.env, conn.user, CSRF_MARK, self.here)(view))
+            html = memo[variant]
+        if conn.user is None:
+            memo[anonymous] = html
+        return html
 
 
 def _ids(raw: str) -> list[int]:

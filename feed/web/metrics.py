@@ -87,6 +87,9 @@ def outbox_gauges(registry: Registry) -> tuple[Any, Any]:
 async def metrics_endpoint(request: Request) -> Response:
     registry: Registry = request.app.state.metrics
     svc = request.app.state.services
+    hub = getattr(request.app.state, "hub", None)
+    if hub is not None:
+        hub.flush_metrics()  # the live streams' last writes, if the loop has not come round to them yet
     if svc.job_metrics is not None:
         try:
             svc.job_metrics.waiting.set(await svc.queue.depth())

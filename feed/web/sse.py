@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from feed.web.hub import Connection, Hub, Message
+from feed.web.middleware import DIRECT_SEND
 
 RETRY_MS = 2000  # how long a browser waits before reconnecting
 
@@ -24,7 +25,8 @@ _bodies: dict[tuple[str, str], bytes] = {}  # the encoded event of the last mess
 
 def encode(message: Message) -> bytes:
     """The wire form of ``message``. The event and data part is encoded once for every connection that gets the
-    same message (one new post sent to a thousand viewers is one string, see the hub's ``memo``)."""
+    same message (one new post sent to a thousand viewers is one string, see the hub's ``memo``); what differs per
+    connection (its position, its ``fill``) is put in the bytes."""
     key = (message.event, message.data)
     body = _bodies.get(key)
     if body is None:
@@ -34,6 +36,9 @@ def encode(message: Message) -> bytes:
         if len(_bodies) >= 256:
             _bodies.clear()
         _bodies[key] = body
+    if message.fill is not None:
+        mark, value = message.fill
+        body = body.replace(mark.encode(), value.encode())
     return body if message.id is None else b"id: " + message.id.encode() + b"\n" + body
 
 
@@ -77,6 +82,7 @@ class EventStream(Response):
         hub, conn = self.hub, self.conn
         await receive()  # the (empty) request body; from now on ``receive`` answers only when the client goes
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        send = scope.get(DIRECT_SEND, send)  # the body chunks past the middleware, see DirectSend
         await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
         try:
             await hub.open(conn, strict=self.strict)

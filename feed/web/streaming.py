@@ -219,7 +219,7 @@ async def websocket(ws: WebSocket) -> None:
             conn.probe = False  # the server pings WebSockets itself; a gone client ends ``_read``
             messages = conn.take()
             for message in messages:
-                body = {"stream": [message.stream], "event": message.event, "payload": message.data}
+                body = {"stream": [message.stream], "event": message.event, "payload": message.text()}
                 await ws.send_text(json.dumps(body, separators=(",", ":")))
             hub.sent(conn, messages)
             if conn.closed and not conn.queue:

@@ -30,6 +30,7 @@ class Stream:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     seen: list[Event] = field(default_factory=list)
     status: int | None = None
+    response_headers: httpx.Headers = field(default_factory=httpx.Headers)
     last_id: str | None = None
     heartbeats: int = 0
     opened: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,6 +47,7 @@ class Stream:
         try:
             async with self.http.stream("GET", self.url, headers=self.headers, timeout=None) as response:
                 self.status = response.status_code
+                self.response_headers = response.headers
                 self.opened.set()
                 if response.status_code != 200:
                     await response.aread()

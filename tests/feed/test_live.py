@@ -130,15 +130,26 @@ async def test_home_public_and_profile_pages_update_live(world: Any) -> None:
     home = await bob.live("/")
     public = await carol.live("/public")
     profile = await carol.live(f"/@{alice.name}")
+    visitors = [httpx.AsyncClient(base_url=alice.http.base_url, limits=LIMITS, timeout=30) for _ in range(2)]
+    logged_out = [await Person("", http).live("/public") for http in visitors]
     try:
+        # The stream's headers went through the middleware (its body chunks go past it, feed.web.middleware.DirectSend)
+        assert home.response_headers["content-security-policy"].startswith("default-src 'none'")
+        assert home.response_headers["cache-control"] == "no-store"
         started = time.monotonic()
         first = await alice.compose("hello <live> world")
         event = await home.next("post", timeout=1.0)
         assert event.at - started < 1.0
         assert post_id_of(event) == first and "hello &lt;live&gt; world" in event.data
         assert bob.csrf in event.data, "rendered for the viewer: their own forms"
-        assert post_id_of(await public.next("post")) == first
+        shown_to_carol = await public.next("post")
+        assert post_id_of(shown_to_carol) == first
+        assert carol.csrf in shown_to_carol.data and bob.csrf not in shown_to_carol.data
         assert post_id_of(await profile.next("post")) == first
+        # Logged-out visitors get the one rendering every visitor gets: no forms, nobody's token
+        seen_logged_out = [await stream.next("post") for stream in logged_out]
+        assert seen_logged_out[0].data == seen_logged_out[1].data
+        assert "hello &lt;live&gt; world" in seen_logged_out[0].data and "csrf_token" not in seen_logged_out[0].data
 
         private = await alice.compose("for followers", visibility="followers")
         assert post_id_of(await home.next("post")) == private
@@ -159,8 +170,10 @@ async def test_home_public_and_profile_pages_update_live(world: Any) -> None:
         for stream in (public, profile):
             assert private not in [post_id_of(e) for e in stream.seen if e.event in ("post", "edit")]
     finally:
-        for stream in (home, public, profile):
+        for stream in (home, public, profile, *logged_out):
             await stream.close()
+        for http in visitors:
+            await http.aclose()
 
 
 async def test_a_popular_authors_posts_reach_their_followers_streams_without_a_fan_out(world: Any) -> None:
@@ -319,6 +332,10 @@ async def test_a_reader_that_stops_reading_is_dropped_and_does_not_slow_the_othe
         assert lags[int(len(lags) * 0.99)] < 1.0, f"p99 delivery {lags[int(len(lags) * 0.99)]:.3f} s"
         text = (await alice.http.get("/metrics")).text
         assert metric(text, "cipherfeed_stream_drops_total") >= 1, "the reader that stopped was dropped"
+        # Every write was counted, with its lag from the commit (noted per write, counted after each broadcast)
+        assert metric(text, "cipherfeed_stream_events_sent_total", kind="page") >= len(lags)
+        assert metric(text, "cipherfeed_stream_delivery_seconds_count") >= len(lags)
+        assert metric(text, "cipherfeed_stream_delivery_seconds_bucket", le="10.0") >= len(lags)
         stuck.setblocking(False)
         seen = b""
         deadline = time.monotonic() + 20
