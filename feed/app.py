@@ -22,18 +22,25 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from feed.bus import Invalidation
-from feed.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited, Unauthorized
+from feed.errors import Conflict, DomainError, Forbidden, Invalid, NeedsUser, NotFound, RateLimited, Unauthorized
 from feed.keyfile import derive
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
-from feed.web import account_pages, api, directory, live, pages, startup, streaming
+from feed.web import account_pages, api, directory, live, oauth, pages, startup, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
 from feed.web.hub import Hub
 from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
-from feed.web.middleware import ApiTrailingSlash, BodyLimit, CrossSiteGuard, DirectSend, SecurityHeaders
+from feed.web.middleware import (
+    ApiTrailingSlash,
+    BodyLimit,
+    CrossSiteGuard,
+    DirectSend,
+    SecurityHeaders,
+    cookieless,
+)
 from feed.web.post_html import make_frame_style
 from feed.web.templating import is_htmx, make_environment, render
 
@@ -46,6 +53,7 @@ STATUS: list[tuple[type[DomainError], int]] = [
     (Conflict, 409),
     (RateLimited, 429),
     (BadRequest, 400),
+    (NeedsUser, 422),
     (Invalid, 422),
 ]
 
@@ -66,7 +74,7 @@ def _status_of(exc: DomainError) -> int:
 
 
 def _error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    if request.url.path.startswith("/api/"):
+    if cookieless(request.url.path):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     return render(request, "error.html", {"status": status, "message": message}, status=status, headers=headers)
 
@@ -75,7 +83,7 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     status = _status_of(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
-    api_path = request.url.path.startswith("/api/")
+    api_path = cookieless(request.url.path)
     if isinstance(exc, Unauthorized) and not api_path:
         target = account_pages.login_redirect(request, expired="expired" in exc.message)
         if is_htmx(request):
@@ -138,11 +146,19 @@ def routes() -> list[BaseRoute]:
         Route("/settings", account_pages.save_profile, methods=["POST"]),
         Route("/settings/password", account_pages.change_password, methods=["POST"]),
         Route("/settings/delete", account_pages.delete_account, methods=["POST"]),
+        Route("/settings/apps/{app_id}/revoke", account_pages.revoke_app, methods=["POST"]),
+        Route("/oauth/authorize", oauth.authorize_page, methods=["GET"]),
+        Route("/oauth/authorize", oauth.authorize, methods=["POST"]),
+        Route("/oauth/token", oauth.token, methods=["POST"]),
+        Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
+        Route("/.well-known/oauth-authorization-server", oauth.server_metadata),
         Route("/events", live.events),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/favicon.ico", favicon),
+        Route(f"{v1}/apps", oauth.create_app, methods=["POST"]),
+        Route(f"{v1}/apps/verify_credentials", oauth.verify_app),
         Route(f"{v1}/accounts/verify_credentials", api.verify_credentials),
         Route(f"{v1}/accounts/lookup", api.lookup_account),
         Route(f"{v1}/accounts/relationships", api.relationships),
@@ -173,11 +189,11 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/custom_emojis", startup.custom_emojis),
         Route(f"{v1}/markers", startup.get_markers, methods=["GET"]),
         Route(f"{v1}/markers", startup.save_markers, methods=["POST"]),
-        Route(f"{v1}/filters", startup.nothing_yet),
-        Route("/api/v2/filters", startup.nothing_yet),
-        Route(f"{v1}/lists", startup.nothing_yet),
-        Route(f"{v1}/follow_requests", startup.nothing_yet),
-        Route(f"{v1}/announcements", startup.nothing_yet),
+        Route(f"{v1}/filters", startup.nothing_yet("read:filters")),
+        Route("/api/v2/filters", startup.nothing_yet("read:filters")),
+        Route(f"{v1}/lists", startup.nothing_yet("read:lists")),
+        Route(f"{v1}/follow_requests", startup.nothing_yet("read:follows")),
+        Route(f"{v1}/announcements", startup.nothing_yet("read")),
         Route("/.well-known/nodeinfo", startup.nodeinfo_links),
         Route("/nodeinfo/2.0", startup.nodeinfo),
         Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),

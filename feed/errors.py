@@ -24,6 +24,10 @@ class Unauthorized(DomainError):
     pass
 
 
+class NeedsUser(DomainError):
+    """An API call that acts for an account, made with a token of an app alone (422, as Mastodon answers)."""
+
+
 class Conflict(DomainError):
     pass
 

@@ -77,11 +77,14 @@ class UserRecord:
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """A live browser session: whose it is and until when (the cookie's secret is not here, only its hash in
-    the key)."""
+    """A live browser session or API token: whose it is and until when (the secret is not here, only its hash in
+    the key); for a token, the app it was given to (0: none, a CLI token) and its scopes. ``user_id`` 0: a token of
+    the app alone (client credentials)."""
 
     user_id: int
     expires_at: datetime
+    app_id: int = 0
+    scopes: str = ""
 
     @property
     def size(self) -> int:
@@ -220,7 +223,10 @@ def encode(value: Cacheable) -> bytes:
         }
         return _pack(b"U", header)
     if isinstance(value, SessionRecord):
-        return _pack(b"S", {"u": value.user_id, "x": _when(value.expires_at)})
+        header = {"u": value.user_id, "x": _when(value.expires_at)}
+        if value.app_id or value.scopes:
+            header |= {"a": value.app_id, "s": value.scopes}
+        return _pack(b"S", header)
     if isinstance(value, IdList):
         return _pack(b"I", {"i": list(value.ids)})
     if isinstance(value, IdSet):
@@ -271,7 +277,7 @@ def _decode(data: bytes) -> Cacheable:
     if tag == b"S":
         expires = _from_when(h["x"])
         assert expires is not None
-        return SessionRecord(h["u"], expires)
+        return SessionRecord(h["u"], expires, int(h.get("a", 0)), str(h.get("s", "")))
     if tag == b"I":
         return IdList(tuple(int(i) for i in h["i"]))
     if tag == b"D":

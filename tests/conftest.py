@@ -182,7 +182,7 @@ class Browser:
         if not self.csrf:
             await self.get("/login")
         form = {"csrf_token": self.csrf, **(data or {})}
-        headers = {"Origin": "http://testserver", **kw.pop("headers", {})}
+        headers = {"Origin": str(self.http.base_url).rstrip("/"), **kw.pop("headers", {})}
         return await self.http.post(url, data=form, headers=headers, **kw)
 
     async def htmx_post(self, url: str, data: dict[str, str] | None = None) -> httpx.Response:
@@ -196,9 +196,9 @@ class Browser:
         return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])
 
 
-def browser_factory(application: Any, clients: list[httpx.AsyncClient]) -> Any:
+def browser_factory(application: Any, clients: list[httpx.AsyncClient], base_url: str = "http://testserver") -> Any:
     async def make(username: str | None = None, *, email: str = "") -> Browser:
-        http = client_for(application)
+        http = client_for(application, base_url=base_url)
         clients.append(http)
         browser = Browser(http)
         if username:
@@ -377,10 +377,9 @@ def client_for(application: Any, **kw: Any) -> httpx.AsyncClient:
 
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=application),
-        base_url="http://testserver",
         follow_redirects=False,
         event_hooks={"response": [after]},
-        **kw,
+        **{"base_url": "http://testserver"} | kw,
     )
 
 

@@ -163,7 +163,27 @@ async def register(svc: Services, username: str, password: str, email: str = "")
 
 async def login(svc: Services, username: str, password: str, ip: str, devices: Sequence[str] = ()) -> Session:
     """Check the password, slowed down by the login throttle (``feed.services.throttle``; ``devices``: the tokens
-    of the browser's device cookie). One error for an unknown user and a wrong password."""
+    of the browser's device cookie), and open a session. One error for an unknown user and a wrong password."""
+    user_id, name, device = await _password_login(svc, username, password, ip, devices)
+    async with svc.db.begin() as session:
+        opened = await _new_session(svc, session, user_id)
+    return Session(opened.token, opened.user, throttle.device_token(svc, name), device)
+
+
+async def password_user(svc: Services, username: str, password: str, ip: str) -> User:
+    """The account whose password this is, checked as the login form checks it (an app's password grant)."""
+    user_id, _, _ = await _password_login(svc, username, password, ip, ())
+    async with svc.db() as session:
+        row = await store.get_user(session, user_id)
+    if row is None:
+        raise Unauthorized(LOGIN_ERROR)
+    return User.from_row(row)
+
+
+async def _password_login(
+    svc: Services, username: str, password: str, ip: str, devices: Sequence[str]
+) -> tuple[int, str, str | None]:
+    """The user id, lookup name and known device of a right password (the throttle counts wrong ones)."""
     name = _lookup_name(username)
     key = name or "-"  # names that cannot exist share one account bucket
     device = throttle.known_device(svc, key, devices) if name else None
@@ -184,8 +204,7 @@ async def login(svc: Services, username: str, password: str, ip: str, devices: S
         await throttle.succeeded(svc, buckets, session)
         if new_hash:
             await store.update_user(session, creds.id, password_hash=new_hash)
-        opened = await _new_session(svc, session, creds.id)
-    return Session(opened.token, opened.user, throttle.device_token(svc, name), device)
+    return creds.id, name, device
 
 
 async def open_session(svc: Services, user_id: int) -> Session:
@@ -226,6 +245,9 @@ async def logout(svc: Services, token: str) -> None:
     await effects.committed(svc, caused)
 
 
+CLI_SCOPES = "read write follow push"
+
+
 async def create_token(svc: Services, username: str, name: str = "personal access token") -> str:
     if not 1 <= len(name) <= 100:
         raise Invalid("A token label is 1 to 100 characters", "label")
@@ -239,14 +261,35 @@ async def create_token(svc: Services, username: str, name: str = "personal acces
     return token
 
 
-async def token_user(svc: Services, token: str) -> User | None:
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a bearer token allows: whose account (None: the app's own token, client credentials), for which app
+    (0: a token made with the CLI), with which scopes."""
+
+    user: User | None
+    app_id: int
+    scopes: tuple[str, ...]
+
+
+async def token_grant(svc: Services, token: str) -> Grant | None:
+    """The token's grant; None if it is unknown, expired, revoked, or its account is gone."""
     if not token or len(token) > 200:
         return None
     record = await lookup.api_token(svc, token_hash(svc, token))
     if record is None or record.expires_at <= now():
         return None
+    scopes = tuple((record.scopes or CLI_SCOPES).split())
+    if not record.user_id:
+        return Grant(None, record.app_id, scopes)
     found = await lookup.user(svc, record.user_id)
-    return User.from_row(found) if found and not erasure.is_erased(found) else None
+    if found is None or erasure.is_erased(found):
+        return None
+    return Grant(User.from_row(found), record.app_id, scopes)
+
+
+async def token_user(svc: Services, token: str) -> User | None:
+    grant = await token_grant(svc, token)
+    return grant.user if grant is not None else None
 
 
 async def update_profile(svc: Services, user: User, display_name: str, bio: str, email: str) -> User:

@@ -178,7 +178,7 @@ async def api_token(svc: Services, id_hash: bytes) -> SessionRecord | None:
             row = await user_store.token_row(db, id_hash)
         if row is None:
             return {}
-        return {id_hash.hex(): SessionRecord(row.user_id, row.expires_at or NEVER)}
+        return {id_hash.hex(): SessionRecord(row.user_id or 0, row.expires_at or NEVER, row.app_id or 0, row.scopes)}
 
     found = await svc.cache.get(API_TOKENS, id_hash.hex(), load)
     return found if isinstance(found, SessionRecord) else None

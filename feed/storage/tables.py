@@ -156,14 +156,46 @@ markers = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# Apps registered for OAuth 2 (Mastodon's POST /api/v1/apps). The client secret is kept as a keyed hash only.
+oauth_apps = sa.Table(
+    "oauth_apps",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("client_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("secret_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("website", sa.String(500), nullable=True),
+    sa.Column("redirect_uris", sa.Text, nullable=False),  # one per line, matched exactly
+    sa.Column("scopes", sa.String(1000), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Authorization codes between the consent page and the token endpoint: single-use, short-lived, hashed.
+oauth_codes = sa.Table(
+    "oauth_codes",
+    metadata,
+    sa.Column("code_hash", sa.LargeBinary(32), primary_key=True),
+    sa.Column("app_id", BigId, sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("redirect_uri", sa.Text, nullable=False),
+    sa.Column("scopes", sa.String(1000), nullable=False),
+    sa.Column("challenge", sa.String(128), nullable=True),
+    sa.Column("challenge_method", sa.String(10), nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# Bearer tokens: made by the CLI (no app), or by OAuth for an app, for a user or (client credentials) for the app
+# alone (user_id NULL).
 api_tokens = sa.Table(
     "api_tokens",
     metadata,
     sa.Column("token_hash", sa.LargeBinary(32), primary_key=True),
-    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
     sa.Column("name", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("app_id", BigId, sa.ForeignKey("oauth_apps.id", ondelete="CASCADE"), nullable=True, index=True),
+    sa.Column("scopes", sa.String(1000), nullable=False, server_default=sa.text("'read write follow push'")),
 )
 
 # Fixed-window counters for login throttling, shared by every process through the database.

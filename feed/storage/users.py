@@ -165,8 +165,11 @@ async def insert_token(session: AsyncSession, *, token_hash: bytes, user_id: int
 
 
 async def token_row(session: AsyncSession, token_hash: bytes) -> Record | None:
-    """The token's user and expiry (None: it does not expire); the caller checks the expiry."""
-    query = sa.select(api_tokens.c.user_id, api_tokens.c.expires_at).where(api_tokens.c.token_hash == token_hash)
+    """The token's user (None: an app's own token), expiry (None: it does not expire), app and scopes; the caller
+    checks the expiry."""
+    query = sa.select(
+        api_tokens.c.user_id, api_tokens.c.expires_at, api_tokens.c.app_id, api_tokens.c.scopes
+    ).where(api_tokens.c.token_hash == token_hash)
     return (await session.execute(query)).first()
 
 

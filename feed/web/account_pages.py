@@ -8,7 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feed.errors import Conflict, Invalid, RateLimited, Unauthorized
-from feed.services import accounts
+from feed.services import accounts, oauth
+from feed.services.models import User
 from feed.web.auth import (
     device_tokens,
     end_session,
@@ -19,7 +20,7 @@ from feed.web.auth import (
     start_session,
     viewer,
 )
-from feed.web.forms import read_form
+from feed.web.forms import parse_id, read_form
 from feed.web.pages import safe_next, see_other
 from feed.web.templating import render
 
@@ -105,11 +106,28 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def _settings(
+    request: Request, user: User, values: dict[str, str] | None = None, errors: dict[str, str] | None = None
+) -> Response:
+    """The settings page: the profile as saved (or ``values`` sent with ``errors``), and the authorised apps."""
+    svc = services(request)
+    if values is None:
+        email = await accounts.email_of(svc, user)
+        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
+    context = {"values": values, "errors": errors or {}, "apps": await oauth.authorised_apps(svc, user)}
+    return render(request, "settings.html", context, status=422 if errors else 200)
+
+
 async def settings_page(request: Request) -> Response:
+    return await _settings(request, await require_user(request))
+
+
+async def revoke_app(request: Request) -> Response:
+    """Settings, authorised apps: the app loses its access (every token the person gave it ends on every process)."""
+    await read_form(request)
     user = await require_user(request)
-    email = await accounts.email_of(services(request), user)
-    values = {"display_name": user.display_name, "bio": user.bio, "email": email}
-    return render(request, "settings.html", {"values": values, "errors": {}})
+    await oauth.revoke_app(services(request), user, parse_id(request.path_params["app_id"], "app"))
+    return see_other("/settings?notice=revoked#apps")
 
 
 async def save_profile(request: Request) -> Response:
@@ -120,7 +138,7 @@ async def save_profile(request: Request) -> Response:
         await accounts.update_profile(services(request), user, **values)
     except (Invalid, Conflict) as exc:
         field = exc.field if isinstance(exc, Invalid) and exc.field else "email"
-        return render(request, "settings.html", {"values": values, "errors": {field: exc.message}}, status=422)
+        return await _settings(request, user, values, {field: exc.message})
     return see_other("/settings?notice=saved")
 
 
@@ -135,12 +153,9 @@ async def change_password(request: Request) -> Response:
             svc, user, form.get("current_password", ""), form.get("new_password", ""), session_token(request)
         )
     except Invalid as exc:
-        email = await accounts.email_of(svc, user)
-        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
         # The password rules name their field "password"; on this form that is the new one.
         field = "new_password" if exc.field in (None, "password") else exc.field
-        errors = {field: exc.message}
-        return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
+        return await _settings(request, user, errors={field: exc.message})
     return see_other("/settings?notice=password")
 
 
@@ -153,10 +168,7 @@ async def delete_account(request: Request) -> Response:
     try:
         await accounts.delete_account(svc, user, form.get("password", ""))
     except Invalid as exc:
-        email = await accounts.email_of(svc, user)
-        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
-        errors = {exc.field or "delete_password": exc.message}
-        return render(request, "settings.html", {"values": values, "errors": errors}, status=422)
+        return await _settings(request, user, errors={exc.field or "delete_password": exc.message})
     request.state.viewer = None  # this page is drawn for nobody: the account is gone
     response = render(request, "account_deleted.html", {"notice": ACCOUNT_DELETED})
     end_session(request, response)

@@ -85,7 +85,7 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
 
 
 async def verify_credentials(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, ("profile", "read:accounts"))
     assert user is not None
     profile = await accounts.profile(services(request), user, None)
     return JSONResponse(mastodon.account(request, profile, with_source=True))
@@ -98,19 +98,19 @@ async def lookup_account(request: Request) -> Response:
     name, _, domain = acct.lstrip("@").partition("@")
     if domain and domain.lower() not in (request.url.hostname, request.url.netloc.lower()):
         raise NotFound()
-    await api_user(request, required=False)
+    await api_user(request, "read:accounts", required=False)
     user = await accounts.find_user(services(request), name)
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
 async def get_account(request: Request) -> Response:
-    await api_user(request, required=False)
+    await api_user(request, "read:accounts", required=False)
     user = await accounts.get_user(services(request), path_id(request, "account_id"))
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
 async def account_statuses(request: Request) -> Response:
-    viewer = await api_user(request, required=False)
+    viewer = await api_user(request, "read:statuses", required=False)
     svc = services(request)
     author = await accounts.get_user(svc, path_id(request, "account_id"))
     page = _page(request)
@@ -123,7 +123,7 @@ async def account_statuses(request: Request) -> Response:
 
 async def relationships(request: Request) -> Response:
     """One Relationship per distinct existing account asked for, in the order asked; others are left out."""
-    user = await api_user(request)
+    user = await api_user(request, "read:follows")
     assert user is not None
     svc = services(request)
     ids = request.query_params.getlist("id[]") or request.query_params.getlist("id")
@@ -144,14 +144,14 @@ async def relationships(request: Request) -> Response:
 
 
 async def follow(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:follows")
     assert user is not None
     rel = await follows.follow(services(request), user, path_id(request, "account_id"))
     return JSONResponse(mastodon.relationship(rel))
 
 
 async def unfollow(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:follows")
     assert user is not None
     rel = await follows.unfollow(services(request), user, path_id(request, "account_id"))
     return JSONResponse(mastodon.relationship(rel))
@@ -172,7 +172,7 @@ def _refuse_media(data: dict[str, Any]) -> None:
 
 
 async def create_status(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:statuses")
     assert user is not None
     data = await read_body(request)
     _refuse_media(data)
@@ -195,7 +195,7 @@ async def edit_status(request: Request) -> Response:
     ``spoiler_text`` keeps the content warning, one that sends ``spoiler_text: ""`` removes it.
     Someone else's status is "not found" here, as in Mastodon.
     """
-    user = await api_user(request)
+    user = await api_user(request, "write:statuses")
     assert user is not None
     svc = services(request)
     post_id = path_id(request, "status_id")
@@ -217,7 +217,7 @@ async def edit_status(request: Request) -> Response:
 
 
 async def get_status(request: Request) -> Response:
-    viewer = await api_user(request, required=False)
+    viewer = await api_user(request, "read:statuses", required=False)
     return await _status_response(
         request, await timelines.get(services(request), path_id(request, "status_id"), viewer)
     )
@@ -226,7 +226,7 @@ async def get_status(request: Request) -> Response:
 async def status_source(request: Request) -> Response:
     """The text and content warning of the caller's own status as they were written, for an edit form (Mastodon's
     StatusSource); someone else's status is "not found", as in Mastodon."""
-    user = await api_user(request)
+    user = await api_user(request, "read:statuses")
     assert user is not None
     try:
         post = await timelines.source_of(services(request), path_id(request, "status_id"), user)
@@ -236,7 +236,7 @@ async def status_source(request: Request) -> Response:
 
 
 async def delete_status(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:statuses")
     assert user is not None
     try:
         post = await posts.delete(services(request), user, path_id(request, "status_id"))
@@ -246,7 +246,7 @@ async def delete_status(request: Request) -> Response:
 
 
 async def status_context(request: Request) -> Response:
-    viewer = await api_user(request, required=False)
+    viewer = await api_user(request, "read:statuses", required=False)
     ancestors, _, descendants = await timelines.thread(services(request), path_id(request, "status_id"), viewer)
     return JSONResponse(
         {"ancestors": await statuses_json(request, ancestors), "descendants": await statuses_json(request, descendants)}
@@ -254,26 +254,26 @@ async def status_context(request: Request) -> Response:
 
 
 async def favourite(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.like(services(request), user, path_id(request, "status_id")))
 
 
 async def unfavourite(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.unlike(services(request), user, path_id(request, "status_id")))
 
 
 async def home_timeline(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "read:statuses")
     assert user is not None
     page = _page(request)
     return await _timeline_response(request, page, await timelines.home(services(request), user, page))
 
 
 async def public_timeline(request: Request) -> Response:
-    viewer: User | None = await api_user(request, required=False)
+    viewer: User | None = await api_user(request, "read:statuses", required=False)
     page = _page(request)
     if truthy(request.query_params.get("remote")) or truthy(request.query_params.get("only_media")):
         return JSONResponse([])  # no federation and no media (yet)

@@ -1,13 +1,16 @@
-"""CORS for the JSON API, so browser-based Mastodon clients on other origins can use it.
+"""CORS for the JSON API and the OAuth endpoints apps call, so browser-based Mastodon clients on other origins can
+use them.
 
-Safe to open to every origin: the API authenticates only with bearer tokens, never with cookies, so a foreign page
-cannot act with a visitor's session. Pages and forms get no CORS headers at all.
+Safe to open to every origin: those paths never act on a cookie (``feed.web.middleware.cookieless``), so a foreign
+page cannot act with a visitor's session. Pages and forms get no CORS headers at all.
 """
 
 from __future__ import annotations
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from feed.web.middleware import cookieless
 
 _METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _HEADERS = b"Authorization, Content-Type, Idempotency-Key"
@@ -18,7 +21,7 @@ class ApiCors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or not cookieless(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

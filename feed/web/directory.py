@@ -45,7 +45,7 @@ async def _accounts_json(request: Request, users: list[User]) -> list[dict[str, 
 
 
 async def _follow_list(request: Request, *, followers: bool) -> Response:
-    await api_user(request, required=False)
+    await api_user(request, "read:accounts", required=False)
     svc = services(request)
     user = await accounts.get_user(svc, path_id(request, "account_id"))
     raw = request.query_params.get("limit")
@@ -121,7 +121,7 @@ def _paging(request: Request) -> tuple[int, int]:
 
 
 async def search_v2(request: Request) -> Response:
-    viewer = await api_user(request, required=False)
+    viewer = await api_user(request, "read:search", required=False)
     q = request.query_params.get("q", "")
     kind = request.query_params.get("type") or None
     if kind is not None and kind not in TYPES:
@@ -143,7 +143,7 @@ async def search_v2(request: Request) -> Response:
 
 
 async def search_accounts(request: Request) -> Response:
-    viewer = await api_user(request)
+    viewer = await api_user(request, "read:accounts")
     q = request.query_params.get("q", "")
     limit, offset = _paging(request)
     found = await _search_accounts(request, q, viewer, limit, offset) if q.strip() else []

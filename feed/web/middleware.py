@@ -21,6 +21,14 @@ CSP = "; ".join(
     ]
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_APP_ENDPOINTS = frozenset({"/oauth/token", "/oauth/revoke"})
+
+
+def cookieless(path: str) -> bool:
+    """Whether ``path`` never acts on a cookie: the JSON API (bearer tokens), the OAuth endpoints apps call with
+    their own credentials, and the documents apps read first. A foreign page cannot forge a request to them, so they
+    take cross-site requests, answer CORS, and report errors as JSON."""
+    return path.startswith(("/api/", "/.well-known/", "/nodeinfo/")) or path in _APP_ENDPOINTS
 
 
 class SecurityHeaders:
@@ -72,7 +80,7 @@ async def send_plain(
 
 async def _reject(scope: Scope, send: Send, status: int, message: str) -> None:
     """A minimal error response from middleware: JSON for the API, a short text page otherwise."""
-    if scope["path"].startswith("/api/"):
+    if cookieless(scope["path"]):
         await send_plain(send, status, json.dumps({"error": message}).encode(), b"application/json")
     else:
         await send_plain(send, status, f"{status} {message}\n".encode(), b"text/plain; charset=utf-8")
@@ -125,15 +133,15 @@ class BodyLimit:
 class CrossSiteGuard:
     """Refuses state-changing browser requests that come from another site (Sec-Fetch-Site / Origin).
 
-    The API is exempt: it authenticates with bearer tokens, never with cookies, so it cannot be forged this way.
-    The CSRF token in each form (``feed.web.forms``) is the second, independent check.
+    The API and the OAuth token endpoints are exempt (:func:`cookieless`): they never act on a cookie, so they cannot
+    be forged this way. The CSRF token in each form (``feed.web.forms``) is the second, independent check.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS and not scope["path"].startswith("/api/"):
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS and not cookieless(scope["path"]):
             headers = Headers(scope=scope)
             site = headers.get("sec-fetch-site")
             origin = headers.get("origin")

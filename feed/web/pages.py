@@ -25,7 +25,7 @@ PAGE_SIZE = 20
 
 def safe_next(raw: str | None, default: str) -> str:
     """A same-site path to go back to; anything else (other hosts, ``//x``, ``/\\x``) gives ``default``."""
-    if raw and raw.startswith("/") and not raw.startswith(("//", "/\\")) and len(raw) < 500:
+    if raw and raw.startswith("/") and not raw.startswith(("//", "/\\")) and len(raw) < 2000:
         return raw
     return default
 

@@ -4,6 +4,7 @@ lists, follow requests, announcements); and NodeInfo, which directories and some
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +20,7 @@ SOFTWARE_VERSION = "0.1.0"
 
 
 async def preferences(request: Request) -> Response:
-    await api_user(request)
+    await api_user(request, "read:accounts")
     return JSONResponse(
         {
             "posting:default:visibility": "public",
@@ -31,11 +32,15 @@ async def preferences(request: Request) -> Response:
     )
 
 
-async def nothing_yet(request: Request) -> Response:
+def nothing_yet(scope: str) -> Callable[[Request], Awaitable[Response]]:
     """A list cipherfeed has no entries for yet (filters, lists, follow requests, announcements): empty, for the
-    signed-in user."""
-    await api_user(request)
-    return JSONResponse([])
+    signed-in user whose token holds ``scope``."""
+
+    async def empty(request: Request) -> Response:
+        await api_user(request, scope)
+        return JSONResponse([])
+
+    return empty
 
 
 async def custom_emojis(request: Request) -> Response:
@@ -47,7 +52,7 @@ def _marker(marker: markers.Marker) -> dict[str, Any]:
 
 
 async def get_markers(request: Request) -> Response:
-    user = await api_user(request)
+    user = await api_user(request, "read:statuses")
     assert user is not None
     wanted = request.query_params.getlist("timeline[]") or request.query_params.getlist("timeline")
     found = await markers.read(services(request), user, wanted)
@@ -57,7 +62,7 @@ async def get_markers(request: Request) -> Response:
 async def save_markers(request: Request) -> Response:
     """``home[last_read_id]=ID`` (a form) or ``{"home": {"last_read_id": "ID"}}`` (JSON), for home and/or
     notifications."""
-    user = await api_user(request)
+    user = await api_user(request, "write:statuses")
     assert user is not None
     data = await read_body(request)
     positions: dict[str, int] = {}

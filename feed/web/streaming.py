@@ -31,13 +31,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from feed.cache import API_TOKENS, redis_key
-from feed.errors import RateLimited, Unauthorized
+from feed.errors import Forbidden, NeedsUser, RateLimited, Unauthorized
 from feed.events import DELETE, EDIT, NEW
-from feed.services import accounts, push
+from feed.services import accounts, oauth, push
 from feed.services.context import Services
 from feed.services.models import User
 from feed.streams import Entry
 from feed.web import mastodon
+from feed.web.auth import OUT_OF_SCOPE
 from feed.web.hub import Connection, Hub, Message, parse_cursor
 from feed.web.sse import EventStream
 
@@ -150,10 +151,14 @@ async def _authenticate(svc: Services, token: str | None, *, required: bool) -> 
         if required:
             raise Unauthorized("Missing access token")
         return None
-    user = await accounts.token_user(svc, token)
-    if user is None:
+    grant = await accounts.token_grant(svc, token)
+    if grant is None:
         raise Unauthorized("Invalid access token")
-    return user
+    if not oauth.covers(grant.scopes, "read:statuses"):
+        raise Forbidden(OUT_OF_SCOPE)
+    if grant.user is None and required:
+        raise NeedsUser("This method requires an authenticated user")
+    return grant.user
 
 
 def _connection(svc: Services, sink: ApiSink, user: User | None, token: str | None) -> Connection:
@@ -202,6 +207,9 @@ async def websocket(ws: WebSocket) -> None:
         user = await _authenticate(svc, token, required=False)
     except Unauthorized:
         await ws.close(code=4001, reason="Invalid access token")
+        return
+    except Forbidden:
+        await ws.close(code=4003, reason=OUT_OF_SCOPE)
         return
     sink = ApiSink(svc, ws, "websocket")
     conn = _connection(svc, sink, user, token)

@@ -24,6 +24,7 @@ NOTICES = {
     "deleted": "The post was deleted.",
     "loggedout": "You are logged out.",
     "edited": "The post was updated.",
+    "revoked": "The app no longer has access to your account.",
 }
 
 
