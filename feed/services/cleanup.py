@@ -31,6 +31,7 @@ from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
 from feed.storage import cleanup as store
 from feed.storage import idempotency
+from feed.storage import oauth as oauth_store
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,8 @@ class _Purge:
 
 
 async def expire_sessions(svc: Services, job: Run) -> None:
-    """Delete browser sessions and API tokens past their expiry (tokens without one never expire). A deleted row is
-    its own checkpoint: a stopped run simply starts again and finds the rest."""
+    """Delete browser sessions and API tokens past their expiry (tokens without one never expire), and OAuth codes
+    nobody redeemed. A deleted row is its own checkpoint: a stopped run simply starts again and finds the rest."""
     cutoff = now()
     async with svc.db() as session:
         total = await store.count_expired_sessions(session, cutoff)
@@ -202,9 +203,11 @@ async def expire_sessions(svc: Services, job: Run) -> None:
     if job.dry_run:
         async with svc.db() as session:
             job.count("idempotency_keys", await idempotency.count_stale(session, cutoff))
+            job.count("oauth_codes", await oauth_store.count_expired_codes(session, cutoff))
     else:
         async with svc.db.begin() as session:
             job.count("idempotency_keys", await idempotency.purge(session, cutoff))
+            job.count("oauth_codes", await oauth_store.delete_expired_codes(session, cutoff))
 
 
 FindExpired = Callable[[AsyncSession, datetime, bytes, int], Awaitable[list[bytes]]]  # (session, cutoff, after, limit)

@@ -45,6 +45,11 @@ async def take_code(session: AsyncSession, code_hash: bytes) -> Record | None:
     return (await session.execute(query)).first()
 
 
+async def count_expired_codes(session: AsyncSession, now: datetime) -> int:
+    query = sa.select(sa.func.count()).select_from(oauth_codes).where(oauth_codes.c.expires_at <= now)
+    return int((await session.execute(query)).scalar_one())
+
+
 async def delete_expired_codes(session: AsyncSession, now: datetime) -> int:
     result = await session.execute(oauth_codes.delete().where(oauth_codes.c.expires_at <= now))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

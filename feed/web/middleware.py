@@ -185,9 +185,9 @@ class DirectSend:
 
 
 class ApiTrailingSlash:
-    """``/api/v1/instance/`` is ``/api/v1/instance``: Mastodon accepts a trailing slash on API paths, and at least one
-    widely used client library asks with one. Rewritten before routing (no redirect: a redirect of a POST loses its
-    body in some clients)."""
+    """``/api/v1/instance/`` is ``/api/v1/instance``: Mastodon accepts a trailing slash on API and OAuth paths, and
+    widely used clients ask with one (a library for the instance, a command-line client for ``/oauth/authorize/``).
+    Rewritten before routing (no redirect: a redirect of a POST loses its body in some clients)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -195,7 +195,7 @@ class ApiTrailingSlash:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             path: str = scope["path"]
-            if path.startswith("/api/") and path.endswith("/") and len(path) > len("/api/"):
+            if path.startswith(("/api/", "/oauth/")) and path.endswith("/") and len(path) > len("/api/"):
                 scope = dict(scope, path=path.rstrip("/") or "/")
                 raw = scope.get("raw_path")
                 if isinstance(raw, bytes):

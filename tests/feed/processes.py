@@ -269,3 +269,36 @@ def _children(pid: int) -> list[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(stat.parent.name))
     return found
+
+
+MISSES = "cipherfeed_cache_misses_total"
+HITS = "cipherfeed_cache_hits_total"
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    procs: dict[str, AppProcess]
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+    anonymous: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {name: proc.url for name, proc in self.procs.items()}
+
+    async def account(self, name: str) -> Account:
+        return await register(self.urls, name, self.clients)
+
+    async def metrics(self, where: str) -> str:
+        response = await self.anonymous[where].get("/metrics")
+        assert response.status_code == 200
+        return response.text
+
+    async def served_from_l1(self, client: httpx.AsyncClient, where: str, url: str) -> httpx.Response:
+        """GET ``url`` and check that no post record came from Redis or the database for it."""
+        before = await self.metrics(where)
+        response = await client.get(url)
+        after = await self.metrics(where)
+        for name, labels in ((MISSES, {"space": "p"}), (HITS, {"tier": "l2", "space": "p"})):
+            assert metric(after, name, **labels) == metric(before, name, **labels), f"{url} was not an L1 hit"
+        return response

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,90 +21,18 @@ from feed.bus import Invalidation, RedisBus
 from feed.cache import POSTS, Cache
 from feed.redis_link import RedisLink, make_client
 from feed.storage.tables import likes, posts
-from tests.conftest import empty_tables
 from tests.feed.processes import (
+    HITS,
+    MISSES,
     Account,
-    AppProcess,
-    RedisServer,
+    Cluster,
     like_count,
     metric,
-    process_env,
-    register,
     within,
 )
 
 pytestmark = pytest.mark.anyio
-MISSES = "cipherfeed_cache_misses_total"
-HITS = "cipherfeed_cache_hits_total"
 APPLIED = "cipherfeed_invalidations_applied_total"
-
-
-@dataclass
-class Cluster:
-    redis: RedisServer
-    procs: dict[str, AppProcess]
-    clients: list[httpx.AsyncClient] = field(default_factory=list)
-    anonymous: dict[str, httpx.AsyncClient] = field(default_factory=dict)
-
-    @property
-    def urls(self) -> dict[str, str]:
-        return {name: proc.url for name, proc in self.procs.items()}
-
-    async def account(self, name: str) -> Account:
-        return await register(self.urls, name, self.clients)
-
-    async def metrics(self, where: str) -> str:
-        response = await self.anonymous[where].get("/metrics")
-        assert response.status_code == 200
-        return response.text
-
-    async def served_from_l1(self, client: httpx.AsyncClient, where: str, url: str) -> httpx.Response:
-        """GET ``url`` and check that no post record came from Redis or the database for it."""
-        before = await self.metrics(where)
-        response = await client.get(url)
-        after = await self.metrics(where)
-        for name, labels in ((MISSES, {"space": "p"}), (HITS, {"tier": "l2", "space": "p"})):
-            assert metric(after, name, **labels) == metric(before, name, **labels), f"{url} was not an L1 hit"
-        return response
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def cluster(
-    processes_engine: Any,
-    processes_database_url: str,
-    env: dict[str, str],
-    redis_server: RedisServer,
-    tmp_path: Path,
-) -> AsyncIterator[Cluster]:
-    """Processes A and B on a database of their own (emptied) and the test's Redis."""
-    await empty_tables(processes_engine)
-    settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, redis_server.url)
-    procs = {name: AppProcess(name, settings, tmp_path) for name in ("a", "b")}
-    worker = AppProcess("worker", settings, tmp_path, ["worker"])
-    cluster = Cluster(redis_server, procs)
-    try:
-        for proc in (*procs.values(), worker):
-            proc.wait_ready()
-        for name, proc in procs.items():
-            cluster.anonymous[name] = httpx.AsyncClient(base_url=proc.url, timeout=30)
-        cluster.clients.extend(cluster.anonymous.values())
-        yield cluster
-    finally:
-        for http in cluster.clients:
-            await http.aclose()
-        for proc in (*procs.values(), worker):
-            proc.stop()
-    for proc in (*procs.values(), worker):
-        output = proc.output()
-        assert "Traceback" not in output and "unhandled error" not in output, f"process {proc.name}:\n{output}"
 
 
 async def db_likes(engine: Any, post_id: int) -> tuple[int, int]:
@@ -385,9 +310,7 @@ async def test_a_burst_on_a_cold_key_reads_the_database_once_per_process(cluster
     assert all(refills[w] + l2[w] <= 1 for w in ("a", "b")), f"more than one refill per process: {refills} {l2}"
 
 
-async def test_like_counts_converge_on_the_database_across_processes(
-    cluster: Cluster, processes_engine: Any
-) -> None:
+async def test_like_counts_converge_on_the_database_across_processes(cluster: Cluster, processes_engine: Any) -> None:
     alice = await cluster.account("alice")
     post_id = await alice.compose("a", "like me, or not")
     users = await asyncio.gather(*(cluster.account(f"fan{i}") for i in range(20)))

@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from feed.cache import POSTS, SESSIONS
-from feed.services import accounts, cleanup, erasure
+from feed.services import accounts, cleanup, erasure, oauth
 from feed.services.context import now
 from feed.services.jobs import run_maintenance
-from feed.storage.tables import api_tokens, job_cursors, job_runs, posts, sessions, users
+from feed.storage.tables import api_tokens, job_cursors, job_runs, oauth_codes, posts, sessions, users
 from jobs.registry import MAINTENANCE
 from jobs.worker import WorkerSettings
 from tests.conftest import PASSWORD, snapshot
@@ -126,9 +126,16 @@ async def test_expire_sessions_removes_only_what_expired_and_drops_it_from_the_c
     forever = await accounts.create_token(svc, "dana", "forever")
     expiring = await accounts.create_token(svc, "dana", "expiring")
     await execute(app, api_tokens.update().where(api_tokens.c.name == "expiring").values(expires_at=now()))
+    registered, _ = await oauth.register_app(svc, "an app", ["urn:ietf:wg:oauth:2.0:oob"], "read", None)
+    user = await accounts.find_user(svc, "dana")
+    for code in ("stale-code", "fresh-code"):
+        await oauth.save_code(svc, code, registered, user, "urn:ietf:wg:oauth:2.0:oob", ["read"], None, None)
+    stale = accounts.token_hash(svc, "stale-code")
+    await execute(app, oauth_codes.update().where(oauth_codes.c.code_hash == stale).values(expires_at=now()))
 
     run = await run_maintenance(svc, MAINTENANCE["expire_sessions"])
-    assert run.changed == {"sessions": 1, "api_tokens": 1}
+    assert run.changed == {"sessions": 1, "api_tokens": 1, "oauth_codes": 1}
+    assert await oauth.redeem_code(svc, "fresh-code") is not None, "a code still in its ten minutes stays"
     assert app.state.cache.cached(SESSIONS, id_hash.hex()) is None
     assert (await away.get("/settings")).status_code == 303
     assert (await dana.get("/settings")).status_code == 200
