@@ -176,6 +176,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/statuses/{{status_id}}", api.delete_status, methods=["DELETE"]),
         Route(f"{v1}/statuses/{{status_id}}/context", api.status_context),
         Route(f"{v1}/statuses/{{status_id}}/source", api.status_source),
+        Route(f"{v1}/statuses/{{status_id}}/history", api.status_history),
         Route(f"{v1}/statuses/{{status_id}}/favourite", api.favourite, methods=["POST"]),
         Route(f"{v1}/statuses/{{status_id}}/unfavourite", api.unfavourite, methods=["POST"]),
         Route(f"{v1}/streaming/health", streaming.health),

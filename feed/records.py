@@ -53,6 +53,9 @@ class PostRecord:
     body: Sealed
     cw: Sealed | None
     mentions: tuple[tuple[int, str], ...]  # (user id, username) of each mentioned account
+    sensitive: bool = False  # declared by the author (a content warning makes a post sensitive anyway)
+    language: str | None = None  # as the author's app declared it
+    app_id: int = 0  # the app it was posted from (0: the web, or a token made with the CLI)
 
     @property
     def size(self) -> int:
@@ -211,6 +214,8 @@ def encode(value: Cacheable) -> bytes:
             "e": _when(value.edited_at),
             "m": [list(m) for m in value.mentions],
         }
+        if value.sensitive or value.language or value.app_id:
+            header |= {"s": value.sensitive, "lg": value.language, "ap": value.app_id}
         return _pack(b"P", header, value.body.data, value.cw.data if value.cw else None)
     if isinstance(value, UserRecord):
         header = {
@@ -269,6 +274,9 @@ def _decode(data: bytes) -> Cacheable:
             body=Sealed(body),
             cw=Sealed(cw) if cw is not None else None,
             mentions=tuple((int(i), str(n)) for i, n in h["m"]),
+            sensitive=bool(h.get("s", False)),
+            language=h.get("lg"),
+            app_id=int(h.get("ap", 0)),
         )
     if tag == b"U":
         created = _from_when(h["c"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from anyio import CapacityLimiter
 from argon2 import PasswordHasher
+from cachetools import LRUCache
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from feed.bus import Bus
@@ -87,6 +88,8 @@ class Services:
     relay: Any = None  # the outbox relay to wake after a commit (feed.relay.Relay); None: other processes relay
     crash_after_commit: bool = False  # a fault point for tests (CIPHERFEED_TEST_CRASH_AFTER_COMMIT)
     job_pause: int = 0  # a fault point for tests: seconds each queued job waits first (CIPHERFEED_TEST_JOB_PAUSE)
+    # Registered apps by id, as statuses name them (``oauth.applications``): an app never changes, so kept here.
+    apps: LRUCache[int, Any] = field(default_factory=lambda: LRUCache(maxsize=4096))
 
     def __repr__(self) -> str:
         return "Services(...)"

@@ -64,6 +64,9 @@ def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
         body=Sealed(row.body),
         cw=Sealed(row.cw) if row.cw is not None else None,
         mentions=tuple((m.id, m.username) for m in mentions),
+        sensitive=bool(row.sensitive),
+        language=row.language,
+        app_id=row.app_id or 0,
     )
 
 

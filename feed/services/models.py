@@ -114,6 +114,9 @@ class PostView:
     liked: bool = False
     mentions: list[Mention] = field(default_factory=list)
     reply_to_username: str | None = None
+    sensitive: bool = False
+    language: str | None = None
+    app_id: int = 0
     # The post's rendered frame in pieces (see ``feed.web.post_html``), when the page asked for frames.
     frame: tuple[str, ...] | None = None
 

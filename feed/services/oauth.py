@@ -162,6 +162,25 @@ async def app_by_id(svc: Services, app_id: int) -> App | None:
     return _app(row) if row is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class Application:
+    """What a status says of the app it was posted from."""
+
+    name: str
+    website: str | None
+
+
+async def applications(svc: Services, app_ids: Iterable[int]) -> dict[int, Application]:
+    """The apps of these ids that exist (kept in this process: an app's name and website never change)."""
+    wanted = {app_id for app_id in app_ids if app_id}
+    found = {app_id: svc.apps[app_id] for app_id in wanted if app_id in svc.apps}
+    if missing := wanted - found.keys():
+        async with svc.db() as session:
+            for row in await store.app_names(session, missing):
+                found[row.id] = svc.apps[row.id] = Application(row.name, row.website)
+    return found
+
+
 def secret_matches(svc: Services, app: App, secret: str) -> bool:
     return bool(secret) and len(secret) <= 200 and hmac.compare_digest(token_hash(svc, secret), app.secret_hash)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +36,26 @@ def check_visibility(raw: str) -> str:
     if visibility not in VISIBILITIES:
         raise Invalid("Visibility must be public, unlisted, followers or direct", "visibility")
     return visibility
+
+
+_LANGUAGE_RE = re.compile(r"[a-z]{2,3}")
+
+
+def check_language(raw: str | None) -> str | None:
+    """An ISO 639 language code (two or three letters, as Mastodon takes them); None for none."""
+    if raw is None or not raw.strip():
+        return None
+    code = raw.strip().lower()
+    if not _LANGUAGE_RE.fullmatch(code):
+        raise Invalid("Language is not a valid ISO 639 code", "language")
+    return code
+
+
+class Keep:
+    """An edit leaves this field as it is."""
+
+
+KEEP = Keep()
 
 
 async def _resolve_mentions(session: AsyncSession, text: str, author: User) -> list[int]:
@@ -67,17 +88,22 @@ async def create(
     cw: str | None = None,
     in_reply_to_id: int | None = None,
     idempotency_key: str | None = None,
+    sensitive: bool = False,
+    language: str | None = None,
+    app_id: int | None = None,
 ) -> PostView:
     """A new post. With ``idempotency_key``: if this author's key created a post within the last hour, that post
-    is returned and nothing new is made (a client retrying a request whose answer it lost, as Mastodon does)."""
+    is returned and nothing new is made (a client retrying a request whose answer it lost, as Mastodon does).
+    ``sensitive``, ``language`` and ``app_id`` (the app it comes from) are kept as declared metadata."""
     text = normalize_post(text)
     cw = normalize_cw(cw)
     visibility = check_visibility(visibility)
+    meta = {"sensitive": sensitive, "language": check_language(language), "app_id": app_id or None}
     key_hash = _key_hash(svc, idempotency_key) if idempotency_key else None
     for attempt in (1, 2):
         post_id = new_id()
         try:
-            post_id, caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id, key_hash)
+            post_id, caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id, key_hash, meta)
             break
         except IntegrityError:
             if attempt == 2:  # neither an id collision nor a concurrent request with the same key
@@ -106,6 +132,7 @@ async def _insert(
     visibility: str,
     in_reply_to_id: int | None,
     key_hash: bytes | None,
+    meta: dict[str, Any],
 ) -> tuple[int, Effects | None]:
     """Insert the post, and what it causes in the outbox; returns its id and what it causes, or, when the key
     made a post already, that post's id and None."""
@@ -134,6 +161,7 @@ async def _insert(
             key_version=version,
             created_at=now(),
             **sealed,
+            **meta,
         )
         await store.set_mentions(session, post_id, mention_ids)
         if parent is not None:
@@ -153,11 +181,17 @@ async def edit(
     cw: str | None = None,
     *,
     expected_revision: int | None = None,
+    sensitive: bool | None = None,
+    language: str | Keep | None = KEEP,
 ) -> PostView:
-    """A new revision under a new data key. With ``expected_revision`` (the revision the editor started from),
-    an edit made elsewhere in the meantime is a Conflict instead of being overwritten."""
+    """A new revision under a new data key; the one it replaces is kept as it was (``post_revisions``, for its
+    history). With ``expected_revision`` (the revision the editor started from), an edit made elsewhere in the
+    meantime is a Conflict instead of being overwritten. ``sensitive`` and ``language`` change when given."""
     text = normalize_post(text)
     cw = normalize_cw(cw)
+    meta: dict[str, Any] = {} if sensitive is None else {"sensitive": sensitive}
+    if not isinstance(language, Keep):
+        meta["language"] = check_language(language)
     async with svc.db.begin() as session:
         row = await store.get_visible_post(session, post_id, author.id)
         if row is None:
@@ -181,9 +215,11 @@ async def edit(
             key_version=version,
             edited_at=now(),
             **sealed,
+            **meta,
         )
         if not changed:
             raise Conflict("The post was changed at the same time; reload and try again")
+        await store.keep_revision(session, row)
         await store.set_mentions(session, post_id, mention_ids)
         # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones
         # stop seeing it because every cached timeline is checked again when read).

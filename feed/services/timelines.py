@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -154,6 +156,9 @@ def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | N
         liked=liked,
         mentions=[Mention(uid, name) for uid, name in record.mentions],
         reply_to_username=parent.username if parent else None,
+        sensitive=record.sensitive,
+        language=record.language,
+        app_id=record.app_id,
     )
 
 
@@ -261,6 +266,41 @@ async def source_of(svc: Services, post_id: int, viewer: User) -> PostView:
     if view.author.id != viewer.id:
         raise Forbidden("You can only edit your own posts")
     return view
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """One version of a post, as its history shows it."""
+
+    content: Content
+    sensitive: bool
+    created_at: datetime
+
+
+async def history(svc: Services, post_id: int, viewer: User | None) -> tuple[PostView, list[Revision]]:
+    """Every version of a post the viewer may see, oldest first, the current one last: each opened under its own
+    key, as sealed then; one whose key was destroyed since (a user key rotation) is left out."""
+    view = await get(svc, post_id, viewer)
+    author = view.author.id
+    async with svc.db() as session:
+        rows = await store.revisions(session, post_id)
+        keys = await svc.keys.get_many(session, {(author, row.key_version) for row in rows})
+    out = []
+    for row in rows:
+        key = keys.get((author, row.key_version))
+        if key is None:
+            continue
+        record = PostRecord(post_id, author, view.visibility, None, None, row.revision, row.key_version, 0, 0,
+                            row.created_at, None, Sealed(row.body), Sealed(row.cw) if row.cw else None, ())  # fmt: skip
+        content = Content(partial(_open_fields, key, record))
+        try:
+            content.text  # noqa: B018 - opened now: one that does not open is left out
+        except InvalidToken:
+            log.warning("revision %s of post %s does not decrypt; left out", row.revision, post_id)
+            continue
+        out.append(Revision(content, bool(row.sensitive), row.created_at))
+    out.append(Revision(view.content, view.sensitive, view.edited_at or view.created_at))
+    return view, out
 
 
 def _page(found: list[PostView], refs: Sequence[Any], page: Page) -> TimelinePage:

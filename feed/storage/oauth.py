@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +34,11 @@ async def app_by_client_id(session: AsyncSession, client_id: str) -> Record | No
 
 async def app_by_id(session: AsyncSession, app_id: int) -> Record | None:
     return (await session.execute(sa.select(*APP_COLUMNS).where(oauth_apps.c.id == app_id))).first()
+
+
+async def app_names(session: AsyncSession, app_ids: Iterable[int]) -> list[Record]:
+    query = sa.select(oauth_apps.c.id, oauth_apps.c.name, oauth_apps.c.website)
+    return list((await session.execute(query.where(oauth_apps.c.id.in_(list(app_ids))))).all())
 
 
 async def insert_code(session: AsyncSession, **values: Any) -> None:

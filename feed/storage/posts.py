@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import follows, mentions, posts, users
+from feed.storage.tables import follows, mentions, post_revisions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -139,6 +139,27 @@ async def update_revision(session: AsyncSession, post_id: int, *, expected_revis
         posts.update().where(posts.c.id == post_id, posts.c.revision == expected_revision).values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def keep_revision(session: AsyncSession, row: Any) -> None:
+    """Keep a revision an edit replaced (``row``: the post as it was), sealed as it was, under its own key."""
+    await session.execute(
+        post_revisions.insert().values(
+            post_id=row.id,
+            revision=row.revision,
+            key_version=row.key_version,
+            body=row.body,
+            cw=row.cw,
+            sensitive=row.sensitive,
+            created_at=row.edited_at or row.created_at,
+        )
+    )
+
+
+async def revisions(session: AsyncSession, post_id: int) -> list[Record]:
+    """The revisions a post had before its current one, oldest first."""
+    query = sa.select(post_revisions).where(post_revisions.c.post_id == post_id).order_by(post_revisions.c.revision)
+    return list((await session.execute(query)).all())
 
 
 async def delete_post(session: AsyncSession, post_id: int) -> bool:

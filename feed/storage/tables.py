@@ -94,9 +94,27 @@ posts = sa.Table(
     sa.Column("replies_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("edited_at", UTCDateTime, nullable=True),
+    # Declared metadata, as the author set it: marked sensitive, the language they said it is in, the app it came from.
+    sa.Column("sensitive", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("language", sa.String(16), nullable=True),
+    sa.Column("app_id", BigId, nullable=True),  # no constraint: apps are not deleted (see migration 0007)
     sa.Index("ix_posts_author_id_id", "author_id", "id"),
     sa.Index("ix_posts_visibility_id", "visibility", "id"),
     sa.Index("ix_posts_in_reply_to_id", "in_reply_to_id"),
+)
+
+# The revisions a post had before its current one (which is in ``posts``), each sealed under its own key as it was:
+# an edit moves the old one here. One whose user key version was destroyed no longer opens, and is left out.
+post_revisions = sa.Table(
+    "post_revisions",
+    metadata,
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("revision", sa.Integer, primary_key=True),
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("cw", sa.LargeBinary, nullable=True),
+    sa.Column("sensitive", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),  # when this revision was made
 )
 
 mentions = sa.Table(

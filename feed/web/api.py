@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, follows, posts, site, timelines
+from feed.services import accounts, follows, oauth, posts, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -61,13 +61,17 @@ def truthy(value: Any) -> bool:
 
 
 async def statuses_json(request: Request, found: list[PostView]) -> list[dict[str, Any]]:
-    profiles = await accounts.profiles(services(request), list({p.author.id: p.author for p in found}.values()))
-    return [mastodon.status(request, p, profiles) for p in found]
+    svc = services(request)
+    profiles = await accounts.profiles(svc, list({p.author.id: p.author for p in found}.values()))
+    apps = await oauth.applications(svc, {p.app_id for p in found})
+    return [mastodon.status(request, p, profiles, apps) for p in found]
 
 
 async def _status_response(request: Request, post: PostView, *, with_source: bool = False) -> JSONResponse:
-    profiles = await accounts.profiles(services(request), [post.author])
-    return JSONResponse(mastodon.status(request, post, profiles, with_source=with_source))
+    svc = services(request)
+    profiles = await accounts.profiles(svc, [post.author])
+    apps = await oauth.applications(svc, [post.app_id])
+    return JSONResponse(mastodon.status(request, post, profiles, apps, with_source=with_source))
 
 
 async def _timeline_response(request: Request, page: Page, result: TimelinePage) -> JSONResponse:
@@ -186,6 +190,9 @@ async def create_status(request: Request) -> Response:
         cw=_optional_text(data, "spoiler_text"),
         in_reply_to_id=reply_to,
         idempotency_key=request.headers.get("idempotency-key") or None,
+        sensitive=truthy(data.get("sensitive")),
+        language=_optional_text(data, "language"),
+        app_id=grant.app_id if (grant := getattr(request.state, "grant", None)) else None,
     )
     return await _status_response(request, post)
 
@@ -210,7 +217,12 @@ async def edit_status(request: Request) -> Response:
             text = current.text if text is None else text
             cw = current.cw if "spoiler_text" not in data else cw
             expected = current.revision  # what was kept must still be what is there
-        post = await posts.edit(svc, user, post_id, text, cw, expected_revision=expected)
+        meta: dict[str, Any] = {}
+        if "sensitive" in data:
+            meta["sensitive"] = truthy(data.get("sensitive"))
+        if "language" in data:
+            meta["language"] = _optional_text(data, "language")
+        post = await posts.edit(svc, user, post_id, text, cw, expected_revision=expected, **meta)
     except Forbidden:
         raise NotFound() from None
     return await _status_response(request, post)
@@ -233,6 +245,15 @@ async def status_source(request: Request) -> Response:
     except Forbidden:
         raise NotFound() from None
     return JSONResponse({"id": str(post.id), "text": post.text, "spoiler_text": post.cw or ""})
+
+
+async def status_history(request: Request) -> Response:
+    """Every version of the status, oldest first (Mastodon's StatusEdit entities)."""
+    viewer = await api_user(request, "read:statuses", required=False)
+    svc = services(request)
+    post, versions = await timelines.history(svc, path_id(request, "status_id"), viewer)
+    profiles = await accounts.profiles(svc, [post.author])
+    return JSONResponse([mastodon.status_edit(request, post, version, profiles) for version in versions])
 
 
 async def delete_status(request: Request) -> Response:

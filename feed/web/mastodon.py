@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,9 @@ from starlette.requests import HTTPConnection
 
 from feed.services.follows import Relationship
 from feed.services.models import PostView, Profile
+from feed.services.oauth import Application
 from feed.services.text import render_html
+from feed.services.timelines import Revision
 
 VISIBILITY_OUT = {"public": "public", "unlisted": "unlisted", "followers": "private", "direct": "direct"}
 
@@ -81,8 +84,14 @@ def account(request: HTTPConnection, profile: Profile, *, with_source: bool = Fa
 
 
 def status(
-    request: HTTPConnection, post: PostView, profiles: dict[int, Profile], *, with_source: bool = False
+    request: HTTPConnection,
+    post: PostView,
+    profiles: dict[int, Profile],
+    apps: Mapping[int, Application] | None = None,
+    *,
+    with_source: bool = False,
 ) -> dict[str, Any]:
+    """Mastodon's Status entity; ``apps``: the apps of the statuses (``oauth.applications``)."""
     base = _base(request)
     url = f"{base}/posts/{post.id}"
     out: dict[str, Any] = {
@@ -94,10 +103,10 @@ def status(
         "account": account(request, profiles[post.author.id]),
         "content": _absolute(base, str(post.html)),
         "visibility": VISIBILITY_OUT[post.visibility],
-        "sensitive": bool(post.cw),
+        "sensitive": post.sensitive or bool(post.cw),
         "spoiler_text": post.cw or "",
         "media_attachments": [],
-        "application": None,
+        "application": _application(apps, post.app_id),
         "mentions": [
             {"id": str(m.id), "username": m.username, "acct": m.username, "url": f"{base}/@{m.username}"}
             for m in post.mentions
@@ -112,7 +121,7 @@ def status(
         "reblog": None,
         "poll": None,
         "card": None,
-        "language": None,
+        "language": post.language,
         "favourited": post.liked,
         "reblogged": False,
         "muted": False,
@@ -123,6 +132,27 @@ def status(
     if with_source:
         out["text"] = post.text
     return out
+
+
+def status_edit(
+    request: HTTPConnection, post: PostView, version: Revision, profiles: dict[int, Profile]
+) -> dict[str, Any]:
+    """Mastodon's StatusEdit entity: one version of a status."""
+    return {
+        "content": _absolute(_base(request), str(version.content.html)),
+        "spoiler_text": version.content.cw or "",
+        "sensitive": version.sensitive or bool(version.content.cw),
+        "created_at": iso(version.created_at),
+        "account": account(request, profiles[post.author.id]),
+        "poll": None,
+        "media_attachments": [],
+        "emojis": [],
+    }
+
+
+def _application(apps: Mapping[int, Application] | None, app_id: int) -> dict[str, Any] | None:
+    found = apps.get(app_id) if apps and app_id else None
+    return {"name": found.name, "website": found.website} if found else None
 
 
 def relationship(rel: Relationship) -> dict[str, Any]:

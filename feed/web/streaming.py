@@ -130,8 +130,10 @@ class ApiSink:
             profiles_key = ("profiles", record.author_id)
             if profiles_key not in memo:
                 memo[profiles_key] = await accounts.profiles(self.svc, [view.author])
+            apps = await oauth.applications(self.svc, [view.app_id])
             view.liked = liked
-            memo[variant] = json.dumps(mastodon.status(self.http, view, memo[profiles_key]), separators=(",", ":"))
+            entity = mastodon.status(self.http, view, memo[profiles_key], apps)
+            memo[variant] = json.dumps(entity, separators=(",", ":"))
         status: str = memo[variant]
         return status
 
