@@ -19,6 +19,7 @@ TITLES = {
     "6": "Public timeline page and JSON API home timeline vs scenario 1's peer",
     "7": "Fan-out of one post to every follower of the star vs a raw redis-py pipeline; commit to last feed write",
     "8": "Live push: one post to many SSE streams of one process vs a bare Starlette broadcaster; idle streams' memory",
+    "9": "Mastodon API home timeline vs the HTML home page of the same viewer",
 }
 _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 

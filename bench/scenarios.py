@@ -349,6 +349,16 @@ class Bench:
                 statistics.median(w.p50 for w in bare.wrk),
                 "bare",
             ),
+            # Issue 11: the same viewer's home timeline, as JSON and as the HTML page (20 posts each).
+            Row("9", "API home timeline throughput", "req/s", s["api"].rps(), home.rps(), "HTML home", Target(">=", 1)),
+            Row(
+                "9",
+                "API home timeline, server CPU per request",
+                "ms",
+                statistics.median(s["api"].cpu_ms_per_request),
+                statistics.median(home.cpu_ms_per_request),
+                "HTML home",
+            ),
         ]
 
     def raw(self) -> dict[str, Any]:

@@ -95,6 +95,20 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountCounts:
+    """An account's follower, following and post counts and when it last posted."""
+
+    followers: int
+    following: int
+    posts: int
+    last_post_at: datetime | None
+
+    @property
+    def size(self) -> int:
+        return 96
+
+
+@dataclass(frozen=True, slots=True)
 class IdList:
     """An ordered list of ids (a timeline page, the accounts someone follows)."""
 
@@ -155,8 +169,10 @@ class WrappedKey:
         return 40 + len(self.blob)
 
 
-CACHEABLE = (PostRecord, UserRecord, SessionRecord, IdList, IdSet, RefList, SealedFrame, WrappedKey)
-Cacheable = PostRecord | UserRecord | SessionRecord | IdList | IdSet | RefList | SealedFrame | WrappedKey
+CACHEABLE = (PostRecord, UserRecord, SessionRecord, AccountCounts, IdList, IdSet, RefList, SealedFrame, WrappedKey)
+Cacheable = (
+    PostRecord | UserRecord | SessionRecord | AccountCounts | IdList | IdSet | RefList | SealedFrame | WrappedKey
+)
 
 _LEN = struct.Struct(">I")
 
@@ -232,6 +248,9 @@ def encode(value: Cacheable) -> bytes:
         if value.app_id or value.scopes:
             header |= {"a": value.app_id, "s": value.scopes}
         return _pack(b"S", header)
+    if isinstance(value, AccountCounts):
+        counts = [value.followers, value.following, value.posts, _when(value.last_post_at)]
+        return _pack(b"C", {"n": counts})
     if isinstance(value, IdList):
         return _pack(b"I", {"i": list(value.ids)})
     if isinstance(value, IdSet):
@@ -286,6 +305,9 @@ def _decode(data: bytes) -> Cacheable:
         expires = _from_when(h["x"])
         assert expires is not None
         return SessionRecord(h["u"], expires, int(h.get("a", 0)), str(h.get("s", "")))
+    if tag == b"C":
+        followers, following, post_count, last = h["n"]
+        return AccountCounts(int(followers), int(following), int(post_count), _from_when(last))
     if tag == b"I":
         return IdList(tuple(int(i) for i in h["i"]))
     if tag == b"D":

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from feed.cache.spaces import (
     API_TOKENS,
+    COUNTS,
     FOLLOWING,
+    FRAME_SPACES,
     FRAMES,
     HOME,
     LIKED,
@@ -33,6 +35,7 @@ from feed.cache.spaces import (
     PREFIX,
     SESSIONS,
     SPACES,
+    STATUS_FRAMES,
     TIMELINES,
     USER_KEYS,
     USERS,
@@ -46,8 +49,10 @@ from feed.cache.tiers import REFILL_LOCK_SECONDS, Cache, Loader, Request
 
 __all__ = [
     "API_TOKENS",
+    "COUNTS",
     "FOLLOWING",
     "FRAMES",
+    "FRAME_SPACES",
     "HOME",
     "LIKED",
     "POSTS",
@@ -55,6 +60,7 @@ __all__ = [
     "REFILL_LOCK_SECONDS",
     "SESSIONS",
     "SPACES",
+    "STATUS_FRAMES",
     "TIMELINES",
     "USERS",
     "USER_KEYS",

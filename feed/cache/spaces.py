@@ -37,7 +37,26 @@ LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, 
 # Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
 # edit or delete so no ciphertext of an old revision outlives the row.
 FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
-SPACES = (POSTS, USERS, SESSIONS, API_TOKENS, USER_KEYS, FOLLOWING, TIMELINES, HOME, LIKED, FRAMES)
+# The same for the API: each status's JSON but for what changes per reader or by the minute (feed.web.mastodon).
+STATUS_FRAMES = Space("j", l1_ttl=300, l2_ttl=600)
+FRAME_SPACES = (FRAMES, STATUS_FRAMES)  # what an edit or a delete of a post drops with its record
+# An account's follower, following and post counts and latest post time (every status in the API embeds them),
+# dropped by the follows and posts that change them.
+COUNTS = Space("c", l1_ttl=60, l2_ttl=600)
+SPACES = (
+    POSTS,
+    USERS,
+    SESSIONS,
+    API_TOKENS,
+    USER_KEYS,
+    FOLLOWING,
+    TIMELINES,
+    HOME,
+    LIKED,
+    FRAMES,
+    STATUS_FRAMES,
+    COUNTS,
+)
 
 
 def redis_key(space: Space, key: Key) -> str:

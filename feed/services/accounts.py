@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
 from feed.errors import Conflict, Invalid, NotFound, Unauthorized
 from feed.ids import new_id
+from feed.records import AccountCounts
 from feed.services import effects, erasure, lookup, throttle
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
@@ -375,10 +376,10 @@ async def get_user(svc: Services, user_id: int) -> User:
 
 
 async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
-    async with svc.db() as session:
-        counts = (await store.counts_many(session, [user.id]))[user.id]
-        a_b = (False, False)
-        if viewer is not None and viewer.id != user.id:
+    counts = (await lookup.counts(svc, [user.id])).get(user.id) or AccountCounts(0, 0, 0, None)
+    a_b = (False, False)
+    if viewer is not None and viewer.id != user.id:
+        async with svc.db() as session:
             a_b = await follow_store.follow_state(session, viewer.id, user.id)
     return Profile(
         user=user,
@@ -427,10 +428,14 @@ async def search(
 
 
 async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
-    """Counts for several accounts at once (the API embeds them in every status)."""
-    async with svc.db() as session:
-        counts = await store.counts_many(session, [u.id for u in users])
-    return {u.id: Profile(u, *counts[u.id]) for u in users}
+    """Counts for several accounts at once (the API embeds them in every status), from the cache."""
+    counts = await lookup.counts(svc, [u.id for u in users])
+    none = AccountCounts(0, 0, 0, None)
+    return {
+        u.id: Profile(u, c.followers, c.following, c.posts, c.last_post_at)
+        for u in users
+        for c in (counts.get(u.id, none),)
+    }
 
 
 async def delete_account(svc: Services, user: User, password: str) -> erasure.Receipt:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from feed.cache import API_TOKENS, FOLLOWING, FRAMES, HOME, POSTS, SESSIONS, TIMELINES, USERS, Space
+from feed.cache import API_TOKENS, COUNTS, FOLLOWING, FRAME_SPACES, HOME, POSTS, SESSIONS, TIMELINES, USERS, Space
 from feed.home_feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
@@ -111,7 +111,7 @@ class _Purge:
         self.job.count("posts", len(gone))
         self.job.count("likes", n_likes)
         self.job.count("mentions", n_mentions)
-        stale: list[tuple[Space, Any]] = [(POSTS, i) for i in deleted] + [(FRAMES, i) for i in deleted]
+        stale: list[tuple[Space, Any]] = [(space, i) for i in deleted for space in (POSTS, *FRAME_SPACES)]
         await lookup.invalidate(self.svc, *stale, *((POSTS, i) for i in parents))
 
     # Its likes of other accounts' posts (whose like counts go down).
@@ -173,7 +173,7 @@ class _Purge:
                 await self.svc.feeds.drop(gone)
             except FeedsUnavailable:
                 pass  # a feed Redis lost is rebuilt anyway
-        await lookup.invalidate(self.svc, *((FOLLOWING, i) for i in gone), *((HOME, i) for i in gone))
+        await lookup.invalidate(self.svc, *((space, i) for i in gone for space in (FOLLOWING, HOME, COUNTS)))
 
     async def account(self) -> None:
         """The tombstone row last; rows written against it since the chunks above went with it (the foreign keys

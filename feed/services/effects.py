@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import (
     API_TOKENS,
+    COUNTS,
     FOLLOWING,
-    FRAMES,
+    FRAME_SPACES,
     HOME,
     LIKED,
     POSTS,
@@ -66,7 +67,7 @@ def post_created(
 ) -> Effects:
     """A new post: its parent's reply count, the public timeline, the author's home (at once; followers' homes
     by the fan-out job), and the live "new post" event."""
-    stale: list[tuple[Space, int | str]] = [(HOME, author_id)]
+    stale: list[tuple[Space, int | str]] = [(HOME, author_id), (COUNTS, author_id)]
     if parent_id:
         stale.append((POSTS, parent_id))
     if visibility == "public":
@@ -84,7 +85,7 @@ def post_edited(post_id: int, author_id: int, visibility: str, mentions: Iterabl
     mentioned = tuple(mentions)
     jobs = (Job("fan_out", (post_id,)),) if visibility == "direct" and mentioned else ()
     return Effects(
-        invalidate=_keys((POSTS, post_id), (FRAMES, post_id)),
+        invalidate=_keys((POSTS, post_id), *((space, post_id) for space in FRAME_SPACES)),
         jobs=jobs,
         events=(Event(EDIT, post_id, author_id, visibility, mentioned),),
     )
@@ -96,7 +97,8 @@ def post_deleted(
     """A deletion: the record, its frame, the public timeline, the parent's reply count, the homes it was in (the
     author's and the mentioned at once, the followers' by the ``unfan`` job), and the live "deleted" event."""
     mentioned = tuple(mentions)
-    stale: list[tuple[Space, int | str]] = [(POSTS, post_id), (FRAMES, post_id), (TIMELINES, "public")]
+    stale: list[tuple[Space, int | str]] = [(POSTS, post_id), (TIMELINES, "public"), (COUNTS, author_id)]
+    stale += [(space, post_id) for space in FRAME_SPACES]
     stale += [(HOME, user_id) for user_id in (author_id, *mentioned)]
     if parent_id:
         stale.append((POSTS, parent_id))
@@ -120,6 +122,7 @@ def follow_changed(follower_id: int, followee_id: int, *, following: bool, popul
     takes the followee across the fan-out threshold changes the list of popular authors."""
     job = Job("merge_follow" if following else "unmerge_follow", (follower_id, followee_id))
     stale: list[tuple[Space, int | str]] = [(FOLLOWING, follower_id), (HOME, follower_id)]
+    stale += [(COUNTS, follower_id), (COUNTS, followee_id)]
     if popular_changed:
         stale.append((TIMELINES, "popular"))
     return Effects(invalidate=_keys(*stale), jobs=(job,))
@@ -142,6 +145,7 @@ def profile_changed(user_id: int) -> Effects:
 def user_erased(user_id: int, key_names: Iterable[str]) -> Effects:
     """An erased account: its keys leave every process, and so do its profile, follows, home and likes."""
     stale: list[tuple[Space, int | str]] = [(USERS, user_id), (FOLLOWING, user_id), (HOME, user_id), (LIKED, user_id)]
+    stale.append((COUNTS, user_id))
     stale.append((TIMELINES, "public"))
     stale += [(USER_KEYS, name) for name in key_names]
     return Effects(invalidate=_keys(*stale), forget_users=(user_id,))

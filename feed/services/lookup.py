@@ -14,6 +14,7 @@ from crypto import Sealed
 from feed.bus import Invalidation
 from feed.cache import (
     API_TOKENS,
+    COUNTS,
     FOLLOWING,
     FRAMES,
     LIKED,
@@ -28,6 +29,7 @@ from feed.cache import (
     Space,
 )
 from feed.records import (
+    AccountCounts,
     Cacheable,
     IdList,
     IdSet,
@@ -68,6 +70,17 @@ def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
         language=row.language,
         app_id=row.app_id or 0,
     )
+
+
+async def counts(svc: Services, user_ids: Iterable[int]) -> dict[int, AccountCounts]:
+    """Follower, following and post counts and the latest post time of accounts (cached)."""
+
+    async def load(missing: list[int]) -> Mapping[int, AccountCounts]:
+        async with svc.db() as session:
+            found = await user_store.counts_many(session, missing)
+        return {uid: AccountCounts(*row) for uid, row in found.items()}
+
+    return await svc.cache.get_many(COUNTS, list(dict.fromkeys(user_ids)), load)  # type: ignore[return-value]
 
 
 def user_record(row: Any) -> UserRecord:
@@ -115,9 +128,10 @@ def users_request(svc: Services, ids: Iterable[int]) -> Request:
     return Request(USERS, list(ids), _load_users(svc))
 
 
-def frames_request(ids: Iterable[int]) -> Request:
-    """Cached post frames: they are drawn by the page that misses them, so there is nothing to load."""
-    return Request(FRAMES, list(ids), _no_frames)
+def frames_request(ids: Iterable[int], space: Space = FRAMES) -> Request:
+    """Cached post frames (of pages, or in ``space`` of the API): drawn by the reader that misses them, so there is
+    nothing to load."""
+    return Request(space, list(ids), _no_frames)
 
 
 async def _no_frames(missing: list[int]) -> Mapping[int, SealedFrame]:

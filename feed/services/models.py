@@ -9,6 +9,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from feed.cache import FRAMES, Space
 from feed.services.text import render_html
 from feed.storage.posts import Page
 
@@ -145,6 +146,7 @@ class FrameStyle:
     version: bytes
     render: Callable[[PostView], str]
     split: Callable[[str], tuple[str, ...] | None]
+    space: Space = FRAMES  # where its frames are cached
 
 
 @dataclass(frozen=True, slots=True)

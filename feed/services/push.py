@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from feed.cache import FRAMES, POSTS, redis_key
+from feed.cache import FRAME_SPACES, POSTS, redis_key
 from feed.events import Event
 from feed.records import PostRecord
 from feed.services import fanout, lookup, timelines
@@ -55,7 +55,7 @@ async def post(
     ways (a stream and pub/sub), in either order: this process's copies are dropped first, so the post is read
     from Redis (which the writer updated before its commit returned) or the database."""
     if fresh:
-        svc.cache.drop([redis_key(POSTS, post_id), redis_key(FRAMES, post_id)])
+        svc.cache.drop([redis_key(POSTS, post_id), *(redis_key(space, post_id) for space in FRAME_SPACES)])
     record = await lookup.post(svc, post_id)
     if record is None:
         return None

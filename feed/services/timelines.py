@@ -102,8 +102,8 @@ async def views(
             opened = _framed(style, key, record, view, cached_frames.get(record.id), drawn)
         if opened:
             out.append(view)
-    if drawn:
-        await svc.cache.put(FRAMES, drawn)
+    if drawn and style is not None:
+        await svc.cache.put(style.space, drawn)
     return out
 
 
@@ -123,7 +123,7 @@ async def _materials(svc: Services, refs: Sequence[Any], style: FrameStyle | Non
         lookup.user_keys_request(svc, {(ref.author_id, ref.key_version) for ref in refs}),
     ]
     if style is not None:
-        requests.append(lookup.frames_request(ids))
+        requests.append(lookup.frames_request(ids, style.space))
     found_posts, found_users, wrapped, *found_frames = await svc.cache.get_multi(requests)
     records: list[PostRecord] = [p for i in ids if isinstance(p := found_posts.get(i), PostRecord)]
     users: dict[int, UserRecord] = dict(found_users)
@@ -217,13 +217,15 @@ def _frame_stamp(style: FrameStyle, view: PostView) -> int:
     return stamp
 
 
-def _frame_context(record: PostRecord) -> FieldContext:
-    return FieldContext("frame", record.id, record.author_id, record.revision)
+def _frame_context(record: PostRecord, style: FrameStyle) -> FieldContext:
+    """A page frame is a "frame"; another kind is named by its space (a frame of one kind never opens as another)."""
+    field = "frame" if style.space is FRAMES else f"frame:{style.space.name}"
+    return FieldContext(field, record.id, record.author_id, record.revision)
 
 
 def _open_frame(style: FrameStyle, key: UserKey, record: PostRecord, sealed: Sealed) -> tuple[str, ...] | None:
     try:
-        return style.split(open_field(key, sealed, _frame_context(record)))
+        return style.split(open_field(key, sealed, _frame_context(record, style)))
     except InvalidToken:
         log.warning("cached frame of post %s does not decrypt; drawn again", record.id)
         return None
@@ -236,7 +238,7 @@ def _draw_frame(style: FrameStyle, key: UserKey, record: PostRecord, view: PostV
     if view.frame is None:
         return None
     body = FieldContext("body", record.id, record.author_id, record.revision)
-    return seal_beside(key, record.body, body, html, _frame_context(record))
+    return seal_beside(key, record.body, body, html, _frame_context(record, style))
 
 
 async def _still_visible(svc: Services, records: list[PostRecord], viewer: User | None) -> list[PostRecord]:

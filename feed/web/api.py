@@ -67,6 +67,15 @@ async def statuses_json(request: Request, found: list[PostView]) -> list[dict[st
     return [mastodon.status(request, p, profiles, apps) for p in found]
 
 
+async def statuses_response(request: Request, found: list[PostView], headers: dict[str, str]) -> Response:
+    """A list of statuses, written from their cached frames (see ``mastodon.statuses_text``)."""
+    svc = services(request)
+    profiles = await accounts.profiles(svc, list({p.author.id: p.author for p in found}.values()))
+    apps = await oauth.applications(svc, {p.app_id for p in found})
+    body = mastodon.statuses_text(request, found, profiles, apps)
+    return Response(body, media_type="application/json", headers=headers)
+
+
 async def _status_response(request: Request, post: PostView, *, with_source: bool = False) -> JSONResponse:
     svc = services(request)
     profiles = await accounts.profiles(svc, [post.author])
@@ -74,7 +83,7 @@ async def _status_response(request: Request, post: PostView, *, with_source: boo
     return JSONResponse(mastodon.status(request, post, profiles, apps, with_source=with_source))
 
 
-async def _timeline_response(request: Request, page: Page, result: TimelinePage) -> JSONResponse:
+async def _timeline_response(request: Request, page: Page, result: TimelinePage) -> Response:
     headers = {}
     links = []
     base = str(request.url.replace(query=""))
@@ -85,7 +94,7 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
         links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "min_id": result.posts[0].id})}>; rel="prev"')
     if links:
         headers["Link"] = ", ".join(links)
-    return JSONResponse(await statuses_json(request, result.posts), headers=headers)
+    return await statuses_response(request, result.posts, headers)
 
 
 async def verify_credentials(request: Request) -> Response:
@@ -121,7 +130,9 @@ async def account_statuses(request: Request) -> Response:
     if truthy(request.query_params.get("only_media")) or truthy(request.query_params.get("pinned")):
         return JSONResponse([])  # we have neither media nor pins
     exclude_replies = truthy(request.query_params.get("exclude_replies"))
-    result = await timelines.by_author(svc, author, viewer, page, exclude_replies=exclude_replies)
+    result = await timelines.by_author(
+        svc, author, viewer, page, exclude_replies=exclude_replies, style=mastodon.status_style(request)
+    )
     return await _timeline_response(request, page, result)
 
 
@@ -290,7 +301,8 @@ async def home_timeline(request: Request) -> Response:
     user = await api_user(request, "read:statuses")
     assert user is not None
     page = _page(request)
-    return await _timeline_response(request, page, await timelines.home(services(request), user, page))
+    style = mastodon.status_style(request)
+    return await _timeline_response(request, page, await timelines.home(services(request), user, page, style))
 
 
 async def public_timeline(request: Request) -> Response:
@@ -298,7 +310,8 @@ async def public_timeline(request: Request) -> Response:
     page = _page(request)
     if truthy(request.query_params.get("remote")) or truthy(request.query_params.get("only_media")):
         return JSONResponse([])  # no federation and no media (yet)
-    return await _timeline_response(request, page, await timelines.public(services(request), viewer, page))
+    style = mastodon.status_style(request)
+    return await _timeline_response(request, page, await timelines.public(services(request), viewer, page, style))
 
 
 def _limits() -> dict[str, Any]:

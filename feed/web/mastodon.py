@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from cachetools import LRUCache
 from starlette.requests import HTTPConnection
 
+from feed.cache import STATUS_FRAMES
 from feed.services.follows import Relationship
-from feed.services.models import PostView, Profile
+from feed.services.models import FrameStyle, PostView, Profile
 from feed.services.oauth import Application
 from feed.services.text import render_html
 from feed.services.timelines import Revision
@@ -92,21 +97,33 @@ def status(
     with_source: bool = False,
 ) -> dict[str, Any]:
     """Mastodon's Status entity; ``apps``: the apps of the statuses (``oauth.applications``)."""
-    base = _base(request)
+    out = _static(_base(request), post)
+    out |= {
+        "account": account(request, profiles[post.author.id]),
+        "application": _application(apps, post.app_id),
+        "favourites_count": post.likes_count,
+        "replies_count": post.replies_count,
+        "favourited": post.liked,
+    }
+    if with_source:
+        out["text"] = post.text
+    return out
+
+
+def _static(base: str, post: PostView) -> dict[str, Any]:
+    """The fields of a status that are the same for every reader of one revision (its frame, see below)."""
     url = f"{base}/posts/{post.id}"
-    out: dict[str, Any] = {
+    return {
         "id": str(post.id),
         "uri": url,
         "url": url,
         "created_at": iso(post.created_at),
         "edited_at": iso(post.edited_at) if post.edited_at else None,
-        "account": account(request, profiles[post.author.id]),
         "content": _absolute(base, str(post.html)),
         "visibility": VISIBILITY_OUT[post.visibility],
         "sensitive": post.sensitive or bool(post.cw),
         "spoiler_text": post.cw or "",
         "media_attachments": [],
-        "application": _application(apps, post.app_id),
         "mentions": [
             {"id": str(m.id), "username": m.username, "acct": m.username, "url": f"{base}/@{m.username}"}
             for m in post.mentions
@@ -114,24 +131,78 @@ def status(
         "tags": [],
         "emojis": [],
         "reblogs_count": 0,
-        "favourites_count": post.likes_count,
-        "replies_count": post.replies_count,
         "in_reply_to_id": str(post.in_reply_to_id) if post.in_reply_to_id else None,
         "in_reply_to_account_id": str(post.in_reply_to_author_id) if post.in_reply_to_author_id else None,
         "reblog": None,
         "poll": None,
         "card": None,
         "language": post.language,
-        "favourited": post.liked,
         "reblogged": False,
         "muted": False,
         "bookmarked": False,
         "pinned": False,
         "filtered": [],
     }
-    if with_source:
-        out["text"] = post.text
-    return out
+
+
+# -- statuses as cached frames: the JSON of :func:`_static`, sealed in the cache like a page's post frames, with the
+# account, the app, the counts and ``favourited`` put in for each reader.
+
+FRAME_VERSION = b"status-json-1"
+_styles: dict[str, FrameStyle] = {}
+# Accounts as JSON, by server address and profile (public profile data and counts: nothing sealed is in them).
+_accounts: LRUCache[tuple[str, Profile], str] = LRUCache(maxsize=4096)
+
+
+def dumps(value: Any) -> str:
+    """JSON as Starlette's JSONResponse writes it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def status_style(request: HTTPConnection) -> FrameStyle:
+    """How statuses are framed for this server address (their links carry it, so each address has its own)."""
+    base = _base(request)
+    style = _styles.get(base)
+    if style is None:
+        if len(_styles) >= 16:
+            _styles.clear()
+        version = hashlib.blake2b(FRAME_VERSION + base.encode(), digest_size=8).digest()
+        style = _styles[base] = FrameStyle(version, partial(_frame, base), _whole, STATUS_FRAMES)
+    return style
+
+
+def _account_text(request: HTTPConnection, base: str, profile: Profile) -> str:
+    key = (base, profile)
+    text = _accounts.get(key)
+    if text is None:
+        text = _accounts[key] = dumps(account(request, profile))
+    return text
+
+
+def _frame(base: str, post: PostView) -> str:
+    return dumps(_static(base, post))[:-1]  # without its closing brace: the reader's fields follow
+
+
+def _whole(frame: str) -> tuple[str, ...] | None:
+    return (frame,) if frame.startswith("{") and not frame.endswith("}") else None
+
+
+def statuses_text(
+    request: HTTPConnection, posts: Sequence[PostView], profiles: dict[int, Profile], apps: Mapping[int, Application]
+) -> str:
+    """A JSON array of statuses, from their frames where they have one (the same JSON as :func:`status` gives)."""
+    base = _base(request)
+    accounts = {uid: _account_text(request, base, profile) for uid, profile in profiles.items()}
+    items = []
+    for post in posts:
+        frame = post.frame[0] if post.frame else _frame(base, post)
+        application = dumps(_application(apps, post.app_id))
+        items.append(
+            f'{frame},"account":{accounts[post.author.id]},"application":{application},'
+            f'"favourites_count":{post.likes_count},"replies_count":{post.replies_count},'
+            f'"favourited":{"true" if post.liked else "false"}}}'
+        )
+    return "[" + ",".join(items) + "]"
 
 
 def status_edit(

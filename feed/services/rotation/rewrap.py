@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from crypto import FieldContext, InvalidToken, Sealed, UserKey, rewrap
-from feed.cache import FRAMES, POSTS, Space
+from feed.cache import FRAME_SPACES, POSTS, Space
 from feed.errors import NotFound
 from feed.services import lookup
 from feed.services.context import Services, now
@@ -106,7 +106,7 @@ async def _write_posts(svc: Services, run: Run, writes: Sequence[tuple[Any, dict
                 changed.append(row.id)
     run.count(what, len(changed))
     run.count("skipped_changed_meanwhile", len(writes) - len(changed))
-    stale: list[tuple[Space, Any]] = [(space, i) for i in changed for space in (POSTS, FRAMES)]
+    stale: list[tuple[Space, Any]] = [(space, i) for i in changed for space in (POSTS, *FRAME_SPACES)]
     await lookup.invalidate(svc, *stale)
 
 

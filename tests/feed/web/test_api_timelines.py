@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event as sa_event
 
 from tests.feed.web.mastodon_checks import (
     BASE,
@@ -265,3 +266,38 @@ async def test_account_statuses_can_leave_out_replies_to_others(api: Any) -> Non
     account = f"/api/v1/accounts/{(await me(alice))['id']}/statuses"
     assert await ids_of(alice, account) == [reply_to_bob["id"], own_reply["id"], root["id"]]
     assert await ids_of(alice, account, exclude_replies="true") == [own_reply["id"], root["id"]]
+
+
+async def test_a_warm_api_timeline_reads_nothing_from_the_database(app: Any, api: Any) -> None:
+    """The API's timelines come from the caches the pages use: statuses from their sealed frames, account counts,
+    likes and the token from the cache. The second read of a page, with nothing changed, sends the database
+    nothing; what a like or a follow changes is there on the next read."""
+    alice, bob = await api("alice"), await api("bob")
+    bob_id = (await me(bob))["id"]
+    await follow(alice, bob_id)
+    for n in range(3):
+        await post_status(bob, f"bob {n}")
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.engine.sync_engine
+    for url in ("/api/v1/timelines/home", "/api/v1/timelines/public"):
+        first = await get_json(alice, url)
+        sa_event.listen(engine, "before_cursor_execute", count)
+        try:
+            again = await get_json(alice, url)
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", count)
+        assert again == first
+        assert statements == [], f"{url} read the database: {statements}"
+    # What changes shows at once: a like (the count and favourited), a new follower (the account's counts).
+    await alice.post(f"/api/v1/statuses/{first[0]['id']}/favourite")
+    carol = await api("carol")
+    await follow(carol, bob_id)
+    liked = (await get_json(alice, "/api/v1/timelines/public"))[0]
+    assert (liked["favourited"], liked["favourites_count"]) == (True, 1)
+    assert liked["account"]["followers_count"] == 2 and liked["account"]["statuses_count"] == 3
+    for status in await get_json(alice, "/api/v1/timelines/home"):
+        check_status(status)
