@@ -15,7 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from feed.services import accounts
 from feed.storage.tables import metadata
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -140,10 +142,21 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
             page = await reader.get(url)
             assert page.status_code == 200
     assert html.escape(texts[2], quote=False) in (await bob.get(f"/posts/{ids[1]}")).text
+    for name in ("alice", "bob"):  # and what their apps see (statuses' JSON frames, account counts)
+        token = await accounts.create_token(redis_app.state.services, name)
+        async with client_for(redis_app, headers={"Authorization": f"Bearer {token}"}) as app_client:
+            alice_id = (await app_client.get("/api/v1/accounts/lookup?acct=alice")).json()["id"]
+            for url in ("/api/v1/timelines/home", "/api/v1/timelines/public", f"/api/v1/accounts/{alice_id}/statuses"):
+                answer = await app_client.get(url)
+                assert answer.status_code == 200 and answer.json()
+            history = await app_client.get(f"/api/v1/statuses/{ids[1]}/history")
+            assert texts[2] in history.text, "the history opens every revision for its reader"
 
     keys = [key async for key in client.scan_iter(count=500)]
     assert len(keys) > 10, "the caches should hold something"
     assert any(key.startswith(b"cf:r:") for key in keys), "sealed post frames are among them"
+    assert any(key.startswith(b"cf:j:") for key in keys), "so are the API's sealed status frames"
+    assert any(key.startswith(b"cf:c:") for key in keys), "and account counts"
     assert POSTS_STREAM.encode() in keys, "the live events' stream is among them"
     stored = b"\n".join([*keys, *[await client.dump(key) or b"" for key in keys]])
     assert find_leaks(stored, texts) == []
