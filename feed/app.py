@@ -27,7 +27,7 @@ from feed.keyfile import derive
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
-from feed.web import account_pages, api, directory, live, oauth, pages, startup, streaming
+from feed.web import account_pages, api, directory, live, oauth, openapi, pages, startup, streaming
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
@@ -164,6 +164,7 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/lists", startup.nothing_yet("read:lists")),
         Route(f"{v1}/follow_requests", startup.nothing_yet("read:follows")),
         Route(f"{v1}/announcements", startup.nothing_yet("read")),
+        Route("/api/openapi.json", openapi.openapi_json),
         Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/@{username}", pages.profile),
         Route("/@{username}/followers", pages.follow_list),

@@ -18,6 +18,7 @@ from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_count, parse_id, read_body
+from feed.web.openapi import BOOLEAN, ID, PAGING, STATUS_FORM, STRING, VISIBILITY, array, operation, ref
 
 VERSION = "4.3.0 (compatible; cipherfeed 0.1.0)"
 DESCRIPTION = "A social timeline that stores only encrypted posts."
@@ -97,6 +98,7 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
     return await statuses_response(request, result.posts, headers)
 
 
+@operation("Verify account credentials", ref("Account"), scope="read:accounts")
 async def verify_credentials(request: Request) -> Response:
     user = await api_user(request, ("profile", "read:accounts"))
     assert user is not None
@@ -104,6 +106,7 @@ async def verify_credentials(request: Request) -> Response:
     return JSONResponse(mastodon.account(request, profile, with_source=True))
 
 
+@operation("Look up an account by its name", ref("Account"), scope="read:accounts", public=True, query={"acct": STRING})
 async def lookup_account(request: Request) -> Response:
     acct = request.query_params.get("acct", "").strip()
     if not acct:
@@ -116,12 +119,20 @@ async def lookup_account(request: Request) -> Response:
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
+@operation("Get an account", ref("Account"), scope="read:accounts", public=True)
 async def get_account(request: Request) -> Response:
     await api_user(request, "read:accounts", required=False)
     user = await accounts.get_user(services(request), path_id(request, "account_id"))
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
+@operation(
+    "An account's statuses",
+    array(ref("Status")),
+    scope="read:statuses",
+    public=True,
+    query=PAGING | {"exclude_replies": BOOLEAN, "only_media": BOOLEAN, "pinned": BOOLEAN},
+)
 async def account_statuses(request: Request) -> Response:
     viewer = await api_user(request, "read:statuses", required=False)
     svc = services(request)
@@ -136,6 +147,7 @@ async def account_statuses(request: Request) -> Response:
     return await _timeline_response(request, page, result)
 
 
+@operation("Relationships with accounts", array(ref("Relationship")), scope="read:follows", query={"id[]": array(ID)})
 async def relationships(request: Request) -> Response:
     """One Relationship per distinct existing account asked for, in the order asked; others are left out."""
     user = await api_user(request, "read:follows")
@@ -158,6 +170,7 @@ async def relationships(request: Request) -> Response:
     return JSONResponse(out)
 
 
+@operation("Follow an account", ref("Relationship"), scope="write:follows")
 async def follow(request: Request) -> Response:
     user = await api_user(request, "write:follows")
     assert user is not None
@@ -165,6 +178,7 @@ async def follow(request: Request) -> Response:
     return JSONResponse(mastodon.relationship(rel))
 
 
+@operation("Unfollow an account", ref("Relationship"), scope="write:follows")
 async def unfollow(request: Request) -> Response:
     user = await api_user(request, "write:follows")
     assert user is not None
@@ -186,6 +200,12 @@ def _refuse_media(data: dict[str, Any]) -> None:
         raise Invalid("Media and polls are not supported")
 
 
+@operation(
+    "Post a new status",
+    ref("Status"),
+    scope="write:statuses",
+    form=STATUS_FORM | {"visibility": VISIBILITY, "in_reply_to_id": ID},
+)
 async def create_status(request: Request) -> Response:
     user = await api_user(request, "write:statuses")
     assert user is not None
@@ -208,6 +228,7 @@ async def create_status(request: Request) -> Response:
     return await _status_response(request, post)
 
 
+@operation("Edit a status", ref("Status"), scope="write:statuses", form=STATUS_FORM)
 async def edit_status(request: Request) -> Response:
     """Change only the fields sent, as Mastodon's UpdateStatusService does: an edit that leaves out
     ``spoiler_text`` keeps the content warning, one that sends ``spoiler_text: ""`` removes it.
@@ -239,6 +260,7 @@ async def edit_status(request: Request) -> Response:
     return await _status_response(request, post)
 
 
+@operation("View a single status", ref("Status"), scope="read:statuses", public=True)
 async def get_status(request: Request) -> Response:
     viewer = await api_user(request, "read:statuses", required=False)
     return await _status_response(
@@ -246,6 +268,7 @@ async def get_status(request: Request) -> Response:
     )
 
 
+@operation("View a status's source", ref("StatusSource"), scope="read:statuses")
 async def status_source(request: Request) -> Response:
     """The text and content warning of the caller's own status as they were written, for an edit form (Mastodon's
     StatusSource); someone else's status is "not found", as in Mastodon."""
@@ -258,6 +281,7 @@ async def status_source(request: Request) -> Response:
     return JSONResponse({"id": str(post.id), "text": post.text, "spoiler_text": post.cw or ""})
 
 
+@operation("View a status's edit history", array(ref("StatusEdit")), scope="read:statuses", public=True)
 async def status_history(request: Request) -> Response:
     """Every version of the status, oldest first (Mastodon's StatusEdit entities)."""
     viewer = await api_user(request, "read:statuses", required=False)
@@ -267,6 +291,7 @@ async def status_history(request: Request) -> Response:
     return JSONResponse([mastodon.status_edit(request, post, version, profiles) for version in versions])
 
 
+@operation("Delete a status", ref("Status"), scope="write:statuses")
 async def delete_status(request: Request) -> Response:
     user = await api_user(request, "write:statuses")
     assert user is not None
@@ -277,6 +302,7 @@ async def delete_status(request: Request) -> Response:
     return await _status_response(request, post, with_source=True)
 
 
+@operation("Parent and child statuses", ref("Context"), scope="read:statuses", public=True)
 async def status_context(request: Request) -> Response:
     viewer = await api_user(request, "read:statuses", required=False)
     ancestors, _, descendants = await timelines.thread(services(request), path_id(request, "status_id"), viewer)
@@ -285,18 +311,21 @@ async def status_context(request: Request) -> Response:
     )
 
 
+@operation("Favourite a status", ref("Status"), scope="write:favourites")
 async def favourite(request: Request) -> Response:
     user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.like(services(request), user, path_id(request, "status_id")))
 
 
+@operation("Undo the favourite of a status", ref("Status"), scope="write:favourites")
 async def unfavourite(request: Request) -> Response:
     user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.unlike(services(request), user, path_id(request, "status_id")))
 
 
+@operation("View home timeline", array(ref("Status")), scope="read:statuses", query=PAGING)
 async def home_timeline(request: Request) -> Response:
     user = await api_user(request, "read:statuses")
     assert user is not None
@@ -305,6 +334,13 @@ async def home_timeline(request: Request) -> Response:
     return await _timeline_response(request, page, await timelines.home(services(request), user, page, style))
 
 
+@operation(
+    "View public timeline",
+    array(ref("Status")),
+    scope="read:statuses",
+    public=True,
+    query=PAGING | {"local": BOOLEAN, "remote": BOOLEAN, "only_media": BOOLEAN},
+)
 async def public_timeline(request: Request) -> Response:
     viewer: User | None = await api_user(request, "read:statuses", required=False)
     page = _page(request)
@@ -327,6 +363,7 @@ def _streaming_url(request: Request) -> str:
     return f"{'wss' if request.url.scheme == 'https' else 'ws'}://{request.url.netloc}"
 
 
+@operation("The server (v1)", ref("InstanceV1"), public=True)
 async def instance_v1(request: Request) -> Response:
     figures = await site.stats(services(request))
     base = str(request.base_url).rstrip("/")
@@ -352,6 +389,7 @@ async def instance_v1(request: Request) -> Response:
     )
 
 
+@operation("The server", ref("InstanceV2"), public=True)
 async def instance_v2(request: Request) -> Response:
     figures = await site.stats(services(request))
     return JSONResponse(

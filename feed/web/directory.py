@@ -22,6 +22,7 @@ from feed.web import mastodon
 from feed.web.api import path_id, statuses_json, truthy
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_count, parse_id
+from feed.web.openapi import PAGING, SEARCH_QUERY, array, operation, ref
 
 FOLLOW_LIMIT, FOLLOW_MAX = 40, 80
 SEARCH_LIMIT, SEARCH_MAX = 20, 40
@@ -62,10 +63,14 @@ async def _follow_list(request: Request, *, followers: bool) -> Response:
     return JSONResponse(await _accounts_json(request, found), headers=headers)
 
 
+@operation(
+    "The accounts that follow an account", array(ref("Account")), scope="read:accounts", public=True, query=PAGING
+)
 async def followers(request: Request) -> Response:
     return await _follow_list(request, followers=True)
 
 
+@operation("The accounts an account follows", array(ref("Account")), scope="read:accounts", public=True, query=PAGING)
 async def following(request: Request) -> Response:
     return await _follow_list(request, followers=False)
 
@@ -120,6 +125,13 @@ def _paging(request: Request) -> tuple[int, int]:
     return limit, offset
 
 
+@operation(
+    "Search",
+    ref("Search"),
+    scope="read:search",
+    public=True,
+    query=SEARCH_QUERY | {"type": {"enum": ["accounts", "statuses", "hashtags"]}},
+)
 async def search_v2(request: Request) -> Response:
     viewer = await api_user(request, "read:search", required=False)
     q = request.query_params.get("q", "")
@@ -142,6 +154,7 @@ async def search_v2(request: Request) -> Response:
     )
 
 
+@operation("Search for matching accounts", array(ref("Account")), scope="read:accounts", query=SEARCH_QUERY)
 async def search_accounts(request: Request) -> Response:
     viewer = await api_user(request, "read:accounts")
     q = request.query_params.get("q", "")

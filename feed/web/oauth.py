@@ -39,6 +39,7 @@ from feed.services.models import User
 from feed.web.auth import api_grant, services, viewer
 from feed.web.forms import BadRequest, read_body, read_form
 from feed.web.middleware import CSP
+from feed.web.openapi import STRING, operation, ref
 from feed.web.pages import see_other
 from feed.web.templating import render
 
@@ -301,6 +302,13 @@ def _application(app: oauth.App, request: Request) -> dict[str, Any]:
     }
 
 
+@operation(
+    "Register an app",
+    ref("Application"),
+    public=True,
+    form={"client_name": STRING, "redirect_uris": STRING, "scopes": STRING, "website": STRING},
+    required=("client_name", "redirect_uris"),
+)
 async def create_app(request: Request) -> Response:
     data = await read_body(request)
     raw_uris = data.get("redirect_uris") or data.get("redirect_uris[]") or ""
@@ -322,6 +330,7 @@ async def create_app(request: Request) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
+@operation("Verify the app's credentials", ref("Application"))
 async def verify_app(request: Request) -> Response:
     grant = await api_grant(request, None)
     if grant is None:

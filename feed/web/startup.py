@@ -14,11 +14,13 @@ from feed.services import markers, site
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_id, read_body
 from feed.web.mastodon import iso
+from feed.web.openapi import ANYTHING, ID, array, operation, ref
 
 SOFTWARE = "cipherfeed"
 SOFTWARE_VERSION = "0.1.0"
 
 
+@operation("The account's preferences", ref("Preferences"), scope="read:accounts")
 async def preferences(request: Request) -> Response:
     await api_user(request, "read:accounts")
     return JSONResponse(
@@ -36,6 +38,7 @@ def nothing_yet(scope: str) -> Callable[[Request], Awaitable[Response]]:
     """A list cipherfeed has no entries for yet (filters, lists, follow requests, announcements): empty, for the
     signed-in user whose token holds ``scope``."""
 
+    @operation("An empty list (cipherfeed has none of these yet)", array(ANYTHING), scope=scope)
     async def empty(request: Request) -> Response:
         await api_user(request, scope)
         return JSONResponse([])
@@ -43,6 +46,7 @@ def nothing_yet(scope: str) -> Callable[[Request], Awaitable[Response]]:
     return empty
 
 
+@operation("Custom emojis (none)", array(ANYTHING), public=True)
 async def custom_emojis(request: Request) -> Response:
     return JSONResponse([])
 
@@ -51,6 +55,12 @@ def _marker(marker: markers.Marker) -> dict[str, Any]:
     return {"last_read_id": str(marker.last_read_id), "version": marker.version, "updated_at": iso(marker.updated_at)}
 
 
+@operation(
+    "Read positions",
+    ref("Markers"),
+    scope="read:statuses",
+    query={"timeline[]": array({"enum": ["home", "notifications"]})},
+)
 async def get_markers(request: Request) -> Response:
     user = await api_user(request, "read:statuses")
     assert user is not None
@@ -59,6 +69,12 @@ async def get_markers(request: Request) -> Response:
     return JSONResponse({m.timeline: _marker(m) for m in found})
 
 
+@operation(
+    "Save read positions",
+    ref("Markers"),
+    scope="write:statuses",
+    form={"home[last_read_id]": ID, "notifications[last_read_id]": ID},
+)
 async def save_markers(request: Request) -> Response:
     """``home[last_read_id]=ID`` (a form) or ``{"home": {"last_read_id": "ID"}}`` (JSON), for home and/or
     notifications."""

@@ -40,6 +40,7 @@ from feed.streams import Entry
 from feed.web import mastodon
 from feed.web.auth import OUT_OF_SCOPE
 from feed.web.hub import Connection, Hub, Message, parse_cursor
+from feed.web.openapi import operation
 from feed.web.sse import EventStream
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def _connection(svc: Services, sink: ApiSink, user: User | None, token: str | No
     )
 
 
+@operation("Is the streaming API up", None, public=True)
 async def health(request: Request) -> Response:
     return PlainTextResponse("OK")
 
