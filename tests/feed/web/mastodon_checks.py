@@ -51,7 +51,13 @@ def check_status(status: dict[str, Any]) -> None:
     assert status["content"].endswith("</p>")
     assert status["visibility"] in ("public", "unlisted", "private", "direct")
     assert isinstance(status["sensitive"], bool) and isinstance(status["spoiler_text"], str)
-    assert status["sensitive"] == bool(status["spoiler_text"])
+    assert status["sensitive"] or not status["spoiler_text"], "a content warning makes a status sensitive"
+    assert status["language"] is None or re.fullmatch(r"[a-z]{2,3}", status["language"])
+    application = status["application"]
+    assert application is None or (
+        isinstance(application["name"], str)
+        and (application["website"] is None or isinstance(application["website"], str))
+    )
     for name in ("reblogs_count", "favourites_count", "replies_count"):
         assert type(status[name]) is int and status[name] >= 0, name
     for name in ("favourited", "reblogged", "muted", "bookmarked", "pinned"):

@@ -12,7 +12,7 @@ from feed.services import accounts, oauth, rotation
 from feed.services.jobs import Run, run_maintenance
 from jobs.registry import MAINTENANCE
 from tests.conftest import client_for, snapshot
-from tests.feed.web.mastodon_checks import check_error
+from tests.feed.web.mastodon_checks import check_error, check_status
 
 pytestmark = pytest.mark.anyio
 
@@ -32,6 +32,7 @@ async def test_sensitive_language_and_application_are_kept_and_returned(app: Any
         made = await phanpy.post("/api/v1/statuses", data={"status": "Hallo", "sensitive": "true", "language": "DE"})
         assert made.status_code == 200, made.text
         status = made.json()
+        check_status(status)
         assert status["sensitive"] is True and status["language"] == "de"
         assert status["application"] == {"name": "Phanpy", "website": "https://phanpy.example"}
         again = (await cli.get(f"/api/v1/statuses/{status['id']}")).json()  # read back through the caches
