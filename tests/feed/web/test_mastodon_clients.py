@@ -78,8 +78,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         second = mastodon.fetch_next(first)
         liked = mastodon.status_favourite(first[0]["id"])
         followers = mastodon.account_followers(found[0]["id"])
-        mastodon.markers_set(["home"], [first[0]["id"]])
-        markers = mastodon.markers_get(["home"])
+        mastodon.markers_set(["home", "notifications"], [first[0]["id"], first[1]["id"]])
+        markers = mastodon.markers_get(["home", "notifications"])
         app = mastodon.app_verify_credentials()
         mastodon.revoke_access_token(allow_http=True)
         try:
@@ -100,6 +100,7 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     assert seen["liked"]["favourited"] is True and seen["liked"]["favourites_count"] == 1
     assert [f["username"] for f in seen["followers"]] == ["alice"]
     assert str(seen["markers"]["home"]["last_read_id"]) == str(first[0]["id"])
+    assert str(seen["markers"]["notifications"]["last_read_id"]) == str(first[1]["id"])
     assert seen["app"]["name"] == "Mastodon.py test"
     assert seen["after"] == "401"
     await everywhere_unauthorized(cluster, seen["token"])
