@@ -24,6 +24,8 @@ from starlette.types import Scope
 from feed.bus import Invalidation
 from feed.errors import Conflict, DomainError, Forbidden, Invalid, NeedsUser, NotFound, RateLimited, Unauthorized
 from feed.keyfile import derive
+from feed.logs import configure as configure_logs
+from feed.logs import private_server_logs
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
@@ -277,10 +279,7 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
             hub = app.state.hub = Hub(svc, streams, metrics=runtime.metrics, queue_limit=settings.stream_queue,
                                       per_user=settings.streams_per_user)  # fmt: skip
             _connect_hub(runtime, hub)
-            for name in ("uvicorn.access", "uvicorn.error"):  # the latter logs WebSocket handshakes
-                server_log = logging.getLogger(name)
-                if not any(isinstance(f, streaming.RedactTokens) for f in server_log.filters):
-                    server_log.addFilter(streaming.RedactTokens())
+            private_server_logs()
             await hub.start()
             await streams.start()
             undo_signals = _close_streams_on_signal(hub)
@@ -307,4 +306,6 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
 
 def asgi_factory() -> Starlette:
     """For ``uvicorn --factory feed.app:asgi_factory``: settings from the environment."""
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_logs(settings.log_level)
+    return create_app(settings)

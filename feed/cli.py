@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import resource
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from feed import db
 from feed.errors import DomainError
+from feed.logs import configure as configure_logs
 from feed.settings import ConfigError, Settings, load_settings
 
 T = TypeVar("T")
@@ -75,8 +77,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def no_core_dumps() -> None:
+    """A crashing server or worker writes no core file: one would hold the keys and texts in its memory."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
+
+    no_core_dumps()  # inherited by the worker processes of --workers
 
     uvicorn.run(
         "feed.app:asgi_factory",
@@ -334,6 +343,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     use_directory(None)  # one process: its own metrics, on its own endpoint (CIPHERFEED_WORKER_METRICS)
 
+    no_core_dumps()
+    configure_logs(settings.log_level)
     _prepare(settings)
     asyncio.run(_migrate(settings))
     options = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("_")}

@@ -13,8 +13,8 @@ public posts. Every status is rendered here for the connection's viewer (``favou
 against them first. Notifications come through the same path once there are notifications.
 
 Tokens are taken as Mastodon takes them: the ``Authorization`` header, the ``access_token`` query parameter, or
-(WebSocket) the ``Sec-WebSocket-Protocol`` header. A query string can carry a token, so the access log is filtered
-(:class:`RedactTokens`) and our own log lines never show a query.
+(WebSocket) the ``Sec-WebSocket-Protocol`` header. A query string can carry a token, so the access log keeps no query
+(``feed.logs.PrivateAccessLog``) and our own log lines never show one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,21 +52,6 @@ _SSE_PATHS = {
     "public": "public",
     "public/local": "public:local",
 }
-# A token, and what someone searched for (it may be words they read in a post), in a logged request target.
-_TOKEN_IN_QUERY = re.compile(r"(?i)((?:^|[?&])(?:access_token|q)=)[^&\s]*")
-
-
-class RedactTokens(logging.Filter):
-    """Keeps ``access_token=...`` and search queries (``q=...``) out of the server's access log (uvicorn logs the
-    whole request target)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                                for a in record.args)  # fmt: skip
-        return True
-
-
 @dataclass(eq=False)
 class ApiSink:
     svc: Services

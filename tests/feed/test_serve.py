@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -92,17 +93,22 @@ def test_serve_embedded_default_keeps_no_plaintext(server: Server, tmp_path: Pat
         page = http.get(posted.headers["location"])
         assert canary in page.text
         assert page.headers["cache-control"] == "no-store"
+        searched = http.get("/api/v2/search", params={"q": canary, "type": "accounts"})
+        assert searched.status_code == 200
 
     if BACKEND == "sqlite":
         data_dir = tmp_path / "cipherfeed-data"
         key = data_dir / "root.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-        db_files = [data_dir / "cipherfeed.db", data_dir / "cipherfeed.db-wal"]
+        db_files = [data_dir / "cipherfeed.db", data_dir / "cipherfeed.db-wal", data_dir / "cipherfeed.db-shm"]
         assert db_files[1].exists(), "SQLite runs in WAL mode"
         for path in db_files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
             assert canary.encode() not in path.read_bytes()
     server.stop()
     log = server.log.read_text()
     assert re.search(r"serving on http://127\.0\.0\.1:\d+", log)
-    assert '"POST /posts HTTP/1.1" 303' in log  # the access log was on and captured
-    assert canary not in log
+    assert '127.0.0.0/24 - "POST /posts HTTP/1.1" 303' in log  # the access log: on, a network, not the host
+    assert '"GET /api/v2/search HTTP/1.1" 200' in log, "a request is logged by its path, without its query"
+    assert canary not in log and quote(canary) not in log
+    assert not re.search(r'127\.0\.0\.1:\d+ - "', log), "no host address, no port"
