@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import resource
 import shutil
 import sys
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from feed import db
+from feed.audit.report import PLACES as AUDIT_PLACES
 from feed.errors import DomainError
 from feed.logs import configure as configure_logs
 from feed.settings import ConfigError, Settings, load_settings
@@ -247,8 +249,10 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if args.dry_run:
-        say(f"cipherfeed: would promote root key version {new.primary}; {job.name} would change: "
-            f"{run.summary() or 'nothing'}")  # fmt: skip
+        say(
+            f"cipherfeed: would promote root key version {new.primary}; {job.name} would change: "
+            f"{run.summary() or 'nothing'}"
+        )
         return 0
     say(f"cipherfeed: {job.name} changed: {run.summary() or 'nothing'}")
     older = ", ".join(str(v) for v in new.versions if v != new.primary)
@@ -356,6 +360,23 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     worker = Worker(**options, redis_settings=redis, ctx={"settings": settings})
     worker.run()
     return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from feed.audit.report import Progress
+    from feed.audit.run import audit
+
+    only = [p.strip() for p in (args.only or "").split(",") if p.strip()]
+    if unknown := [p for p in only if p not in AUDIT_PLACES]:
+        raise CommandError(f"unknown place {unknown[0]!r}; choose from {', '.join(AUDIT_PLACES)}")
+    if any(len(c) < 8 for c in args.canary):
+        raise CommandError("a canary must be at least 8 characters (shorter ones match by chance)")
+    report = asyncio.run(audit(settings, args.canary, args.log_file, only, Progress()))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        report.write(sys.stdout)
+    return report.code
 
 
 def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -495,6 +516,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run background jobs and their cron schedule (scaled mode)").set_defaults(
         func=cmd_worker
     )
+    audit = sub.add_parser(
+        "audit",
+        help="look for plaintext in the database, Redis, logs and settings (exit 0 clean, 1 findings, 2 not checked)",
+    )
+    audit.add_argument(
+        "--canary",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a text you posted: searched for in every encoding (repeat for more)",
+    )
+    audit.add_argument("--json", action="store_true", help="the report as JSON on standard output")
+    audit.add_argument(
+        "--log-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="a log file to search (repeat for more)",
+    )
+    audit.add_argument("--only", metavar="PLACES", help="a comma-separated list of: " + ", ".join(AUDIT_PLACES))
+    audit.set_defaults(func=cmd_audit)
     jobs = sub.add_parser("jobs", help="background and maintenance jobs").add_subparsers(
         dest="jobs_command", required=True, metavar="ACTION"
     )
@@ -503,9 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("name")
     run.add_argument("--dry-run", action="store_true", help="count what it would change, change nothing")
     run.set_defaults(func=cmd_jobs_run)
-    jobs.add_parser("status", help="queue depth, running and failed jobs, last runs").set_defaults(
-        func=cmd_jobs_status
-    )
+    jobs.add_parser("status", help="queue depth, running and failed jobs, last runs").set_defaults(func=cmd_jobs_status)
     return parser
 
 

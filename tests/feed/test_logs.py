@@ -18,7 +18,9 @@ logging.getLogger("jobs.worker").warning("a warning line")
 
 
 def logged(level: str) -> str:
-    found = subprocess.run([sys.executable, "-c", PROBE.format(level=level)], capture_output=True, text=True, check=True)
+    found = subprocess.run(
+        [sys.executable, "-c", PROBE.format(level=level)], capture_output=True, text=True, check=True
+    )
     return found.stderr
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -126,6 +127,9 @@ class Load:
         client = self.world.clients[name]
         rng = random.Random(name)
         while not stop.is_set():
+            # In process, a request answered from the caches never waits, so nothing else would run: a real
+            # client's request waits on its socket.
+            await anyio.lowlevel.checkpoint()
             response = await client.get("/api/v1/timelines/public?limit=40")
             if self.served("public timeline", response):
                 statuses = response.json()
@@ -147,6 +151,7 @@ class Load:
     async def page_reader(self, browser: Any, stop: anyio.Event) -> None:
         rng = random.Random(browser.username)
         while not stop.is_set():
+            await anyio.lowlevel.checkpoint()  # as in ``reader``
             for url in ("/", "/public", f"/posts/{rng.choice(sorted(self.world.seeded))}"):
                 self.served(url, await browser.get(url))
 

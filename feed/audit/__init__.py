@@ -1,0 +1,1 @@
+"""The privacy audit: finding plaintext in stored bytes."""

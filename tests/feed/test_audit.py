@@ -1,0 +1,175 @@
+"""``cipherfeed audit`` (issue 12): a deployment that was used (posts, replies, likes, edits, deletes, a profile,
+an email address) audits clean; plaintext planted in turn in a database column, a new table, Redis values of each
+type, a queued job and a log file, in several encodings, is found with its place named, and once removed the audit
+is clean again. Without canaries, planted sentences are still flagged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import REDIS_URL, forget_cached
+from tests.feed.test_cli import cipherfeed, cipherfeed_process
+
+pytestmark = pytest.mark.anyio
+
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+SENTENCE = "meet me at the old station at noon and bring the documents with you"
+
+
+def run_audit(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    """A real process, as an auditor runs it: reading SQLite's files from this one would drop the locks the app's
+    connections hold on them (POSIX locks belong to a process and go with any of its descriptors of the file)."""
+    done = cipherfeed_process(env, "audit", "--json", *args)
+    assert done.returncode in (0, 1, 2), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+async def use(make_browser: Any, canary: str) -> None:
+    """A little of everything a deployment holds, the canary in every text."""
+    alice = await make_browser("alice", email=f"{canary}@example.org")
+    bob = await make_browser("bob")
+    await bob.post("/@alice/follow")
+    first = await alice.compose(f"{canary} first", spoiler_text=f"cw {canary}")
+    reply = await bob.compose(f"@alice {canary} reply", in_reply_to_id=str(first))
+    await bob.post(f"/posts/{first}/like")
+    await alice.post(f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
+    gone = await alice.compose(f"{canary} to delete")
+    await alice.post(f"/posts/{gone}/delete")
+    await alice.post("/settings", {"display_name": "Alice", "bio": "I like trains", "email": f"{canary}@example.net"})
+    for reader in (alice, bob):
+        for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}"):
+            assert (await reader.get(url)).status_code == 200
+
+
+def where_found(report: dict[str, Any]) -> str:
+    return "\n".join(f"[{f['place']}] {f['where']}: {f['what']} ({f['detail']})" for f in report["findings"])
+
+
+async def test_a_used_deployment_audits_clean(app: Any, make_browser: Any, env: dict[str, str]) -> None:
+    canary = f"canary-{secrets.token_hex(6)}-Zürich"
+    await use(make_browser, canary)
+    code, report = run_audit(env, "--canary", canary)
+    assert code == 0, where_found(report)
+    assert report["verdict"] == "clean" and report["findings"] == []
+    assert report["scanned"]["database"]["items"] > 10 and report["scanned"]["database"]["bytes"] > 1000
+    if REDIS_URL != "none":
+        assert report["scanned"]["redis"]["items"] > 5
+
+
+async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
+    canary = f"canary-{secrets.token_hex(6)}-Köln"
+    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    engine = app.state.engine
+    plants = {
+        "job_runs.error": (sa.text("UPDATE job_runs SET error = :v"), canary),
+        "outbox": (sa.text("INSERT INTO outbox (id, created_at, effects, attempts) VALUES (1, :t, :v, 0)"),
+                   base64.b64encode(f"xx{canary}".encode()).decode()),
+        "throttle.bucket": (sa.text("INSERT INTO throttle (bucket, count, window_ends) VALUES (:v, 1, :t)"),
+                            quote(canary)),
+        "users.email_sealed": (sa.text("UPDATE users SET email_sealed = :v WHERE username = 'bob'"),
+                               canary.encode("utf-16-le")),
+    }  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("INSERT INTO job_runs (id, name, args, dry_run, state, started_at, done, total, "
+                                   "changed) VALUES (1, 'x', '', false, 'done', :t, 0, 0, '{}')"),
+                           {"t": WHEN})  # fmt: skip
+    for place, (statement, value) in plants.items():
+        async with engine.begin() as conn:
+            await conn.execute(statement, {"v": value, "t": WHEN})
+        code, report = run_audit(env, "--canary", canary, "--only", "database")
+        assert code == 1, place
+        table = place.split(".")[0]
+        assert any(f["what"] == "canary" and f["where"].startswith(table) for f in report["findings"]), (
+            place,
+            where_found(report),
+        )
+        await _undo(engine, place)
+        code, report = run_audit(env, "--canary", canary, "--only", "database")
+        assert code == 0, (place, where_found(report))
+    # A table nobody declared is a finding in itself, and its values are searched.
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
+        await conn.execute(sa.text("INSERT INTO notes VALUES (1, :v)"), {"v": SENTENCE})
+    try:
+        code, report = run_audit(env, "--only", "database")  # no canary: the sentence reads as text
+        whats = {(f["where"].split()[0], f["what"]) for f in report["findings"]}
+        assert code == 1 and ("notes", "unknown table") in whats and ("notes", "looks like text") in whats, whats
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DROP TABLE notes"))
+
+
+async def _undo(engine: Any, place: str) -> None:
+    undo = {
+        "job_runs.error": "DELETE FROM job_runs",
+        "outbox": "DELETE FROM outbox",
+        "throttle.bucket": "DELETE FROM throttle",
+        "users.email_sealed": "UPDATE users SET email_sealed = NULL WHERE username = 'bob'",
+    }
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(undo[place]))
+    if engine.dialect.name == "sqlite":  # the old pages stay in the write-ahead log until a checkpoint
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.mark.skipif(REDIS_URL == "none", reason="needs Redis")
+async def test_plaintext_planted_in_redis_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
+    canary = f"canary-{secrets.token_hex(6)}-Genève"
+    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    client = app.state.cache.link.client
+    plants = [
+        ("string", lambda: client.set("planted:s", canary.encode("utf-16-be"))),
+        ("hash", lambda: client.hset("planted:h", "f", json.dumps(canary))),
+        ("list", lambda: client.rpush("planted:l", b"x", canary.encode().hex().encode())),
+        ("stream", lambda: client.xadd("planted:x", {"e": base64.urlsafe_b64encode(b"ab" + canary.encode())})),
+        # A job whose argument is text (our queue refuses one: only ids go to jobs), deferred so no worker takes it.
+        ("arq job", lambda: app.state.services.queue.pool.enqueue_job("fan_out", canary, _defer_by=3600)),
+    ]
+    pool = app.state.services.queue.pool
+    for name, plant in plants:
+        planted = await plant()
+        code, report = run_audit(env, "--canary", canary, "--only", "redis")
+        assert code == 1 and any(f["what"] == "canary" for f in report["findings"]), (name, where_found(report))
+        for key in [k async for k in client.scan_iter(match="planted:*")]:
+            await client.delete(key)
+        if name == "arq job":
+            await client.delete(f"arq:job:{planted.job_id}")
+            await client.zrem(pool.default_queue_name, planted.job_id)
+        code, report = run_audit(env, "--canary", canary, "--only", "redis")
+        assert code == 0, (name, where_found(report))
+    await client.set("planted:sentence", SENTENCE)
+    code, report = run_audit(env, "--only", "redis")
+    assert code == 1 and any("planted:sentence" in f["where"] for f in report["findings"]), where_found(report)
+    await client.delete("planted:sentence")
+    await forget_cached(app)
+
+
+async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) -> None:
+    canary = f"canary-{secrets.token_hex(6)}-Montréal"
+    log = tmp_path / "server.log"
+    log.write_text(
+        "2026-12-02 10:00:00,000 INFO feed.relay: outbox relay started\n"
+        'INFO:     127.0.0.0/24 - "GET /posts/1 HTTP/1.1" 200\n'
+        f"2026-12-02 10:00:01,000 DEBUG feed.web: a request for {quote(canary)}\n"
+    )
+    code, report = run_audit(env, "--canary", canary, "--only", "logs", "--log-file", str(log))
+    assert code == 1 and any(f["what"] == "canary" and "server.log" in f["where"] for f in report["findings"])
+    log.write_text(log.read_text().replace(quote(canary), "x") + SENTENCE + "\n")
+    code, report = run_audit(env, "--only", "logs", "--log-file", str(log))
+    assert code == 1 and [f["where"].rsplit(" ", 1)[-1] for f in report["findings"]] == ["4"], where_found(report)
+    log.write_text(log.read_text().replace(SENTENCE, "cipherfeed: worker started"))
+    assert run_audit(env, "--only", "logs", "--log-file", str(log))[0] == 0
+    missing = run_audit(env, "--only", "logs", "--log-file", str(tmp_path / "nope.log"))
+    assert missing[0] in (0, 2)
+    bad = cipherfeed(env, "audit", "--only", "nowhere")
+    assert bad.returncode == 1 and "unknown place" in bad.stderr
