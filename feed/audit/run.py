@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from feed import db
 from feed.audit.database import scan_database, scan_files
 from feed.audit.detect import Needle, looks_like_text, needles
+from feed.audit.l1 import scan_l1
 from feed.audit.redis_scan import scan_redis
 from feed.audit.report import PLACES, Progress, Report
 from feed.redis_link import make_client
@@ -39,6 +40,8 @@ async def audit(
         await _database(settings, found, report, progress)
     if "redis" in wanted:
         await _redis(settings, found, report, progress)
+    if "l1" in wanted:
+        await _l1(settings, found, report)
     if "logs" in wanted and log_files:
         scan_logs(log_files, found, report, progress)
     if "config" in wanted:
@@ -70,6 +73,19 @@ async def _redis(settings: Settings, found: Sequence[Needle], report: Report, pr
         await scan_redis(client, found, report, progress)
     except (RedisError, OSError) as exc:
         report.unchecked["redis"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    finally:
+        await client.aclose()
+
+
+async def _l1(settings: Settings, found: Sequence[Needle], report: Report) -> None:
+    if settings.redis_url is None:
+        report.place("l1").note = "the embedded server's own: not reachable from another process"
+        return
+    client = make_client(settings.redis_url)
+    try:
+        await scan_l1(client, found, report)
+    except (RedisError, OSError) as exc:
+        report.unchecked["l1"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     finally:
         await client.aclose()
 

@@ -426,6 +426,10 @@ class Cache:
     def l1_evictions(self) -> int:
         return self._l1.evictions
 
+    def l1_items(self) -> list[tuple[str, Cacheable]]:
+        """Every key and value in L1 (for the audit of a running process: ``feed.audit.l1``)."""
+        return [(name, entry.value) for name, entry in list(self._l1.recent.items())]
+
     def l1_values(self) -> list[Cacheable]:
         """Everything in L1, expired entries not yet removed included (for the privacy audit and its test)."""
         return [entry.value for entry in self._l1.recent.values()]

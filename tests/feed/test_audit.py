@@ -5,6 +5,7 @@ is clean again. Without canaries, planted sentences are still flagged."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -16,6 +17,8 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from feed.cache import USERS, redis_key
+from feed.records import UserRecord
 from tests.conftest import REDIS_URL, forget_cached
 from tests.feed.test_cli import cipherfeed, cipherfeed_process
 
@@ -25,10 +28,10 @@ WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 SENTENCE = "meet me at the old station at noon and bring the documents with you"
 
 
-def run_audit(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+async def run_audit(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
     """A real process, as an auditor runs it: reading SQLite's files from this one would drop the locks the app's
     connections hold on them (POSIX locks belong to a process and go with any of its descriptors of the file)."""
-    done = cipherfeed_process(env, "audit", "--json", *args)
+    done = await asyncio.to_thread(cipherfeed_process, env, "audit", "--json", *args)  # this process answers too
     assert done.returncode in (0, 1, 2), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -57,7 +60,7 @@ def where_found(report: dict[str, Any]) -> str:
 async def test_a_used_deployment_audits_clean(app: Any, make_browser: Any, env: dict[str, str]) -> None:
     canary = f"canary-{secrets.token_hex(6)}-Zürich"
     await use(make_browser, canary)
-    code, report = run_audit(env, "--canary", canary)
+    code, report = await run_audit(env, "--canary", canary)
     assert code == 0, where_found(report)
     assert report["verdict"] == "clean" and report["findings"] == []
     assert report["scanned"]["database"]["items"] > 10 and report["scanned"]["database"]["bytes"] > 1000
@@ -71,8 +74,10 @@ async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser
     engine = app.state.engine
     plants = {
         "job_runs.error": (sa.text("UPDATE job_runs SET error = :v"), canary),
-        "outbox": (sa.text("INSERT INTO outbox (id, created_at, effects, attempts) VALUES (1, :t, :v, 0)"),
-                   base64.b64encode(f"xx{canary}".encode()).decode()),
+        "job_cursors": (
+            sa.text("INSERT INTO job_cursors (name, cursor, updated_at) VALUES (:v, 0, :t)"),
+            base64.b64encode(f"xx{canary}".encode()).decode(),
+        ),
         "throttle.bucket": (sa.text("INSERT INTO throttle (bucket, count, window_ends) VALUES (:v, 1, :t)"),
                             quote(canary)),
         "users.email_sealed": (sa.text("UPDATE users SET email_sealed = :v WHERE username = 'bob'"),
@@ -85,7 +90,7 @@ async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser
     for place, (statement, value) in plants.items():
         async with engine.begin() as conn:
             await conn.execute(statement, {"v": value, "t": WHEN})
-        code, report = run_audit(env, "--canary", canary, "--only", "database")
+        code, report = await run_audit(env, "--canary", canary, "--only", "database")
         assert code == 1, place
         table = place.split(".")[0]
         assert any(f["what"] == "canary" and f["where"].startswith(table) for f in report["findings"]), (
@@ -93,14 +98,14 @@ async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser
             where_found(report),
         )
         await _undo(engine, place)
-        code, report = run_audit(env, "--canary", canary, "--only", "database")
+        code, report = await run_audit(env, "--canary", canary, "--only", "database")
         assert code == 0, (place, where_found(report))
     # A table nobody declared is a finding in itself, and its values are searched.
     async with engine.begin() as conn:
         await conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)"))
         await conn.execute(sa.text("INSERT INTO notes VALUES (1, :v)"), {"v": SENTENCE})
     try:
-        code, report = run_audit(env, "--only", "database")  # no canary: the sentence reads as text
+        code, report = await run_audit(env, "--only", "database")  # no canary: the sentence reads as text
         whats = {(f["where"].split()[0], f["what"]) for f in report["findings"]}
         assert code == 1 and ("notes", "unknown table") in whats and ("notes", "looks like text") in whats, whats
     finally:
@@ -111,7 +116,7 @@ async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser
 async def _undo(engine: Any, place: str) -> None:
     undo = {
         "job_runs.error": "DELETE FROM job_runs",
-        "outbox": "DELETE FROM outbox",
+        "job_cursors": "DELETE FROM job_cursors",
         "throttle.bucket": "DELETE FROM throttle",
         "users.email_sealed": "UPDATE users SET email_sealed = NULL WHERE username = 'bob'",
     }
@@ -138,20 +143,38 @@ async def test_plaintext_planted_in_redis_is_found(app: Any, make_browser: Any, 
     pool = app.state.services.queue.pool
     for name, plant in plants:
         planted = await plant()
-        code, report = run_audit(env, "--canary", canary, "--only", "redis")
+        code, report = await run_audit(env, "--canary", canary, "--only", "redis")
         assert code == 1 and any(f["what"] == "canary" for f in report["findings"]), (name, where_found(report))
         for key in [k async for k in client.scan_iter(match="planted:*")]:
             await client.delete(key)
         if name == "arq job":
             await client.delete(f"arq:job:{planted.job_id}")
             await client.zrem(pool.default_queue_name, planted.job_id)
-        code, report = run_audit(env, "--canary", canary, "--only", "redis")
+        code, report = await run_audit(env, "--canary", canary, "--only", "redis")
         assert code == 0, (name, where_found(report))
     await client.set("planted:sentence", SENTENCE)
-    code, report = run_audit(env, "--only", "redis")
+    code, report = await run_audit(env, "--only", "redis")
     assert code == 1 and any("planted:sentence" in f["where"] for f in report["findings"]), where_found(report)
     await client.delete("planted:sentence")
     await forget_cached(app)
+
+
+@pytest.mark.skipif(REDIS_URL == "none", reason="needs Redis")
+async def test_plaintext_in_a_running_process_l1_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
+    canary = f"canary-{secrets.token_hex(6)}-Wien"
+    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    code, report = await run_audit(env, "--canary", canary, "--only", "l1")
+    assert code == 0, where_found(report)
+    assert report["scanned"]["l1"]["items"] > 0 and "answered" in report["scanned"]["l1"]["note"], report
+    cache = app.state.cache
+    planted = UserRecord(999_999, "planted", "Planted", canary, 1, WHEN)
+    cache._keep(USERS, redis_key(USERS, 999_999), planted, 0)  # in this process's L1 only
+    code, report = await run_audit(env, "--canary", canary, "--only", "l1")
+    assert code == 1 and any(f["place"] == "l1" and "cf:u:999999" in f["where"] for f in report["findings"]), (
+        where_found(report)
+    )
+    cache.drop([redis_key(USERS, 999_999)])
+    assert (await run_audit(env, "--canary", canary, "--only", "l1"))[0] == 0
 
 
 async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) -> None:
@@ -162,14 +185,14 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
         'INFO:     127.0.0.0/24 - "GET /posts/1 HTTP/1.1" 200\n'
         f"2026-12-02 10:00:01,000 DEBUG feed.web: a request for {quote(canary)}\n"
     )
-    code, report = run_audit(env, "--canary", canary, "--only", "logs", "--log-file", str(log))
+    code, report = await run_audit(env, "--canary", canary, "--only", "logs", "--log-file", str(log))
     assert code == 1 and any(f["what"] == "canary" and "server.log" in f["where"] for f in report["findings"])
     log.write_text(log.read_text().replace(quote(canary), "x") + SENTENCE + "\n")
-    code, report = run_audit(env, "--only", "logs", "--log-file", str(log))
+    code, report = await run_audit(env, "--only", "logs", "--log-file", str(log))
     assert code == 1 and [f["where"].rsplit(" ", 1)[-1] for f in report["findings"]] == ["4"], where_found(report)
     log.write_text(log.read_text().replace(SENTENCE, "cipherfeed: worker started"))
-    assert run_audit(env, "--only", "logs", "--log-file", str(log))[0] == 0
-    missing = run_audit(env, "--only", "logs", "--log-file", str(tmp_path / "nope.log"))
+    assert (await run_audit(env, "--only", "logs", "--log-file", str(log)))[0] == 0
+    missing = await run_audit(env, "--only", "logs", "--log-file", str(tmp_path / "nope.log"))
     assert missing[0] in (0, 2)
     bad = cipherfeed(env, "audit", "--only", "nowhere")
     assert bad.returncode == 1 and "unknown place" in bad.stderr
