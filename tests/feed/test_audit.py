@@ -19,7 +19,9 @@ import sqlalchemy as sa
 
 from feed.cache import USERS, redis_key
 from feed.records import UserRecord
-from tests.conftest import REDIS_URL, forget_cached
+from tests.conftest import BACKEND, REDIS_URL, forget_cached
+from tests.feed.processes import Cluster, process_env
+from tests.feed.sse import open_stream
 from tests.feed.test_cli import cipherfeed, cipherfeed_process
 
 pytestmark = pytest.mark.anyio
@@ -196,3 +198,39 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
     assert missing[0] in (0, 2)
     bad = cipherfeed(env, "audit", "--only", "nowhere")
     assert bad.returncode == 1 and "unknown place" in bad.stderr
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="real processes, once, in the PostgreSQL pass")
+async def test_a_used_scaled_deployment_audits_clean_in_every_place(
+    cluster: Cluster, env: dict[str, str], processes_database_url: str, tmp_path: Path
+) -> None:
+    """Two web processes and a worker after posts, replies, likes, edits, deletes, live streams, a user key
+    rotation and an erasure: the database, Redis, the three processes' caches, their logs and settings are clean."""
+    canary = f"canary-{secrets.token_hex(6)}-Zürich"
+    alice, bob, carol = [await cluster.account(name) for name in ("alice", "bob", "carol")]
+    await bob.post("a", "/@alice/follow")
+    stream = await open_stream(bob.on["b"], "/events?timeline=home&since=0")
+    try:
+        first = await alice.compose("a", f"{canary} first", spoiler_text=f"cw {canary}")
+        await bob.compose("b", f"@alice {canary} reply", in_reply_to_id=str(first))
+        await carol.compose("b", f"{canary} carol was here")
+        await bob.post("b", f"/posts/{first}/like")
+        await alice.post("a", f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
+        gone = await alice.compose("b", f"{canary} to delete")
+        await alice.post("a", f"/posts/{gone}/delete")
+        await stream.next("post", timeout=10)
+    finally:
+        await stream.close()
+    for where in ("a", "b"):
+        for url in ("/", "/public", "/@alice", f"/posts/{first}"):
+            assert (await alice.on[where].get(url)).status_code == 200
+    settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, cluster.redis.url)
+    rotated = await asyncio.to_thread(cipherfeed_process, settings, "keys", "rotate-user", "--all")
+    assert rotated.returncode == 0, rotated.stderr
+    erased = await asyncio.to_thread(cipherfeed_process, settings, "users", "delete", "carol", "--yes")
+    assert erased.returncode == 0, erased.stderr
+    logs = [str(proc.log) for proc in cluster.procs.values()]
+    code, report = await run_audit(settings, "--canary", canary, *(a for log in logs for a in ("--log-file", log)))
+    assert code == 0, where_found(report) + json.dumps(report["unchecked"])
+    assert report["scanned"]["l1"]["note"].startswith("3 process"), report["scanned"]["l1"]
+    assert {"database", "redis", "l1", "logs", "config"} <= set(report["scanned"])
