@@ -45,6 +45,7 @@ async def scan_database(engine: AsyncEngine, needles: Sequence[Needle], report: 
             table = sa.table(table_name, *(sa.column(c) for c in present))
             keys = [c for c in present if c in _primary_keys(table_name)] or present[:1]
             rows = 0
+            total = int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
             result = await conn.stream(sa.select(table).execution_options(yield_per=CHUNK_ROWS))
             async for partition in result.partitions(CHUNK_ROWS):
                 batch: list[tuple[str, bytes]] = []
@@ -62,9 +63,9 @@ async def scan_database(engine: AsyncEngine, needles: Sequence[Needle], report: 
                 rows += len(partition)
                 place.items += len(partition)
                 _search(report, "database", batch, needles)
-                progress.update(f"database {table_name}", rows)
+                progress.update(f"database {table_name}", rows, total)
             if rows:
-                progress.update(f"database {table_name}", rows, force=True)
+                progress.update(f"database {table_name}", rows, total, force=True)
     progress.done("database", place.items)
 
 

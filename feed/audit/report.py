@@ -72,6 +72,9 @@ class Report:
         print(f"\nverdict: {self.verdict}", file=out)
 
 
+BAR = 30  # characters of the progress bar
+
+
 class Progress:
     """One line on standard error, rewritten as a long scan goes (a line per place when it is not a terminal)."""
 
@@ -86,7 +89,11 @@ class Progress:
         self._last = done
         of = f" of {total:,}" if total else ""
         if self.tty:
-            print(f"\r  {place}: {done:,}{of}   ", end="", file=self.out, flush=True)
+            bar = ""
+            if total:
+                filled = min(BAR, BAR * done // total)
+                bar = f"[{'#' * filled}{'.' * (BAR - filled)}] {min(100, 100 * done // total):3d}% "
+            print(f"\r  {place}: {bar}{done:,}{of}   ", end="", file=self.out, flush=True)
         elif force:
             print(f"  {place}: {done:,}{of}", file=self.out, flush=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import secrets
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from feed.audit.report import Progress
 from feed.cache import USERS, redis_key
 from feed.records import UserRecord
 from tests.conftest import BACKEND, REDIS_URL, forget_cached
@@ -234,3 +236,19 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
     assert code == 0, where_found(report) + json.dumps(report["unchecked"])
     assert report["scanned"]["l1"]["note"].startswith("3 process"), report["scanned"]["l1"]
     assert {"database", "redis", "l1", "logs", "config"} <= set(report["scanned"])
+
+
+def test_progress_is_a_bar_in_a_terminal_and_lines_elsewhere() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown = Terminal()
+    Progress(shown).update("database posts", 10_000, 40_000, force=True)
+    assert "[#######.......................]  25% 10,000 of 40,000" in shown.getvalue()
+    assert shown.getvalue().startswith("\r"), "redrawn in place"
+    logged = io.StringIO()
+    progress = Progress(logged)
+    progress.update("database posts", 10, 40)  # a few rows: not worth a line
+    progress.update("database posts", 40, 40, force=True)
+    assert logged.getvalue() == "  database posts: 40 of 40\n"
