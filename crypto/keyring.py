@@ -18,12 +18,15 @@ import struct
 from collections.abc import Mapping
 from typing import Any, final
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._aes import KEY_SIZE, NONCE_SIZE, TAG_SIZE, decrypt_or_none
 from ._checks import U32_MAX, U64_MAX, check_int
 from ._random import Rng, draw
 from ._unpicklable import Unpicklable
+from .blind_index import blind_index
 from .errors import InvalidKeyMaterial, InvalidToken
 from .user_key import UserKey, key_bytes
 
@@ -38,6 +41,8 @@ _VERSION_NAME = re.compile(r"[1-9][0-9]{0,9}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _NOT_JSON = object()
+_INDEX_KEY_INFO = b"cipherfeed-blind-index-key-v1\x00"
+_PURPOSE = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 
 
 @final
@@ -169,6 +174,27 @@ class RootKeyRing(Unpicklable):
         if secret is None:
             raise InvalidToken
         return UserKey(user_id, version, secret)
+
+    def blind_index(self, purpose: str, value: str, *, version: int | None = None) -> bytes:
+        """The keyed blind index (:func:`crypto.blind_index`) of ``value`` for ``purpose`` (a short name such as
+        ``"email"``) under root key ``version``, by default the primary.
+
+        Its key is derived from that root key (HKDF-SHA256, the purpose in its info), so the index rotates with the
+        ring and a copy of the database alone cannot confirm a guessed value. Equal values give equal indexes under
+        one version only: look a value up under every version (:meth:`blind_indexes`) until the stored indexes have
+        been recomputed under the primary.
+        """
+        version = self._primary if version is None else version
+        self._require(version)
+        if not isinstance(purpose, str) or not _PURPOSE.fullmatch(purpose):
+            raise ValueError("a blind index purpose is a short lower-case name")
+        info = _INDEX_KEY_INFO + purpose.encode("ascii")
+        key = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(self._keys[version])
+        return blind_index(key, value)
+
+    def blind_indexes(self, purpose: str, value: str) -> dict[int, bytes]:
+        """:meth:`blind_index` of ``value`` under every version of the ring, by version."""
+        return {version: self.blind_index(purpose, value, version=version) for version in self._keys}
 
     @staticmethod
     def root_version_of(blob: bytes) -> int:

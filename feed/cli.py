@@ -224,8 +224,8 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
         behind = asyncio.run(_with_services(settings, lambda svc: rotation.not_under(svc, ring.primary)))
         if behind:
             raise CommandError(
-                f"{behind} user keys are not wrapped under the primary root key version {ring.primary} yet; finish "
-                "the last rotation first: `cipherfeed jobs run rewrap_user_keys`"
+                f"{behind} user keys and email indexes are not under the primary root key version {ring.primary} "
+                "yet; finish the last rotation first: `cipherfeed jobs run rewrap_user_keys`"
             )
         if args.dry_run:
             say(f"cipherfeed: would add root key version {version}, decrypt-only (nothing is rewrapped until then)")
@@ -289,15 +289,15 @@ def cmd_keys_retire(args: argparse.Namespace, settings: Settings) -> int:
         used = await rotation.root_version_use(svc, version)
         if used:
             raise CommandError(
-                f"root key version {version} still wraps {used} user keys; run `cipherfeed jobs run rewrap_user_keys` "
-                "once every process runs with the promoted ring, then retire it"
+                f"root key version {version} still wraps or keys {used} user keys and email indexes; run "
+                "`cipherfeed jobs run rewrap_user_keys` once every process runs with the promoted ring, then retire it"
             )
         where = _save_ring(settings, new, expected=ring)
         if path is not None and (late := await rotation.root_version_use(svc, version)):
             replace_ring(path, ring, expected=new)  # a process still wraps under it: put it back
             raise CommandError(
-                f"a process wrapped {late} new user keys under version {version} meanwhile; the ring is unchanged: "
-                "restart every process with the promoted ring first"
+                f"a process wrote {late} new user keys or email indexes under version {version} meanwhile; the ring "
+                "is unchanged: restart every process with the promoted ring first"
             )
         return where
 

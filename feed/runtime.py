@@ -147,7 +147,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
             bus=bus,
             keys=keys,
             secrets=Secrets(
-                index_key=derive(secret, "email-index"),
+                secret_index_key=derive(secret, "email-index"),
                 throttle_key=derive(secret, "throttle"),
                 token_key=derive(secret, "token"),
             ),

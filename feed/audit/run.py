@@ -4,7 +4,6 @@ deployment, and say what was inspected and what was found (``feed.audit.report``
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,19 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from feed import db
 from feed.audit.database import scan_database, scan_files
-from feed.audit.detect import Needle, looks_like_text, needles
+from feed.audit.detect import Needle, needles
 from feed.audit.l1 import scan_l1
+from feed.audit.logs import scan_logs
 from feed.audit.redis_scan import scan_redis
 from feed.audit.report import PLACES, Progress, Report
 from feed.redis_link import make_client
 from feed.settings import Settings
-
-# Lines of the formats our processes write; a line of none of them that reads like prose is reported.
-KNOWN_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: "  # feed.logs
-    r"|(DEBUG|INFO|WARNING|ERROR|CRITICAL):\s"  # uvicorn
-    r"|cipherfeed: |Traceback |\s)"
-)
 
 
 async def audit(
@@ -88,22 +81,6 @@ async def _l1(settings: Settings, found: Sequence[Needle], report: Report) -> No
         report.unchecked["l1"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     finally:
         await client.aclose()
-
-
-def scan_logs(paths: Sequence[Path], found: Sequence[Needle], report: Report, progress: Progress) -> None:
-    """Canaries anywhere in the files, and lines of no format our processes write that read like prose."""
-    scan_files(paths, "logs", found, report, progress)
-    for path in paths:
-        try:
-            with path.open("rb") as handle:
-                for number, line in enumerate(handle, 1):
-                    text = line.decode("utf-8", "replace")
-                    if KNOWN_LINE.match(text):
-                        continue
-                    if reason := looks_like_text(line.strip()):
-                        report.find("logs", f"{path} line {number}", "looks like text", reason)
-        except OSError as exc:
-            report.unchecked[f"logs:{path}"] = exc.strerror or type(exc).__name__
 
 
 def check_config(settings: Settings, report: Report) -> None:

@@ -19,11 +19,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crypto import FieldContext, InvalidToken, blind_index, open_field, seal_fields
+from crypto import FieldContext, InvalidToken, open_field, seal_fields
 from feed.errors import Conflict, Invalid, NotFound, Unauthorized
 from feed.ids import new_id
 from feed.records import AccountCounts
 from feed.services import effects, erasure, lookup, throttle
+from feed.services import email_index as emails
 from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
@@ -132,11 +133,11 @@ async def register(svc: Services, username: str, password: str, email: str = "")
     password_hash = await _hash_password(svc, password)
     user_id = new_id()
     when = now()
-    email_index = blind_index(svc.secrets.index_key, address) if address else None
+    email_index, index_version = emails.index(svc, address) if address else (None, None)
     async with svc.db.begin() as session:
         if await store.username_taken(session, username.lower()):
             raise Conflict("That username is taken")
-        if email_index and await store.email_taken(session, email_index):
+        if address and await store.email_taken(session, emails.every_index(svc, address)):
             raise Conflict(_EMAIL_TAKEN)
         try:
             # Core statements run at once, so a concurrent sign-up that won the race fails right here.
@@ -149,6 +150,7 @@ async def register(svc: Services, username: str, password: str, email: str = "")
                 bio="",
                 password_hash=password_hash,
                 email_index=email_index,
+                email_index_version=index_version,
                 key_version=1,
                 created_at=when,
                 updated_at=when,
@@ -302,17 +304,17 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
     async with svc.db.begin() as session:
         values: dict[str, object] = {"display_name": display_name, "bio": bio, "updated_at": now()}
         if address:
-            index = blind_index(svc.secrets.index_key, address)
-            if await store.email_taken(session, index, except_user=user.id):
+            index, index_version = emails.index(svc, address)
+            if await store.email_taken(session, emails.every_index(svc, address), except_user=user.id):
                 raise Conflict(_EMAIL_TAKEN)
             version = await store.current_key_version(session, user.id)  # not the cached user's: see posts.create
             if not version:
                 raise NotFound("No such user")
             key = await svc.keys.get(session, user.id, version)
             sealed = seal_fields(key, {"email": address}, object_id=user.id, owner_id=user.id, revision=0)
-            values.update(email_index=index, email_sealed=sealed["email"].data)
+            values.update(email_index=index, email_index_version=index_version, email_sealed=sealed["email"].data)
         else:
-            values.update(email_index=None, email_sealed=None)
+            values.update(email_index=None, email_index_version=None, email_sealed=None)
         try:
             await store.update_user(session, user.id, **values)
         except IntegrityError:  # the same address was saved by another account at the same moment

@@ -57,7 +57,7 @@ class ThrottleRules:
 class Secrets:
     """Keys derived from the server secret, one per purpose. Never shown in a repr."""
 
-    index_key: bytes  # the email blind index
+    secret_index_key: bytes  # the email index of rows from before it was keyed from the root key; erasure receipts
     throttle_key: bytes  # names of login-throttle buckets (they would otherwise hold typed names and IPs)
     token_key: bytes  # stored hashes of session ids and API tokens
 

@@ -78,9 +78,10 @@ def is_erased(row: Any) -> bool:
 
 
 def subject(svc: Services, user_id: int) -> bytes:
-    """The receipt's keyed hash of ``user_id``. Its key is derived from the email index key (itself derived from the
-    server secret) under a label of its own, so the two never coincide; a new server secret orphans old receipts."""
-    key = hmac.new(svc.secrets.index_key, _RECEIPT_LABEL, hashlib.sha256).digest()
+    """The receipt's keyed hash of ``user_id``. Its key is derived from the server secret's email index key (itself
+    derived from the server secret) under a label of its own, so the two never coincide; a new server secret
+    orphans old receipts."""
+    key = hmac.new(svc.secrets.secret_index_key, _RECEIPT_LABEL, hashlib.sha256).digest()
     return hmac.new(key, str(user_id).encode(), hashlib.sha256).digest()
 
 
@@ -119,6 +120,7 @@ async def erase(svc: Services, user_id: int) -> Receipt:
             key_version=ERASED,
             password_hash=UNUSABLE_PASSWORD,
             email_index=None,
+            email_index_version=None,
             email_sealed=None,
             display_name="",
             bio="",

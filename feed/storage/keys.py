@@ -223,6 +223,50 @@ async def update_email_if_unchanged(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+# -- email indexes by root key version
+
+
+def _email_index_not_under(root_version: int) -> Any:
+    return sa.and_(
+        users.c.email_index.is_not(None),
+        sa.or_(users.c.email_index_version.is_(None), users.c.email_index_version != root_version),
+    )
+
+
+async def count_email_indexes_not_under(session: AsyncSession, root_version: int) -> int:
+    """Email indexes keyed from another root key version than ``root_version``, or from the server secret."""
+    return await _count(session, users, _email_index_not_under(root_version))
+
+
+async def count_email_indexes_under(session: AsyncSession, root_version: int) -> int:
+    return await _count(session, users, users.c.email_index_version == root_version)
+
+
+async def email_indexes_not_under(
+    session: AsyncSession, root_version: int, *, after: int | None, limit: int
+) -> list[Record]:
+    """The next ``limit`` users with id above ``after`` whose email index is not keyed from ``root_version``: id,
+    key version, sealed email and index."""
+    query = sa.select(users.c.id, users.c.key_version, users.c.email_sealed, users.c.email_index).where(
+        _email_index_not_under(root_version), users.c.email_sealed.is_not(None)
+    )
+    page = query.where(users.c.id > after) if after is not None else query
+    return list((await session.execute(page.order_by(users.c.id).limit(limit))).all())
+
+
+async def replace_email_index(
+    session: AsyncSession, user_id: int, *, expected: bytes, email_sealed: bytes, index: bytes, root_version: int
+) -> bool:
+    """Store ``index``, keyed from ``root_version``, if the user's index and sealed email are still ``expected``
+    and ``email_sealed``."""
+    result = await session.execute(
+        users.update()
+        .where(users.c.id == user_id, users.c.email_index == expected, users.c.email_sealed == email_sealed)
+        .values(email_index=index, email_index_version=root_version)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 # -- posts by Sealed format
 
 

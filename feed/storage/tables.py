@@ -56,8 +56,10 @@ users = sa.Table(
     sa.Column("display_name", sa.String(60), nullable=False, server_default=""),
     sa.Column("bio", sa.String(500), nullable=False, server_default=""),
     sa.Column("password_hash", sa.String(200), nullable=False),
-    # Keyed HMAC of the normalised email, for uniqueness and lookup; the address itself is sealed.
+    # Keyed HMAC of the normalised email, for uniqueness and lookup; the address itself is sealed. Its key is
+    # derived from root key version ``email_index_version`` (NULL: from the server secret, as before 0008).
     sa.Column("email_index", sa.LargeBinary(32), nullable=True, unique=True),
+    sa.Column("email_index_version", sa.Integer, nullable=True),
     sa.Column("email_sealed", sa.LargeBinary, nullable=True),
     sa.Column("key_version", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),

@@ -31,8 +31,11 @@ async def username_taken(session: AsyncSession, username_lower: str) -> bool:
     return found is not None
 
 
-async def email_taken(session: AsyncSession, email_index: bytes, *, except_user: int | None = None) -> bool:
-    query = sa.select(users.c.id).where(users.c.email_index == email_index)
+async def email_taken(
+    session: AsyncSession, email_indexes: Iterable[bytes], *, except_user: int | None = None
+) -> bool:
+    """Whether another user's email index is one of ``email_indexes`` (the address's index under each key)."""
+    query = sa.select(users.c.id).where(users.c.email_index.in_(list(email_indexes))).limit(1)
     if except_user is not None:
         query = query.where(users.c.id != except_user)
     return (await session.scalar(query)) is not None
@@ -113,6 +116,15 @@ async def root_version_counts(session: AsyncSession) -> dict[int, int]:
         sa.select(user_keys.c.root_version, sa.func.count()).group_by(user_keys.c.root_version)
     )
     return {int(v): int(n) for v, n in rows}
+
+
+async def email_index_version_counts(session: AsyncSession) -> dict[int | None, int]:
+    """Email indexes by the root key version they are keyed from (None: the server secret, from before)."""
+    column = users.c.email_index_version
+    rows = await session.execute(
+        sa.select(column, sa.func.count()).where(users.c.email_index.is_not(None)).group_by(column)
+    )
+    return {None if v is None else int(v): int(n) for v, n in rows}
 
 
 async def user_key_version_counts(session: AsyncSession) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from crypto import InvalidKeyMaterial, InvalidToken, RootKeyRing, UserKey
+from crypto import InvalidKeyMaterial, InvalidToken, RootKeyRing, UserKey, blind_index
 from crypto.user_key import key_bytes
 
 K1, K2, K3 = bytes(range(32)), bytes(range(32, 64)), bytes(range(64, 96))
@@ -204,6 +204,27 @@ def test_old_versions_unwrap_until_retired() -> None:
         retired.unwrap_user_key(old_blob, user_id=7, version=1)
     with pytest.raises(InvalidToken):  # a version this ring never had
         RootKeyRing({3: K3}, primary=3).unwrap_user_key(new_blob, user_id=7, version=1)
+
+
+def test_blind_indexes_are_keyed_per_root_version_and_purpose() -> None:
+    ring = RootKeyRing({1: K1, 2: K2}, primary=2)
+    value = "ida@example.com"
+    under_primary = ring.blind_index("email", value)
+    assert len(under_primary) == 32 and under_primary == ring.blind_index("email", value, version=2)
+    assert ring.blind_indexes("email", value) == {1: ring.blind_index("email", value, version=1), 2: under_primary}
+    assert len(set(ring.blind_indexes("email", value).values())) == 2  # each version its own key
+    assert ring.blind_index("phone", value) != under_primary  # each purpose its own key
+    assert ring.blind_index("email", "jo@example.com") != under_primary
+    # The key is derived from the root key alone: another ring with the same key gives the same index.
+    assert RootKeyRing({2: K2}, primary=2).blind_index("email", value) == under_primary
+    assert blind_index(K2, value) != under_primary  # not the root key itself
+    with pytest.raises(InvalidKeyMaterial):
+        ring.blind_index("email", value, version=3)
+    with pytest.raises(InvalidKeyMaterial):  # retired: its indexes can no longer be made
+        ring.retire(1).blind_index("email", value, version=1)
+    for purpose in ("", "Email", "e mail", "x" * 40):
+        with pytest.raises(ValueError):
+            ring.blind_index(purpose, value)
 
 
 def test_root_version_of_rejects_malformed_blobs() -> None:

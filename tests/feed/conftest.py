@@ -34,7 +34,7 @@ async def cluster(
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, redis_server.url)
     procs = {name: AppProcess(name, settings, tmp_path) for name in ("a", "b")}
     worker = AppProcess("worker", settings, tmp_path, ["worker"])
-    cluster = Cluster(redis_server, procs)
+    cluster = Cluster(redis_server, procs, [worker])
     try:
         for proc in (*procs.values(), worker):
             proc.wait_ready()
@@ -45,8 +45,8 @@ async def cluster(
     finally:
         for http in cluster.clients:
             await http.aclose()
-        for proc in (*procs.values(), worker):
+        for proc in cluster.every_process():
             proc.stop()
-    for proc in (*procs.values(), worker):
+    for proc in cluster.every_process(stopped=True):
         output = proc.output()
         assert "Traceback" not in output and "unhandled error" not in output, f"process {proc.name}:\n{output}"

@@ -279,12 +279,36 @@ HITS = "cipherfeed_cache_hits_total"
 class Cluster:
     redis: RedisServer
     procs: dict[str, AppProcess]
+    workers: list[AppProcess] = field(default_factory=list)
+    stopped: list[AppProcess] = field(default_factory=list)  # replaced by a restart
     clients: list[httpx.AsyncClient] = field(default_factory=list)
     anonymous: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
     @property
     def urls(self) -> dict[str, str]:
         return {name: proc.url for name, proc in self.procs.items()}
+
+    def every_process(self, *, stopped: bool = False) -> list[AppProcess]:
+        """The running processes (with ``stopped``, those a restart replaced too)."""
+        return [*(self.stopped if stopped else ()), *self.procs.values(), *self.workers]
+
+    def restart(self, env: dict[str, str]) -> None:
+        """A rolling restart with ``env`` (a new root key ring, say): each process stopped and started again (its log
+        in a new file); the clients follow the web processes to their new ports."""
+        for name, old in list(self.procs.items()):
+            old.stop()
+            self.stopped.append(old)
+            self.procs[name] = new = AppProcess(f"{name}.{len(self.stopped)}", env, old.log.parent)
+            new.wait_ready()
+            for http in self.clients:
+                if str(http.base_url).rstrip("/") == old.url:
+                    http.base_url = httpx.URL(new.url)
+        for n, old in enumerate(self.workers):
+            old.stop()
+            self.stopped.append(old)
+            self.workers[n] = new = AppProcess(f"{old.name.split('.')[0]}.{len(self.stopped)}", env, old.log.parent,
+                                                  ["worker"])
+            new.wait_ready()
 
     async def account(self, name: str) -> Account:
         return await register(self.urls, name, self.clients)

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from crypto import RootKeyRing
 from feed.audit.report import Progress
 from feed.cache import USERS, redis_key
 from feed.records import UserRecord
@@ -191,10 +192,31 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
     )
     code, report = await run_audit(env, "--canary", canary, "--only", "logs", "--log-file", str(log))
     assert code == 1 and any(f["what"] == "canary" and "server.log" in f["where"] for f in report["findings"])
-    log.write_text(log.read_text().replace(quote(canary), "x") + SENTENCE + "\n")
+    # Without canaries: a sentence where our lines hold ids and names, in each of our shapes, is flagged; the
+    # lines our processes write are not.
+    clean = [
+        "cipherfeed: worker started",
+        "INFO:     Uvicorn running on http://127.0.0.1:8000 (Press CTRL+C to quit)",
+        'INFO:     127.0.0.0/24 - "POST /posts HTTP/1.1" 303 See Other',
+        "2026-12-02 10:00:02,000 WARNING feed.services.rotation.root: user key 12 v3 does not unwrap; left as it is",
+        "Traceback (most recent call last):",
+        '  File "feed/web/app.py", line 12, in handler: the source line of a frame, which reads like text',
+    ]
+    planted = [
+        SENTENCE,  # a line of no shape of ours
+        f"2026-12-02 10:00:02,000 WARNING feed.services.rotation.root: user key {SENTENCE} v3 does not unwrap; left "
+        "as it is",  # filled into a template
+        f"2026-12-02 10:00:03,000 ERROR feed.web: {SENTENCE}",  # a message of no template
+        f'INFO:     127.0.0.0/24 - "GET /tags/{quote(SENTENCE)} HTTP/1.1" 404 Not Found',  # URL-encoded, in a path
+        f"cipherfeed: {SENTENCE}",
+        f"ValueError: {SENTENCE}",  # an exception's message
+    ]
+    lines = log.read_text().replace(quote(canary), "x").splitlines() + clean + planted
+    log.write_text("\n".join(lines) + "\n")
     code, report = await run_audit(env, "--only", "logs", "--log-file", str(log))
-    assert code == 1 and [f["where"].rsplit(" ", 1)[-1] for f in report["findings"]] == ["4"], where_found(report)
-    log.write_text(log.read_text().replace(SENTENCE, "cipherfeed: worker started"))
+    flagged = [int(f["where"].rsplit(" ", 1)[-1]) for f in report["findings"]]
+    assert code == 1 and flagged == list(range(len(lines) - len(planted) + 1, len(lines) + 1)), where_found(report)
+    log.write_text("\n".join(lines[: -len(planted)]) + "\n")
     assert (await run_audit(env, "--only", "logs", "--log-file", str(log)))[0] == 0
     missing = await run_audit(env, "--only", "logs", "--log-file", str(tmp_path / "nope.log"))
     assert missing[0] in (0, 2)
@@ -204,12 +226,14 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="real processes, once, in the PostgreSQL pass")
 async def test_a_used_scaled_deployment_audits_clean_in_every_place(
-    cluster: Cluster, env: dict[str, str], processes_database_url: str, tmp_path: Path
+    cluster: Cluster, env: dict[str, str], processes_database_url: str, processes_engine: Any
 ) -> None:
-    """Two web processes and a worker after posts, replies, likes, edits, deletes, live streams, a user key
-    rotation and an erasure: the database, Redis, the three processes' caches, their logs and settings are clean."""
+    """Two web processes and a worker after posts, replies, likes, edits, deletes, live streams, a root key rotation
+    (with its rolling restarts), a user key rotation and an erasure: the database, Redis, the three processes' caches,
+    their logs and settings are clean."""
     canary = f"canary-{secrets.token_hex(6)}-Zürich"
     alice, bob, carol = [await cluster.account(name) for name in ("alice", "bob", "carol")]
+    await alice.post("a", "/settings", {"display_name": "Alice", "bio": "", "email": f"{canary}@example.net"})
     await bob.post("a", "/@alice/follow")
     stream = await open_stream(bob.on["b"], "/events?timeline=home&since=0")
     try:
@@ -223,19 +247,40 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
         await stream.next("post", timeout=10)
     finally:
         await stream.close()
-    for where in ("a", "b"):
-        for url in ("/", "/public", "/@alice", f"/posts/{first}"):
-            assert (await alice.on[where].get(url)).status_code == 200
+
+    async def pages() -> None:
+        for where in ("a", "b"):
+            for url in ("/", "/public", "/@alice", f"/posts/{first}"):
+                assert (await alice.on[where].get(url)).status_code == 200
+                assert canary in (await bob.on[where].get(url)).text
+
+    await pages()
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, cluster.redis.url)
-    rotated = await asyncio.to_thread(cipherfeed_process, settings, "keys", "rotate-user", "--all")
-    assert rotated.returncode == 0, rotated.stderr
-    erased = await asyncio.to_thread(cipherfeed_process, settings, "users", "delete", "carol", "--yes")
-    assert erased.returncode == 0, erased.stderr
-    logs = [str(proc.log) for proc in cluster.procs.values()]
+
+    async def cli(*args: str) -> str:
+        done = await asyncio.to_thread(cipherfeed_process, settings, *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    # The root key: add a version and roll it out; promote it (user keys and email indexes rewrapped) and roll that
+    # out; retire the old version and roll that out. With the ring in the environment each step prints the new one.
+    for step in (("keys", "rotate"), ("keys", "rotate"), ("keys", "retire", "1")):
+        settings["CIPHERFEED_ROOT_KEY"] = await cli(*step)
+        await asyncio.to_thread(cluster.restart, settings)
+    assert RootKeyRing.from_json(settings["CIPHERFEED_ROOT_KEY"]).versions == (2,)
+    await pages()
+    await bob.compose("a", f"{canary} after the root key rotation")
+    await cli("keys", "rotate-user", "--all")
+    await cli("users", "delete", "carol", "--yes")
+    await pages()
+    logs = [str(proc.log) for proc in cluster.every_process(stopped=True)]
     code, report = await run_audit(settings, "--canary", canary, *(a for log in logs for a in ("--log-file", log)))
     assert code == 0, where_found(report) + json.dumps(report["unchecked"])
     assert report["scanned"]["l1"]["note"].startswith("3 process"), report["scanned"]["l1"]
     assert {"database", "redis", "l1", "logs", "config"} <= set(report["scanned"])
+    async with processes_engine.connect() as conn:  # nothing is keyed from the retired version any more
+        assert await conn.scalar(sa.text("SELECT count(*) FROM user_keys WHERE root_version <> 2")) == 0
+        assert await conn.scalar(sa.text("SELECT email_index_version FROM users WHERE username = 'alice'")) == 2
 
 
 def test_progress_is_a_bar_in_a_terminal_and_lines_elsewhere() -> None:

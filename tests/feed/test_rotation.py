@@ -20,7 +20,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from crypto import blind_index
 from crypto import sealed as sealed_format
+from feed.errors import Conflict
 from feed.services import accounts, keystatus, rotation
 from feed.services import posts as post_service
 from feed.services.jobs import Run, run_maintenance
@@ -283,6 +285,74 @@ async def test_root_key_rotation_while_serving(
     await every_post_opens(app, world)
     for browser in (reader, *load.newcomers):
         assert (await browser.get("/")).status_code == 200
+
+
+async def test_email_indexes_move_with_the_root_key(app: Any, restore: None) -> None:
+    """The email index is keyed from the root key ring: an address stays taken through a rotation (under the old
+    version, the new one, and the server secret of rows from before), ``rewrap_user_keys`` moves every index under
+    the primary, and a version is retired only once no index is keyed from it."""
+    svc = app.state.services
+    start = svc.keys.ring
+    addresses = {"ida": "ida@example.com", "jo": "jo@example.com", "kit": "kit@example.com"}
+    people = {name: await accounts.register(svc, name, "correct horse battery staple", email)
+              for name, email in addresses.items()}  # fmt: skip
+    before = blind_index(svc.secrets.secret_index_key, addresses["kit"])
+    async with svc.db.begin() as session:  # kit's row as it was before the index moved to the root key ring
+        kit = users.update().where(users.c.id == people["kit"].id)
+        await session.execute(kit.values(email_index=before, email_index_version=None))
+
+    async def indexes() -> dict[str, tuple[bytes, int | None]]:
+        found = await rows(app, sa.select(users.c.username, users.c.email_index, users.c.email_index_version))
+        return {r.username: (r.email_index, r.email_index_version) for r in found if r.email_index is not None}
+
+    assert (await indexes())["ida"] == (start.blind_index("email", addresses["ida"]), start.primary)
+    assert start.blind_index("email", addresses["ida"]) != blind_index(svc.secrets.secret_index_key, addresses["ida"])
+
+    async def taken_by_newcomers() -> None:
+        for n, address in enumerate(addresses.values()):
+            with pytest.raises(Conflict):
+                await accounts.register(svc, f"copycat{n}", "correct horse battery staple", f" {address.upper()} ")
+
+    await taken_by_newcomers()  # kit's under the server secret too
+    promoted, _ = rotation.next_ring(start, one_step=True)
+    svc.keys.use_ring(promoted)
+    await taken_by_newcomers()  # keyed from the old version, found
+    assert await rotation.root_version_use(svc, start.primary) >= 2 + len(addresses)  # user keys and two indexes
+    assert await rotation.not_under(svc, promoted.primary) >= 3 + len(addresses)
+
+    run = await job(app, "rewrap_user_keys")
+    assert run.changed["email_indexes_recomputed"] == len(addresses)
+    expected = {name: (promoted.blind_index("email", a), promoted.primary) for name, a in addresses.items()}
+    assert await indexes() == expected
+    assert await rotation.root_version_use(svc, start.primary) == 0
+    assert (await job(app, "reindex_emails")).changed == {}
+    svc.keys.use_ring(promoted.retire(start.primary))
+    await taken_by_newcomers()
+    fresh = await accounts.register(svc, "lee", "correct horse battery staple", "lee@example.com")
+    assert (await indexes())["lee"] == (promoted.blind_index("email", "lee@example.com"), promoted.primary)
+    assert await accounts.email_of(svc, fresh) == "lee@example.com"
+
+
+async def test_reindex_emails_moves_rows_from_before_the_root_key_index(app: Any, restore: None) -> None:
+    svc = app.state.services
+    ring = svc.keys.ring
+    names = [f"old{n}" for n in range(2 * rotation.batch.CHUNK + 1)]
+    for name in names:
+        await accounts.register(svc, name, "correct horse battery staple", f"{name}@example.com")
+    async with svc.db.begin() as session:
+        for name in names:
+            await session.execute(users.update().where(users.c.username == name).values(
+                email_index=blind_index(svc.secrets.secret_index_key, f"{name}@example.com"),
+                email_index_version=None))  # fmt: skip
+    dry = await job(app, "reindex_emails", dry_run=True)
+    assert dry.changed == {"email_indexes_recomputed": len(names)} and dry.total == len(names)
+    run = await job(app, "reindex_emails")
+    assert run.changed == {"email_indexes_recomputed": len(names)}
+    found = await rows(app, sa.select(users.c.username, users.c.email_index, users.c.email_index_version))
+    assert {r.username: (r.email_index, r.email_index_version) for r in found} == {
+        name: (ring.blind_index("email", f"{name}@example.com"), ring.primary) for name in names
+    }
+    assert (await job(app, "reindex_emails")).changed == {}
 
 
 # -- user key rotation

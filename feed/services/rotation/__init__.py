@@ -10,14 +10,16 @@ this process's memory.
 
 The modules: :mod:`.root` (root key rotation, ``cipherfeed keys rotate``), :mod:`.user_keys` (user key rotation),
 :mod:`.rewrap` (posts and emails rewrapped under their author's current key, superseded user keys destroyed),
-:mod:`.reencrypt` (format re-encryption), :mod:`.usage` (what ``keys status`` shows of posts) and :mod:`.batch`
-(chunk size and passes). Their queries are in ``feed.storage.keys``.
+:mod:`.emails` (email indexes recomputed under the primary root key), :mod:`.reencrypt` (format re-encryption),
+:mod:`.usage` (what ``keys status`` shows of posts) and :mod:`.batch` (chunk size and passes). Their queries are in
+``feed.storage.keys``.
 """
 
 from __future__ import annotations
 
 from feed.services.jobs import Maintenance
 from feed.services.rotation import batch, rewrap, root
+from feed.services.rotation.emails import reindex_emails
 from feed.services.rotation.reencrypt import reencrypt_posts
 from feed.services.rotation.rewrap import prune_user_keys, rewrap_posts, rewrap_posts_of
 from feed.services.rotation.root import next_ring, not_under, rewrap_user_keys, root_version_use
@@ -26,6 +28,7 @@ from feed.services.rotation.user_keys import new_user_rotation, rotate_user, rot
 
 __all__ = [
     "JOBS",
+    "SCHEDULED",
     "PostKeyUse",
     "batch",
     "new_user_rotation",
@@ -34,6 +37,7 @@ __all__ = [
     "post_key_use",
     "prune_user_keys",
     "reencrypt_posts",
+    "reindex_emails",
     "rewrap",
     "rewrap_posts",
     "rewrap_posts_of",
@@ -46,7 +50,11 @@ __all__ = [
 ]
 
 JOBS = (
-    Maintenance("rewrap_user_keys", "rewrap every user key under the root key ring's primary", rewrap_user_keys),
+    Maintenance(
+        "rewrap_user_keys",
+        "rewrap every user key, and recompute every email index, under the root key ring's primary",
+        rewrap_user_keys,
+    ),
     Maintenance("rotate_user_keys", "a new key for every user, their posts rewrapped under it", rotate_user_keys),
     Maintenance(
         "rewrap_posts",
@@ -56,3 +64,14 @@ JOBS = (
     Maintenance("reencrypt_posts", "re-encrypt posts sealed in an older format", reencrypt_posts),
 )
 """By hand only (``cipherfeed jobs run NAME``, ``cipherfeed keys ...``): a rotation is an operator's decision."""
+
+SCHEDULED = (
+    Maintenance(
+        "reindex_emails",
+        "recompute the email indexes not keyed from the root key ring's primary (rows from before the index moved "
+        "to the root key ring, or written by a process that had not heard of a promotion)",
+        reindex_emails,
+        minute=frozenset({25}),
+        hour=frozenset({3}),
+    ),
+)

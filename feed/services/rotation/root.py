@@ -26,7 +26,7 @@ from feed.cache import USER_KEYS
 from feed.services import lookup
 from feed.services.context import Services
 from feed.services.jobs import Run
-from feed.services.rotation import batch
+from feed.services.rotation import batch, emails
 from feed.storage import keys as store
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def next_ring(ring: RootKeyRing, *, one_step: bool = False) -> tuple[RootKeyRing
 
 
 async def rewrap_user_keys(svc: Services, run: Run) -> None:
-    """Rewrap every user key not wrapped under the root key ring's primary (``rewrap_user_keys``)."""
+    """Rewrap every user key not wrapped under the root key ring's primary, then recompute the email indexes not
+    keyed from it (``rewrap_user_keys``)."""
     ring = svc.keys.ring
     primary = ring.primary
     async with svc.db() as session:
@@ -67,6 +68,7 @@ async def rewrap_user_keys(svc: Services, run: Run) -> None:
         if run.changed.get("user_keys_rewrapped", 0) == before:
             break
     run.count("user_keys_unreadable", len(unreadable))
+    await emails.reindex_emails(svc, run)
 
 
 async def _rewrap_user_key_rows(
@@ -105,12 +107,17 @@ async def _user_keys_chunk(svc: Services, primary: int, after: int | None) -> Se
 
 
 async def not_under(svc: Services, primary: int) -> int:
-    """How many user keys a root key version other than ``primary`` wraps (what ``rewrap_user_keys`` would do)."""
+    """How many user keys a root key version other than ``primary`` wraps, and email indexes another key keys (what
+    ``rewrap_user_keys`` would do)."""
     async with svc.db() as session:
-        return await store.count_user_keys_not_under(session, primary)
+        return await store.count_user_keys_not_under(session, primary) + await store.count_email_indexes_not_under(
+            session, primary
+        )
 
 
 async def root_version_use(svc: Services, version: int) -> int:
-    """How many user keys root key ``version`` wraps (a version is retired only at 0)."""
+    """How many user keys root key ``version`` wraps and email indexes it keys (a version is retired only at 0)."""
     async with svc.db() as session:
-        return await store.count_user_keys_under(session, version)
+        return await store.count_user_keys_under(session, version) + await store.count_email_indexes_under(
+            session, version
+        )

@@ -153,7 +153,10 @@ async def test_email_is_sealed_with_a_blind_index(make_browser, app):
         assert plain not in row.email_sealed
         assert plain.decode() not in repr(tuple(row))
     assert isinstance(row.email_index, bytes) and len(row.email_index) == 32
-    assert row.email_index == blind_index(app.state.services.secrets.index_key, "alice.person@example.com")
+    svc = app.state.services
+    assert row.email_index == svc.keys.ring.blind_index("email", "alice.person@example.com")  # from the root key
+    assert row.email_index_version == svc.keys.ring.primary
+    assert row.email_index != blind_index(svc.secrets.secret_index_key, "alice.person@example.com")
     assert row.email_index != hashlib.sha256(b"alice.person@example.com").digest()  # keyed, not a bare hash
     settings = await alice.get("/settings")
     assert 'value="alice.person@example.com"' in settings.text
@@ -350,7 +353,7 @@ async def test_settings_saves_display_name_bio_and_email(make_browser, app):
     assert 'value="new@example.com"' in page.text
     row = await user_row(app, "alice")
     assert (row.display_name, row.bio) == ("Alice Liddell", "Down the\nrabbit hole")
-    assert row.email_index == blind_index(app.state.services.secrets.index_key, "new@example.com") != old_index
+    assert row.email_index == app.state.services.keys.ring.blind_index("email", "new@example.com") != old_index
     assert b"new@example.com" not in row.email_sealed
     profile = await alice.get("/@alice")
     assert "Alice Liddell" in profile.text
