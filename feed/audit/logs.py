@@ -32,7 +32,15 @@ SHAPES = (
     re.compile(rf"{_LEVEL}:\s+(?P<message>.*)"),  # uvicorn
     re.compile(r"(?P<message>cipherfeed: .*)"),  # the CLI
 )
-_SKIPPED = re.compile(r"\s|Traceback \(most recent call last\):$|$")
+_SKIPPED = re.compile(
+    r"\s|Traceback \(most recent call last\):$|$"
+    r"|The above exception was the direct cause of the following exception:$"
+    r"|During handling of the above exception, another exception occurred:$"
+)
+_MIN_WORDING = 12
+_MAX_MESSAGE = 4096  # longer messages are judged whole (a template's lazy groups cost more the longer the line)
+_NUMBER = {"d": r"(-?\d+)", "i": r"(-?\d+)", "u": r"(-?\d+)", "f": r"(-?[\d.]+|nan|inf|-inf)",
+           "F": r"(-?[\d.]+|NAN|INF|-INF)"}  # fmt: skip
 _STATUS_LINES = frozenset(f"{status.value} {status.phrase}" for status in HTTPStatus)  # uvicorn's access log
 _SPECIFIER = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])")
 
@@ -60,12 +68,25 @@ def judge(line: str) -> str | None:
             break
     else:
         return looks_like_text(line.encode())
-    filled = templates().fullmatch(message)
+    filled = templates().fullmatch(message) if len(message) <= _MAX_MESSAGE else None
     if filled is None:
         return looks_like_text(message.encode())
-    for value in filled.groups():
-        if value and value not in _STATUS_LINES and (reason := looks_like_text(unquote_plus(value).encode())):
-            return f"a logged value: {reason}"
+    reason = _text_in(filled.groups())
+    if reason is None:
+        return None
+    # The first template that fits may have cut a message of ours in two; is there a fill with nothing but ours?
+    for one in each_template():
+        if (other := one.fullmatch(message)) is not None and _text_in(other.groups()) is None:
+            return None
+    return f"a logged value: {reason}"
+
+
+def _text_in(values: Sequence[str | None]) -> str | None:
+    for value in values:
+        if not value or value in _STATUS_LINES:
+            continue
+        if (reason := looks_like_text(unquote_plus(value).encode())) and not our_words().fullmatch(value):
+            return reason
     return None
 
 
@@ -73,8 +94,27 @@ def judge(line: str) -> str | None:
 def templates() -> re.Pattern[str]:
     """Every known message template as one pattern: each template's filled-in parts are its groups (the others
     are None), the most specific templates first."""
-    known = sorted(set(_templates()), key=lambda t: (-len(_SPECIFIER.sub("", t)), t))
-    return re.compile("|".join(_pattern(t) for t in known), re.DOTALL)
+    return _alternation(set(_templates()))
+
+
+@functools.cache
+def each_template() -> list[re.Pattern[str]]:
+    return [re.compile(_pattern(t), re.DOTALL) for t in _ordered(set(_templates()))]
+
+
+@functools.cache
+def our_words() -> re.Pattern[str]:
+    """Every string of our own source (constants, and f-strings with their fields as wildcards): a value that is one
+    of them (an error message of ours that a line was filled with, say) is ours, not someone's text."""
+    return _alternation(set(_strings(("feed", "jobs"))))
+
+
+def _alternation(known: set[str]) -> re.Pattern[str]:
+    return re.compile("|".join(_pattern(t) for t in _ordered(known)), re.DOTALL)
+
+
+def _ordered(known: set[str]) -> list[str]:
+    return sorted(known, key=lambda t: (-len(_SPECIFIER.sub("", t)), t))
 
 
 def _pattern(template: str) -> str:
@@ -82,24 +122,48 @@ def _pattern(template: str) -> str:
     at = 0
     for spec in _SPECIFIER.finditer(template):
         parts.append(re.escape(template[at : spec.start()]))
-        parts.append("%" if spec.group(1) == "%" else "(.*?)")
+        kind = spec.group(1)
+        parts.append("%" if kind == "%" else _NUMBER.get(kind, "(.*?)"))
         at = spec.end()
     parts.append(re.escape(template[at:]))
     return "(?:" + "".join(parts) + ")"
 
 
+# Lines no logging call spells out: uvicorn's access formatter writes the status with its phrase ("303 See Other").
+RENDERED = ('%s - "%s %s HTTP/%s" %s',)
+
+
 def _templates() -> Iterator[str]:
-    for package in SOURCES:
+    yield from RENDERED
+    for tree in _trees(SOURCES):
+        yield from _templates_in(tree)
+
+
+def _strings(packages: Sequence[str]) -> Iterator[str]:
+    """Strings of the source with at least :data:`_MIN_WORDING` characters of their own (an f-string's fields do
+    not count: ``f"{a}: {b}"`` would match anything)."""
+    for tree in _trees(packages):
+        for node in ast.walk(tree):
+            text = None
+            if isinstance(node, ast.JoinedStr):
+                text = _as_template(node)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value.replace("%", "%%")
+            if text is not None and len(_SPECIFIER.sub("", text)) >= _MIN_WORDING:
+                yield text
+
+
+def _trees(packages: Sequence[str]) -> Iterator[ast.AST]:
+    for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             continue
         for folder in spec.submodule_search_locations:
             for path in sorted(Path(folder).rglob("*.py")):
                 try:
-                    tree = ast.parse(path.read_text(encoding="utf-8"))
+                    yield ast.parse(path.read_text(encoding="utf-8"))
                 except (OSError, SyntaxError, UnicodeDecodeError):
                     continue
-                yield from _templates_in(tree)
 
 
 def _templates_in(tree: ast.AST) -> Iterator[str]:

@@ -137,7 +137,7 @@ async def register(svc: Services, username: str, password: str, email: str = "")
     async with svc.db.begin() as session:
         if await store.username_taken(session, username.lower()):
             raise Conflict("That username is taken")
-        if address and await store.email_taken(session, emails.every_index(svc, address)):
+        if address and await emails.taken(svc, session, address):
             raise Conflict(_EMAIL_TAKEN)
         try:
             # Core statements run at once, so a concurrent sign-up that won the race fails right here.
@@ -305,7 +305,7 @@ async def update_profile(svc: Services, user: User, display_name: str, bio: str,
         values: dict[str, object] = {"display_name": display_name, "bio": bio, "updated_at": now()}
         if address:
             index, index_version = emails.index(svc, address)
-            if await store.email_taken(session, emails.every_index(svc, address), except_user=user.id):
+            if await emails.taken(svc, session, address, except_user=user.id):
                 raise Conflict(_EMAIL_TAKEN)
             version = await store.current_key_version(session, user.id)  # not the cached user's: see posts.create
             if not version:

@@ -227,14 +227,16 @@ async def update_email_if_unchanged(
 
 
 def _email_index_not_under(root_version: int) -> Any:
+    # Versions only grow: an index keyed from a newer version than this process's primary was written by a
+    # process that heard of a promotion first, and is left alone.
     return sa.and_(
         users.c.email_index.is_not(None),
-        sa.or_(users.c.email_index_version.is_(None), users.c.email_index_version != root_version),
+        sa.or_(users.c.email_index_version.is_(None), users.c.email_index_version < root_version),
     )
 
 
 async def count_email_indexes_not_under(session: AsyncSession, root_version: int) -> int:
-    """Email indexes keyed from another root key version than ``root_version``, or from the server secret."""
+    """Email indexes keyed from a root key version older than ``root_version``, or from the server secret."""
     return await _count(session, users, _email_index_not_under(root_version))
 
 
@@ -245,8 +247,8 @@ async def count_email_indexes_under(session: AsyncSession, root_version: int) ->
 async def email_indexes_not_under(
     session: AsyncSession, root_version: int, *, after: int | None, limit: int
 ) -> list[Record]:
-    """The next ``limit`` users with id above ``after`` whose email index is not keyed from ``root_version``: id,
-    key version, sealed email and index."""
+    """The next ``limit`` users with id above ``after`` whose email index is keyed from an older root key version
+    than ``root_version``, or from the server secret: id, key version, sealed email and index."""
     query = sa.select(users.c.id, users.c.key_version, users.c.email_sealed, users.c.email_index).where(
         _email_index_not_under(root_version), users.c.email_sealed.is_not(None)
     )
@@ -263,6 +265,16 @@ async def replace_email_index(
         users.update()
         .where(users.c.id == user_id, users.c.email_index == expected, users.c.email_sealed == email_sealed)
         .values(email_index=index, email_index_version=root_version)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def clear_email_index(session: AsyncSession, user_id: int, *, expected: bytes) -> bool:
+    """Drop the user's email index (the sealed address stays) if it is still ``expected``."""
+    result = await session.execute(
+        users.update()
+        .where(users.c.id == user_id, users.c.email_index == expected)
+        .values(email_index=None, email_index_version=None)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

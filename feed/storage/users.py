@@ -31,6 +31,14 @@ async def username_taken(session: AsyncSession, username_lower: str) -> bool:
     return found is not None
 
 
+async def lock_email(session: AsyncSession, lock: int) -> None:
+    """Hold ``lock`` (a signed 64-bit number naming one address) until the transaction ends, so that two processes
+    saving one address under different root key versions (in the middle of a rollout) cannot both find it free.
+    SQLite needs none: its write transactions run one at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+
+
 async def email_taken(
     session: AsyncSession, email_indexes: Iterable[bytes], *, except_user: int | None = None
 ) -> bool:

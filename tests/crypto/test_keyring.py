@@ -227,6 +227,14 @@ def test_blind_indexes_are_keyed_per_root_version_and_purpose() -> None:
             ring.blind_index(purpose, value)
 
 
+def test_blind_index_vector() -> None:
+    """Fixed: a change of derivation would make every stored index unfindable. Computed by hand with hmac:
+    HKDF-SHA256 (no salt, info "cipherfeed-blind-index-key-v1\\0email") of the root key, then HMAC-SHA256 of
+    "cipherfeed-blind-index-v1\\0" + the value."""
+    index = RootKeyRing({1: K1}, primary=1).blind_index("email", "ida@example.com")
+    assert index.hex() == "0c1ff20121c4a9bb5ef12c9e7828a2f8941d6b2a7908f85f7eaf37fbca3bf9ff"
+
+
 def test_root_version_of_rejects_malformed_blobs() -> None:
     blob = RootKeyRing({1: K1}, primary=1).wrap_user_key(UserKey.generate(7, 1))
     for bad in [

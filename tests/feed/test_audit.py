@@ -199,7 +199,9 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
         "INFO:     Uvicorn running on http://127.0.0.1:8000 (Press CTRL+C to quit)",
         'INFO:     127.0.0.0/24 - "POST /posts HTTP/1.1" 303 See Other',
         "2026-12-02 10:00:02,000 WARNING feed.services.rotation.root: user key 12 v3 does not unwrap; left as it is",
+        "cipherfeed: error: --workers above 1 needs CIPHERFEED_REDIS_URL (the processes share invalidations there)",
         "Traceback (most recent call last):",
+        "The above exception was the direct cause of the following exception:",
         '  File "feed/web/app.py", line 12, in handler: the source line of a frame, which reads like text',
     ]
     planted = [

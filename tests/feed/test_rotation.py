@@ -344,15 +344,29 @@ async def test_reindex_emails_moves_rows_from_before_the_root_key_index(app: Any
             await session.execute(users.update().where(users.c.username == name).values(
                 email_index=blind_index(svc.secrets.secret_index_key, f"{name}@example.com"),
                 email_index_version=None))  # fmt: skip
+    # Two rows nothing can fix, which must not hold the version for ever: an address saved twice (once under
+    # another server secret, before 0008) and one whose key is gone.
+    async with svc.db.begin() as session:  # old0's index as keyed by an earlier server secret
+        await session.execute(users.update().where(users.c.username == "old0").values(email_index=b"\1" * 32))
+    twice = await accounts.register(svc, "twice", "correct horse battery staple", "old0@example.com")
+    gone = await accounts.register(svc, "gone", "correct horse battery staple", "gone@example.com")
+    async with svc.db.begin() as session:
+        await session.execute(users.update().where(users.c.id == twice.id).values(
+            email_index=b"\2" * 32, email_index_version=None))  # fmt: skip
+        await session.execute(users.update().where(users.c.id == gone.id).values(
+            email_sealed=b"not a sealed blob", email_index_version=None))  # fmt: skip
     dry = await job(app, "reindex_emails", dry_run=True)
-    assert dry.changed == {"email_indexes_recomputed": len(names)} and dry.total == len(names)
+    assert dry.changed == {"email_indexes_recomputed": len(names) + 1, "email_indexes_dropped": 1}
+    assert dry.total == len(names) + 2
     run = await job(app, "reindex_emails")
-    assert run.changed == {"email_indexes_recomputed": len(names)}
+    assert run.changed == {"email_indexes_recomputed": len(names), "email_indexes_dropped": 2}
     found = await rows(app, sa.select(users.c.username, users.c.email_index, users.c.email_index_version))
     assert {r.username: (r.email_index, r.email_index_version) for r in found} == {
         name: (ring.blind_index("email", f"{name}@example.com"), ring.primary) for name in names
-    }
+    } | {"twice": (None, None), "gone": (None, None)}
+    assert await rotation.not_under(svc, ring.primary) == 0
     assert (await job(app, "reindex_emails")).changed == {}
+    assert await accounts.email_of(svc, twice) == "old0@example.com"  # the address stays, taken by old0
 
 
 # -- user key rotation
