@@ -22,7 +22,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from feed.bus import Invalidation
-from feed.errors import Conflict, DomainError, Forbidden, Invalid, NeedsUser, NotFound, RateLimited, Unauthorized
+from feed.errors import (
+    NOT_FOUND,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NeedsUser,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
 from feed.keyfile import derive
 from feed.logs import configure as configure_logs
 from feed.logs import private_server_logs
@@ -92,6 +102,8 @@ async def domain_error(request: Request, exc: Exception) -> Response:
             return Response(status_code=204, headers={"HX-Redirect": target.headers["location"]})
         return target
     message = exc.message
+    if not api_path and isinstance(exc, NotFound) and message == NOT_FOUND:  # Mastodon's words, for the API
+        message = "There is nothing here: it was deleted, or it is not visible to you."
     if api_path and isinstance(exc, Invalid) and not isinstance(exc, BadRequest):
         message = f"Validation failed: {message}"
     return _error_response(request, status, message, headers)

@@ -11,8 +11,11 @@ class DomainError(Exception):
         self.message = message
 
 
+NOT_FOUND = "Record not found"
+
+
 class NotFound(DomainError):
-    def __init__(self, message: str = "Record not found") -> None:
+    def __init__(self, message: str = NOT_FOUND) -> None:
         super().__init__(message)
 
 

@@ -89,6 +89,13 @@ def _lookup_name(raw: str) -> str | None:
     return name if USERNAME_RE.fullmatch(name) else None
 
 
+_TOO_EASY = "That password is too easy to guess"
+PASSWORD_HINT = (
+    f"At least {MIN_PASSWORD} characters, not containing your username and not a common password; "
+    "a passphrase of a few words is best."
+)
+
+
 def check_password(password: str, username: str) -> None:
     if not password:
         raise Invalid("Password can't be blank", "password")
@@ -98,9 +105,12 @@ def check_password(password: str, username: str) -> None:
         raise Invalid(f"Password must be at most {MAX_PASSWORD} characters", "password")
     lowered = password.lower()
     # A short username ("jo") is a substring of too many good passphrases to count against them.
-    has_name = len(username) >= 4 and username.lower() in lowered
-    if lowered in _COMMON or len(set(password)) < 4 or has_name:
-        raise Invalid("That password is too easy to guess", "password")
+    if len(username) >= 4 and username.lower() in lowered:
+        raise Invalid(f"{_TOO_EASY}: it must not contain your username", "password")
+    if lowered in _COMMON:
+        raise Invalid(f"{_TOO_EASY}: it is one of the most common passwords", "password")
+    if len(set(password)) < 4:
+        raise Invalid(f"{_TOO_EASY}: it repeats too few characters", "password")
 
 
 def normalize_email(raw: str) -> str | None:

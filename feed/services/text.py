@@ -43,11 +43,21 @@ def _has_control(text: str, allow_newlines: bool) -> bool:
     return False
 
 
+def counted(raw: str) -> str:
+    """The text as its length is counted: NFC, LF line ends, trimmed."""
+    return unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def chars_left(raw: str, max_chars: int) -> int:
+    """What a counter beside a field shows: characters left (negative past the limit)."""
+    return max_chars - len(counted(raw))
+
+
 def normalize_text(
     raw: str, *, field: str, label: str, max_chars: int, allow_empty: bool = False, multiline: bool = True
 ) -> str:
     """NFC, LF line ends, trimmed; then 1..``max_chars`` code points (inclusive) and no control characters."""
-    text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    text = counted(raw)
     if _has_control(text, allow_newlines=multiline):
         raise Invalid(f"{label} contains control characters", field)
     if not text and not allow_empty:

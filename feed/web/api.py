@@ -17,21 +17,13 @@ from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
 from feed.web.auth import api_user, services
-from feed.web.forms import BadRequest, parse_count, parse_id, read_body
+from feed.web.forms import BadRequest, parse_count, parse_id, path_id, read_body
 from feed.web.openapi import BOOLEAN, ID, PAGING, STATUS_FORM, STRING, VISIBILITY, array, operation, ref
 
 VERSION = "4.3.0 (compatible; cipherfeed 0.1.0)"
 DESCRIPTION = "A social timeline that stores only encrypted posts."
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 40
-
-
-def path_id(request: Request, name: str) -> int:
-    """An id from the path; anything that is not one is simply a record that does not exist."""
-    try:
-        return parse_id(request.path_params[name])
-    except Invalid:
-        raise NotFound() from None
 
 
 def _query_id(request: Request, name: str) -> int | None:

@@ -19,9 +19,9 @@ from feed.errors import Invalid, NotFound, Unauthorized
 from feed.services import accounts, timelines
 from feed.services.models import PostView, User
 from feed.web import mastodon
-from feed.web.api import path_id, statuses_json, truthy
+from feed.web.api import statuses_json, truthy
 from feed.web.auth import api_user, services
-from feed.web.forms import BadRequest, parse_count, parse_id
+from feed.web.forms import BadRequest, parse_count, parse_id, path_id
 from feed.web.openapi import PAGING, SEARCH_QUERY, array, operation, ref
 
 FOLLOW_LIMIT, FOLLOW_MAX = 40, 80

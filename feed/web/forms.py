@@ -11,7 +11,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from feed.errors import Invalid
+from feed.errors import Invalid, NotFound
 from feed.web.auth import check_csrf
 
 if TYPE_CHECKING:
@@ -162,6 +162,14 @@ def parse_id(raw: str | None, what: str = "id") -> int:
     if not 0 < value < 2**63:
         raise Invalid(f"{what} is out of range")
     return value
+
+
+def path_id(request: Request, name: str) -> int:
+    """An id from the path; anything that is not one is simply a record that does not exist (404, not 422)."""
+    try:
+        return parse_id(request.path_params[name])
+    except Invalid:
+        raise NotFound() from None
 
 
 def parse_count(raw: str, what: str, maximum: int) -> int:

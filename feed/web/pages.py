@@ -16,7 +16,7 @@ from feed.errors import Conflict, Invalid
 from feed.services import accounts, follows, posts, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
-from feed.web.forms import parse_id, read_form
+from feed.web.forms import parse_id, path_id, read_form
 from feed.web.live import live_url
 from feed.web.templating import frame_style, is_htmx, render
 
@@ -59,7 +59,7 @@ async def home(request: Request) -> Response:
     if user is None:
         return render(request, "welcome.html")
     page = await timelines.home(services(request), user, _page(request), frame_style(request))
-    return _timeline(request, "home.html", page, "home", composer={})
+    return _timeline(request, "home.html", page, "home", composer={"visibility": _last_visibility(request)})
 
 
 async def public(request: Request) -> Response:
@@ -80,7 +80,7 @@ async def profile(request: Request) -> Response:
 async def thread(request: Request) -> Response:
     user = await viewer(request)
     ancestors, focus, replies = await timelines.thread(
-        services(request), parse_id(request.path_params["post_id"], "post id"), user, frame_style(request)
+        services(request), path_id(request, "post_id"), user, frame_style(request)
     )
     # A reply starts as private as the post it answers: a reply to a direct post stays direct.
     composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility} if user else None
@@ -134,14 +134,30 @@ async def create_post(request: Request) -> Response:
             )
         parent = await timelines.get(svc, reply_to, user) if reply_to else None
         return render(request, "compose.html", {"composer": composer, "parent": parent}, status=422)
+    answer: Response
     if is_htmx(request) and reply_to is None:
-        return render(request, "_partials/posted.html", {"post": post, "composer": {}})
-    return see_other(f"/posts/{reply_to}#post-{post.id}" if reply_to else f"/posts/{post.id}")
+        answer = render(request, "_partials/posted.html", {"post": post, "composer": {"visibility": post.visibility}})
+    else:  # without JavaScript: back where the post was written, at the post
+        answer = see_other(f"/posts/{reply_to}#post-{post.id}" if reply_to else f"/#post-{post.id}")
+    if reply_to is None:  # the next post starts with the audience of this one
+        answer.set_cookie(VISIBILITY_COOKIE, post.visibility, max_age=365 * 86400, path="/", samesite="lax",
+                          secure=request.url.scheme == "https", httponly=True)  # fmt: skip
+    return answer
+
+
+VISIBILITY_COOKIE = "cf_visibility"
+_VISIBILITIES = frozenset({"public", "unlisted", "followers", "direct"})
+
+
+def _last_visibility(request: Request) -> str:
+    """The audience of this browser's last new post (not a reply): the composer starts with it."""
+    chosen = request.cookies.get(VISIBILITY_COOKIE, "")
+    return chosen if chosen in _VISIBILITIES else "public"
 
 
 async def edit_form(request: Request) -> Response:
     user = await require_user(request)
-    post = await timelines.source_of(services(request), parse_id(request.path_params["post_id"], "post id"), user)
+    post = await timelines.source_of(services(request), path_id(request, "post_id"), user)
     values = {"status": post.text, "spoiler_text": post.cw or "", "revision": post.revision}
     return render(request, "edit.html", {"post": post, "values": values})
 
@@ -150,7 +166,7 @@ async def edit_post(request: Request) -> Response:
     form = await read_form(request)
     user = await require_user(request)
     svc = services(request)
-    post_id = parse_id(request.path_params["post_id"], "post id")
+    post_id = path_id(request, "post_id")
     expected = parse_id(form["revision"], "revision") if form.get("revision") else None
     try:
         await posts.edit(
@@ -173,7 +189,7 @@ async def edit_post(request: Request) -> Response:
 async def delete_post(request: Request) -> Response:
     form = await read_form(request)
     user = await require_user(request)
-    post_id = parse_id(request.path_params["post_id"], "post id")
+    post_id = path_id(request, "post_id")
     await posts.delete(services(request), user, post_id)
     if is_htmx(request):
         return render(request, "_partials/deleted.html", {"post_id": post_id})
@@ -194,7 +210,7 @@ async def unlike(request: Request) -> Response:
 async def _like(request: Request, *, like: bool) -> Response:
     form = await read_form(request)
     user = await require_user(request)
-    post_id = parse_id(request.path_params["post_id"], "post id")
+    post_id = path_id(request, "post_id")
     action = posts.like if like else posts.unlike
     post = await action(services(request), user, post_id)
     if is_htmx(request):

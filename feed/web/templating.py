@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from feed.resources import resource_path
+from feed.services.accounts import PASSWORD_HINT
 from feed.services.models import FrameStyle
-from feed.services.text import render_html
+from feed.services.text import chars_left, render_html
 from feed.web.auth import csrf_token, remember_anon
 from feed.web.post_html import PostHtml
 from feed.web.times import fulltime, isotime, reltime
@@ -37,8 +38,9 @@ def make_environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         auto_reload=False,
     )
-    env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html)
+    env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html, chars_left=chars_left)
     env.globals["draft_key"] = _draft_key  # the composer's idempotency key: a new one for each new draft
+    env.globals["password_hint"] = PASSWORD_HINT
     return env
 
 

@@ -338,11 +338,17 @@ def test_two_people_in_a_real_browser(browser: Any, server: str) -> None:
     phone.goto("/")
     expect(phone.locator("#timeline article.post").first).to_be_visible()
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390, "horizontal scroll on a phone"
+    targets = ".post-actions a, .post-actions button, .site-nav a, .site-nav button, #composer button"
+    heights = phone.evaluate(f"[...document.querySelectorAll('{targets}')].map(e => e.getBoundingClientRect().height)")
+    assert heights and min(heights) >= 44, f"tap targets under 44 px on a phone: {sorted(heights)[:5]}"
     phone.screenshot(path=str(SHOTS / "home-mobile.png"))
     phone.goto("/@alice")
     phone.screenshot(path=str(SHOTS / "profile-mobile.png"))
     phone.goto(f"/posts/{post_id}")
     phone.screenshot(path=str(SHOTS / "thread-mobile.png"))
+    phone.goto("/@alice/followers")
+    expect(phone.locator("ul.people li").first).to_contain_text("@bob")
+    assert phone.evaluate("getComputedStyle(document.querySelector('ul.people')).listStyleType") == "none"
     phone.context.close()
 
     # -- without JavaScript: log in, post from home and like, all as plain forms and redirects
@@ -353,12 +359,12 @@ def test_two_people_in_a_real_browser(browser: Any, server: str) -> None:
     plain.get_by_role("button", name="Log in").click()
     plain.wait_for_url(f"{server}/")
     plain.locator("#composer-status").fill("Posted with scripts off")
+    plain.locator("#composer-visibility").select_option("unlisted")
     plain.get_by_role("button", name="Post", exact=True).click()
-    plain.wait_for_url(re.compile(r"/posts/\d+$"))
-    own_id = int(plain.url.rsplit("/", 1)[-1])
-    expect(plain.locator(".thread-focus .post-body")).to_have_text("Posted with scripts off")
-    plain.goto("/")
+    plain.wait_for_url(re.compile(r"/#post-\d+$"))  # back home, at the new post
+    own_id = int(plain.url.rsplit("#post-", 1)[-1])
     expect(plain.locator("#timeline article.post").first).to_contain_text("Posted with scripts off")
+    expect(plain.locator("#composer-visibility")).to_have_value("unlisted")  # the last audience is remembered
     mine = plain.locator(f"#post-{own_id} button.like-button")
     expect(mine).to_have_attribute("aria-pressed", "false")
     mine.click()

@@ -66,7 +66,8 @@ class Person:
     async def compose(self, text: str, **fields: str) -> int:
         response = await self.form("/posts", {"status": text, **fields})
         assert response.status_code == 303, response.text
-        return int(response.headers["location"].rsplit("/", 1)[-1])
+        location = response.headers["location"]
+        return int(location.split("#post-")[-1] if "#post-" in location else location.rsplit("/", 1)[-1])
 
     async def live(self, path: str = "/", **headers: str) -> Stream:
         """The live stream of the page at ``path``, as its htmx would open it."""

@@ -27,3 +27,22 @@ async def test_register_post_follow_like_reply_edit_delete(make_browser):
     assert "Edited words" in (await bob.get(f"/posts/{post_id}")).text
     assert (await alice.post(f"/posts/{post_id}/delete")).status_code == 303
     assert (await bob.get(f"/posts/{post_id}")).status_code == 404
+
+
+async def test_the_composer_remembers_the_last_audience_and_lands_home(make_browser):
+    alice = await make_browser("alice")
+    assert 'value="public" selected' in (await alice.get("/")).text  # nothing chosen yet
+    response = await alice.post("/posts", {"status": "for my followers", "visibility": "followers"})
+    assert response.status_code == 303 and response.headers["location"].startswith("/#post-"), response.headers
+    post_id = int(response.headers["location"].rsplit("#post-", 1)[-1])
+    home = (await alice.get("/")).text
+    assert f'id="post-{post_id}"' in home and 'value="followers" selected' in home
+    bob = await make_browser("bob")
+    bobs = await bob.compose("hello, everyone")
+    await alice.compose("@bob a reply, unlisted", in_reply_to_id=str(bobs), visibility="unlisted")
+    assert 'value="followers" selected' in (await alice.get("/")).text  # a reply does not change it
+    posted = await alice.htmx_post("/posts", {"status": "quietly", "visibility": "unlisted"})
+    assert posted.status_code == 200 and 'value="unlisted" selected' in posted.text  # the fresh composer, too
+    assert 'value="unlisted" selected' in (await alice.get("/")).text
+    alice.http.cookies.set("cf_visibility", "everyone-and-their-dog")
+    assert 'value="public" selected' in (await alice.get("/")).text
