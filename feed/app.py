@@ -39,7 +39,18 @@ from feed.logs import private_server_logs
 from feed.resources import resource_path
 from feed.runtime import Runtime, open_runtime
 from feed.settings import Settings, load_settings
-from feed.web import account_pages, api, directory, live, oauth, openapi, pages, startup, streaming
+from feed.web import (
+    account_pages,
+    api,
+    directory,
+    live,
+    notification_api,
+    oauth,
+    openapi,
+    pages,
+    startup,
+    streaming,
+)
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
@@ -164,6 +175,9 @@ def routes() -> list[BaseRoute]:
         Route(f"{v1}/statuses/{{status_id}}/history", api.status_history),
         Route(f"{v1}/statuses/{{status_id}}/favourite", api.favourite, methods=["POST"]),
         Route(f"{v1}/statuses/{{status_id}}/unfavourite", api.unfavourite, methods=["POST"]),
+        Route(f"{v1}/statuses/{{status_id}}/bookmark", api.bookmark, methods=["POST"]),
+        Route(f"{v1}/statuses/{{status_id}}/unbookmark", api.unbookmark, methods=["POST"]),
+        Route(f"{v1}/bookmarks", api.bookmarked),
         Route(f"{v1}/streaming/health", streaming.health),
         Route(f"{v1}/streaming/{{stream:path}}", streaming.events),
         WebSocketRoute(f"{v1}/streaming", streaming.websocket),
@@ -177,6 +191,14 @@ def routes() -> list[BaseRoute]:
         Route("/api/v2/filters", startup.nothing_yet("read:filters")),
         Route(f"{v1}/lists", startup.nothing_yet("read:lists")),
         Route(f"{v1}/follow_requests", startup.nothing_yet("read:follows")),
+        Route(f"{v1}/notifications", notification_api.listing),
+        Route(f"{v1}/notifications/clear", notification_api.clear, methods=["POST"]),
+        Route(f"{v1}/notifications/unread_count", notification_api.unread_count),
+        Route(f"{v1}/notifications/{{notification_id}}", notification_api.one),
+        Route(f"{v1}/notifications/{{notification_id}}/dismiss", notification_api.dismiss, methods=["POST"]),
+        Route("/api/v2/notifications", notification_api.grouped),
+        Route("/api/v2/notifications/unread_count", notification_api.unread_count),
+        Route("/api/v2/notifications/{group_key}/dismiss", notification_api.dismiss_group, methods=["POST"]),
         Route(f"{v1}/announcements", startup.nothing_yet("read")),
         Route("/api/openapi.json", openapi.openapi_json),
         Route("/api/{rest:path}", api.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
@@ -192,6 +214,9 @@ def routes() -> list[BaseRoute]:
         Route("/posts/{post_id}/delete", pages.delete_post, methods=["POST"]),
         Route("/posts/{post_id}/like", pages.like, methods=["POST"]),
         Route("/posts/{post_id}/unlike", pages.unlike, methods=["POST"]),
+        Route("/posts/{post_id}/bookmark", pages.bookmark, methods=["POST"]),
+        Route("/posts/{post_id}/unbookmark", pages.unbookmark, methods=["POST"]),
+        Route("/bookmarks", pages.bookmarked),
         Route("/login", account_pages.login_form, methods=["GET"]),
         Route("/login", account_pages.login, methods=["POST"]),
         Route("/register", account_pages.register_form, methods=["GET"]),

@@ -6,6 +6,8 @@ the same transaction, and the relay (``feed.relay``) carries it out. Live events
 
 - :class:`Event`, about one post (a new post, an edit, a deletion), with the post's declared metadata: author,
   visibility, mentioned ids. Each web process decides per viewer, at render time, who may see it.
+- :class:`Event` of kind :data:`NOTE`: a notification for one user (its id only; the notification names who did
+  what to which post, as ids, in its table).
 - counts: "the like or reply count of these posts changed"; the relay reads the counts when it publishes, so that
   what it sends is never older than the last commit.
 """
@@ -18,10 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Event kinds: a new post (of the shared posts stream), its edit and deletion, and "this post joined your home
-# timeline" (of a user's own stream, written by the post's fan-out).
-NEW, EDIT, DELETE, HOME = "new", "edit", "delete", "home"
-KINDS = frozenset({NEW, EDIT, DELETE, HOME})
+# Event kinds: a new post (of the shared posts stream), its edit and deletion, "this post joined your home
+# timeline" (of a user's own stream, written by the post's fan-out), and "you have a new notification" (of a user's
+# own stream, written by the relay: ``post`` is the notification's id and ``author`` the user it is for).
+NEW, EDIT, DELETE, HOME, NOTE = "new", "edit", "delete", "home", "note"
+KINDS = frozenset({NEW, EDIT, DELETE, HOME, NOTE})
+USER_KINDS = frozenset({HOME, NOTE})  # the kinds of a user's own stream
 VISIBILITY_CODES = {"public": "p", "unlisted": "u", "followers": "f", "direct": "d"}
 VISIBILITIES = {code: name for name, code in VISIBILITY_CODES.items()}
 _NAME = re.compile(r"[A-Za-z0-9_:.-]{1,100}")

@@ -109,6 +109,17 @@ class AccountCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """A number kept for one key (how many notifications a person has not read)."""
+
+    value: int
+
+    @property
+    def size(self) -> int:
+        return 40
+
+
+@dataclass(frozen=True, slots=True)
 class IdList:
     """An ordered list of ids (a timeline page, the accounts someone follows)."""
 
@@ -169,9 +180,29 @@ class WrappedKey:
         return 40 + len(self.blob)
 
 
-CACHEABLE = (PostRecord, UserRecord, SessionRecord, AccountCounts, IdList, IdSet, RefList, SealedFrame, WrappedKey)
+CACHEABLE = (
+    PostRecord,
+    UserRecord,
+    SessionRecord,
+    AccountCounts,
+    Tally,
+    IdList,
+    IdSet,
+    RefList,
+    SealedFrame,
+    WrappedKey,
+)
 Cacheable = (
-    PostRecord | UserRecord | SessionRecord | AccountCounts | IdList | IdSet | RefList | SealedFrame | WrappedKey
+    PostRecord
+    | UserRecord
+    | SessionRecord
+    | AccountCounts
+    | Tally
+    | IdList
+    | IdSet
+    | RefList
+    | SealedFrame
+    | WrappedKey
 )
 
 _LEN = struct.Struct(">I")
@@ -251,6 +282,8 @@ def encode(value: Cacheable) -> bytes:
     if isinstance(value, AccountCounts):
         counts = [value.followers, value.following, value.posts, _when(value.last_post_at)]
         return _pack(b"C", {"n": counts})
+    if isinstance(value, Tally):
+        return _pack(b"N", {"n": value.value})
     if isinstance(value, IdList):
         return _pack(b"I", {"i": list(value.ids)})
     if isinstance(value, IdSet):
@@ -308,6 +341,8 @@ def _decode(data: bytes) -> Cacheable:
     if tag == b"C":
         followers, following, post_count, last = h["n"]
         return AccountCounts(int(followers), int(following), int(post_count), _from_when(last))
+    if tag == b"N":
+        return Tally(int(h["n"]))
     if tag == b"I":
         return IdList(tuple(int(i) for i in h["i"]))
     if tag == b"D":

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from feed.bus import Bus, Invalidation
 from feed.cache import SPACES, Cache, Space
-from feed.events import Effects, Event
+from feed.events import NOTE, Effects, Event
 from feed.redis_link import RedisLink
 from feed.storage import outbox as store
 from feed.streams import Streams
@@ -212,9 +212,17 @@ class Relay:
                 since = created_ms if since is None else min(since, created_ms)
             else:
                 fresh += stamped
+        notes = [event for event in (*retried, *fresh) if event.kind == NOTE]
+        retried = [event for event in retried if event.kind != NOTE]
+        fresh = [event for event in fresh if event.kind != NOTE]
         if retried and not await self.streams.publish_posts(retried, retried_since_ms=(since or 0) - 5_000):
             return False
         if fresh and not await self.streams.publish_posts(fresh):
+            return False
+        try:
+            for note in notes:  # to the stream of the user it is for (an entry written before is not written again)
+                await self.streams.append_home(note, [note.author])
+        except ConnectionError:
             return False
         if self._events is not None:
             for event in (*retried, *fresh):

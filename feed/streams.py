@@ -6,11 +6,12 @@ Two kinds of stream, both bounded:
   written by the outbox relay, the newest :data:`POSTS_KEPT` kept. Each web process reads it with one blocking
   XREAD and hands each entry to its connections, which decide per viewer what to show.
 - **A stream per user** (``cf:ev:{u<id>}``): "this post joined your home timeline", written by the post's fan-out
-  into the streams that exist, the newest :data:`USER_KEPT` kept. A user's stream is made when one of their
-  clients connects and lives until :data:`USER_RETENTION_MS` after their last client left (each web process renews
-  it for its clients), so a client that comes back within that time gets exactly what it missed, and a user who
-  has been away longer costs nothing. A fan-out announces what it wrote on the pub/sub channel ``cf:push`` (stream
-  ids and post ids); so does the relay for changed like and reply counts, coalesced per post.
+  into the streams that exist, and "you have a new notification", written by the outbox relay; the newest
+  :data:`USER_KEPT` kept. A user's stream is made when one of their clients connects and lives until
+  :data:`USER_RETENTION_MS` after their last client left (each web process renews it for its clients), so a client
+  that comes back within that time gets exactly what it missed, and a user who has been away longer costs nothing. A
+  fan-out announces what it wrote on the pub/sub channel ``cf:push`` (stream ids and post ids); so does the relay
+  for changed like and reply counts, coalesced per post.
 
 A stream entry's id (``<milliseconds>-<sequence>``, Redis's own) is what clients resume from. A client whose id is
 older than a stream's first entry, or whose stream is gone (trimmed, expired, or lost with Redis), may have missed
@@ -35,7 +36,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from feed.events import HOME, Event
+from feed.events import HOME, NOTE, USER_KINDS, Event
 from feed.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _decode_entries(raw: Iterable[Any]) -> list[Entry]:
 def _push_message(home: list[tuple[int, str]], event: Event | None, counts: dict[int, tuple[int, int]]) -> str:
     data: dict[str, Any] = {}
     if event is not None and home:
-        data["h"] = [event.post, event.author, event.committed_ms, [[u, i] for u, i in home]]
+        data["h"] = [event.post, event.author, event.committed_ms, [[u, i] for u, i in home], event.kind]
     if counts:
         data["c"] = [[post, likes, replies] for post, (likes, replies) in counts.items()]
     return json.dumps(data, separators=(",", ":"))
@@ -107,8 +108,9 @@ def _read_push(raw: bytes | str) -> tuple[list[tuple[int, Entry]], dict[int, tup
     data = json.loads(raw)
     home: list[tuple[int, Entry]] = []
     if "h" in data:
-        post, author, committed, pairs = data["h"]
-        event = Event(HOME, int(post), int(author), "public", committed_ms=int(committed))
+        post, author, committed, pairs, *rest = data["h"]
+        kind = rest[0] if rest and rest[0] in USER_KINDS else HOME
+        event = Event(kind, int(post), int(author), "direct" if kind == NOTE else "public", committed_ms=int(committed))
         home = [(int(u), Entry(str(i), event)) for u, i in pairs]
     counts = {int(p): (int(likes), int(replies)) for p, likes, replies in data.get("c", ())}
     return home, counts

@@ -36,9 +36,7 @@ def upgrade() -> None:
         sa.Column("sensitive", sa.Boolean, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("post_id", "revision", name="pk_post_revisions"),
-        sa.ForeignKeyConstraint(
-            ["post_id"], ["posts.id"], ondelete="CASCADE", name="fk_post_revisions_post_id_posts"
-        ),
+        sa.ForeignKeyConstraint(["post_id"], ["posts.id"], ondelete="CASCADE", name="fk_post_revisions_post_id_posts"),
     )
 
 

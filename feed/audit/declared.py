@@ -47,6 +47,8 @@ DECLARED: dict[str, dict[str, Column]] = {
         "created_at": WHEN,
         "updated_at": WHEN,
         "last_seen_at": _c("time", "when the account last opened its home, to an hour (idle feeds are dropped)"),
+        "notify_off": _c("code", "the kinds of notification turned off"),
+        "notify_only_following": _c("flag", "notifications only from people followed"),
     },
     "user_keys": {
         "user_id": USER,
@@ -84,6 +86,16 @@ DECLARED: dict[str, dict[str, Column]] = {
     },
     "mentions": {"post_id": ID, "user_id": _c("number", "who is mentioned")},
     "likes": {"post_id": ID, "user_id": _c("number", "who liked it"), "created_at": WHEN},
+    "bookmarks": {"id": ID, "user_id": USER, "post_id": ID, "created_at": WHEN},
+    "notifications": {
+        "id": ID,
+        "user_id": USER,
+        "type": _c("code", "what happened: mention, favourite, follow ..."),
+        "from_id": _c("number", "who did it"),
+        "post_id": ID,
+        "group_key": _c("code", "the kind, a post id and an hour number"),
+        "created_at": WHEN,
+    },
     "follows": {"follower_id": USER, "followee_id": _c("number", "whom they follow"), "created_at": WHEN},
     "sessions": {
         "id_hash": _c("digest", "the session cookie's keyed hash"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from feed.cache.spaces import (
     API_TOKENS,
+    BOOKMARKED,
     COUNTS,
     FOLLOWING,
     FRAME_SPACES,
@@ -37,6 +38,7 @@ from feed.cache.spaces import (
     SPACES,
     STATUS_FRAMES,
     TIMELINES,
+    UNREAD,
     USER_KEYS,
     USERS,
     Key,
@@ -49,6 +51,7 @@ from feed.cache.tiers import REFILL_LOCK_SECONDS, Cache, Loader, Request
 
 __all__ = [
     "API_TOKENS",
+    "BOOKMARKED",
     "COUNTS",
     "FOLLOWING",
     "FRAMES",
@@ -62,6 +65,7 @@ __all__ = [
     "SPACES",
     "STATUS_FRAMES",
     "TIMELINES",
+    "UNREAD",
     "USERS",
     "USER_KEYS",
     "Cache",

@@ -34,6 +34,7 @@ TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
 # in Redis, see feed.home_feeds), dropped by every fan-out, delete and follow that changes it.
 HOME = Space("h", l1_ttl=60, l2_ttl=0)
 LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
+BOOKMARKED = Space("b", l1_ttl=120, l2_ttl=600)  # the same for bookmarks, dropped by a bookmark or its removal
 # Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
 # edit or delete so no ciphertext of an old revision outlives the row.
 FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
@@ -43,6 +44,8 @@ FRAME_SPACES = (FRAMES, STATUS_FRAMES)  # what an edit or a delete of a post dro
 # An account's follower, following and post counts and latest post time (every status in the API embeds them),
 # dropped by the follows and posts that change them.
 COUNTS = Space("c", l1_ttl=60, l2_ttl=600)
+# How many notifications a person has not read (the number in the navigation), dropped by each new one and by reading.
+UNREAD = Space("n", l1_ttl=60, l2_ttl=600)
 SPACES = (
     POSTS,
     USERS,
@@ -53,9 +56,11 @@ SPACES = (
     TIMELINES,
     HOME,
     LIKED,
+    BOOKMARKED,
     FRAMES,
     STATUS_FRAMES,
     COUNTS,
+    UNREAD,
 )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import (
     API_TOKENS,
+    BOOKMARKED,
     COUNTS,
     FOLLOWING,
     FRAME_SPACES,
@@ -26,11 +27,12 @@ from feed.cache import (
     SESSIONS,
     SPACES,
     TIMELINES,
+    UNREAD,
     USER_KEYS,
     USERS,
     Space,
 )
-from feed.events import DELETE, EDIT, NEW, Effects, Event, Job
+from feed.events import DELETE, EDIT, NEW, NOTE, Effects, Event, Job
 from feed.services.context import Services, now
 from feed.storage import outbox
 
@@ -100,6 +102,7 @@ def post_deleted(
     stale: list[tuple[Space, int | str]] = [(POSTS, post_id), (TIMELINES, "public"), (COUNTS, author_id)]
     stale += [(space, post_id) for space in FRAME_SPACES]
     stale += [(HOME, user_id) for user_id in (author_id, *mentioned)]
+    stale += [(UNREAD, user_id) for user_id in mentioned]  # their notifications of it went with it
     if parent_id:
         stale.append((POSTS, parent_id))
     return Effects(
@@ -112,6 +115,24 @@ def post_deleted(
 
 def like_changed(post_id: int, user_id: int) -> Effects:
     return Effects(invalidate=_keys((POSTS, post_id), (LIKED, user_id)), counts=(post_id,))
+
+
+def bookmark_changed(user_id: int) -> Effects:
+    """A bookmark is its owner's alone: only their cached bookmarks change, and nobody is told."""
+    return Effects(invalidate=_keys((BOOKMARKED, user_id)))
+
+
+# -- notifications
+
+
+def notified(notification_id: int, user_id: int) -> Effects:
+    """A new notification: its recipient's unread count, and the live event to their streams."""
+    return Effects(invalidate=_keys((UNREAD, user_id)), events=(Event(NOTE, notification_id, user_id, "direct"),))
+
+
+def unread_changed(user_id: int) -> Effects:
+    """Notifications read, dismissed or withdrawn: the number in the navigation changes."""
+    return Effects(invalidate=_keys((UNREAD, user_id)))
 
 
 # -- people
@@ -145,6 +166,7 @@ def profile_changed(user_id: int) -> Effects:
 def user_erased(user_id: int, key_names: Iterable[str]) -> Effects:
     """An erased account: its keys leave every process, and so do its profile, follows, home and likes."""
     stale: list[tuple[Space, int | str]] = [(USERS, user_id), (FOLLOWING, user_id), (HOME, user_id), (LIKED, user_id)]
+    stale.append((BOOKMARKED, user_id))
     stale.append((COUNTS, user_id))
     stale.append((TIMELINES, "public"))
     stale += [(USER_KEYS, name) for name in key_names]

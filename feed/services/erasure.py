@@ -130,11 +130,13 @@ async def erase(svc: Services, user_id: int) -> Receipt:
         revoked = await store.delete_tokens(session, user_id)
         keys = tuple(sorted((int(k.version), int(k.root_version)) for k in destroyed))
         receipt_id = await store.insert_receipt(session, subject=subject(svc, user_id), key_ids=key_ids(keys), now=when)
-        caused = merge([
-            effects.user_erased(user_id, [lookup.key_name(user_id, v) for v, _ in keys]),
-            effects.sessions_ended(ended),
-            effects.tokens_revoked(revoked),
-        ])
+        caused = merge(
+            [
+                effects.user_erased(user_id, [lookup.key_name(user_id, v) for v, _ in keys]),
+                effects.sessions_ended(ended),
+                effects.tokens_revoked(revoked),
+            ]
+        )
         await effects.record(session, caused)
     log.info("erased user %s: %d keys destroyed (receipt %s)", user_id, len(keys), receipt_id)
     await effects.committed(svc, caused)

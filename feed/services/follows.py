@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feed.errors import Invalid, NotFound
-from feed.services import effects
+from feed.services import effects, notifications
 from feed.services.context import Services, now
 from feed.services.models import User
 from feed.storage import follows as store
@@ -38,6 +38,7 @@ async def follow(svc: Services, user: User, target_id: int) -> Relationship:
         )
         caused = effects.follow_changed(user.id, target_id, following=True, popular_changed=crossed)
         if changed:
+            caused += await notifications.notify(session, target_id, "follow", user.id)
             await effects.record(session, caused)
     if changed:
         await effects.committed(svc, caused)
@@ -55,6 +56,7 @@ async def unfollow(svc: Services, user: User, target_id: int) -> Relationship:
         )
         caused = effects.follow_changed(user.id, target_id, following=False, popular_changed=crossed)
         if changed:
+            caused += await notifications.withdraw(session, target_id, "follow", user.id)
             await effects.record(session, caused)
     if changed:
         await effects.committed(svc, caused)

@@ -30,9 +30,7 @@ async def status(svc: Services) -> KeyReport:
         keys, people = await store.user_key_version_counts(session)
     ring = svc.keys.ring
     use = await rotation.post_key_use(svc)
-    return KeyReport(
-        ring.primary, ring.versions, by_version, emails, keys, people, use, sealed_format.FORMAT_VERSION
-    )
+    return KeyReport(ring.primary, ring.versions, by_version, emails, keys, people, use, sealed_format.FORMAT_VERSION)
 
 
 def format_report(report: KeyReport) -> str:

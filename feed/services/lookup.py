@@ -7,13 +7,17 @@ after their commit (see ``feed.cache`` for the guarantees).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import Sealed
 from feed.bus import Invalidation
 from feed.cache import (
     API_TOKENS,
+    BOOKMARKED,
     COUNTS,
     FOLLOWING,
     FRAMES,
@@ -41,13 +45,15 @@ from feed.records import (
     WrappedKey,
 )
 from feed.services.context import Services
+from feed.services.models import Marks
+from feed.storage import bookmarks as bookmark_store
 from feed.storage import follows as follow_store
 from feed.storage import likes as like_store
 from feed.storage import posts as post_store
 from feed.storage import users as user_store
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
-LIKED_KEPT = 500  # how many of a user's liked post ids (the newest posts) the cache keeps
+MARKS_KEPT = 500  # how many of a user's liked (or bookmarked) post ids, the newest posts, the cache keeps
 
 
 def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
@@ -240,33 +246,70 @@ async def timeline_refs(
     return refs_of((await svc.cache.get_multi([timeline_request(space, key, load)]))[0].get(key))
 
 
-def liked_request(svc: Services, user_id: int) -> Request:
-    """The user's newest likes (read them with :func:`liked_among`)."""
+@dataclass(frozen=True, slots=True)
+class MarkKind:
+    """A kind of mark a person puts on posts (a like, a bookmark): the newest are cached per person (in ``space``,
+    as an :class:`IdSet` of post ids), the rest asked of the database when a page shows older posts."""
+
+    space: Space
+    newest: Callable[[AsyncSession, int, int], Awaitable[list[int]]]  # (user, limit): post ids, newest first
+    among: Callable[[AsyncSession, int, Sequence[int]], Awaitable[set[int]]]  # (user, post ids): those marked
+
+
+LIKES = MarkKind(LIKED, like_store.recent_likes, like_store.liked_by)
+BOOKMARKS = MarkKind(BOOKMARKED, bookmark_store.newest_posts, bookmark_store.marked)
+MARK_KINDS = (LIKES, BOOKMARKS)  # in the order of the fields of ``Marks``
+
+
+def mark_request(svc: Services, kind: MarkKind, user_id: int) -> Request:
+    """The user's newest marks of a kind (read them with :func:`marks_among`)."""
 
     async def load(missing: list[int]) -> Mapping[int, IdSet]:
         async with svc.db() as session:
-            newest = await like_store.recent_likes(session, user_id, LIKED_KEPT + 1)
-        if len(newest) <= LIKED_KEPT:
+            newest = await kind.newest(session, user_id, MARKS_KEPT + 1)
+        if len(newest) <= MARKS_KEPT:
             return {user_id: IdSet(frozenset(newest))}
-        return {user_id: IdSet(frozenset(newest[:LIKED_KEPT]), floor=newest[LIKED_KEPT - 1])}
+        return {user_id: IdSet(frozenset(newest[:MARKS_KEPT]), floor=newest[MARKS_KEPT - 1])}
 
-    return Request(LIKED, [user_id], load)
+    return Request(kind.space, [user_id], load)
 
 
-async def liked_among(svc: Services, user_id: int, newest: Cacheable | None, post_ids: Sequence[int]) -> set[int]:
-    """Which of ``post_ids`` the user liked: from their cached newest likes, and the database only for posts older
-    than all of those when the user has liked more than :data:`LIKED_KEPT` posts."""
-    known = newest if isinstance(newest, IdSet) else IdSet(frozenset())
-    out = {i for i in post_ids if i in known.ids}
-    if older := [i for i in post_ids if i < known.floor]:
+def marks_requests(svc: Services, user_id: int) -> list[Request]:
+    return [mark_request(svc, kind, user_id) for kind in MARK_KINDS]
+
+
+async def marks_among(
+    svc: Services, user_id: int, found: Sequence[Mapping[Any, Cacheable]], post_ids: Sequence[int]
+) -> Marks:
+    """Which of ``post_ids`` the user marked, from what :func:`marks_requests` found: their cached newest marks, and
+    the database only for posts older than all of those when they marked more than :data:`MARKS_KEPT` posts."""
+    sets = []
+    older_of: list[tuple[MarkKind, list[int]]] = []
+    for kind, results in zip(MARK_KINDS, found, strict=True):
+        newest = results.get(user_id)
+        known = newest if isinstance(newest, IdSet) else IdSet(frozenset())
+        sets.append({i for i in post_ids if i in known.ids})
+        older_of.append((kind, [i for i in post_ids if i < known.floor]))
+    if any(older for _, older in older_of):
         async with svc.db() as session:
-            out |= await like_store.liked_by(session, user_id, older)
-    return out
+            for (kind, older), out in zip(older_of, sets, strict=True):
+                if older:
+                    out |= await kind.among(session, user_id, older)
+    return Marks(*sets)
 
 
-async def liked(svc: Services, user_id: int, post_ids: Sequence[int]) -> set[int]:
-    newest = (await svc.cache.get_multi([liked_request(svc, user_id)]))[0].get(user_id)
-    return await liked_among(svc, user_id, newest, post_ids)
+async def marks(svc: Services, user_id: int | None, post_ids: Sequence[int]) -> Marks:
+    if user_id is None or not post_ids:
+        return Marks()
+    found = await svc.cache.get_multi(marks_requests(svc, user_id))
+    return await marks_among(svc, user_id, found, post_ids)
+
+
+async def marks_in(session: AsyncSession, user_id: int | None, post_ids: Sequence[int]) -> Marks:
+    """The same, from the database (for a page read from it anyway)."""
+    if user_id is None or not post_ids:
+        return Marks()
+    return Marks(*[await kind.among(session, user_id, post_ids) for kind in MARK_KINDS])
 
 
 async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from feed.errors import Invalid
+from feed.events import Effects
+from feed.services import effects
 from feed.services.context import Services, now
 from feed.services.models import User
 from feed.storage import markers as store
@@ -41,7 +43,10 @@ async def save(svc: Services, user: User, positions: Mapping[str, int]) -> list[
     unknown = set(positions) - set(TIMELINES)
     if unknown:
         raise Invalid(f"Unknown timeline {sorted(unknown)[0][:30]!r}")
+    caused = effects.unread_changed(user.id) if "notifications" in positions else Effects()
     async with svc.db.begin() as session:
         for timeline, last_read_id in positions.items():
             await store.save(session, user.id, timeline, last_read_id, now())
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
     return await read(svc, user, positions)

@@ -13,7 +13,7 @@ from feed.cache import FRAMES, Space
 from feed.services.text import render_html
 from feed.storage.posts import Page
 
-__all__ = ["Content", "FrameStyle", "Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
+__all__ = ["Content", "FrameStyle", "Marks", "Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,18 @@ class Profile:
     last_post_at: datetime | None
     viewer_follows: bool = False
     follows_viewer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """Which posts (by id) one viewer marked, of those a page shows."""
+
+    liked: set[int] = field(default_factory=set)
+    bookmarked: set[int] = field(default_factory=set)
+
+    def put_on(self, view: PostView) -> None:
+        view.liked = view.id in self.liked
+        view.bookmarked = view.id in self.bookmarked
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,7 @@ class PostView:
     created_at: datetime
     edited_at: datetime | None
     liked: bool = False
+    bookmarked: bool = False
     mentions: list[Mention] = field(default_factory=list)
     reply_to_username: str | None = None
     sensitive: bool = False

@@ -16,11 +16,12 @@ from crypto import seal_fields
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.events import Effects
 from feed.ids import new_id
-from feed.services import effects, fanout
+from feed.services import effects, fanout, notifications
 from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
 from feed.services.timelines import get
+from feed.storage import follows as follow_store
 from feed.storage import idempotency
 from feed.storage import likes as like_store
 from feed.storage import posts as store
@@ -68,6 +69,13 @@ def _seal(svc_key: Any, post_id: int, author: User, revision: int, text: str, cw
     fields = {"body": text} | ({"cw": cw} if cw else {})
     sealed = seal_fields(svc_key, fields, object_id=post_id, owner_id=author.id, revision=revision)
     return {"body": sealed["body"].data, "cw": sealed["cw"].data if cw else None}  # type: ignore[dict-item]
+
+
+async def _reaches(session: AsyncSession, reader: int, author: int, visibility: str) -> bool:
+    """Whether ``reader``, not mentioned, may read a post of ``author`` with this visibility."""
+    if visibility in ("public", "unlisted"):
+        return True
+    return visibility == "followers" and (await follow_store.follow_state(session, reader, author))[0]
 
 
 async def _key_version(session: AsyncSession, author: User) -> int:
@@ -164,11 +172,15 @@ async def _insert(
             **meta,
         )
         await store.set_mentions(session, post_id, mention_ids)
+        told = list(mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
+            if await _reaches(session, parent.author_id, author.id, visibility):
+                told.append(parent.author_id)  # a reply tells whom it answers, as Mastodon's mention does
         if key_hash is not None:
             await idempotency.remember(session, author.id, key_hash, post_id, now())
         caused = effects.post_created(post_id, author.id, visibility, parent.id if parent else None, mention_ids)
+        caused += await notifications.notify_many(session, told, "mention", author.id, post_id)
         await effects.record(session, caused)
     return post_id, caused
 
@@ -220,10 +232,13 @@ async def edit(
         if not changed:
             raise Conflict("The post was changed at the same time; reload and try again")
         await store.keep_revision(session, row)
+        before = {m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])}
         await store.set_mentions(session, post_id, mention_ids)
         # A direct post shows in the home timelines of whom it mentions: new mentions see it now (dropped ones
         # stop seeing it because every cached timeline is checked again when read).
         caused = effects.post_edited(post_id, author.id, row.visibility, mention_ids)
+        newly = [uid for uid in mention_ids if uid not in before]
+        caused += await notifications.notify_many(session, newly, "mention", author.id, post_id)
         await effects.record(session, caused)
     await effects.committed(svc, caused)
     return await get(svc, post_id, author)
@@ -251,26 +266,32 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
 async def like(svc: Services, user: User, post_id: int) -> PostView:
     """Idempotent: liking twice leaves one like."""
     async with svc.db.begin() as session:
-        if await store.get_visible_post(session, post_id, user.id) is None:
+        post = await store.get_visible_post(session, post_id, user.id)
+        if post is None:
             raise NotFound()
         try:
             changed = await like_store.add_like(session, post_id, user.id, now())
         except IntegrityError:  # deleted between the check and the insert
             raise NotFound() from None
         if changed:
-            await effects.record(session, effects.like_changed(post_id, user.id))
+            caused = effects.like_changed(post_id, user.id)
+            caused += await notifications.notify(session, post.author_id, "favourite", user.id, post_id)
+            await effects.record(session, caused)
     if changed:
-        await effects.committed(svc, effects.like_changed(post_id, user.id))
+        await effects.committed(svc, caused)
     return await get(svc, post_id, user)
 
 
 async def unlike(svc: Services, user: User, post_id: int) -> PostView:
     async with svc.db.begin() as session:
-        if await store.get_visible_post(session, post_id, user.id) is None:
+        post = await store.get_visible_post(session, post_id, user.id)
+        if post is None:
             raise NotFound()
         changed = await like_store.remove_like(session, post_id, user.id)
         if changed:
-            await effects.record(session, effects.like_changed(post_id, user.id))
+            caused = effects.like_changed(post_id, user.id)
+            caused += await notifications.withdraw(session, post.author_id, "favourite", user.id, post_id)
+            await effects.record(session, caused)
     if changed:
-        await effects.committed(svc, effects.like_changed(post_id, user.id))
+        await effects.committed(svc, caused)
     return await get(svc, post_id, user)

@@ -11,12 +11,10 @@ from feed.events import Event
 from feed.records import PostRecord
 from feed.services import fanout, lookup, timelines
 from feed.services.context import Services
-from feed.services.models import FrameStyle, PostView, User
+from feed.services.models import FrameStyle, Marks, PostView, User
 
 
-async def may_see(
-    svc: Services, viewer: User | None, author_id: int, visibility: str, mentions: Iterable[int]
-) -> bool:
+async def may_see(svc: Services, viewer: User | None, author_id: int, visibility: str, mentions: Iterable[int]) -> bool:
     """The visibility rule (``timelines.can_see``) for a post known by its metadata only (one that is gone)."""
     if visibility in ("public", "unlisted"):
         return True
@@ -59,7 +57,7 @@ async def post(
     record = await lookup.post(svc, post_id)
     if record is None:
         return None
-    found = await timelines.views(svc, [record], None, set(), style=style)
+    found = await timelines.views(svc, [record], None, Marks(), style=style)
     return (record, found[0]) if found else None
 
 
@@ -71,9 +69,9 @@ async def for_viewer(
     memo: dict[Any, Any],
     *,
     fresh: bool = False,
-) -> tuple[PostRecord, PostView, bool] | None:
+) -> tuple[PostRecord, PostView, Marks] | None:
     """The post for one viewer of a live event: the record, the view shared by every viewer (opened once per event,
-    kept in ``memo``) and whether this viewer liked it; None if they may not see it, or it is gone."""
+    kept in ``memo``) and what this viewer marked of it; None if they may not see it, or it is gone."""
     key = ("post", post_id, style is not None)
     if key not in memo:
         memo[key] = await post(svc, post_id, style, fresh=fresh)
@@ -85,5 +83,4 @@ async def for_viewer(
         svc, viewer, record.author_id, record.visibility, [uid for uid, _ in record.mentions]
     ):
         return None
-    liked = bool(record.likes_count) and viewer is not None and post_id in await lookup.liked(svc, viewer.id, [post_id])
-    return record, view, liked
+    return record, view, await lookup.marks(svc, viewer.id if viewer else None, [post_id])

@@ -24,8 +24,7 @@ from feed.errors import Forbidden, NotFound
 from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import fanout, lookup
 from feed.services.context import Services
-from feed.services.models import Content, FrameStyle, Mention, Page, PostView, TimelinePage, User
-from feed.storage import likes as like_store
+from feed.services.models import Content, FrameStyle, Marks, Mention, Page, PostView, TimelinePage, User
 from feed.storage import posts as store
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ async def views(
     svc: Services,
     refs: Sequence[Any],
     viewer: User | None,
-    liked: set[int] | None = None,
+    marks: Marks | None = None,
     *,
     recheck: bool = False,
     style: FrameStyle | None = None,
@@ -72,7 +71,7 @@ async def views(
     """Posts for ``refs`` (rows with id, author_id, key_version, in_reply_to_author_id) in their order, for a
     viewer already entitled to them, or, with ``recheck`` (refs from a cache, which may be older than the posts),
     for whom each post is checked again. Posts gone meanwhile, or whose author's key is gone or does not open
-    them, are left out. ``liked``: which of them the viewer liked, when the caller already knows.
+    them, are left out. ``marks``: which of them the viewer liked or bookmarked, when the caller already knows.
 
     With a ``style``, each view comes with its frame: opened from the cache when it holds one for this revision,
     else drawn now (which opens the post's text) and cached sealed."""
@@ -82,8 +81,8 @@ async def views(
     records, users, keys, cached_frames = await _materials(svc, refs, style)
     if recheck:
         records = await _still_visible(svc, records, viewer)
-    if liked is None:
-        liked = await _liked(svc, viewer, ids)
+    if marks is None:
+        marks = await lookup.marks(svc, viewer.id if viewer else None, ids)
     out: list[PostView] = []
     drawn: dict[int, SealedFrame] = {}
     authors: dict[int, User] = {}
@@ -95,7 +94,8 @@ async def views(
         if key is None or author is None:
             continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
-        view = _view(record, key, author, parent, record.id in liked)
+        view = _view(record, key, author, parent)
+        marks.put_on(view)
         if style is None:
             opened = _opens(view, record)
         else:
@@ -139,7 +139,7 @@ async def _materials(svc: Services, refs: Sequence[Any], style: FrameStyle | Non
     return records, users, svc.keys.open_many(blobs), found_frames[0] if found_frames else {}
 
 
-def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | None, liked: bool) -> PostView:
+def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | None) -> PostView:
     """The view of one post; its text is opened when first read."""
     return PostView(
         id=record.id,
@@ -153,7 +153,6 @@ def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | N
         replies_count=record.replies_count,
         created_at=record.created_at,
         edited_at=record.edited_at,
-        liked=liked,
         mentions=[Mention(uid, name) for uid, name in record.mentions],
         reply_to_username=parent.username if parent else None,
         sensitive=record.sensitive,
@@ -248,10 +247,6 @@ async def _still_visible(svc: Services, records: list[PostRecord], viewer: User 
     return [r for r in records if can_see(r, viewer, following)]
 
 
-async def _liked(svc: Services, viewer: User | None, ids: list[int]) -> set[int]:
-    return await lookup.liked(svc, viewer.id, ids) if viewer is not None else set()
-
-
 async def get(svc: Services, post_id: int, viewer: User | None) -> PostView:
     record = await lookup.post(svc, post_id)
     if record is None or not await _visible(svc, record, viewer):
@@ -323,17 +318,17 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         async def load() -> list[Any]:
             return await fanout.first_page(svc, viewer.id)
 
-        # The page's refs and the viewer's newest likes in one cache round trip.
-        found_refs, found_likes = await svc.cache.get_multi(
-            [lookup.timeline_request(HOME, viewer.id, load), lookup.liked_request(svc, viewer.id)]
+        # The page's refs and the viewer's newest likes and bookmarks in one cache round trip.
+        found_refs, *found_marks = await svc.cache.get_multi(
+            [lookup.timeline_request(HOME, viewer.id, load), *lookup.marks_requests(svc, viewer.id)]
         )
         refs: Sequence[Any] = lookup.refs_of(found_refs.get(viewer.id))[: page.limit]
-        liked = await lookup.liked_among(svc, viewer.id, found_likes.get(viewer.id), [ref.id for ref in refs])
-        return _page(await views(svc, refs, viewer, liked, recheck=True, style=style), refs, page)
-    async with svc.db() as session:  # one connection for the page's ids and the viewer's likes among them
+        marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
+        return _page(await views(svc, refs, viewer, marks, recheck=True, style=style), refs, page)
+    async with svc.db() as session:  # one connection for the page's ids and the viewer's marks among them
         refs = await store.home(session, viewer.id, page)
-        liked = await like_store.liked_by(session, viewer.id, [ref.id for ref in refs])
-    return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
+        marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 
 async def public(svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None) -> TimelinePage:
@@ -363,8 +358,8 @@ async def by_author(
         refs = await store.by_author(
             session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
         )
-        liked = await like_store.liked_by(session, viewer.id, [ref.id for ref in refs]) if viewer else set()
-    return _page(await views(svc, refs, viewer, liked, style=style), refs, page)
+        marks = await lookup.marks_in(session, viewer.id if viewer else None, [ref.id for ref in refs])
+    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 
 async def thread(

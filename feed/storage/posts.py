@@ -45,15 +45,18 @@ def visible_to(viewer_id: int | None) -> sa.ColumnElement[bool]:
     )
 
 
-async def _page(session: AsyncSession, query: sa.Select[Any], page: Page) -> list[Record]:
+async def paged(
+    session: AsyncSession, query: sa.Select[Any], page: Page, column: sa.ColumnElement[int] = posts.c.id
+) -> list[Record]:
+    """``query`` bounded by ``page`` on ``column`` (an id that orders by time), newest first."""
     if page.max_id is not None:
-        query = query.where(posts.c.id < page.max_id)
+        query = query.where(column < page.max_id)
     if page.min_id is not None:
-        query = query.where(posts.c.id > page.min_id).order_by(posts.c.id.asc()).limit(page.limit)
+        query = query.where(column > page.min_id).order_by(column.asc()).limit(page.limit)
         return list(reversed((await session.execute(query)).all()))
     if page.since_id is not None:
-        query = query.where(posts.c.id > page.since_id)
-    query = query.order_by(posts.c.id.desc()).limit(page.limit)
+        query = query.where(column > page.since_id)
+    query = query.order_by(column.desc()).limit(page.limit)
     return list((await session.execute(query)).all())
 
 
@@ -68,11 +71,11 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
             sa.and_(posts.c.visibility == "direct", mentioned),
         )
     )
-    return await _page(session, query, page)
+    return await paged(session, query, page)
 
 
 async def public(session: AsyncSession, page: Page) -> list[Record]:
-    return await _page(session, sa.select(*REF_COLUMNS).where(posts.c.visibility == "public"), page)
+    return await paged(session, sa.select(*REF_COLUMNS).where(posts.c.visibility == "public"), page)
 
 
 async def by_author(
@@ -82,7 +85,7 @@ async def by_author(
     query = sa.select(*REF_COLUMNS).where(posts.c.author_id == author_id, visible_to(viewer_id))
     if exclude_replies:
         query = query.where(sa.or_(posts.c.in_reply_to_id.is_(None), posts.c.in_reply_to_author_id == author_id))
-    return await _page(session, query, page)
+    return await paged(session, query, page)
 
 
 async def replies(session: AsyncSession, parent_ids: Sequence[int], viewer_id: int | None) -> list[Record]:

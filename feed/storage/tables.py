@@ -67,6 +67,9 @@ users = sa.Table(
     # When the user last opened their home timeline (roughly: updated at most hourly); feeds of users away for
     # long are dropped by a cleanup job and rebuilt when they come back.
     sa.Column("last_seen_at", UTCDateTime, nullable=True),
+    # Notification settings: the kinds turned off (comma-separated names), and "only from people I follow".
+    sa.Column("notify_off", sa.String(100), nullable=False, server_default=""),
+    sa.Column("notify_only_following", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # A user's keys, each wrapped by a root key version. Deleting these rows crypto-shreds the user.
@@ -143,6 +146,34 @@ likes = sa.Table(
     sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_likes_user_id_post_id", "user_id", "post_id"),
+)
+
+# The posts a person keeps for later, private to them. ``id`` orders them by when they were kept (Mastodon pages
+# bookmarks by it).
+bookmarks = sa.Table(
+    "bookmarks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "post_id"),
+)
+
+# What happened that concerns a person: ``from_id`` did ``type`` (mention, favourite, follow, ...) to ``post_id`` (the
+# post concerned, if any). Ids and a machine word only: the text of the post stays sealed in ``posts``. ``group_key``
+# gathers likes of one post, or follows, made within hours of each other (Mastodon's grouped notifications).
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("type", sa.String(20), nullable=False),
+    sa.Column("from_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), nullable=True, index=True),
+    sa.Column("group_key", sa.String(60), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_notifications_user_id_id", "user_id", "id"),
 )
 
 # Browser sessions and API tokens are stored as SHA-256 of the random secret the client holds.

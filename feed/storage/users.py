@@ -39,9 +39,7 @@ async def lock_email(session: AsyncSession, lock: int) -> None:
         await session.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
 
-async def email_taken(
-    session: AsyncSession, email_indexes: Iterable[bytes], *, except_user: int | None = None
-) -> bool:
+async def email_taken(session: AsyncSession, email_indexes: Iterable[bytes], *, except_user: int | None = None) -> bool:
     """Whether another user's email index is one of ``email_indexes`` (the address's index under each key)."""
     query = sa.select(users.c.id).where(users.c.email_index.in_(list(email_indexes))).limit(1)
     if except_user is not None:
@@ -187,9 +185,9 @@ async def insert_token(session: AsyncSession, *, token_hash: bytes, user_id: int
 async def token_row(session: AsyncSession, token_hash: bytes) -> Record | None:
     """The token's user (None: an app's own token), expiry (None: it does not expire), app and scopes; the caller
     checks the expiry."""
-    query = sa.select(
-        api_tokens.c.user_id, api_tokens.c.expires_at, api_tokens.c.app_id, api_tokens.c.scopes
-    ).where(api_tokens.c.token_hash == token_hash)
+    query = sa.select(api_tokens.c.user_id, api_tokens.c.expires_at, api_tokens.c.app_id, api_tokens.c.scopes).where(
+        api_tokens.c.token_hash == token_hash
+    )
     return (await session.execute(query)).first()
 
 

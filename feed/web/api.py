@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, follows, oauth, posts, site, timelines
+from feed.services import accounts, bookmarks, follows, oauth, posts, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -83,8 +83,8 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
     keep = {k: v for k, v in request.query_params.items() if k not in ("max_id", "since_id", "min_id", "limit")}
     if result.next_max_id:
         links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "max_id": result.next_max_id})}>; rel="next"')
-    if result.posts:
-        links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "min_id": result.posts[0].id})}>; rel="prev"')
+    if result.posts and result.prev_min_id:
+        links.append(f'<{base}?{urlencode({**keep, "limit": page.limit, "min_id": result.prev_min_id})}>; rel="prev"')
     if links:
         headers["Link"] = ", ".join(links)
     return await statuses_response(request, result.posts, headers)
@@ -315,6 +315,33 @@ async def unfavourite(request: Request) -> Response:
     user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.unlike(services(request), user, path_id(request, "status_id")))
+
+
+@operation("Bookmark a status", ref("Status"), scope="write:bookmarks")
+async def bookmark(request: Request) -> Response:
+    user = await api_user(request, "write:bookmarks")
+    assert user is not None
+    return await _status_response(
+        request, await bookmarks.bookmark(services(request), user, path_id(request, "status_id"))
+    )
+
+
+@operation("Undo the bookmark of a status", ref("Status"), scope="write:bookmarks")
+async def unbookmark(request: Request) -> Response:
+    user = await api_user(request, "write:bookmarks")
+    assert user is not None
+    post = await bookmarks.unbookmark(services(request), user, path_id(request, "status_id"))
+    return await _status_response(request, post)
+
+
+@operation("View bookmarked statuses", array(ref("Status")), scope="read:bookmarks", query=PAGING)
+async def bookmarked(request: Request) -> Response:
+    """The caller's bookmarks, the latest kept first; the Link header pages by bookmark, as Mastodon's does."""
+    user = await api_user(request, "read:bookmarks")
+    assert user is not None
+    page = _page(request)
+    style = mastodon.status_style(request)
+    return await _timeline_response(request, page, await bookmarks.listing(services(request), user, page, style))
 
 
 @operation("View home timeline", array(ref("Status")), scope="read:statuses", query=PAGING)

@@ -210,8 +210,27 @@ class Hub:
             self._lag = metrics.histogram(
                 "cipherfeed_stream_delivery_seconds",
                 "From a write's commit to the last byte of its event written to a stream",
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.075, 0.1, 0.25, 0.5,
-                         1, 2.5, 5, 10),
+                buckets=(
+                    0.001,
+                    0.0025,
+                    0.005,
+                    0.01,
+                    0.015,
+                    0.02,
+                    0.03,
+                    0.035,
+                    0.04,
+                    0.045,
+                    0.05,
+                    0.075,
+                    0.1,
+                    0.25,
+                    0.5,
+                    1,
+                    2.5,
+                    5,
+                    10,
+                ),
             )
         streams.listen(self._on_posts, self._on_push, self._on_reset)
 

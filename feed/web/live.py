@@ -110,11 +110,12 @@ class PageSink:
         if found is None:
             html = None
         else:
-            record, view, liked = found
+            record, view, marks = found
             own = conn.user is not None and conn.user.id == record.author_id
-            variant = ("html", post_id, conn.user is not None, liked, own, self.here)
+            marked = (post_id in marks.liked, post_id in marks.bookmarked)
+            variant = ("html", post_id, conn.user is not None, marked, own, self.here)
             if variant not in memo:
-                view.liked = liked
+                marks.put_on(view)
                 memo[variant] = str(PostHtml(self.env, conn.user, CSRF_MARK, self.here)(view))
             html = memo[variant]
         if conn.user is None:

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from feed.cache import STATUS_FRAMES
 from feed.services.follows import Relationship
 from feed.services.models import FrameStyle, PostView, Profile
+from feed.services.notifications import Group, Notification
 from feed.services.oauth import Application
 from feed.services.text import render_html
 from feed.services.timelines import Revision
@@ -104,6 +105,7 @@ def status(
         "favourites_count": post.likes_count,
         "replies_count": post.replies_count,
         "favourited": post.liked,
+        "bookmarked": post.bookmarked,
     }
     if with_source:
         out["text"] = post.text
@@ -139,16 +141,15 @@ def _static(base: str, post: PostView) -> dict[str, Any]:
         "language": post.language,
         "reblogged": False,
         "muted": False,
-        "bookmarked": False,
         "pinned": False,
         "filtered": [],
     }
 
 
 # -- statuses as cached frames: the JSON of :func:`_static`, sealed in the cache like a page's post frames, with the
-# account, the app, the counts and ``favourited`` put in for each reader.
+# account, the app, the counts, ``favourited`` and ``bookmarked`` put in for each reader.
 
-FRAME_VERSION = b"status-json-1"
+FRAME_VERSION = b"status-json-2"
 _styles: dict[str, FrameStyle] = {}
 # Accounts as JSON, by server address and profile (public profile data and counts: nothing sealed is in them).
 _accounts: LRUCache[tuple[str, Profile], str] = LRUCache(maxsize=4096)
@@ -200,9 +201,13 @@ def statuses_text(
         items.append(
             f'{frame},"account":{accounts[post.author.id]},"application":{application},'
             f'"favourites_count":{post.likes_count},"replies_count":{post.replies_count},'
-            f'"favourited":{"true" if post.liked else "false"}}}'
+            f'"favourited":{_bool(post.liked)},"bookmarked":{_bool(post.bookmarked)}}}'
         )
     return "[" + ",".join(items) + "]"
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def status_edit(
@@ -244,3 +249,39 @@ def relationship(rel: Relationship) -> dict[str, Any]:
         "endorsed": False,
         "note": "",
     }
+
+
+def notification(
+    request: HTTPConnection,
+    note: Notification,
+    profiles: dict[int, Profile],
+    statuses: Mapping[int, dict[str, Any]],
+) -> dict[str, Any]:
+    """Mastodon's Notification entity; ``statuses``: the Status entities of the posts, by id."""
+    out: dict[str, Any] = {
+        "id": str(note.id),
+        "type": note.type,
+        "group_key": note.group_key,
+        "created_at": iso(note.created_at),
+        "account": account(request, profiles[note.account.id]),
+    }
+    if note.post is not None:
+        out["status"] = statuses[note.post.id]
+    return out
+
+
+def notification_group(group: Group) -> dict[str, Any]:
+    """Mastodon's NotificationGroup (its accounts and status are beside it in the results)."""
+    out: dict[str, Any] = {
+        "group_key": group.key,
+        "notifications_count": group.count,
+        "type": group.type,
+        "most_recent_notification_id": str(group.newest.id),
+        "page_min_id": str(group.page_min_id),
+        "page_max_id": str(group.page_max_id),
+        "latest_page_notification_at": iso(group.newest.created_at),
+        "sample_account_ids": [str(uid) for uid in group.sample_account_ids],
+    }
+    if group.newest.post is not None:
+        out["status_id"] = str(group.newest.post.id)
+    return out

@@ -152,6 +152,29 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Search": _object(
         {"accounts": array(ref("Account")), "statuses": array(ref("Status")), "hashtags": array(ANYTHING)}
     ),
+    "Notification": _object(
+        {"id": ID, "type": STRING, "group_key": STRING, "created_at": WHEN, "account": ref("Account")},
+        {"status": ref("Status")},
+    ),
+    "NotificationGroup": _object(
+        {
+            "group_key": STRING,
+            "notifications_count": INTEGER,
+            "type": STRING,
+            "most_recent_notification_id": ID,
+            "sample_account_ids": array(ID),
+        },
+        {"status_id": ID, "page_min_id": ID, "page_max_id": ID, "latest_page_notification_at": WHEN},
+    ),
+    "GroupedNotificationsResults": _object(
+        {
+            "accounts": array(ref("Account")),
+            "statuses": array(ref("Status")),
+            "notification_groups": array(ref("NotificationGroup")),
+        }
+    ),
+    "UnreadCount": _object({"count": INTEGER}),
+    "Empty": {"type": "object"},
     "Marker": _object({"last_read_id": ID, "version": INTEGER, "updated_at": WHEN}),
     "Markers": {"type": "object", "additionalProperties": ref("Marker")},
     "Preferences": {"type": "object"},

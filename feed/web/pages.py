@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from feed.errors import Conflict, Invalid
-from feed.services import accounts, follows, posts, timelines
+from feed.services import accounts, bookmarks, follows, posts, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, path_id, read_form
@@ -190,6 +190,10 @@ async def delete_post(request: Request) -> Response:
     form = await read_form(request)
     user = await require_user(request)
     post_id = path_id(request, "post_id")
+    if not is_htmx(request) and form.get("confirm") != "yes":  # without JavaScript, nothing asked yet
+        post = await timelines.source_of(services(request), post_id, user)
+        back = safe_next(form.get("next"), f"/posts/{post_id}")
+        return render(request, "delete.html", {"post": post, "next": back})
     await posts.delete(services(request), user, post_id)
     if is_htmx(request):
         return render(request, "_partials/deleted.html", {"post_id": post_id})
@@ -217,6 +221,32 @@ async def _like(request: Request, *, like: bool) -> Response:
         # The swapped-in form keeps the page it lives on as its no-JS "next", not this POST URL.
         return render(request, "_partials/like_button.html", {"post": post, "here": safe_next(form.get("next"), "/")})
     return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
+
+
+async def bookmark(request: Request) -> Response:
+    return await _bookmark(request, keep=True)
+
+
+async def unbookmark(request: Request) -> Response:
+    return await _bookmark(request, keep=False)
+
+
+async def _bookmark(request: Request, *, keep: bool) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    post_id = path_id(request, "post_id")
+    action = bookmarks.bookmark if keep else bookmarks.unbookmark
+    post = await action(services(request), user, post_id)
+    here = safe_next(form.get("next"), "/")
+    if is_htmx(request):
+        return render(request, "_partials/bookmark_button.html", {"post": post, "here": here})
+    return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
+
+
+async def bookmarked(request: Request) -> Response:
+    user = await require_user(request)
+    page = await bookmarks.listing(services(request), user, _page(request), frame_style(request))
+    return _timeline(request, "bookmarks.html", page)
 
 
 async def follow(request: Request) -> Response:

@@ -4,8 +4,9 @@ A post's frame (``post_frame`` in ``templates/_partials/posts.html``: author, ti
 same for every reader of one revision. It is rendered once, sealed under the post's own data key and cached
 (``feed.services.timelines.keep_frames``); a later page opens it (one AES-GCM decryption) instead of decrypting the
 body, turning it into HTML and running the template again. The frame's slots are then filled per request: the
-relative time, the reply count, and the like and owner controls, whose few variants (liked or not, own post or
-not) are rendered once per request with placeholder ids and counts, then filled by string replacement.
+relative time, the reply count, and the like, bookmark and owner controls, whose few variants (liked or not,
+bookmarked or not, own post or not) are rendered once per request with placeholder ids and counts, then filled by
+string replacement.
 
 Nothing here keeps HTML beyond the request: the only copy that outlives it is the sealed one.
 """
@@ -63,7 +64,7 @@ class PostHtml:
         self._csrf = csrf
         self._here = here
         self._now = datetime.now(UTC)
-        self._variants: dict[tuple[bool, bool], str] = {}
+        self._variants: dict[tuple[bool, bool, bool], str] = {}
         self._replies: str | None = None
 
     def __call__(self, post: PostView, is_focus: bool = False) -> Markup:
@@ -100,11 +101,12 @@ class PostHtml:
 
     def _actions(self, post: PostView) -> str:
         own = self._viewer is not None and self._viewer.id == post.author.id
-        variant = self._variants.get((post.liked, own))
+        which = (post.liked, post.bookmarked, own)
+        variant = self._variants.get(which)
         if variant is None:
-            variant = self._variants[(post.liked, own)] = str(
+            variant = self._variants[which] = str(
                 self._macros.post_actions(
-                    _ID_MARK, _COUNT_MARK, post.liked, own, self._viewer, self._csrf, self._here
+                    _ID_MARK, _COUNT_MARK, post.liked, post.bookmarked, own, self._viewer, self._csrf, self._here
                 )
             )
         return variant.replace(_ID, str(post.id)).replace(_COUNT, str(post.likes_count))

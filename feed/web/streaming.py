@@ -52,6 +52,8 @@ _SSE_PATHS = {
     "public": "public",
     "public/local": "public:local",
 }
+
+
 @dataclass(eq=False)
 class ApiSink:
     svc: Services
@@ -109,14 +111,14 @@ class ApiSink:
         found = await push.for_viewer(self.svc, post_id, conn.user, None, memo, fresh=fresh)
         if found is None:
             return None
-        record, view, liked = found
-        variant = ("status", post_id, liked, str(self.http.base_url))
+        record, view, marks = found
+        variant = ("status", post_id, post_id in marks.liked, post_id in marks.bookmarked, str(self.http.base_url))
         if variant not in memo:
             profiles_key = ("profiles", record.author_id)
             if profiles_key not in memo:
                 memo[profiles_key] = await accounts.profiles(self.svc, [view.author])
             apps = await oauth.applications(self.svc, [view.app_id])
-            view.liked = liked
+            marks.put_on(view)
             entity = mastodon.status(self.http, view, memo[profiles_key], apps)
             memo[variant] = json.dumps(entity, separators=(",", ":"))
         status: str = memo[variant]

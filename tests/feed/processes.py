@@ -306,8 +306,9 @@ class Cluster:
         for n, old in enumerate(self.workers):
             old.stop()
             self.stopped.append(old)
-            self.workers[n] = new = AppProcess(f"{old.name.split('.')[0]}.{len(self.stopped)}", env, old.log.parent,
-                                                  ["worker"])
+            self.workers[n] = new = AppProcess(
+                f"{old.name.split('.')[0]}.{len(self.stopped)}", env, old.log.parent, ["worker"]
+            )
             new.wait_ready()
 
     async def account(self, name: str) -> Account:

@@ -51,7 +51,7 @@ async def use(make_browser: Any, canary: str) -> None:
     await bob.post(f"/posts/{first}/like")
     await alice.post(f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
     gone = await alice.compose(f"{canary} to delete")
-    await alice.post(f"/posts/{gone}/delete")
+    await alice.post(f"/posts/{gone}/delete", {"confirm": "yes"})
     await alice.post("/settings", {"display_name": "Alice", "bio": "I like trains", "email": f"{canary}@example.net"})
     for reader in (alice, bob):
         for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}"):
@@ -245,7 +245,7 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
         await bob.post("b", f"/posts/{first}/like")
         await alice.post("a", f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
         gone = await alice.compose("b", f"{canary} to delete")
-        await alice.post("a", f"/posts/{gone}/delete")
+        await alice.post("a", f"/posts/{gone}/delete", {"confirm": "yes"})
         await stream.next("post", timeout=10)
     finally:
         await stream.close()

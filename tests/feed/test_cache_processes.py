@@ -78,7 +78,7 @@ async def test_like_edit_delete_through_a_show_on_b_on_the_next_request(cluster:
     page = await cluster.served_from_l1(b, "b", url)
     assert "words after the edit" in page.text and like_count(page.text, post_id) == 1
 
-    assert (await alice.post("a", f"{url}/delete")).status_code == 303
+    assert (await alice.post("a", f"{url}/delete", {"confirm": "yes"})).status_code == 303
 
     async def gone() -> bool:
         return (await b.get(url)).status_code == 404

@@ -31,8 +31,16 @@ async def make_users(svc: Any, count: int, prefix: str = "reader") -> list[int]:
     """Accounts straight into the table (registering a thousand through Argon2 would take a minute)."""
     when = now()
     rows = [
-        dict(id=new_id(), username=f"{prefix}{i}", username_lower=f"{prefix}{i}", password_hash="x", key_version=1,
-             created_at=when, updated_at=when, last_seen_at=when)
+        dict(
+            id=new_id(),
+            username=f"{prefix}{i}",
+            username_lower=f"{prefix}{i}",
+            password_hash="x",
+            key_version=1,
+            created_at=when,
+            updated_at=when,
+            last_seen_at=when,
+        )
         for i in range(count)
     ]
     async with svc.db.begin() as session:
@@ -147,9 +155,7 @@ async def test_feed_cleanup_jobs_dry_run_then_idempotent(redis_clean: Any, autho
     await settle(app)
     await build_feeds(svc, [active, idle])
     async with svc.db.begin() as session:
-        await session.execute(
-            users.update().where(users.c.id == idle).values(last_seen_at=now() - timedelta(days=400))
-        )
+        await session.execute(users.update().where(users.c.id == idle).values(last_seen_at=now() - timedelta(days=400)))
     client = app.state.cache.link.client
     base = new_id()
     await client.zadd(feed_key(active), {str(base - 1000 * i): 1 + i for i in range(900)})  # over its size

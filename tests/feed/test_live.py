@@ -164,7 +164,7 @@ async def test_home_public_and_profile_pages_update_live(world: Any) -> None:
         edit = await home.next("edit")
         assert post_id_of(edit) == first and "hello again" in edit.data and "edited" in edit.data
 
-        assert (await alice.form(f"/posts/{first}/delete")).status_code == 303
+        assert (await alice.form(f"/posts/{first}/delete", {"confirm": "yes"})).status_code == 303
         assert (await home.next("delete")).data == str(first)
 
         # The followers-only post never reached carol's streams, which saw the public one.
@@ -373,9 +373,10 @@ async def test_mastodon_clients_stream_over_sse_and_websocket(world: Any, server
     handle = await asyncio.to_thread(client.stream_user, listener, run_async=True)
     ws_url = server.url.replace("http://", "ws://") + "/api/v1/streaming"
     try:
-        async with websockets.connect(f"{ws_url}?access_token={token}") as user_ws, websockets.connect(
-            ws_url, subprotocols=[websockets.Subprotocol(token)]
-        ) as public_ws:
+        async with (
+            websockets.connect(f"{ws_url}?access_token={token}") as user_ws,
+            websockets.connect(ws_url, subprotocols=[websockets.Subprotocol(token)]) as public_ws,
+        ):
             await user_ws.send(json.dumps({"type": "subscribe", "stream": "user"}))
             await public_ws.send(json.dumps({"type": "subscribe", "stream": "public"}))
             await asyncio.sleep(0.5)  # the subscriptions are in
@@ -388,7 +389,7 @@ async def test_mastodon_clients_stream_over_sse_and_websocket(world: Any, server
                 assert json.loads(message["payload"])["id"] == str(post)
             await public_ws.send(json.dumps({"type": "unsubscribe", "stream": "public"}))
             await asyncio.sleep(0.3)
-            await alice.form(f"/posts/{post}/delete")
+            await alice.form(f"/posts/{post}/delete", {"confirm": "yes"})
             message = json.loads(await asyncio.wait_for(user_ws.recv(), 5))
             assert message == {"stream": ["user"], "event": "delete", "payload": str(post)}
             with pytest.raises(TimeoutError):

@@ -155,13 +155,13 @@ async def test_what_is_written_through_one_process_streams_from_another(scaled: 
         assert (await alice.post("A", f"/posts/{first}/edit", {"status": f"{canary} edited"})).status_code == 303
         edit = await home.next("edit")
         assert post_id_of(edit) == first and "edited" in edit.data
-        assert (await alice.post("A", f"/posts/{first}/delete")).status_code == 303
+        assert (await alice.post("A", f"/posts/{first}/delete", {"confirm": "yes"})).status_code == 303
         assert (await home.next("delete")).data == str(first)
 
         # A post deleted before its fan-out ran never reaches a home stream.
         scaled.procs["W"].stop()
         gone = await alice.compose("A", f"{canary} gone soon")
-        assert (await alice.post("A", f"/posts/{gone}/delete")).status_code == 303
+        assert (await alice.post("A", f"/posts/{gone}/delete", {"confirm": "yes"})).status_code == 303
         scaled.start("W", "worker")
         after = await alice.compose("A", f"{canary} after")
         assert post_id_of(await home.next("post", timeout=5)) == after
@@ -270,4 +270,3 @@ async def test_resume_redis_restart_and_shutdown(scaled: Cluster) -> None:
     for s in (again, public, moved):
         await s.close()
     scaled.start("B")
-

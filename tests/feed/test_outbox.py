@@ -34,7 +34,7 @@ def test_effects_refuse_anything_but_ids_and_names() -> None:
         Event("shout", 1, 2, "public")
     caused = effects.post_created(7, 8, "followers", 6, [9, 10]) + effects.like_changed(7, 8)
     text = caused.encode()
-    assert re.fullmatch(r'[\x20-\x7e]*', text) and Effects.decode(text) == caused
+    assert re.fullmatch(r"[\x20-\x7e]*", text) and Effects.decode(text) == caused
     assert not re.search(r"[a-z]{3,} [a-z]{3,}", text), "no words, only ids and short names"
 
 

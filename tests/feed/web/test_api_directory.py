@@ -65,9 +65,7 @@ async def test_statuses_are_found_by_address_or_id_never_by_words(api: Any) -> N
         found = await get_json(bob, "/api/v2/search", q=q, type="statuses")
         assert [s["id"] for s in found["statuses"]] == [public["id"]], q
     assert (await get_json(bob, "/api/v2/search", q=private["url"]))["statuses"] == [], "not visible to bob"
-    assert [s["id"] for s in (await get_json(alice, "/api/v2/search", q=private["id"]))["statuses"]] == [
-        private["id"]
-    ]
+    assert [s["id"] for s in (await get_json(alice, "/api/v2/search", q=private["id"]))["statuses"]] == [private["id"]]
     assert (await get_json(bob, "/api/v2/search", q="findable words"))["statuses"] == [], "text is sealed"
     other_host = public["url"].replace("testserver", "elsewhere.example")
     assert (await get_json(bob, "/api/v2/search", q=other_host))["statuses"] == []

@@ -298,7 +298,7 @@ async def test_replying_to_or_liking_a_post_you_may_not_see_is_404(make_browser,
     refused(await bob.post(f"/posts/{secret}/like"), 404)
     refused(await bob.get(f"/posts/{secret}"), 404)
     refused(await bob.post(f"/posts/{secret}/edit", {"status": "mine now"}), (403, 404))
-    refused(await bob.post(f"/posts/{letter}/delete"), 403)
+    refused(await bob.post(f"/posts/{letter}/delete", {"confirm": "yes"}), 403)
     refused(await bob.post(f"/posts/{letter}/edit", {"status": "mine now"}), 403)
     # An invalid reply to an invisible post is still a 404, not a page that reveals the post.
     response = await bob.post("/posts", {"status": "", "in_reply_to_id": str(secret)})

@@ -25,7 +25,7 @@ async def test_register_post_follow_like_reply_edit_delete(make_browser):
     response = await alice.post(f"/posts/{post_id}/edit", {"status": "Edited words", "spoiler_text": ""})
     assert response.status_code == 303
     assert "Edited words" in (await bob.get(f"/posts/{post_id}")).text
-    assert (await alice.post(f"/posts/{post_id}/delete")).status_code == 303
+    assert (await alice.post(f"/posts/{post_id}/delete", {"confirm": "yes"})).status_code == 303
     assert (await bob.get(f"/posts/{post_id}")).status_code == 404
 
 

@@ -32,6 +32,7 @@ async def make_browser(app: Any, clean: None) -> AsyncIterator[Any]:
     for http in clients:
         await http.aclose()
 
+
 REDIRECT = "https://app.example/callback"
 OOB = "urn:ietf:wg:oauth:2.0:oob"
 
@@ -253,6 +254,9 @@ SCOPED = [  # (method, path, what a token needs) for endpoints that act for a us
     ("POST", "/api/v1/statuses", "write:statuses"),
     ("POST", "/api/v1/statuses/{post}/favourite", "write:favourites"),
     ("POST", "/api/v1/statuses/{post}/unfavourite", "write:favourites"),
+    ("POST", "/api/v1/statuses/{post}/bookmark", "write:bookmarks"),
+    ("POST", "/api/v1/statuses/{post}/unbookmark", "write:bookmarks"),
+    ("GET", "/api/v1/bookmarks", "read:bookmarks"),
     ("PUT", "/api/v1/statuses/{post}", "write:statuses"),
     ("DELETE", "/api/v1/statuses/{post}", "write:statuses"),
     ("POST", "/api/v1/accounts/{bob}/follow", "write:follows"),

@@ -78,6 +78,7 @@ async def test_likes_racing_a_delete_never_fail(make_browser: Any) -> None:
     for round_ in range(5):
         post = await alice.compose(f"racing {round_}")
         results = await asyncio.gather(
-            *[bob.post(f"/posts/{post}/like") for _ in range(4)], alice.post(f"/posts/{post}/delete")
+            *[bob.post(f"/posts/{post}/like") for _ in range(4)],
+            alice.post(f"/posts/{post}/delete", {"confirm": "yes"}),
         )
         assert {r.status_code for r in results} <= {303, 404}, [r.status_code for r in results]

@@ -131,7 +131,7 @@ def actions(w: World) -> list[tuple[Any, str, dict[str, str]]]:
         (w.alice, "/@bob/follow", {}),
         (w.bob, "/@alice/unfollow", {}),
         (w.alice, "/settings", {"display_name": "Forged", "bio": "forged", "email": "forged@example.com"}),
-        (w.alice, f"/posts/{p}/delete", {}),
+        (w.alice, f"/posts/{p}/delete", {"confirm": "yes"}),
         (
             w.alice,
             "/settings/password",

@@ -51,7 +51,7 @@ async def test_deleted_post_is_gone_for_everyone(make_browser: Any) -> None:
     await bob.post("/@alice/follow")
     post = await alice.compose("short-lived")
     await bob.post(f"/posts/{post}/like")
-    assert (await alice.post(f"/posts/{post}/delete")).status_code == 303
+    assert (await alice.post(f"/posts/{post}/delete", {"confirm": "yes"})).status_code == 303
     for reader in (alice, bob, await make_browser()):
         assert (await reader.get(f"/posts/{post}")).status_code == 404
         assert "short-lived" not in (await reader.get("/public")).text
@@ -63,7 +63,7 @@ async def test_only_the_author_may_edit_or_delete(make_browser: Any) -> None:
     bob = await make_browser("bob")
     post = await alice.compose("mine")
     assert (await bob.post(f"/posts/{post}/edit", {"status": "yours now"})).status_code == 403
-    assert (await bob.post(f"/posts/{post}/delete")).status_code == 403
+    assert (await bob.post(f"/posts/{post}/delete", {"confirm": "yes"})).status_code == 403
     assert (await bob.get(f"/posts/{post}/edit")).status_code == 403
     assert "mine" in (await bob.get(f"/posts/{post}")).text
 
@@ -193,7 +193,7 @@ async def test_cached_home_timelines_follow_the_mentions_of_an_edited_direct_pos
 async def test_likes_older_than_the_cached_ones_still_show(make_browser: Any, monkeypatch: Any) -> None:
     from feed.services import lookup
 
-    monkeypatch.setattr(lookup, "LIKED_KEPT", 2)
+    monkeypatch.setattr(lookup, "MARKS_KEPT", 2)
     alice = await make_browser("alice")
     bob = await make_browser("bob")
     await bob.post("/@alice/follow")
