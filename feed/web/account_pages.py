@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feed.errors import Conflict, Invalid, RateLimited, Unauthorized
-from feed.services import accounts, oauth
+from feed.services import accounts, notifications, oauth
 from feed.services.models import User
 from feed.web.auth import (
     device_tokens,
@@ -114,7 +114,13 @@ async def _settings(
     if values is None:
         email = await accounts.email_of(svc, user)
         values = {"display_name": user.display_name, "bio": user.bio, "email": email}
-    context = {"values": values, "errors": errors or {}, "apps": await oauth.authorised_apps(svc, user)}
+    context = {
+        "values": values,
+        "errors": errors or {},
+        "apps": await oauth.authorised_apps(svc, user),
+        "notify": await notifications.settings(svc, user),
+        "kinds": notifications.LABELS,
+    }
     return render(request, "settings.html", context, status=422 if errors else 200)
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feed.errors import Forbidden, NeedsUser, Unauthorized
-from feed.services import accounts, oauth, throttle
+from feed.services import accounts, notifications, oauth, throttle
 from feed.services.accounts import Grant
 from feed.services.context import Services
 from feed.services.models import User
@@ -44,6 +44,9 @@ async def viewer(request: Request) -> User | None:
     if "viewer" not in request.state._state:
         token = session_token(request)
         request.state.viewer = await accounts.session_user(services(request), token) if token else None
+        if request.state.viewer is not None and request.method == "GET" and "hx-request" not in request.headers:
+            # A whole page: its navigation shows how many notifications wait (cached per person).
+            request.state.unread = await notifications.unread_count(services(request), request.state.viewer)
     user: User | None = request.state.viewer
     return user
 

@@ -27,8 +27,8 @@ from starlette.responses import Response
 
 from feed.cache import SESSIONS, redis_key
 from feed.errors import Forbidden, NotFound, RateLimited, Unauthorized
-from feed.events import DELETE, EDIT, NEW
-from feed.services import accounts, push
+from feed.events import DELETE, EDIT, NEW, NOTE
+from feed.services import accounts, notifications, push
 from feed.services.context import Services
 from feed.services.models import FrameStyle, User
 from feed.streams import Entry
@@ -56,12 +56,22 @@ class PageSink:
     wants_posts: bool = True
 
     def __post_init__(self) -> None:
-        self.wants_home = self.timeline == "home"
+        # Every page of a logged-in reader follows their own stream: new notifications (the count in the
+        # navigation) come by it, and on the home page the posts that join it.
+        self.wants_home = True
         self.topics = frozenset(
             {"public": {"public"}, "author": {f"author:{self.subject}"}, "home": {"home"}}.get(self.timeline, set())
         )
 
     async def home(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
+        if entry.event.kind == NOTE:
+            if conn.user is None:
+                return []
+            # Read from the database, not the cache: the event may come before the invalidation that goes with it.
+            count = await notifications.unread_count(self.svc, conn.user, fresh=True)
+            return [Message("unread", str(count))]
+        if self.timeline != "home":
+            return []
         return await self._new_post(conn, entry.event.post, memo)
 
     async def posts(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:

@@ -6,11 +6,12 @@
   NAME}`` and ``{"type": "unsubscribe", ...}`` messages; each event is ``{"stream": [NAME], "event": ..., "payload":
   ...}``.
 
-Events: ``update`` (a status, as a JSON string), ``status.update`` (an edited status) and ``delete`` (its id).
+Events: ``update`` (a status, as a JSON string), ``status.update`` (an edited status), ``delete`` (its id) and
+``notification`` (a Notification, on ``user`` and ``user:notification``).
 ``user`` carries the home timeline (new posts of whom the viewer follows, their own, direct posts to them) with
 edits and deletions of such posts; ``public`` and ``public:local`` (the same here: there is no federation) carry
 public posts. Every status is rendered here for the connection's viewer (``favourited`` is theirs) and checked
-against them first. Notifications come through the same path once there are notifications.
+against them first. A notification comes by the user's own stream, as its id, and is read for them when sent.
 
 Tokens are taken as Mastodon takes them: the ``Authorization`` header, the ``access_token`` query parameter, or
 (WebSocket) the ``Sec-WebSocket-Protocol`` header. A query string can carry a token, so the access log keeps no query
@@ -30,9 +31,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from feed.cache import API_TOKENS, redis_key
-from feed.errors import Forbidden, NeedsUser, RateLimited, Unauthorized
-from feed.events import DELETE, EDIT, NEW
-from feed.services import accounts, oauth, push
+from feed.errors import Forbidden, NeedsUser, NotFound, RateLimited, Unauthorized
+from feed.events import DELETE, EDIT, NEW, NOTE
+from feed.services import accounts, notifications, oauth, push
 from feed.services.context import Services
 from feed.services.models import User
 from feed.streams import Entry
@@ -73,12 +74,32 @@ class ApiSink:
         self._update()
 
     def _update(self) -> None:
-        self.wants_home = "user" in self.subscribed
+        self.wants_home = bool(self.subscribed & {"user", "user:notification"})
         self.wants_posts = bool(self.subscribed & {"user", *PUBLIC})
 
     async def home(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
+        if entry.event.kind == NOTE:
+            targets = [s for s in ("user", "user:notification") if s in self.subscribed]
+            note = await self._notification(conn, entry.event.post) if targets and conn.user else None
+            return [Message("notification", note, stream=s) for s in targets] if note else []
+        if "user" not in self.subscribed:
+            return []
         status = await self._status(conn, entry.event.post, memo)
         return [Message("update", status, stream="user")] if status else []
+
+    async def _notification(self, conn: Connection, notification_id: int) -> str | None:
+        """The Notification entity for the connection's user; None if it is gone (dismissed, withdrawn)."""
+        assert conn.user is not None
+        try:
+            note = await notifications.one(self.svc, conn.user, notification_id)
+        except NotFound:
+            return None
+        profiles = await accounts.profiles(self.svc, [note.account, *([note.post.author] if note.post else [])])
+        statuses = {}
+        if note.post is not None:
+            apps = await oauth.applications(self.svc, [note.post.app_id])
+            statuses[note.post.id] = mastodon.status(self.http, note.post, profiles, apps)
+        return json.dumps(mastodon.notification(self.http, note, profiles, statuses), separators=(",", ":"))
 
     async def posts(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
         event = entry.event

@@ -26,6 +26,7 @@ NOTICES = {
     "loggedout": "You are logged out.",
     "edited": "The post was updated.",
     "revoked": "The app no longer has access to your account.",
+    "notifications": "Your notification settings are saved.",
 }
 
 
@@ -75,6 +76,7 @@ def render(
     ctx = {
         "request": request,
         "viewer": viewer,
+        "unread": request.state._state.get("unread", 0),
         "csrf": csrf,
         "path": request.url.path,
         "here": here,

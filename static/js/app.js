@@ -142,6 +142,7 @@
   // htmx's SSE extension owns the connection (and reconnects); this applies what arrives:
   //   post    <li> for the top of #timeline: slides in at the top, else waits behind the "N new posts" bar
   //   edit    a post's new <article>          delete  a post's id        counts  {"id": [likes, replies]}
+  //   unread  the number of unread notifications
   // The server rendered all of it for this viewer. Each event's id is the stream position, kept in the
   // sse-connect URL too, so that a new EventSource (after the extension gave up on one) resumes from it.
   const pending = []; // <li> elements behind the bar, oldest first
@@ -285,6 +286,16 @@
     }
   };
 
+  // The number of unread notifications in the navigation ("unread": the new number, 0 hides it).
+  const onUnread = (evt) => {
+    const badge = document.getElementById("unread-count");
+    const count = parseInt(evt.data, 10);
+    if (!badge || !Number.isFinite(count) || count < 0) return;
+    const shown = badge.childNodes[1];
+    if (shown) shown.textContent = count > 99 ? "99+" : String(count);
+    badge.hidden = count === 0;
+  };
+
   document.addEventListener("htmx:sseOpen", (evt) => {
     const opened = evt.detail?.source;
     if (!opened || handled.has(opened)) return;
@@ -294,6 +305,7 @@
     opened.addEventListener("edit", onEdit);
     opened.addEventListener("delete", onDelete);
     opened.addEventListener("counts", onCounts);
+    opened.addEventListener("unread", onUnread);
     opened.addEventListener("resync", remember);
   });
 

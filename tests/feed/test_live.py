@@ -408,6 +408,35 @@ async def test_mastodon_clients_stream_over_sse_and_websocket(world: Any, server
     assert token not in server.output(), "a token in a query string reached the log"
 
 
+async def test_notifications_arrive_live_in_every_page_and_in_the_apps(world: Any, server: AppProcess) -> None:
+    import websockets
+
+    alice, bob = await world("alice"), await world("bob")
+    token = await asyncio.to_thread(api_token, server, alice.name)
+    public = await alice.live("/public")  # not her home: the count in the navigation comes to every page
+    ws_url = server.url.replace("http://", "ws://") + "/api/v1/streaming"
+    try:
+        async with websockets.connect(f"{ws_url}?access_token={token}&stream=user:notification") as ws:
+            await asyncio.sleep(0.5)  # the subscription is in
+            assert (await bob.form(f"/@{alice.name}/follow")).status_code == 303
+            assert (await public.next("unread")).data == "1"
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert message["stream"] == ["user:notification"] and message["event"] == "notification"
+            note = json.loads(message["payload"])
+            assert note["type"] == "follow" and note["account"]["username"] == bob.name and "status" not in note
+            post = await alice.compose("worth a like")
+            assert (await bob.form(f"/posts/{post}/like")).status_code == 303
+            assert (await public.next("unread")).data == "2"
+            note = json.loads(json.loads(await asyncio.wait_for(ws.recv(), 5))["payload"])
+            assert note["type"] == "favourite" and note["status"]["id"] == str(post)
+            # Her own post is no news to her: two notifications, two counts.
+            assert [e.event for e in public.seen].count("unread") == 2
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.5)
+    finally:
+        await public.close()
+
+
 async def test_shutdown_closes_every_stream_at_once(tmp_path: Path) -> None:
     proc = AppProcess("shutdown", embedded_env(tmp_path / "data"), tmp_path)
     proc.wait_ready()

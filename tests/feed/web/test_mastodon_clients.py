@@ -1,8 +1,8 @@
 """Issue 11's "Done when": two real, unmodified Mastodon client packages from PyPI (Mastodon.py and toot) sign in
 through OAuth on a two-process deployment (the person answers the consent page over HTTP, as their browser would,
-and pastes the out-of-band code), then post, read the home timeline page by page, favourite, follow someone found
-through search, list followers, use the read markers, and revoke their token: the next call fails with 401 on
-every process."""
+and pastes the out-of-band code), then post, read the home timeline page by page, favourite, bookmark, follow someone
+found through search, list followers and notifications, use the read markers, and revoke their token: the next call
+fails with 401 on every process."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     for n in range(5):  # something to page through once alice follows bob
         made = await bob.on["b"].post("/posts", data={"csrf_token": bob.csrf, "status": f"bob's post {n}"})
         assert made.status_code == 303
+    followed = await bob.on["b"].post("/@alice/follow", data={"csrf_token": bob.csrf})
+    assert followed.status_code == 303  # alice has a notification to read
     a, b = cluster.urls["a"], cluster.urls["b"]
 
     # -- Mastodon.py, against process A
@@ -77,6 +79,9 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         first = mastodon.timeline_home(limit=2)
         second = mastodon.fetch_next(first)
         liked = mastodon.status_favourite(first[0]["id"])
+        kept = mastodon.status_bookmark(first[1]["id"])
+        notes = mastodon.notifications()
+        bookmarks = mastodon.bookmarks()
         followers = mastodon.account_followers(found[0]["id"])
         mastodon.markers_set(["home", "notifications"], [first[0]["id"], first[1]["id"]])
         markers = mastodon.markers_get(["home", "notifications"])
@@ -89,15 +94,18 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
             after = "401"
         return {"token": token, "me": me, "posted": posted, "found": found, "relationship": relationship,
                 "pages": (first, second), "liked": liked, "followers": followers, "markers": markers, "app": app,
-                "after": after}  # fmt: skip
+                "after": after, "kept": kept, "bookmarks": bookmarks, "notes": notes}  # fmt: skip
 
     seen = await asyncio.to_thread(mastodon_py_session)
+    assert seen["kept"]["bookmarked"] is True
+    assert [s["id"] for s in seen["bookmarks"]] == [seen["pages"][0][1]["id"]] and seen["bookmarks"][0]["bookmarked"]
     assert seen["me"]["username"] == "alice" and seen["posted"]["content"] == "<p>hello from Mastodon.py</p>"
     assert seen["found"][0]["username"] == "bob" and seen["relationship"]["following"] is True
     first, second = seen["pages"]
     assert len(first) == 2 and len(second) == 2, "the home timeline pages with Link headers"
     assert {s["id"] for s in first}.isdisjoint({s["id"] for s in second})
     assert seen["liked"]["favourited"] is True and seen["liked"]["favourites_count"] == 1
+    assert [(n["type"], n["account"]["username"]) for n in seen["notes"]] == [("follow", "bob")]
     assert [f["username"] for f in seen["followers"]] == ["alice"]
     assert str(seen["markers"]["home"]["last_read_id"]) == str(first[0]["id"])
     assert str(seen["markers"]["notifications"]["last_read_id"]) == str(first[1]["id"])
@@ -126,6 +134,7 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         first, second = next(pages), next(pages)
         liked = toot_api.favourite(toot_app, user, seen["posted"]["id"]).json()
         followers = toot_api.followers(toot_app, user, alice_account["id"])
+        notes = toot_api.get_notifications(toot_app, user).json()
         markers = toot_http.get(toot_app, user, "/api/v1/markers", {"timeline[]": "home"}).json()
         toot_http.anon_post(f"{b}/oauth/revoke", data={"client_id": toot_app.client_id, "token": user.access_token,
                                                          "client_secret": toot_app.client_secret})  # fmt: skip
@@ -135,7 +144,7 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         except ApiError as exc:
             after = str(exc)
         return {"user": user, "posted": posted, "followed": followed, "pages": (first, second), "liked": liked,
-                "followers": followers, "markers": markers, "after": after}  # fmt: skip
+                "followers": followers, "markers": markers, "after": after, "notes": notes}  # fmt: skip
 
     found = await asyncio.to_thread(toot_session)
     assert found["user"].username == "bob" and found["posted"]["content"] == "<p>hello from toot</p>"
@@ -144,6 +153,7 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     assert len(first) == 3 and len(second) == 3 and {s["id"] for s in first}.isdisjoint({s["id"] for s in second})
     assert found["liked"]["favourites_count"] == 2, "alice liked it too"
     assert [f["username"] for f in found["followers"]] == ["bob"]
+    assert [(n["type"], n["account"]["username"]) for n in found["notes"]] == [("follow", "alice")]
     assert found["markers"] == {}, "bob has saved none"
     assert "401" in found["after"] or "invalid" in found["after"].lower()
     await everywhere_unauthorized(cluster, found["user"].access_token)

@@ -175,3 +175,74 @@ async def test_a_notification_whose_post_is_gone_or_hidden_is_left_out(api: Any)
     assert [s for _, _, s in await kinds(alice)] == [kept["id"], hidden["id"]]
     await alice.post(f"/api/v1/accounts/{bob_id}/unfollow")  # she can no longer read the followers-only reply
     assert [s for _, _, s in await kinds(alice)] == [kept["id"]]
+
+
+def lines_of(page: str) -> list[str]:
+    """The sentence of each notification group on the page, as read."""
+    found = re.findall(r'<p class="notification-line">(.*?)<time', page, re.S)
+    return [" ".join(re.sub(r"<[^>]+>", "", line).split()) for line in found]
+
+
+def unread_badge(page: str) -> str | None:
+    """The number beside "Notifications" in the navigation; None when it is hidden."""
+    found = re.search(r'<span class="unread-count" id="unread-count"( hidden)?>(.*?)</a>', page, re.S)
+    assert found, "no notifications link"
+    if found.group(1):
+        return None
+    return re.sub(r"<[^>]+>|,| unread", "", found.group(2)).strip()
+
+
+async def test_the_notifications_page(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    fans = [await make_browser(name) for name in ("bob", "carol", "dave")]
+    post = await alice.compose("a post people like")
+    assert unread_badge((await alice.get("/")).text) is None
+    for fan in fans:
+        await fan.post("/@alice/follow")
+        await fan.post(f"/posts/{post}/like")
+    reply = await fans[0].compose("@alice well said", in_reply_to_id=str(post))
+    home = (await alice.get("/")).text
+    assert unread_badge(home) == "7"
+    page = (await alice.get("/notifications")).text
+    assert lines_of(page) == [
+        "bob replied to your post",
+        "dave and 2 others liked your post",
+        "dave and 2 others followed you",
+    ]
+    assert page.count('class="notification ') == 3 and page.count(' unread"') == 3
+    assert f'id="post-{reply}"' in page and f'id="post-{post}"' in page
+    assert unread_badge(page) is None  # opening the page read them
+    assert unread_badge((await alice.get("/")).text) is None
+    again = (await alice.get("/notifications")).text
+    assert ' unread"' not in again  # seen now
+    # Two people read "bob and carol".
+    await fans[0].post(f"/posts/{post}/unlike")
+    await fans[0].post("/@alice/unfollow")
+    assert lines_of((await alice.get("/notifications")).text)[1:] == [
+        "dave and carol liked your post",
+        "dave and carol followed you",
+    ]
+
+
+async def test_notification_settings(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    bob = await make_browser("bob")
+    carol = await make_browser("carol")
+    settings = (await alice.get("/settings")).text
+    assert 'name="kind_favourite" checked' in settings and 'name="only_following">' in settings
+    # Likes off, and only from people she follows.
+    form = {f"kind_{k}": "on" for k in ("mention", "reblog", "follow", "follow_request", "update")}
+    response = await alice.post("/settings/notifications", form | {"only_following": "on"})
+    assert (
+        response.status_code == 303 and response.headers["location"] == "/settings?notice=notifications#notifications"
+    )
+    settings = (await alice.get("/settings")).text
+    assert 'name="kind_favourite">' in settings and 'name="only_following" checked' in settings
+    post = await alice.compose("hello")
+    await alice.post("/@bob/follow")
+    await bob.post(f"/posts/{post}/like")  # likes are off
+    await bob.compose("@alice hi from someone she follows")
+    await carol.compose("@alice hi from a stranger")  # not followed: not told
+    await carol.post("/@alice/follow")
+    page = (await alice.get("/notifications")).text
+    assert lines_of(page) == ["bob mentioned you"]
