@@ -113,8 +113,13 @@ def asgi_factory() -> Starlette:
         page = TimelinePage(posts=posts, next_max_id=next_max_id, prev_min_id=posts[0].id if posts else None)
         more_url = f"/?max_id={next_max_id}" if next_max_id else None
         live = live_url("home", [p.id for p in posts], int(time.time() * 1000))
-        context: dict[str, object] = {"page": page, "more_url": more_url, "composer": {}, "live": live,
-                                      "refresh": "/?fragment=timeline"}
+        context: dict[str, object] = {
+            "page": page,
+            "more_url": more_url,
+            "composer": {},
+            "live": live,
+            "refresh": "/?fragment=timeline",
+        }
         return render(request, "home.html", context)
 
     async def healthz(request: Request) -> Response:

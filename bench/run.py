@@ -117,8 +117,13 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     # that their polling is not in the Redis command counts.
     worker_argv = [sys.executable, "-m", "feed", "worker"]
     workers = [
-        procs.start(f"worker-{port}", worker_argv, env=env | {"CIPHERFEED_REDIS_URL": f"redis://{http.HOST}:{port}/0"},
-                    port=0, cpus=cores.client)
+        procs.start(
+            f"worker-{port}",
+            worker_argv,
+            env=env | {"CIPHERFEED_REDIS_URL": f"redis://{http.HOST}:{port}/0"},
+            port=0,
+            cpus=cores.client,
+        )
         for port in (redis_main.port, redis_cold.port)
     ]
     await bench.warm()

@@ -48,7 +48,7 @@ def account(request: HTTPConnection, profile: Profile, *, with_source: bool = Fa
         "id": str(user.id),
         "username": user.username,
         "acct": user.username,
-        "display_name": user.display_name,
+        "display_name": user.name,  # the username until one is set, as Mastodon does
         "locked": False,
         "bot": False,
         "discoverable": True,

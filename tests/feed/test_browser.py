@@ -513,3 +513,51 @@ def test_the_timeline_is_live_in_two_browsers(browser: Any, server: str) -> None
     assert all("ERR_INTERNET_DISCONNECTED" in p or "sseError" in p or "/events" in p for p in console.expected), (
         console.expected
     )
+
+
+def test_notifications_arrive_live_and_bookmarks_keep_posts(browser: Any, server: str) -> None:
+    """Bob follows and likes alice's post: the count beside "Notifications" goes up on the page she has open, without a
+    reload; her notifications page says what happened and clears the count. Bob bookmarks the post and finds it on
+    his bookmarks page."""
+    from playwright.sync_api import expect
+
+    console = Console()
+    alice = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    bob = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    _register(alice, "alice")
+    _register(bob, "bob")
+    alice.locator("#composer-status").fill("Worth keeping")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    post_id = _post_id(alice.locator("#timeline article.post").first)
+    alice.goto("/public")
+    _mark_document(alice)
+    badge = alice.locator("#unread-count")
+    expect(badge).to_be_hidden()
+    alice.wait_for_timeout(500)  # her stream is open
+
+    bob.goto("/@alice")
+    bob.get_by_role("button", name="Follow", exact=True).click()
+    expect(badge).to_be_visible()
+    expect(badge).to_contain_text("1")
+    post = bob.locator(f"#post-{post_id}")
+    post.locator("button.like-button").click()
+    expect(post.locator("button.like-button")).to_have_attribute("aria-pressed", "true")
+    expect(badge).to_contain_text("2")
+    _assert_not_reloaded(alice)
+
+    post.get_by_role("button", name="Bookmark").click()
+    expect(post.locator("button.bookmark-button")).to_have_attribute("aria-pressed", "true")
+    bob.get_by_role("link", name="Bookmarks").click()
+    expect(bob.locator(f"#post-{post_id}")).to_contain_text("Worth keeping")
+
+    alice.get_by_role("link", name=re.compile(r"^Notifications")).click()
+    lines = alice.locator(".notification-line")
+    expect(lines).to_have_count(2)
+    expect(lines.nth(0)).to_contain_text("bob liked your post")
+    expect(lines.nth(1)).to_contain_text("bob followed you")
+    expect(alice.locator("#unread-count")).to_be_hidden()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    alice.screenshot(path=str(SHOTS / "notifications.png"))
+    alice.context.close()
+    bob.context.close()
+    assert console.problems == []

@@ -30,7 +30,7 @@ async def test_verify_credentials_has_the_source(api: Any, app: Any) -> None:
     account = await me(alice)
     check_account(account)
     assert account["username"] == account["acct"] == "alice"
-    assert account["display_name"] == "" and account["note"] == ""
+    assert account["display_name"] == "alice" and account["note"] == ""  # the username until a name is set
     assert account["url"] == f"{BASE}/@alice"
     assert account["followers_count"] == account["following_count"] == account["statuses_count"] == 0
     assert account["last_status_at"] is None
