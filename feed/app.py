@@ -31,6 +31,7 @@ from feed.errors import (
     NeedsUser,
     NotFound,
     RateLimited,
+    SessionEnded,
     Unauthorized,
 )
 from feed.keyfile import derive
@@ -52,6 +53,7 @@ from feed.web import (
     startup,
     streaming,
 )
+from feed.web.auth import session_state
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
@@ -97,6 +99,9 @@ def _status_of(exc: DomainError) -> int:
     return 400
 
 
+SESSION_ENDED = "X-Session-Ended"  # on an htmx answer refused because the page's session is over
+
+
 def _error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     if cookieless(request.url.path):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -108,11 +113,11 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     status = _status_of(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
     api_path = cookieless(request.url.path)
+    if isinstance(exc, Unauthorized | SessionEnded) and not api_path and is_htmx(request):
+        # The page stays (with what its reader wrote): static/js/app.js offers to log in again in another tab.
+        return PlainTextResponse(exc.message, status_code=status, headers={SESSION_ENDED: "1"})
     if isinstance(exc, Unauthorized) and not api_path:
-        target = account_pages.login_redirect(request, expired="expired" in exc.message)
-        if is_htmx(request):
-            return Response(status_code=204, headers={"HX-Redirect": target.headers["location"]})
-        return target
+        return account_pages.login_redirect(request, expired="expired" in exc.message)
     message = exc.message
     if not api_path and isinstance(exc, NotFound) and message == NOT_FOUND:  # Mastodon's words, for the API
         message = "There is nothing here: it was deleted, or it is not visible to you."
@@ -236,6 +241,7 @@ def routes() -> list[BaseRoute]:
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
         Route("/.well-known/oauth-authorization-server", oauth.server_metadata),
         Route("/events", live.events),
+        Route("/session", session_state),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),

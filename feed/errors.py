@@ -27,6 +27,10 @@ class Unauthorized(DomainError):
     pass
 
 
+class SessionEnded(Forbidden):
+    """A form of a page whose session ended since it was drawn (logged out, maybe in another tab)."""
+
+
 class NeedsUser(DomainError):
     """An API call that acts for an account, made with a token of an app alone (422, as Mastodon answers)."""
 

@@ -9,9 +9,9 @@ import secrets
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
-from feed.errors import Forbidden, NeedsUser, Unauthorized
+from feed.errors import Forbidden, NeedsUser, SessionEnded, Unauthorized
 from feed.services import accounts, notifications, oauth, throttle
 from feed.services.accounts import Grant
 from feed.services.context import Services
@@ -126,9 +126,11 @@ def remember_anon(request: Request, response: Response) -> None:
 def check_csrf(request: Request, submitted: str | None) -> None:
     base = _csrf_base(request)
     if base is None:
-        raise Forbidden("Your session expired or cookies are off; reload the page and try again")
+        raise SessionEnded("Your session has ended, or cookies are off; log in and try again")
     # Compared as bytes: compare_digest raises TypeError on str with non-ASCII characters.
     if not submitted or not hmac.compare_digest(submitted.encode(), _mac(request, base).encode()):
+        if submitted and not session_token(request):  # drawn for a session that has ended since
+            raise SessionEnded("Your session has ended; log in again and try again")
         raise Forbidden("The form was stale or forged (CSRF check failed); reload the page and try again")
 
 
@@ -169,3 +171,11 @@ async def api_user(request: Request, scope: str | tuple[str, ...], *, required: 
     if grant.user is None and required:
         raise NeedsUser("This method requires an authenticated user")
     return grant.user
+
+
+async def session_state(request: Request) -> Response:
+    """``GET /session``: who this browser is logged in as now, and the CSRF token of that session: a page whose
+    session ended (logged out in another tab) takes it after its reader logged in again, keeping what they wrote."""
+    user = await viewer(request)
+    body = {"username": user.username, "csrf": csrf_token(request)} if user else {"username": None, "csrf": None}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})

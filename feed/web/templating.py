@@ -27,6 +27,7 @@ NOTICES = {
     "edited": "The post was updated.",
     "revoked": "The app no longer has access to your account.",
     "notifications": "Your notification settings are saved.",
+    "back": "You are logged in again. If you were writing in another tab, go back to it: what you wrote is there.",
 }
 
 

@@ -7,6 +7,7 @@
  *   <time datetime="ISO" data-relative>          compact relative timestamps
  *   <form data-confirm="Question?">              confirm() before submitting
  *   <div id="live" sse-connect="/events?...">   the live timeline (htmx's SSE extension connects)
+ *   <body data-viewer="name">                    a session that ended in another tab (see e.)
  */
 (() => {
   "use strict";
@@ -352,6 +353,70 @@
   window.addEventListener("scroll", () => {
     if (pending.length && atTop()) reveal(false);
   }, { passive: true });
+
+  /* ---------- e. a session that ended elsewhere ---------- */
+
+  // Logged out in another tab, this page's next action is refused (the server marks that answer). The page stays
+  // as it is, with what its reader wrote (kept nowhere else: not in browser storage), and offers to log in again in
+  // a new tab; when the reader comes back here, the page takes the new session's token and says to press again.
+  const SESSION_HEADER = "X-Session-Ended";
+  let sessionBanner = null;
+
+  const say = (banner, ...parts) => {
+    const line = document.createElement("p");
+    line.append(...parts);
+    banner.replaceChildren(line);
+  };
+
+  const showSessionEnded = () => {
+    const flash = document.getElementById("flash");
+    if (!flash) return;
+    if (!sessionBanner) {
+      sessionBanner = document.createElement("div");
+      sessionBanner.id = "session-ended";
+      sessionBanner.className = "notice warning";
+      sessionBanner.setAttribute("role", "alert");
+    }
+    const login = document.createElement("a");
+    login.href = "/login?next=" + encodeURIComponent("/?notice=back");
+    login.target = "_blank";
+    login.rel = "noopener";
+    login.textContent = "Log in again in a new tab";
+    say(sessionBanner, "Your session has ended (perhaps you logged out in another tab). What you wrote is still here. ",
+      login, ", then come back and press the button again.");
+    flash.replaceChildren(sessionBanner);
+  };
+
+  const takeNewSession = async () => {
+    if (!sessionBanner || !sessionBanner.isConnected) return;
+    let state;
+    try {
+      const response = await fetch("/session", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      state = await response.json();
+    } catch {
+      return;
+    }
+    if (!state.username || !state.csrf) return;
+    const mine = document.body.dataset.viewer;
+    if (mine && mine !== state.username) {
+      say(sessionBanner, `You are logged in as @${state.username} now, not @${mine}: reload this page to go on.`);
+      return;
+    }
+    document.querySelectorAll('input[name="csrf_token"]').forEach((field) => { field.value = state.csrf; });
+    document.body.setAttribute("hx-headers", JSON.stringify({ "X-CSRF-Token": state.csrf }));
+    sessionBanner.className = "notice";
+    sessionBanner.setAttribute("role", "status");
+    say(sessionBanner, "You are logged in again: press the button again to send what you wrote.");
+  };
+
+  document.addEventListener("htmx:responseError", (evt) => {
+    if (evt.detail?.xhr?.getResponseHeader(SESSION_HEADER) === "1") showSessionEnded();
+  });
+  window.addEventListener("focus", takeNewSession);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") takeNewSession();
+  });
 
   /* ---------- wiring ---------- */
 

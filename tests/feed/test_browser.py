@@ -561,3 +561,47 @@ def test_notifications_arrive_live_and_bookmarks_keep_posts(browser: Any, server
     alice.context.close()
     bob.context.close()
     assert console.problems == []
+
+
+def test_a_session_ended_in_another_tab_keeps_the_draft(browser: Any, server: str) -> None:
+    """Logged out in a second tab, the first tab's Post is refused: the page says so and keeps the draft; logging in
+    again in a new tab and coming back, the same press posts it."""
+    from playwright.sync_api import expect
+
+    console = NetworkConsole()
+    first = _new_page(browser, server, console, viewport={"width": 1280, "height": 900})
+    _register(first, "alice")
+    draft = first.locator("#composer-status")
+    draft.fill("A draft I care about")
+    second = console.watch(first.context.new_page())
+    second.goto("/")
+    console.offline = True  # from here until she is back: the pages' streams end, and the refused post is logged
+    second.get_by_role("button", name="Log out").click()
+    second.wait_for_url(re.compile(r"/login"))
+    second.close()
+
+    first.bring_to_front()
+    first.get_by_role("button", name="Post", exact=True).click()
+    banner = first.locator("#session-ended")
+    expect(banner).to_contain_text("Your session has ended")
+    expect(draft).to_have_value("A draft I care about")
+    with first.context.expect_page() as opened:
+        banner.get_by_role("link", name="Log in again in a new tab").click()
+    login = console.watch(opened.value)
+    login.get_by_label("Username").fill("alice")
+    login.get_by_label("Password").fill(PASSWORD)
+    login.get_by_role("button", name="Log in").click()
+    login.wait_for_url(re.compile(r"notice=back"))
+    expect(login.locator(".notice")).to_contain_text("go back to it")
+    login.close()
+
+    first.bring_to_front()
+    first.evaluate("window.dispatchEvent(new Event('focus'))")  # coming back to the tab
+    expect(banner).to_contain_text("You are logged in again")
+    console.offline = False
+    first.get_by_role("button", name="Post", exact=True).click()
+    expect(first.locator("#timeline article.post").first).to_contain_text("A draft I care about")
+    expect(draft).to_have_value("")
+    first.context.close()
+    assert console.problems == []
+    assert all("403" in p or "[object Event]" in p for p in console.expected), console.expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from feed.storage import tables
-from tests.conftest import forget_cached, snapshot
+from tests.conftest import PASSWORD, forget_cached, snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -334,9 +335,11 @@ async def test_an_expired_session_redirects_to_login_and_posts_nothing(make_brow
     page = await alice.get(location)
     assert page.status_code == 200
     assert "Your session has expired; log in again." in page.text
+    # With htmx the page stays, with what was written: the answer says the session ended (static/js/app.js offers
+    # to log in again in another tab).
     response = await alice.htmx_post("/posts", {"status": "written too late"})
-    assert response.status_code == 204
-    assert "expired=1" in response.headers["HX-Redirect"]
+    assert response.status_code == 401 and response.headers["X-Session-Ended"] == "1"
+    assert "HX-Redirect" not in response.headers and "log in again" in response.text
     response = await alice.get("/settings")
     assert response.status_code == 303 and "expired=1" in response.headers["location"]
     assert "written too late" not in (await alice.get("/public")).text
@@ -474,3 +477,33 @@ async def test_a_refused_post_keeps_its_counter(make_browser):
         refused(response, 422, "Text is too long")
         assert f'title="Characters left">{left}</output>' in response.text
         assert 'aria-live="polite">198</output>' in response.text  # the content warning's
+
+
+async def test_a_page_whose_session_ended_elsewhere_can_go_on_after_logging_in_again(make_browser, app):
+    """Logged out in another tab: the first tab's next htmx post is refused as "session ended" (nothing posted);
+    after logging in again, ``/session`` gives the new token, and the same post with it goes through."""
+    alice = await make_browser("alice")
+    home = (await alice.get("/")).text
+    old_token = re.search(r'name="csrf_token" value="([^"]+)"', home).group(1)
+    assert 'data-viewer="alice"' in home
+    assert (await alice.post("/logout")).status_code == 303  # the other tab
+    assert (await alice.get("/session")).json() == {"username": None, "csrf": None}
+    htmx = {"HX-Request": "true"}
+    answer = await alice.post("/posts", {"csrf_token": old_token, "status": "my draft"}, headers=htmx)
+    assert answer.status_code == 403 and answer.headers["X-Session-Ended"] == "1"
+    assert "session has ended" in answer.text
+    # Without htmx the same form gets a page that says so.
+    plain = await alice.post("/posts", {"csrf_token": old_token, "status": "my draft"})
+    refused(plain, 403, "Your session has ended")
+    # A forged token of someone logged in is still a forgery, not an ended session.
+    await alice.get("/login")
+    login = await alice.post("/login", {"username": "alice", "password": PASSWORD})
+    assert login.status_code == 303
+    forged = await alice.post("/posts", {"csrf_token": old_token, "status": "x"}, headers=htmx)
+    assert forged.status_code == 403 and "X-Session-Ended" not in forged.headers
+    state = (await alice.get("/session")).json()
+    assert state["username"] == "alice" and state["csrf"] and state["csrf"] != old_token
+    assert (await alice.get("/session")).headers["cache-control"] == "no-store"
+    sent = await alice.post("/posts", {"csrf_token": state["csrf"], "status": "my draft"}, headers=htmx)
+    assert sent.status_code == 200
+    assert "my draft" in (await alice.get("/")).text
