@@ -72,6 +72,7 @@ class UserRecord:
     bio: str
     key_version: int
     created_at: datetime
+    locked: bool = False  # new followers need approval
 
     @property
     def size(self) -> int:
@@ -273,6 +274,8 @@ def encode(value: Cacheable) -> bytes:
             "k": value.key_version,
             "c": _when(value.created_at),
         }
+        if value.locked:
+            header["l"] = True
         return _pack(b"U", header)
     if isinstance(value, SessionRecord):
         header = {"u": value.user_id, "x": _when(value.expires_at)}
@@ -333,7 +336,7 @@ def _decode(data: bytes) -> Cacheable:
     if tag == b"U":
         created = _from_when(h["c"])
         assert created is not None
-        return UserRecord(h["i"], h["u"], h["d"], h["b"], h["k"], created)
+        return UserRecord(h["i"], h["u"], h["d"], h["b"], h["k"], created, bool(h.get("l", False)))
     if tag == b"S":
         expires = _from_when(h["x"])
         assert expires is not None

@@ -49,6 +49,7 @@ DECLARED: dict[str, dict[str, Column]] = {
         "last_seen_at": _c("time", "when the account last opened its home, to an hour (idle feeds are dropped)"),
         "notify_off": _c("code", "the kinds of notification turned off"),
         "notify_only_following": _c("flag", "notifications only from people followed"),
+        "locked": _c("flag", "new followers need approval"),
     },
     "user_keys": {
         "user_id": USER,
@@ -87,6 +88,16 @@ DECLARED: dict[str, dict[str, Column]] = {
     "mentions": {"post_id": ID, "user_id": _c("number", "who is mentioned")},
     "likes": {"post_id": ID, "user_id": _c("number", "who liked it"), "created_at": WHEN},
     "bookmarks": {"id": ID, "user_id": USER, "post_id": ID, "created_at": WHEN},
+    "follow_requests": {"id": ID, "follower_id": USER, "followee_id": USER, "created_at": WHEN},
+    "blocks": {"id": ID, "blocker_id": USER, "blocked_id": USER, "created_at": WHEN},
+    "mutes": {
+        "id": ID,
+        "muter_id": USER,
+        "muted_id": USER,
+        "notifications": _c("flag", "notifications muted too"),
+        "expires_at": _c("time", "when the mute ends"),
+        "created_at": WHEN,
+    },
     "notifications": {
         "id": ID,
         "user_id": USER,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from feed.cache.spaces import (
     API_TOKENS,
+    BLOCKED,
     BOOKMARKED,
     COUNTS,
     FOLLOWING,
@@ -32,6 +33,7 @@ from feed.cache.spaces import (
     FRAMES,
     HOME,
     LIKED,
+    MUTED,
     POSTS,
     PREFIX,
     SESSIONS,
@@ -51,6 +53,7 @@ from feed.cache.tiers import REFILL_LOCK_SECONDS, Cache, Loader, Request
 
 __all__ = [
     "API_TOKENS",
+    "BLOCKED",
     "BOOKMARKED",
     "COUNTS",
     "FOLLOWING",
@@ -58,6 +61,7 @@ __all__ = [
     "FRAME_SPACES",
     "HOME",
     "LIKED",
+    "MUTED",
     "POSTS",
     "PREFIX",
     "REFILL_LOCK_SECONDS",

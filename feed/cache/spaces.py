@@ -46,6 +46,10 @@ FRAME_SPACES = (FRAMES, STATUS_FRAMES)  # what an edit or a delete of a post dro
 COUNTS = Space("c", l1_ttl=60, l2_ttl=600)
 # How many notifications a person has not read (the number in the navigation), dropped by each new one and by reading.
 UNREAD = Space("n", l1_ttl=60, l2_ttl=600)
+# Whom a person blocked or was blocked by (neither sees the other), and whom they mute now (a mute can end by
+# itself, so its list lives a minute at most), dropped by each block, mute and their undoing.
+BLOCKED = Space("x", l1_ttl=120, l2_ttl=600)
+MUTED = Space("m", l1_ttl=60, l2_ttl=60)
 SPACES = (
     POSTS,
     USERS,
@@ -61,6 +65,8 @@ SPACES = (
     STATUS_FRAMES,
     COUNTS,
     UNREAD,
+    BLOCKED,
+    MUTED,
 )
 
 

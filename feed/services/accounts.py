@@ -29,6 +29,7 @@ from feed.services.context import Services, now
 from feed.services.models import Profile, User
 from feed.services.text import USERNAME_RE, normalize_text
 from feed.storage import follows as follow_store
+from feed.storage import relations as relation_store
 from feed.storage import users as store
 
 MIN_PASSWORD = 10
@@ -390,9 +391,13 @@ async def get_user(svc: Services, user_id: int) -> User:
 async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
     counts = (await lookup.counts(svc, [user.id])).get(user.id) or AccountCounts(0, 0, 0, None)
     a_b = (False, False)
+    requested = blocks = mutes = False
     if viewer is not None and viewer.id != user.id:
         async with svc.db() as session:
             a_b = await follow_store.follow_state(session, viewer.id, user.id)
+            requested = (await relation_store.request_state(session, viewer.id, user.id))[0]
+            blocks = (await relation_store.block_state(session, viewer.id, user.id))[0]
+            mutes = await relation_store.mute_of(session, viewer.id, user.id, now()) is not None
     return Profile(
         user=user,
         followers=counts.followers,
@@ -401,6 +406,9 @@ async def profile(svc: Services, user: User, viewer: User | None) -> Profile:
         last_post_at=counts.last_post_at,
         viewer_follows=a_b[0],
         follows_viewer=a_b[1],
+        viewer_requested=requested,
+        viewer_blocks=blocks,
+        viewer_mutes=mutes,
     )
 
 
@@ -424,10 +432,17 @@ async def follow_list(
 
 
 async def search(
-    svc: Services, text: str, *, limit: int, offset: int = 0, followed_by: User | None = None
+    svc: Services,
+    text: str,
+    *,
+    limit: int,
+    offset: int = 0,
+    followed_by: User | None = None,
+    viewer: User | None = None,
 ) -> list[User]:
     """Accounts whose username or display name starts with ``text`` (a leading ``@`` and this server's ``@domain``
-    are the caller's to strip). Only names are searched: post text is sealed, and no index of its words exists."""
+    are the caller's to strip), but those a block stands between with ``viewer``. Only names are searched: post
+    text is sealed, and no index of its words exists."""
     prefix = unicodedata.normalize("NFC", text).strip()[:60]
     if not prefix or any(unicodedata.category(c).startswith("C") for c in prefix):
         return []  # nothing, or control characters no name can hold
@@ -436,7 +451,8 @@ async def search(
             session, prefix, limit=limit, offset=offset, followed_by=followed_by.id if followed_by else None
         )
         rows = await store.get_users(session, ids)
-    return [User.from_row(rows[i]) for i in ids if i in rows]
+    kept_out = await lookup.blocked(svc, viewer.id) if viewer else frozenset()
+    return [User.from_row(rows[i]) for i in ids if i in rows and i not in kept_out]
 
 
 async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:

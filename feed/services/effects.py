@@ -17,12 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import (
     API_TOKENS,
+    BLOCKED,
     BOOKMARKED,
     COUNTS,
     FOLLOWING,
     FRAME_SPACES,
     HOME,
     LIKED,
+    MUTED,
     POSTS,
     SESSIONS,
     SPACES,
@@ -147,6 +149,24 @@ def follow_changed(follower_id: int, followee_id: int, *, following: bool, popul
     if popular_changed:
         stale.append((TIMELINES, "popular"))
     return Effects(invalidate=_keys(*stale), jobs=(job,))
+
+
+def requests_changed(user_id: int) -> Effects:
+    """A follow request made, withdrawn, approved or rejected: its account's counts (the number of requests)."""
+    return Effects(invalidate=_keys((COUNTS, user_id)))
+
+
+def block_changed(blocker_id: int, blocked_id: int) -> Effects:
+    """A block or its undoing: both people's lists of whom they do not see, their first home pages and counts."""
+    stale: list[tuple[Space, int | str]] = []
+    for user_id in (blocker_id, blocked_id):
+        stale += [(BLOCKED, user_id), (HOME, user_id), (COUNTS, user_id), (FOLLOWING, user_id)]
+    return Effects(invalidate=_keys(*stale))
+
+
+def mute_changed(muter_id: int) -> Effects:
+    """A mute, new, changed or undone: only the muter's view changes (the muted person is not told)."""
+    return Effects(invalidate=_keys((MUTED, muter_id), (HOME, muter_id), (UNREAD, muter_id)))
 
 
 def sessions_ended(id_hashes: Iterable[bytes]) -> Effects:

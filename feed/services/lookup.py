@@ -17,11 +17,13 @@ from crypto import Sealed
 from feed.bus import Invalidation
 from feed.cache import (
     API_TOKENS,
+    BLOCKED,
     BOOKMARKED,
     COUNTS,
     FOLLOWING,
     FRAMES,
     LIKED,
+    MUTED,
     POSTS,
     SESSIONS,
     TIMELINES,
@@ -50,6 +52,7 @@ from feed.storage import bookmarks as bookmark_store
 from feed.storage import follows as follow_store
 from feed.storage import likes as like_store
 from feed.storage import posts as post_store
+from feed.storage import relations as relation_store
 from feed.storage import users as user_store
 
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
@@ -90,7 +93,7 @@ async def counts(svc: Services, user_ids: Iterable[int]) -> dict[int, AccountCou
 
 
 def user_record(row: Any) -> UserRecord:
-    return UserRecord(row.id, row.username, row.display_name, row.bio, row.key_version, row.created_at)
+    return UserRecord(row.id, row.username, row.display_name, row.bio, row.key_version, row.created_at, row.locked)
 
 
 def _load_posts(svc: Services) -> Loader:
@@ -274,8 +277,42 @@ def mark_request(svc: Services, kind: MarkKind, user_id: int) -> Request:
     return Request(kind.space, [user_id], load)
 
 
+def blocked_request(svc: Services, user_id: int) -> Request:
+    """Everyone the user blocked or was blocked by (read it with :func:`ids_of`)."""
+
+    async def load(missing: list[int]) -> Mapping[int, IdList]:
+        async with svc.db() as session:
+            return {user_id: IdList(tuple(await relation_store.blocked_either_way(session, user_id)))}
+
+    return Request(BLOCKED, [user_id], load)
+
+
+def muted_request(svc: Services, user_id: int) -> Request:
+    """Everyone the user mutes, as pairs (id, when the mute ends in epoch seconds or 0), flat in one list (read it
+    with :func:`muted_of`, which leaves out mutes that ended since: the list is not dropped when one ends)."""
+
+    async def load(missing: list[int]) -> Mapping[int, IdList]:
+        async with svc.db() as session:
+            found = await relation_store.mutes_until(session, user_id, datetime.now(UTC))
+        return {
+            user_id: IdList(tuple(x for uid, until in found for x in (uid, int(until.timestamp()) if until else 0)))
+        }
+
+    return Request(MUTED, [user_id], load)
+
+
+def muted_of(found: Cacheable | None) -> frozenset[int]:
+    if not isinstance(found, IdList):
+        return frozenset()
+    now = datetime.now(UTC).timestamp()
+    pairs = zip(found.ids[::2], found.ids[1::2], strict=True)
+    return frozenset(uid for uid, until in pairs if not until or until > now)
+
+
 def marks_requests(svc: Services, user_id: int) -> list[Request]:
-    return [mark_request(svc, kind, user_id) for kind in MARK_KINDS]
+    """What a page needs to know of its viewer: their likes and bookmarks, whom they block (either way) and mute."""
+    kinds = [mark_request(svc, kind, user_id) for kind in MARK_KINDS]
+    return [*kinds, blocked_request(svc, user_id), muted_request(svc, user_id)]
 
 
 async def marks_among(
@@ -285,7 +322,8 @@ async def marks_among(
     the database only for posts older than all of those when they marked more than :data:`MARKS_KEPT` posts."""
     sets = []
     older_of: list[tuple[MarkKind, list[int]]] = []
-    for kind, results in zip(MARK_KINDS, found, strict=True):
+    *marked, blocked, muted = found
+    for kind, results in zip(MARK_KINDS, marked, strict=True):
         newest = results.get(user_id)
         known = newest if isinstance(newest, IdSet) else IdSet(frozenset())
         sets.append({i for i in post_ids if i in known.ids})
@@ -295,11 +333,12 @@ async def marks_among(
             for (kind, older), out in zip(older_of, sets, strict=True):
                 if older:
                     out |= await kind.among(session, user_id, older)
-    return Marks(*sets)
+    liked, bookmarked = sets
+    return Marks(liked, bookmarked, blocked=ids_of(blocked.get(user_id)), muted=muted_of(muted.get(user_id)))
 
 
 async def marks(svc: Services, user_id: int | None, post_ids: Sequence[int]) -> Marks:
-    if user_id is None or not post_ids:
+    if user_id is None:
         return Marks()
     found = await svc.cache.get_multi(marks_requests(svc, user_id))
     return await marks_among(svc, user_id, found, post_ids)
@@ -307,9 +346,20 @@ async def marks(svc: Services, user_id: int | None, post_ids: Sequence[int]) -> 
 
 async def marks_in(session: AsyncSession, user_id: int | None, post_ids: Sequence[int]) -> Marks:
     """The same, from the database (for a page read from it anyway)."""
-    if user_id is None or not post_ids:
+    if user_id is None:
         return Marks()
-    return Marks(*[await kind.among(session, user_id, post_ids) for kind in MARK_KINDS])
+    liked, bookmarked = [await kind.among(session, user_id, post_ids) for kind in MARK_KINDS]
+    return Marks(
+        liked,
+        bookmarked,
+        blocked=frozenset(await relation_store.blocked_either_way(session, user_id)),
+        muted=frozenset(await relation_store.muted_ids(session, user_id, datetime.now(UTC))),
+    )
+
+
+async def blocked(svc: Services, user_id: int) -> frozenset[int]:
+    """Everyone the user blocked or was blocked by."""
+    return ids_of((await svc.cache.get_multi([blocked_request(svc, user_id)]))[0].get(user_id))
 
 
 async def invalidate(svc: Services, *keys: tuple[Space, Any]) -> None:

@@ -24,6 +24,7 @@ class User:
     bio: str
     created_at: datetime
     key_version: int
+    locked: bool = False  # new followers need approval
 
     @property
     def name(self) -> str:
@@ -38,6 +39,7 @@ class User:
             bio=row.bio,
             created_at=row.created_at,
             key_version=row.key_version,
+            locked=bool(getattr(row, "locked", False)),
         )
 
 
@@ -50,14 +52,19 @@ class Profile:
     last_post_at: datetime | None
     viewer_follows: bool = False
     follows_viewer: bool = False
+    viewer_requested: bool = False  # the viewer asked to follow this locked account, and waits
+    viewer_blocks: bool = False
+    viewer_mutes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Marks:
-    """Which posts (by id) one viewer marked, of those a page shows."""
+    """Which posts (by id) one viewer marked, of those a page shows, and whom they keep out of sight."""
 
     liked: set[int] = field(default_factory=set)
     bookmarked: set[int] = field(default_factory=set)
+    blocked: frozenset[int] = frozenset()  # people the viewer blocked or was blocked by: never shown
+    muted: frozenset[int] = frozenset()  # people the viewer mutes: left out of their timelines
 
     def put_on(self, view: PostView) -> None:
         view.liked = view.id in self.liked

@@ -27,6 +27,7 @@ from feed.services.timelines import views
 from feed.storage import follows as follow_store
 from feed.storage import markers as marker_store
 from feed.storage import notifications as store
+from feed.storage import relations as relation_store
 
 # The kinds this server makes, in Mastodon's names (a reply to someone's post is a "mention" of them, as there).
 KINDS = ("mention", "favourite", "reblog", "follow", "follow_request", "update")
@@ -93,8 +94,8 @@ async def notify(session: AsyncSession, recipient: int, kind: str, actor: int, p
     """Tell ``recipient`` that ``actor`` did ``kind`` (to ``post_id``), unless it is their own doing or their
     settings say no; what the writer must add to its effects."""
     assert kind in KINDS
-    if recipient == actor:
-        return Effects()
+    if recipient == actor or await relation_store.silenced(session, recipient, [actor], now()):
+        return Effects()  # their own doing; or a block stands between them, or the recipient muted the actor
     off, only_following = await store.settings(session, recipient)
     if kind in off:
         return Effects()
@@ -154,7 +155,8 @@ async def listing(
         return [], None, None
     async with svc.db() as session:
         rows = await store.page(session, user.id, page, types=types, exclude=exclude, account_id=account_id)
-    found = await _materialise(svc, user, rows)
+        silenced = await relation_store.silenced(session, user.id, list({row.from_id for row in rows}), now())
+    found = await _materialise(svc, user, [row for row in rows if row.from_id not in silenced])
     next_max = rows[-1].id if len(rows) >= page.limit else None
     prev_min = rows[0].id if rows else page.min_id or page.since_id
     return found, next_max, prev_min

@@ -25,6 +25,7 @@ from feed.storage import follows as follow_store
 from feed.storage import idempotency
 from feed.storage import likes as like_store
 from feed.storage import posts as store
+from feed.storage import relations as relation_store
 from feed.storage import users as user_store
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,14 @@ KEEP = Keep()
 
 
 async def _resolve_mentions(session: AsyncSession, text: str, author: User) -> list[int]:
+    """The people ``text`` mentions, but its author and anyone a block stands between (who cannot be mentioned)."""
     names = mentioned_usernames(text)
     found = await user_store.get_ids_by_usernames(session, names)
-    return [found[n] for n in names if n in found and found[n] != author.id]
+    ids = [found[n] for n in names if n in found and found[n] != author.id]
+    if ids:
+        kept_out = set(await relation_store.blocked_either_way(session, author.id))
+        ids = [i for i in ids if i not in kept_out]
+    return ids
 
 
 def _seal(svc_key: Any, post_id: int, author: User, revision: int, text: str, cw: str | None) -> dict[str, bytes]:

@@ -69,9 +69,11 @@ async def for_viewer(
     memo: dict[Any, Any],
     *,
     fresh: bool = False,
+    hide_muted: bool = False,
 ) -> tuple[PostRecord, PostView, Marks] | None:
     """The post for one viewer of a live event: the record, the view shared by every viewer (opened once per event,
-    kept in ``memo``) and what this viewer marked of it; None if they may not see it, or it is gone."""
+    kept in ``memo``) and what this viewer marked of it (nothing of someone a block stands between, nor with
+    ``hide_muted``, for a home or public timeline, of someone they mute); None if they may not see it, or it is gone."""
     key = ("post", post_id, style is not None)
     if key not in memo:
         memo[key] = await post(svc, post_id, style, fresh=fresh)
@@ -83,4 +85,7 @@ async def for_viewer(
         svc, viewer, record.author_id, record.visibility, [uid for uid, _ in record.mentions]
     ):
         return None
-    return record, view, await lookup.marks(svc, viewer.id if viewer else None, [post_id])
+    marks = await lookup.marks(svc, viewer.id if viewer else None, [post_id])
+    if record.author_id in marks.blocked or (hide_muted and record.author_id in marks.muted):
+        return None
+    return record, view, marks

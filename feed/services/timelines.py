@@ -67,11 +67,13 @@ async def views(
     *,
     recheck: bool = False,
     style: FrameStyle | None = None,
+    hide_muted: bool = False,
 ) -> list[PostView]:
     """Posts for ``refs`` (rows with id, author_id, key_version, in_reply_to_author_id) in their order, for a
     viewer already entitled to them, or, with ``recheck`` (refs from a cache, which may be older than the posts),
     for whom each post is checked again. Posts gone meanwhile, or whose author's key is gone or does not open
-    them, are left out. ``marks``: which of them the viewer liked or bookmarked, when the caller already knows.
+    them, are left out, and so are posts of anyone blocked either way (with ``hide_muted``, of anyone the viewer mutes:
+    their home and public timelines). ``marks``: what the viewer marked and hides, when the caller already knows.
 
     With a ``style``, each view comes with its frame: opened from the cache when it holds one for this revision,
     else drawn now (which opens the post's text) and cached sealed."""
@@ -83,6 +85,9 @@ async def views(
         records = await _still_visible(svc, records, viewer)
     if marks is None:
         marks = await lookup.marks(svc, viewer.id if viewer else None, ids)
+    hidden = marks.blocked | marks.muted if hide_muted else marks.blocked
+    if hidden:
+        records = [r for r in records if r.author_id not in hidden]
     out: list[PostView] = []
     drawn: dict[int, SealedFrame] = {}
     authors: dict[int, User] = {}
@@ -324,11 +329,12 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         )
         refs: Sequence[Any] = lookup.refs_of(found_refs.get(viewer.id))[: page.limit]
         marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
-        return _page(await views(svc, refs, viewer, marks, recheck=True, style=style), refs, page)
+        found = await views(svc, refs, viewer, marks, recheck=True, style=style, hide_muted=True)
+        return _page(found, refs, page)
     async with svc.db() as session:  # one connection for the page's ids and the viewer's marks among them
         refs = await store.home(session, viewer.id, page)
         marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
-    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
+    return _page(await views(svc, refs, viewer, marks, style=style, hide_muted=True), refs, page)
 
 
 async def public(svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None) -> TimelinePage:
@@ -339,10 +345,10 @@ async def public(svc: Services, viewer: User | None, page: Page, style: FrameSty
                 return await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))
 
         refs: Sequence[Any] = (await lookup.timeline_refs(svc, TIMELINES, "public", load))[: page.limit]
-        return _page(await views(svc, refs, viewer, recheck=True, style=style), refs, page)
+        return _page(await views(svc, refs, viewer, recheck=True, style=style, hide_muted=True), refs, page)
     async with svc.db() as session:
         refs = await store.public(session, page)
-    return _page(await views(svc, refs, viewer, style=style), refs, page)
+    return _page(await views(svc, refs, viewer, style=style, hide_muted=True), refs, page)
 
 
 async def by_author(

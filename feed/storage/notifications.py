@@ -71,6 +71,17 @@ async def get(session: AsyncSession, user_id: int, notification_id: int) -> Reco
     return (await session.execute(query)).first()
 
 
+async def remove_between(session: AsyncSession, a: int, b: int) -> list[int]:
+    """Every notification either of two people had of the other (a block); whose they were."""
+    pair = sa.or_(
+        sa.and_(notifications.c.user_id == a, notifications.c.from_id == b),
+        sa.and_(notifications.c.user_id == b, notifications.c.from_id == a),
+    )
+    owners = set(await session.scalars(sa.select(notifications.c.user_id).where(pair)))
+    await session.execute(notifications.delete().where(pair))
+    return sorted(owners)
+
+
 async def dismiss(session: AsyncSession, user_id: int, notification_id: int) -> bool:
     result = await session.execute(
         notifications.delete().where(notifications.c.id == notification_id, notifications.c.user_id == user_id)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import follows, mentions, post_revisions, posts, users
+from feed.storage.tables import blocks, follows, mentions, post_revisions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -31,18 +31,29 @@ class Page:
     min_id: int | None = None
 
 
+def unblocked(viewer_id: int) -> sa.ColumnElement[bool]:
+    """SQL: no block stands between the viewer and the post's author, either way."""
+    return ~sa.exists().where(
+        sa.or_(
+            sa.and_(blocks.c.blocker_id == viewer_id, blocks.c.blocked_id == posts.c.author_id),
+            sa.and_(blocks.c.blocker_id == posts.c.author_id, blocks.c.blocked_id == viewer_id),
+        )
+    )
+
+
 def visible_to(viewer_id: int | None) -> sa.ColumnElement[bool]:
     """The SQL condition for "``viewer_id`` may read this post" (None: an anonymous reader)."""
     if viewer_id is None:
         return posts.c.visibility.in_(PUBLIC_VISIBILITIES)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
     follower = sa.exists().where(follows.c.follower_id == viewer_id, follows.c.followee_id == posts.c.author_id)
-    return sa.or_(
+    readable = sa.or_(
         posts.c.visibility.in_(PUBLIC_VISIBILITIES),
         posts.c.author_id == viewer_id,
         sa.and_(posts.c.visibility == "followers", follower),
         mentioned,
     )
+    return sa.and_(readable, unblocked(viewer_id))
 
 
 async def paged(
@@ -69,7 +80,8 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
             posts.c.author_id == viewer_id,
             sa.and_(posts.c.author_id.in_(followees), sa.or_(posts.c.visibility != "direct", mentioned)),
             sa.and_(posts.c.visibility == "direct", mentioned),
-        )
+        ),
+        unblocked(viewer_id),
     )
     return await paged(session, query, page)
 

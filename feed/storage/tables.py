@@ -70,6 +70,8 @@ users = sa.Table(
     # Notification settings: the kinds turned off (comma-separated names), and "only from people I follow".
     sa.Column("notify_off", sa.String(100), nullable=False, server_default=""),
     sa.Column("notify_only_following", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A locked account approves each new follower (``follow_requests``).
+    sa.Column("locked", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # A user's keys, each wrapped by a root key version. Deleting these rows crypto-shreds the user.
@@ -137,6 +139,43 @@ follows = sa.Table(
     sa.Column("followee_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_follows_followee_id_follower_id", "followee_id", "follower_id"),
+)
+
+# Follows waiting for a locked account's approval; ``id`` orders them by when they were asked.
+follow_requests = sa.Table(
+    "follow_requests",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("follower_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("followee_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("follower_id", "followee_id"),
+    sa.Index("ix_follow_requests_followee_id_id", "followee_id", "id"),
+)
+
+# Blocks: neither person sees the other, or can follow, reply to, mention or like the other.
+blocks = sa.Table(
+    "blocks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("blocker_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("blocked_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("blocker_id", "blocked_id"),
+)
+
+# Mutes: the muted person leaves the muter's timelines (and notifications, with ``notifications``), until
+# ``expires_at`` if set; they are not told.
+mutes = sa.Table(
+    "mutes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("muter_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("muted_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("notifications", sa.Boolean, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("muter_id", "muted_id"),
 )
 
 likes = sa.Table(

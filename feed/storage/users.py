@@ -19,6 +19,7 @@ USER_COLUMNS = (
     users.c.bio,
     users.c.key_version,
     users.c.created_at,
+    users.c.locked,
 )
 
 

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from feed.errors import Conflict, Invalid, RateLimited, Unauthorized
-from feed.services import accounts, notifications, oauth
+from feed.services import accounts, follows, notifications, oauth
 from feed.services.models import User
 from feed.web.auth import (
     device_tokens,
@@ -113,12 +113,18 @@ async def _settings(
     svc = services(request)
     if values is None:
         email = await accounts.email_of(svc, user)
-        values = {"display_name": user.display_name, "bio": user.bio, "email": email}
+        values = {
+            "display_name": user.display_name,
+            "bio": user.bio,
+            "email": email,
+            "locked": "on" if user.locked else "",
+        }
     context = {
         "values": values,
         "errors": errors or {},
         "apps": await oauth.authorised_apps(svc, user),
         "notify": await notifications.settings(svc, user),
+        "requests": await follows.request_count(svc, user),
         "kinds": notifications.LABELS,
     }
     return render(request, "settings.html", context, status=422 if errors else 200)
@@ -140,11 +146,14 @@ async def save_profile(request: Request) -> Response:
     form = await read_form(request)
     user = await require_user(request)
     values = {k: form.get(k, "") for k in ("display_name", "bio", "email")}
+    locked = form.get("locked") == "on"
     try:
         await accounts.update_profile(services(request), user, **values)
     except (Invalid, Conflict) as exc:
         field = exc.field if isinstance(exc, Invalid) and exc.field else "email"
-        return await _settings(request, user, values, {field: exc.message})
+        return await _settings(request, user, values | {"locked": "on" if locked else ""}, {field: exc.message})
+    if locked != user.locked:
+        await follows.set_locked(services(request), user, locked)
     return see_other("/settings?notice=saved")
 
 

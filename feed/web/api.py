@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, bookmarks, follows, oauth, posts, site, timelines
+from feed.services import accounts, bookmarks, follows, oauth, posts, relations, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -90,12 +90,21 @@ async def _timeline_response(request: Request, page: Page, result: TimelinePage)
     return await statuses_response(request, result.posts, headers)
 
 
+async def _visible_account(request: Request, viewer: User | None, user: User) -> User:
+    """``user``, unless they blocked the viewer (who then finds nothing of them)."""
+    if await relations.hides_profile(services(request), viewer, user):
+        raise NotFound()
+    return user
+
+
 @operation("Verify account credentials", ref("Account"), scope="read:accounts")
 async def verify_credentials(request: Request) -> Response:
     user = await api_user(request, ("profile", "read:accounts"))
     assert user is not None
-    profile = await accounts.profile(services(request), user, None)
-    return JSONResponse(mastodon.account(request, profile, with_source=True))
+    svc = services(request)
+    profile = await accounts.profile(svc, user, None)
+    waiting = await follows.request_count(svc, user)
+    return JSONResponse(mastodon.account(request, profile, with_source=True, follow_requests=waiting))
 
 
 @operation("Look up an account by its name", ref("Account"), scope="read:accounts", public=True, query={"acct": STRING})
@@ -106,15 +115,16 @@ async def lookup_account(request: Request) -> Response:
     name, _, domain = acct.lstrip("@").partition("@")
     if domain and domain.lower() not in (request.url.hostname, request.url.netloc.lower()):
         raise NotFound()
-    await api_user(request, "read:accounts", required=False)
-    user = await accounts.find_user(services(request), name)
+    viewer = await api_user(request, "read:accounts", required=False)
+    user = await _visible_account(request, viewer, await accounts.find_user(services(request), name))
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
 @operation("Get an account", ref("Account"), scope="read:accounts", public=True)
 async def get_account(request: Request) -> Response:
-    await api_user(request, "read:accounts", required=False)
+    viewer = await api_user(request, "read:accounts", required=False)
     user = await accounts.get_user(services(request), path_id(request, "account_id"))
+    await _visible_account(request, viewer, user)
     return JSONResponse(mastodon.account(request, await accounts.profile(services(request), user, None)))
 
 
@@ -128,7 +138,7 @@ async def get_account(request: Request) -> Response:
 async def account_statuses(request: Request) -> Response:
     viewer = await api_user(request, "read:statuses", required=False)
     svc = services(request)
-    author = await accounts.get_user(svc, path_id(request, "account_id"))
+    author = await _visible_account(request, viewer, await accounts.get_user(svc, path_id(request, "account_id")))
     page = _page(request)
     if truthy(request.query_params.get("only_media")) or truthy(request.query_params.get("pinned")):
         return JSONResponse([])  # we have neither media nor pins

@@ -92,7 +92,7 @@ async def _search_accounts(request: Request, q: str, viewer: User | None, limit:
     if following_only and viewer is None:
         raise Unauthorized("The access token is invalid")
     return await accounts.search(services(request), name, limit=limit, offset=offset,
-                                 followed_by=viewer if following_only else None)  # fmt: skip
+                                 followed_by=viewer if following_only else None, viewer=viewer)  # fmt: skip
 
 
 async def _search_statuses(request: Request, q: str, viewer: User | None) -> list[PostView]:

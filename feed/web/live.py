@@ -116,7 +116,10 @@ class PageSink:
         anonymous = ("anonymous", post_id, self.here)
         if conn.user is None and anonymous in memo:  # every logged-out viewer of this page sees the same
             return memo[anonymous]  # type: ignore[no-any-return]
-        found = await push.for_viewer(self.svc, post_id, conn.user, self.style, memo, fresh=fresh)
+        hide_muted = self.timeline in ("home", "public")
+        found = await push.for_viewer(
+            self.svc, post_id, conn.user, self.style, memo, fresh=fresh, hide_muted=hide_muted
+        )
         if found is None:
             html = None
         else:

@@ -39,7 +39,9 @@ def iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def account(request: HTTPConnection, profile: Profile, *, with_source: bool = False) -> dict[str, Any]:
+def account(
+    request: HTTPConnection, profile: Profile, *, with_source: bool = False, follow_requests: int = 0
+) -> dict[str, Any]:
     user = profile.user
     base = _base(request)
     url = f"{base}/@{user.username}"
@@ -49,7 +51,7 @@ def account(request: HTTPConnection, profile: Profile, *, with_source: bool = Fa
         "username": user.username,
         "acct": user.username,
         "display_name": user.name,  # the username until one is set, as Mastodon does
-        "locked": False,
+        "locked": user.locked,
         "bot": False,
         "discoverable": True,
         "indexable": False,  # post text cannot be searched (it is sealed)
@@ -84,7 +86,7 @@ def account(request: HTTPConnection, profile: Profile, *, with_source: bool = Fa
             "language": None,
             "note": user.bio,
             "fields": [],
-            "follow_requests_count": 0,
+            "follow_requests_count": follow_requests,
         }
     return out
 
@@ -239,12 +241,13 @@ def relationship(rel: Relationship) -> dict[str, Any]:
         "notifying": False,
         "languages": None,
         "followed_by": rel.followed_by,
-        "blocking": False,
-        "blocked_by": False,
-        "muting": False,
-        "muting_notifications": False,
-        "requested": False,
-        "requested_by": False,
+        "blocking": rel.blocking,
+        "blocked_by": rel.blocked_by,
+        "muting": rel.muting,
+        "muting_notifications": rel.muting_notifications,
+        "muting_expires_at": iso(rel.mute_expires_at) if rel.mute_expires_at else None,
+        "requested": rel.requested,
+        "requested_by": rel.requested_by,
         "domain_blocking": False,
         "endorsed": False,
         "note": "",

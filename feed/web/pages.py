@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from feed.errors import Conflict, Invalid
-from feed.services import accounts, bookmarks, follows, posts, timelines
+from feed.errors import Conflict, Invalid, NotFound
+from feed.services import accounts, bookmarks, follows, posts, relations, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, path_id, read_form
@@ -72,6 +72,8 @@ async def profile(request: Request) -> Response:
     svc = services(request)
     user = await viewer(request)
     author = await accounts.find_user(svc, request.path_params["username"])
+    if await relations.hides_profile(svc, user, author):
+        raise NotFound()
     page = await timelines.by_author(svc, author, user, _page(request), style=frame_style(request))
     info = await accounts.profile(svc, author, user)
     return _timeline(request, "profile.html", page, f"author:{author.id}", profile=info)
@@ -273,6 +275,8 @@ async def follow_list(request: Request) -> Response:
     svc = services(request)
     user = await viewer(request)
     target = await accounts.find_user(svc, request.path_params["username"])
+    if await relations.hides_profile(svc, user, target):
+        raise NotFound()
     followers = request.url.path.endswith("/followers")
     people = await accounts.follow_list(svc, target, followers=followers)
     info = await accounts.profile(svc, target, user)

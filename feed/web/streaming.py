@@ -129,7 +129,7 @@ class ApiSink:
         return []  # nor a resync: its apps fetch their timelines again when they reconnect
 
     async def _status(self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False) -> str | None:
-        found = await push.for_viewer(self.svc, post_id, conn.user, None, memo, fresh=fresh)
+        found = await push.for_viewer(self.svc, post_id, conn.user, None, memo, fresh=fresh, hide_muted=True)
         if found is None:
             return None
         record, view, marks = found

@@ -437,6 +437,39 @@ async def test_notifications_arrive_live_in_every_page_and_in_the_apps(world: An
         await public.close()
 
 
+async def test_blocks_and_mutes_reach_the_live_streams(world: Any) -> None:
+    alice, bob, carol = await world("alice"), await world("bob"), await world("carol")
+    await alice.form(f"/@{carol.name}/follow")
+    await alice.form(f"/@{bob.name}/block")
+    await alice.form(f"/@{carol.name}/mute")
+    public = await alice.live("/public")
+    home = await alice.live("/")
+    watcher = await carol.live("/public")
+    try:
+        from_bob = await bob.compose("bob, live")
+        from_carol = await carol.compose("carol, live")
+        seen = [post_id_of(await watcher.next("post")) for _ in range(2)]
+        assert sorted(seen) == sorted([from_bob, from_carol])  # carol's page gets both
+        mine = await alice.compose("alice, live")  # a post after both: once it arrives, the others would have
+        assert post_id_of(await public.next("post")) == mine
+        assert post_id_of(await home.next("post")) == mine
+        for stream in (public, home):
+            shown = [post_id_of(e) for e in stream.seen if e.event == "post"]
+            assert from_bob not in shown and from_carol not in shown, (stream, shown)
+        # The block goes both ways: bob's public page does not get alice's posts either.
+        bobs = await bob.live("/public")
+        try:
+            later = await alice.compose("alice again")
+            after = await carol.compose("carol after")
+            assert post_id_of(await bobs.next("post")) == after
+            assert later not in [post_id_of(e) for e in bobs.seen if e.event == "post"]
+        finally:
+            await bobs.close()
+    finally:
+        for stream in (public, home, watcher):
+            await stream.close()
+
+
 async def test_shutdown_closes_every_stream_at_once(tmp_path: Path) -> None:
     proc = AppProcess("shutdown", embedded_env(tmp_path / "data"), tmp_path)
     proc.wait_ready()

@@ -1,8 +1,8 @@
 """Issue 11's "Done when": two real, unmodified Mastodon client packages from PyPI (Mastodon.py and toot) sign in
 through OAuth on a two-process deployment (the person answers the consent page over HTTP, as their browser would,
 and pastes the out-of-band code), then post, read the home timeline page by page, favourite, bookmark, follow someone
-found through search, list followers and notifications, use the read markers, and revoke their token: the next call
-fails with 401 on every process."""
+found through search, block and mute someone, list followers and notifications, use the read markers, and revoke
+their token: the next call fails with 401 on every process."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ async def everywhere_unauthorized(cluster: Cluster, token: str) -> None:
 async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     alice, bob = await cluster.account("alice"), await cluster.account("bob")
+    await cluster.account("carol")  # whom alice blocks and mutes
     for n in range(5):  # something to page through once alice follows bob
         made = await bob.on["b"].post("/posts", data={"csrf_token": bob.csrf, "status": f"bob's post {n}"})
         assert made.status_code == 303
@@ -86,6 +87,10 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         mastodon.markers_set(["home", "notifications"], [first[0]["id"], first[1]["id"]])
         markers = mastodon.markers_get(["home", "notifications"])
         app = mastodon.app_verify_credentials()
+        carol = mastodon.search_v2("carol", result_type="accounts")["accounts"][0]
+        blocked = mastodon.account_block(carol["id"])
+        muted = mastodon.account_mute(carol["id"], notifications=False, duration=3600)
+        kept_out = (mastodon.blocks(), mastodon.mutes())
         mastodon.revoke_access_token(allow_http=True)
         try:
             mastodon.account_verify_credentials()
@@ -94,7 +99,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
             after = "401"
         return {"token": token, "me": me, "posted": posted, "found": found, "relationship": relationship,
                 "pages": (first, second), "liked": liked, "followers": followers, "markers": markers, "app": app,
-                "after": after, "kept": kept, "bookmarks": bookmarks, "notes": notes}  # fmt: skip
+                "after": after, "kept": kept, "bookmarks": bookmarks, "notes": notes, "blocked": blocked,
+                "muted": muted, "kept_out": kept_out}  # fmt: skip
 
     seen = await asyncio.to_thread(mastodon_py_session)
     assert seen["kept"]["bookmarked"] is True
@@ -106,6 +112,9 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     assert {s["id"] for s in first}.isdisjoint({s["id"] for s in second})
     assert seen["liked"]["favourited"] is True and seen["liked"]["favourites_count"] == 1
     assert [(n["type"], n["account"]["username"]) for n in seen["notes"]] == [("follow", "bob")]
+    assert seen["blocked"]["blocking"] is True
+    assert seen["muted"]["muting"] is True and seen["muted"]["muting_notifications"] is False
+    assert [[a["username"] for a in listed] for listed in seen["kept_out"]] == [["carol"], ["carol"]]
     assert [f["username"] for f in seen["followers"]] == ["alice"]
     assert str(seen["markers"]["home"]["last_read_id"]) == str(first[0]["id"])
     assert str(seen["markers"]["notifications"]["last_read_id"]) == str(first[1]["id"])

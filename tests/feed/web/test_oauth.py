@@ -281,6 +281,16 @@ SCOPED = [  # (method, path, what a token needs) for endpoints that act for a us
     ("GET", "/api/v2/filters", "read:filters"),
     ("GET", "/api/v1/lists", "read:lists"),
     ("GET", "/api/v1/follow_requests", "read:follows"),
+    ("GET", "/api/v1/blocks", "read:blocks"),
+    ("GET", "/api/v1/mutes", "read:mutes"),
+    ("POST", "/api/v1/accounts/{bob}/block", "write:blocks"),
+    ("POST", "/api/v1/accounts/{bob}/unblock", "write:blocks"),
+    ("POST", "/api/v1/accounts/{bob}/mute", "write:mutes"),
+    ("POST", "/api/v1/accounts/{bob}/unmute", "write:mutes"),
+    ("GET", "/api/v1/notifications", "read:notifications"),
+    ("GET", "/api/v1/notifications/unread_count", "read:notifications"),
+    ("GET", "/api/v2/notifications", "read:notifications"),
+    ("POST", "/api/v1/notifications/clear", "write:notifications"),
     ("GET", "/api/v1/announcements", "read"),
 ]
 
@@ -306,7 +316,7 @@ async def test_every_endpoint_checks_the_scope_it_needs(app: Any, make_browser: 
             allowed = any(
                 g == needed
                 or needed.startswith(g + ":")
-                or (g == "follow" and needed in ("write:follows", "read:follows"))
+                or (g == "follow" and needed.partition(":")[2] in ("follows", "blocks", "mutes"))  # Mastodon's "follow"
                 for g in granted
             )
             async with bearer(app, token) as http:
