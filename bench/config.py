@@ -35,6 +35,9 @@ class Config:
     keep_db: bool = False
     profile: bool = False  # py-spy on the cipherfeed server during one extra run of the home page
     out: Path = DEFAULT_OUT
+    # A checkout of an earlier commit (``git worktree add DIR REF``): its home page is measured in the same run, on a
+    # database seeded by its own code, so that a change's cost is a ratio of one run.
+    baseline: Path | None = None
 
 
 MODES: dict[str, Config] = {
@@ -86,6 +89,7 @@ def parse(argv: list[str] | None = None) -> Config:
     parser.add_argument("--pg-admin-url", help=f"PostgreSQL to create the bench database in ({DEFAULT_PG_ADMIN_URL})")
     parser.add_argument("--keep-db", action="store_true", help="leave the bench database behind (to inspect it)")
     parser.add_argument("--profile", action="store_true", help="also profile the home page with py-spy")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit whose home page to measure too")
     args = parser.parse_args(argv)
     config = MODES[args.mode or "quick"]
     overrides = {
@@ -96,6 +100,7 @@ def parse(argv: list[str] | None = None) -> Config:
         "seed": args.seed,
         "out": args.out,
         "pg_admin_url": args.pg_admin_url,
+        "baseline": args.baseline.resolve() if args.baseline else None,
     }
     config = replace(
         config, **{k: v for k, v in overrides.items() if v is not None}, keep_db=args.keep_db, profile=args.profile

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,15 +38,22 @@ async def run(config: Config) -> tuple[list[Row], dict[str, Any]]:
     os.sched_setaffinity(0, cores.client)  # this process is a load generator too
     workdir = Path(tempfile.mkdtemp(prefix="cipherfeed-bench-"))
     db_url = ""
+    base_db = f"{config.db_name}_baseline"
     try:
         db_url = create_database(config.pg_admin_url, config.db_name)
         dataset = await seed(config, db_url)
         print(f"seeded {dataset.counts} in {dataset.seconds:.1f} s", file=sys.stderr)
+        baseline = None
+        if config.baseline is not None:
+            baseline = await asyncio.to_thread(seed_baseline, config, create_database(config.pg_admin_url, base_db))
+            print(f"seeded the baseline's database in {baseline.seconds:.1f} s", file=sys.stderr)
         with Processes(workdir, cores) as procs:
-            rows, notes = await _measure(config, dataset, procs, cores)
+            rows, notes = await _measure(config, dataset, procs, cores, baseline)
     finally:
         if db_url and not config.keep_db:
             drop_database(config.pg_admin_url, config.db_name)
+            if config.baseline is not None:
+                drop_database(config.pg_admin_url, base_db)
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - started
     meta = {
@@ -67,14 +76,45 @@ async def run(config: Config) -> tuple[list[Row], dict[str, Any]]:
     return rows, meta
 
 
-async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) -> tuple[list[Row], dict[str, Any]]:
-    print("starting servers", file=sys.stderr)
-    env = {
+_SEED_BASELINE = """
+import asyncio, json, sys
+from dataclasses import asdict, replace
+from bench.config import MODES
+from bench.seed import seed
+users, per_user, rng_seed, db_url = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+config = replace(MODES["quick"], users=users, posts_per_user=per_user, seed=rng_seed)
+print(json.dumps(asdict(asyncio.run(seed(config, db_url)))))
+"""
+
+
+def seed_baseline(config: Config, db_url: str) -> Dataset:
+    """The baseline's database, made by the baseline's own code (its migrations, its seeding), from the same seed."""
+    assert config.baseline is not None
+    argv = [sys.executable, "-c", _SEED_BASELINE, str(config.users), str(config.posts_per_user), str(config.seed),
+            db_url]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")}
+    done = subprocess.run(  # noqa: S603 - our own argv
+        argv, cwd=config.baseline, env=env | {"PYTHONPATH": str(config.baseline)}, capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise StartFailed(f"the baseline at {config.baseline} could not seed: {done.stderr.decode()[-500:]}")
+    return Dataset(**json.loads(done.stdout.decode().strip().splitlines()[-1]))
+
+
+def _env(ds: Dataset, data_dir: Path) -> dict[str, str]:
+    return {
         "CIPHERFEED_DATABASE_URL": ds.db_url,
         "CIPHERFEED_ROOT_KEY": ds.root_key_json,
         "CIPHERFEED_SECRET_KEY": ds.secret_key,
-        "CIPHERFEED_DATA_DIR": str(procs.workdir / "data"),
+        "CIPHERFEED_DATA_DIR": str(data_dir),
     }
+
+
+async def _measure(
+    config: Config, ds: Dataset, procs: Processes, cores: Cores, baseline: Dataset | None = None
+) -> tuple[list[Row], dict[str, Any]]:
+    print("starting servers", file=sys.stderr)
+    env = _env(ds, procs.workdir / "data")
     redis_main, redis_cold = procs.redis("redis-main"), procs.redis("redis-l1-cold")
     cf = procs.uvicorn(
         "cipherfeed",
@@ -88,6 +128,13 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     )
     naive = procs.uvicorn("naive", "bench.naive:asgi_factory", env)
     await asyncio.gather(wait_ready(cf), wait_ready(cold), wait_ready(naive))
+    base_env: dict[str, str] = {}
+    if baseline is not None and config.baseline is not None:
+        redis_base = procs.redis("redis-baseline")
+        base_env = _env(baseline, procs.workdir / "data-baseline")
+        base_env["CIPHERFEED_REDIS_URL"] = f"redis://{http.HOST}:{redis_base.port}/0"
+        base = procs.uvicorn("baseline", "feed.app:asgi_factory", base_env, code=config.baseline)
+        await wait_ready(base)
 
     cookie = {"Cookie": f"cf_session={ds.session_token}"}
     page = await _page(cf.port, cookie, "cipherfeed")
@@ -105,6 +152,8 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
         Load("public", cf, "/public", cookie),
         Load("api", cf, "/api/v1/timelines/home", {"Authorization": f"Bearer {ds.api_token}"}),
     ]
+    if baseline is not None:
+        loads.append(Load("baseline", base, "/", {"Cookie": f"cf_session={baseline.session_token}"}))
     for load in loads:
         answer = await http.get(load.proc.port, load.path, load.headers)
         if answer.status != 200:
@@ -126,6 +175,10 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
         )
         for port in (redis_main.port, redis_cold.port)
     ]
+    if base_env and config.baseline is not None:
+        workers.append(procs.start("worker-baseline", worker_argv, env=dict(os.environ) | base_env
+                                   | {"PYTHONPATH": str(config.baseline)}, port=0, cpus=cores.client,
+                                   cwd=config.baseline))  # fmt: skip
     await bench.warm()
     await asyncio.sleep(2)
     await bench.warm()
@@ -154,6 +207,8 @@ async def _measure(config: Config, ds: Dataset, procs: Processes, cores: Cores) 
     # The servers share one database but not one Redis: each relays the outbox into its own, so only the server a
     # scenario writes through may run (writes of scenario 8 go through cipherfeed, those of 7 through this process).
     cold.stop()
+    if baseline is not None:
+        base.stop()
     print("live push", file=sys.stderr)
     bench.rows.extend(await push(config.push_clients, config.idle_streams, config.repeats, procs, cf, ds.api_token))
     cf.stop()

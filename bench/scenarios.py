@@ -293,6 +293,7 @@ class Bench:
                 "bare",
             ),
             Row("1", "server peak RSS", "MiB", home.peak_rss * mib, bare.peak_rss * mib, "bare"),
+            *self._baseline_rows(),
             Row("1", "Redis commands per page, warm L1", "count", redis_warm[0], note=_breakdown(redis_warm[2])),
             Row("2", "throughput", "req/s", home.rps(), naive.rps(), "naive", Target(">=", 6)),
             Row(
@@ -358,6 +359,24 @@ class Bench:
                 statistics.median(s["api"].cpu_ms_per_request),
                 statistics.median(home.cpu_ms_per_request),
                 "HTML home",
+            ),
+        ]
+
+    def _baseline_rows(self) -> list[Row]:
+        """The home page against the same page of an earlier commit (``--baseline``), if one was measured."""
+        base = self.samples.get("baseline")
+        if base is None or not base.wrk:
+            return []
+        home = self.samples["home"]
+        return [
+            Row("1", "throughput vs the baseline commit", "req/s", home.rps(), base.rps(), "baseline"),
+            Row(
+                "1",
+                "server CPU per request vs the baseline commit",
+                "ms",
+                statistics.median(home.cpu_ms_per_request),
+                statistics.median(base.cpu_ms_per_request),
+                "baseline",
             ),
         ]
 

@@ -114,18 +114,28 @@ class Processes:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], port: int, cpus: Sequence[int]) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        port: int,
+        cpus: Sequence[int],
+        cwd: Path = REPO,
+    ) -> Proc:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                taskset(argv, cpus), cwd=REPO, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+                taskset(argv, cpus), cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT
             )
         proc = Proc(name, popen, log, port)
         self.procs.append(proc)
         return proc
 
-    def uvicorn(self, name: str, factory: str, env: Mapping[str, str]) -> Proc:
-        """``factory`` served as users serve cipherfeed: uvloop, httptools, one worker, no access log."""
+    def uvicorn(self, name: str, factory: str, env: Mapping[str, str], *, code: Path = REPO) -> Proc:
+        """``factory`` served as users serve cipherfeed: uvloop, httptools, one worker, no access log; ``code``: the
+        checkout it is imported from (another one for the baseline)."""
         port = free_port()
         argv = [
             sys.executable,
@@ -147,7 +157,7 @@ class Processes:
         ]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CIPHERFEED_", "BENCH_"))}
         return self.start(
-            name, argv, env=base | {"PYTHONPATH": str(REPO)} | dict(env), port=port, cpus=self.cores.server
+            name, argv, env=base | {"PYTHONPATH": str(code)} | dict(env), port=port, cpus=self.cores.server, cwd=code
         )
 
     def redis(self, name: str) -> Proc:

@@ -59,13 +59,15 @@ class Event:
     mentions: tuple[int, ...] = ()
     reply_to: int = 0
     committed_ms: int = 0  # when the write that caused it committed (for the delivery-lag metric)
+    boost: int = 0  # HOME: the post joined the home timeline through this boost (its id) ...
+    booster: int = 0  # ... by this person
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise BadEffect(f"unknown event kind {self.kind!r}")
         if self.visibility not in VISIBILITY_CODES:
             raise BadEffect("unknown visibility")
-        _ints((self.post, self.author, self.reply_to, self.committed_ms), "event ids")
+        _ints((self.post, self.author, self.reply_to, self.committed_ms, self.boost, self.booster), "event ids")
         _ints(self.mentions, "mentioned ids")
 
     def fields(self) -> dict[str, str]:
@@ -77,6 +79,8 @@ class Event:
             out["r"] = str(self.reply_to)
         if self.committed_ms:
             out["c"] = str(self.committed_ms)
+        if self.boost:
+            out["b"], out["bb"] = str(self.boost), str(self.booster)
         return out
 
     @classmethod
@@ -92,6 +96,8 @@ class Event:
             mentions=mentions,
             reply_to=int(data.get("r", 0)),
             committed_ms=int(data.get("c", 0)),
+            boost=int(data.get("b", 0)),
+            booster=int(data.get("bb", 0)),
         )
 
 

@@ -56,6 +56,7 @@ class PostRecord:
     sensitive: bool = False  # declared by the author (a content warning makes a post sensitive anyway)
     language: str | None = None  # as the author's app declared it
     app_id: int = 0  # the app it was posted from (0: the web, or a token made with the CLI)
+    reblogs_count: int = 0
 
     @property
     def size(self) -> int:
@@ -147,9 +148,10 @@ class IdSet:
 @dataclass(frozen=True, slots=True)
 class RefList:
     """A timeline page as post refs, newest first: (post id, author id, key version, id of the author replied to
-    or 0), enough to fetch the posts, their authors and their keys in one cache round trip."""
+    or 0), enough to fetch the posts, their authors and their keys in one cache round trip; a boost's ref has two
+    more: (..., the boost's id, who boosted)."""
 
-    refs: tuple[tuple[int, int, int, int], ...]
+    refs: tuple[tuple[int, ...], ...]
 
     @property
     def size(self) -> int:
@@ -264,6 +266,8 @@ def encode(value: Cacheable) -> bytes:
         }
         if value.sensitive or value.language or value.app_id:
             header |= {"s": value.sensitive, "lg": value.language, "ap": value.app_id}
+        if value.reblogs_count:
+            header["rb"] = value.reblogs_count
         return _pack(b"P", header, value.body.data, value.cw.data if value.cw else None)
     if isinstance(value, UserRecord):
         header = {
@@ -332,6 +336,7 @@ def _decode(data: bytes) -> Cacheable:
             sensitive=bool(h.get("s", False)),
             language=h.get("lg"),
             app_id=int(h.get("ap", 0)),
+            reblogs_count=int(h.get("rb", 0)),
         )
     if tag == b"U":
         created = _from_when(h["c"])
@@ -351,7 +356,7 @@ def _decode(data: bytes) -> Cacheable:
     if tag == b"D":
         return IdSet(frozenset(int(i) for i in h["i"]), int(h["f"]))
     if tag == b"R":
-        return RefList(tuple((int(i), int(a), int(k), int(r)) for i, a, k, r in h["r"]))
+        return RefList(tuple(tuple(int(x) for x in ref) for ref in h["r"] if len(ref) in (4, 6)))
     if tag == b"F":
         (sealed,) = blobs
         assert sealed is not None

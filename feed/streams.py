@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from feed.events import HOME, NOTE, USER_KINDS, Event
+from feed.events import HOME, NOTE, USER_KINDS, VISIBILITY_CODES, Event
 from feed.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def _push_message(home: list[tuple[int, str]], event: Event | None, counts: dict
     data: dict[str, Any] = {}
     if event is not None and home:
         data["h"] = [event.post, event.author, event.committed_ms, [[u, i] for u, i in home], event.kind]
+        if event.boost:
+            data["h"] += [event.boost, event.booster, event.visibility]
     if counts:
         data["c"] = [[post, likes, replies] for post, (likes, replies) in counts.items()]
     return json.dumps(data, separators=(",", ":"))
@@ -110,7 +112,12 @@ def _read_push(raw: bytes | str) -> tuple[list[tuple[int, Entry]], dict[int, tup
     if "h" in data:
         post, author, committed, pairs, *rest = data["h"]
         kind = rest[0] if rest and rest[0] in USER_KINDS else HOME
-        event = Event(kind, int(post), int(author), "direct" if kind == NOTE else "public", committed_ms=int(committed))
+        if kind == HOME and len(rest) == 4 and rest[3] in VISIBILITY_CODES:  # a boost
+            event = Event(HOME, int(post), int(author), rest[3], committed_ms=int(committed), boost=int(rest[1]),
+                          booster=int(rest[2]))  # fmt: skip
+        else:
+            visibility = "direct" if kind == NOTE else "public"
+            event = Event(kind, int(post), int(author), visibility, committed_ms=int(committed))
         home = [(int(u), Entry(str(i), event)) for u, i in pairs]
     counts = {int(p): (int(likes), int(replies)) for p, likes, replies in data.get("c", ())}
     return home, counts

@@ -21,6 +21,14 @@ async def unfan(ctx: dict[str, Any], post_id: int, author_id: int) -> None:
     await fanout.unfan(ctx["services"], post_id, author_id)
 
 
+async def fan_out_boost(ctx: dict[str, Any], boost_id: int) -> None:
+    await fanout.fan_out_boost(ctx["services"], boost_id)
+
+
+async def unfan_boost(ctx: dict[str, Any], boost_id: int, booster_id: int) -> None:
+    await fanout.unfan_boost(ctx["services"], boost_id, booster_id)
+
+
 async def merge_follow(ctx: dict[str, Any], follower_id: int, followee_id: int) -> None:
     await fanout.merge_follow(ctx["services"], follower_id, followee_id)
 
@@ -41,6 +49,8 @@ async def rotate_user_key(ctx: dict[str, Any], user_id: int, from_version: int) 
 QUEUED: dict[str, JobFunction] = {
     "fan_out": fan_out,
     "unfan": unfan,
+    "fan_out_boost": fan_out_boost,
+    "unfan_boost": unfan_boost,
     "merge_follow": merge_follow,
     "unmerge_follow": unmerge_follow,
     "rebuild_feed": rebuild_feed,

@@ -69,6 +69,7 @@ DECLARED: dict[str, dict[str, Column]] = {
         "body": _c("sealed", "the text"),
         "cw": _c("sealed", "the content warning"),
         "likes_count": _c("number", "a count"),
+        "reblogs_count": _c("number", "a count"),
         "replies_count": _c("number", "a count"),
         "created_at": WHEN,
         "edited_at": WHEN,
@@ -88,6 +89,7 @@ DECLARED: dict[str, dict[str, Column]] = {
     "mentions": {"post_id": ID, "user_id": _c("number", "who is mentioned")},
     "likes": {"post_id": ID, "user_id": _c("number", "who liked it"), "created_at": WHEN},
     "bookmarks": {"id": ID, "user_id": USER, "post_id": ID, "created_at": WHEN},
+    "boosts": {"id": ID, "user_id": USER, "post_id": ID, "created_at": WHEN},
     "follow_requests": {"id": ID, "follower_id": USER, "followee_id": USER, "created_at": WHEN},
     "blocks": {"id": ID, "blocker_id": USER, "blocked_id": USER, "created_at": WHEN},
     "mutes": {

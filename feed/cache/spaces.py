@@ -35,6 +35,7 @@ TIMELINES = Space("t", l1_ttl=10, l2_ttl=60, shared_refill=True)
 HOME = Space("h", l1_ttl=60, l2_ttl=0)
 LIKED = Space("l", l1_ttl=120, l2_ttl=600)  # the newest post ids a user liked, dropped by their like or unlike
 BOOKMARKED = Space("b", l1_ttl=120, l2_ttl=600)  # the same for bookmarks, dropped by a bookmark or its removal
+BOOSTED = Space("o", l1_ttl=120, l2_ttl=600)  # the same for boosts
 # Rendered post frames, sealed (feed.web.post_html); checked against the post's revision when read, dropped by an
 # edit or delete so no ciphertext of an old revision outlives the row.
 FRAMES = Space("r", l1_ttl=300, l2_ttl=600)
@@ -61,6 +62,7 @@ SPACES = (
     HOME,
     LIKED,
     BOOKMARKED,
+    BOOSTED,
     FRAMES,
     STATUS_FRAMES,
     COUNTS,

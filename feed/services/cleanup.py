@@ -69,6 +69,7 @@ async def purge_erased(svc: Services, job: Run) -> None:
         purge = _Purge(svc, job, user_id)
         await _walk(job, f"posts:{user_id}", purge.fetch_posts, purge.posts)
         await _walk(job, f"likes:{user_id}", purge.fetch_likes, purge.likes)
+        await _walk(job, f"boosts:{user_id}", purge.fetch_boosts, purge.boosts)
         await _walk(job, f"mentions:{user_id}", purge.fetch_mentions, purge.mentions)
         await _walk(job, f"following:{user_id}", purge.fetch_following, purge.following)
         await _walk(job, f"followers:{user_id}", purge.fetch_followers, purge.followers)
@@ -127,6 +128,21 @@ class _Purge:
             gone = await store.delete_likes_by(session, self.user_id, ids)
             await store.decrement_likes(session, Counter(gone))
         self.job.count("likes", len(gone))
+        await lookup.invalidate(self.svc, *((POSTS, i) for i in gone))
+
+    # Its boosts of other accounts' posts (whose boost counts go down).
+
+    async def fetch_boosts(self, after: int) -> list[int]:
+        return await self._ids(store.boosted_by, after)
+
+    async def boosts(self, ids: list[int]) -> None:
+        if self.job.dry_run:
+            self.job.count("boosts", len(ids))
+            return
+        async with self.svc.db.begin() as session:
+            gone = await store.delete_boosts_by(session, self.user_id, ids)
+            await store.decrement_boosts(session, Counter(gone))
+        self.job.count("boosts", len(gone))
         await lookup.invalidate(self.svc, *((POSTS, i) for i in gone))
 
     # Mentions of it in other accounts' posts (their cached records name it).
@@ -244,8 +260,8 @@ async def _expire(
 
 
 async def reconcile_counts(svc: Services, job: Run) -> None:
-    """Set ``likes_count`` and ``replies_count`` of every post to what the likes and replies rows say, where they
-    drifted (a crash between two writes, a bug, a restored backup)."""
+    """Set ``likes_count``, ``replies_count`` and ``reblogs_count`` of every post to what the likes, replies and
+    boosts rows say, where they drifted (a crash between two writes, a bug, a restored backup)."""
     async with svc.db() as session:
         total = await store.count_posts(session)
     await job.progress(job.done, total)
@@ -257,17 +273,21 @@ async def reconcile_counts(svc: Services, job: Run) -> None:
     async def apply(ids: list[int]) -> None:
         async with svc.db() as session:
             likes_off, replies_off = await store.drifted(session, ids)
+            boosts_off = await store.drifted_boosts(session, ids)
         if job.dry_run:
             job.count("likes_count", len(likes_off))
             job.count("replies_count", len(replies_off))
+            job.count("reblogs_count", len(boosts_off))
             return
-        if not likes_off and not replies_off:
+        if not likes_off and not replies_off and not boosts_off:
             return
         async with svc.db.begin() as session:
             fixed_likes, fixed_replies = await store.fix_counts(session, likes_off, replies_off)
+            fixed_boosts = await store.fix_boosts(session, boosts_off)
         job.count("likes_count", len(fixed_likes))
         job.count("replies_count", len(fixed_replies))
-        await lookup.invalidate(svc, *((POSTS, i) for i in {*fixed_likes, *fixed_replies}))
+        job.count("reblogs_count", len(fixed_boosts))
+        await lookup.invalidate(svc, *((POSTS, i) for i in {*fixed_likes, *fixed_replies, *fixed_boosts}))
 
     await _walk(job, "", fetch, apply)
 

@@ -19,6 +19,7 @@ from feed.cache import (
     API_TOKENS,
     BLOCKED,
     BOOKMARKED,
+    BOOSTED,
     COUNTS,
     FOLLOWING,
     FRAME_SPACES,
@@ -117,6 +118,13 @@ def post_deleted(
 
 def like_changed(post_id: int, user_id: int) -> Effects:
     return Effects(invalidate=_keys((POSTS, post_id), (LIKED, user_id)), counts=(post_id,))
+
+
+def boost_changed(boost_id: int, post_id: int, user_id: int, *, boosted: bool) -> Effects:
+    """A boost, or its undoing: the post's count, the booster's own marks, and the boost into (or out of) the home
+    timelines of the booster and their followers, by a job like a new post's fan-out."""
+    job = Job("fan_out_boost", (boost_id,)) if boosted else Job("unfan_boost", (boost_id, user_id))
+    return Effects(invalidate=_keys((POSTS, post_id), (BOOSTED, user_id), (HOME, user_id)), jobs=(job,))
 
 
 def bookmark_changed(user_id: int) -> Effects:

@@ -30,6 +30,7 @@ from feed.home_feeds import FeedsUnavailable
 from feed.services import lookup
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
+from feed.storage import boosts as boost_store
 from feed.storage import follows as follow_store
 from feed.storage import posts as store
 from feed.storage import users as user_store
@@ -64,19 +65,49 @@ async def fan_out(svc: Services, post_id: int) -> int:
     event = Event(HOME_EVENT, post_id, post.author_id, post.visibility, committed_ms=post_id >> 16)
     written = await _deliver(svc, event, [post.author_id, *(mentioned if post.visibility == "direct" else [])])
     if post.visibility != "direct" and not big:
-        # Followers in id order, from where a killed or timed-out run of this job stopped.
-        after = await _resume_point(svc, post_id)
-        while True:
-            async with svc.db() as session:
-                chunk = await follow_store.followers_after(session, post.author_id, after, svc.fanout_batch)
-            if not chunk:
-                break
-            written += await _deliver(svc, event, chunk)
-            after = chunk[-1]
-            await _save_point(svc, post_id, after)
-        await _save_point(svc, post_id, None)
+        written += await _to_followers(svc, event, post.author_id)
     _observe_latency(svc, post_id)
     return written
+
+
+async def _to_followers(svc: Services, event: Event, owner_id: int, skip: int = 0) -> int:
+    """Deliver to ``owner_id``'s followers (but ``skip``) in id order, from where a killed or timed-out run of the
+    same job stopped; how many feeds took it."""
+    entry = event.boost or event.post
+    after = await _resume_point(svc, entry)
+    written = 0
+    while True:
+        async with svc.db() as session:
+            chunk = await follow_store.followers_after(session, owner_id, after, svc.fanout_batch)
+        if not chunk:
+            break
+        written += await _deliver(svc, event, [uid for uid in chunk if uid != skip])
+        after = chunk[-1]
+        await _save_point(svc, entry, after)
+    await _save_point(svc, entry, None)
+    return written
+
+
+async def fan_out_boost(svc: Services, boost_id: int) -> int:
+    """Put a boost into the home feeds of the booster and their followers (not the post's author), under the
+    boost's id; how many feeds took it. Idempotent."""
+    async with svc.db() as session:
+        found = await boost_store.get(session, boost_id)
+        post = await store.get_post(session, found.post_id) if found is not None else None
+        if found is None or post is None:
+            return 0  # undone, or the post deleted, before the job ran
+        big = await follow_store.follower_count(session, found.user_id) > svc.fanout_max_followers
+    event = Event(HOME_EVENT, post.id, post.author_id, post.visibility, committed_ms=boost_id >> 16, boost=boost_id,
+                  booster=found.user_id)  # fmt: skip
+    written = await _deliver(svc, event, [found.user_id])
+    if not big:
+        written += await _to_followers(svc, event, found.user_id, skip=post.author_id)
+    return written
+
+
+async def unfan_boost(svc: Services, boost_id: int, booster_id: int) -> None:
+    """Take an undone boost out of the feeds it went to (the booster's and their followers', as a post's)."""
+    await unfan(svc, boost_id, booster_id)
 
 
 async def own_post(svc: Services, post_id: int, author_id: int) -> None:
@@ -120,7 +151,7 @@ async def _deliver(svc: Services, event: Event, user_ids: Sequence[int]) -> int:
     written = 0
     if svc.feeds is not None:
         try:
-            written = await svc.feeds.add(event.post, user_ids)
+            written = await svc.feeds.add(event.boost or event.post, user_ids)
         except FeedsUnavailable:
             pass  # rebuilt from the database once Redis is back and readers find their feeds missing
     await lookup.invalidate(svc, *((HOME, uid) for uid in user_ids))
@@ -157,8 +188,9 @@ async def merge_follow(svc: Services, follower_id: int, followee_id: int) -> Non
     if svc.feeds is not None:
         async with svc.db() as session:
             recent = await store.recent_of(session, [followee_id], follower_id, FOLLOW_MERGE)
+            shared = await boost_store.recent_by(session, [followee_id], follower_id, FOLLOW_MERGE)
         try:
-            await svc.feeds.add_many(follower_id, [r.id for r in recent])
+            await svc.feeds.add_many(follower_id, [lookup.position(r) for r in (*recent, *shared)])
         except FeedsUnavailable:
             pass
     await lookup.invalidate(svc, (HOME, follower_id))
@@ -170,7 +202,8 @@ async def unmerge_follow(svc: Services, follower_id: int, followee_id: int) -> N
     if svc.feeds is not None:
         async with svc.db() as session:
             theirs = await store.recent_of(session, [followee_id], follower_id, REBUILD_SIZE)
-        await remove_from(svc, [r.id for r in theirs], [follower_id])
+            shared = await boost_store.recent_by(session, [followee_id], follower_id, REBUILD_SIZE)
+        await remove_from(svc, [lookup.position(r) for r in (*theirs, *shared)], [follower_id])
     await lookup.invalidate(svc, (HOME, follower_id))
 
 
@@ -180,14 +213,14 @@ async def rebuild(svc: Services, user_id: int) -> None:
     if svc.feeds is None:
         return
     async with svc.db() as session:
-        rows = await store.home(session, user_id, Page(limit=REBUILD_SIZE))
+        rows = await home_refs(session, user_id, Page(limit=REBUILD_SIZE))
     try:
-        await svc.feeds.replace(user_id, [r.id for r in rows])
-        newest = rows[0].id if rows else 0
+        await svc.feeds.replace(user_id, [lookup.position(r) for r in rows])
+        newest = lookup.position(rows[0]) if rows else 0
         async with svc.db() as session:
-            late = await store.home(session, user_id, Page(limit=REBUILD_SIZE, since_id=newest))
+            late = await home_refs(session, user_id, Page(limit=REBUILD_SIZE, since_id=newest))
         if late:
-            await svc.feeds.add_many(user_id, [r.id for r in late])
+            await svc.feeds.add_many(user_id, [lookup.position(r) for r in late])
     except FeedsUnavailable:
         return
     await lookup.invalidate(svc, (HOME, user_id))
@@ -224,8 +257,10 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
             await svc.queue.enqueue("rebuild_feed", user_id, key=_rebuild_key(user_id))
     async with svc.db() as session:
         if ids is None:
-            return await store.home(session, user_id, Page(limit=FIRST_PAGE))
+            return await home_refs(session, user_id, Page(limit=FIRST_PAGE))
         refs = await store.refs(session, ids)
+        if len(refs) < len(ids):  # the others are boosts (or gone)
+            refs += await boost_store.refs(session, list(set(ids) - {r.id for r in refs}))
     # Whom the reader follows, and who is popular, in one cache round trip.
     found_following, found_popular = await svc.cache.get_multi(
         [lookup.following_request(svc, user_id), lookup.shared_ids_request("popular", partial(_load_popular, svc))]
@@ -233,10 +268,31 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
     popular = sorted(lookup.ids_of(found_following.get(user_id)) & lookup.ids_of(found_popular.get("popular")))
     if popular:
         async with svc.db() as session:
-            refs = sorted([*refs, *await store.recent_of(session, popular, user_id, FIRST_PAGE)],
-                          key=lambda r: r.id, reverse=True)  # fmt: skip
-    unique = {r.id: r for r in refs}
-    return list(unique.values())[:FIRST_PAGE]
+            refs += await store.recent_of(session, popular, user_id, FIRST_PAGE)
+            refs += await boost_store.recent_by(session, popular, user_id, FIRST_PAGE)
+    return once_each(sorted(refs, key=lookup.position, reverse=True))[:FIRST_PAGE]
+
+
+def once_each(refs: Sequence[Any]) -> list[Any]:
+    """Each post once (its newest entry: a boost of it, or itself), in the order given."""
+    seen: set[int] = set()
+    out = []
+    for ref in refs:
+        if ref.id not in seen:
+            seen.add(ref.id)
+            out.append(ref)
+    return out
+
+
+async def home_refs(session: Any, user_id: int, page: Page) -> list[Any]:
+    """A page of a home timeline from the database: the posts of :func:`feed.storage.posts.home` and the boosts of
+    whom the user follows, by position (a boost's own id), each post once."""
+    posts = await store.home(session, user_id, page)
+    shared = await boost_store.of_followees(session, user_id, page)
+    merged = sorted([*posts, *shared], key=lookup.position, reverse=True)
+    if page.min_id is not None:  # the entries just newer than min_id: the oldest of both
+        merged = merged[-page.limit :]
+    return once_each(merged[: page.limit])
 
 
 async def popular_authors(svc: Services) -> frozenset[int]:

@@ -19,6 +19,7 @@ from feed.cache import (
     API_TOKENS,
     BLOCKED,
     BOOKMARKED,
+    BOOSTED,
     COUNTS,
     FOLLOWING,
     FRAMES,
@@ -49,6 +50,7 @@ from feed.records import (
 from feed.services.context import Services
 from feed.services.models import Marks
 from feed.storage import bookmarks as bookmark_store
+from feed.storage import boosts as boost_store
 from feed.storage import follows as follow_store
 from feed.storage import likes as like_store
 from feed.storage import posts as post_store
@@ -78,6 +80,7 @@ def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
         sensitive=bool(row.sensitive),
         language=row.language,
         app_id=row.app_id or 0,
+        reblogs_count=row.reblogs_count,
     )
 
 
@@ -211,12 +214,26 @@ async def api_token(svc: Services, id_hash: bytes) -> SessionRecord | None:
 
 
 class Ref(NamedTuple):
-    """What a timeline query gives for each post (the columns of ``feed.storage.posts.REF_COLUMNS``)."""
+    """What a timeline query gives for each post (the columns of ``feed.storage.posts.REF_COLUMNS``; for a boost,
+    those of ``feed.storage.boosts.BOOST_REF_COLUMNS``: the boosted post's, and the boost's id and booster)."""
 
     id: int
     author_id: int
     key_version: int
     in_reply_to_author_id: int | None
+    boost_id: int = 0
+    booster_id: int = 0
+
+
+def position(ref: Any) -> int:
+    """Where a timeline entry stands (its cursor): a boost's own id, or the post's."""
+    return int(getattr(ref, "boost_id", 0) or ref.id)
+
+
+def ref_tuple(ref: Any) -> tuple[int, ...]:
+    base = (ref.id, ref.author_id, ref.key_version, ref.in_reply_to_author_id or 0)
+    boost = getattr(ref, "boost_id", 0)
+    return (*base, boost, ref.booster_id) if boost else base
 
 
 def shared_ids_request(name: str, load: Callable[[], Awaitable[Sequence[int]]]) -> Request:
@@ -234,13 +251,15 @@ def timeline_request(space: Space, key: Key, load: Callable[[], Awaitable[Sequen
 
     async def loader(missing: list[Key]) -> Mapping[Key, RefList]:
         rows = await load()
-        return {key: RefList(tuple((r.id, r.author_id, r.key_version, r.in_reply_to_author_id or 0) for r in rows))}
+        return {key: RefList(tuple(ref_tuple(r) for r in rows))}
 
     return Request(space, [key], loader)
 
 
 def refs_of(found: Cacheable | None) -> list[Ref]:
-    return [Ref(i, a, k, r or None) for i, a, k, r in found.refs] if isinstance(found, RefList) else []
+    if not isinstance(found, RefList):
+        return []
+    return [Ref(ref[0], ref[1], ref[2], ref[3] or None, *ref[4:6]) for ref in found.refs]
 
 
 async def timeline_refs(
@@ -261,7 +280,8 @@ class MarkKind:
 
 LIKES = MarkKind(LIKED, like_store.recent_likes, like_store.liked_by)
 BOOKMARKS = MarkKind(BOOKMARKED, bookmark_store.newest_posts, bookmark_store.marked)
-MARK_KINDS = (LIKES, BOOKMARKS)  # in the order of the fields of ``Marks``
+BOOSTS = MarkKind(BOOSTED, boost_store.newest_posts, boost_store.boosted_by)
+MARK_KINDS = (LIKES, BOOKMARKS, BOOSTS)  # in the order of the fields of ``Marks``
 
 
 def mark_request(svc: Services, kind: MarkKind, user_id: int) -> Request:
@@ -333,8 +353,8 @@ async def marks_among(
             for (kind, older), out in zip(older_of, sets, strict=True):
                 if older:
                     out |= await kind.among(session, user_id, older)
-    liked, bookmarked = sets
-    return Marks(liked, bookmarked, blocked=ids_of(blocked.get(user_id)), muted=muted_of(muted.get(user_id)))
+    liked, bookmarked, boosted = sets
+    return Marks(liked, bookmarked, boosted, blocked=ids_of(blocked.get(user_id)), muted=muted_of(muted.get(user_id)))
 
 
 async def marks(svc: Services, user_id: int | None, post_ids: Sequence[int]) -> Marks:
@@ -348,10 +368,11 @@ async def marks_in(session: AsyncSession, user_id: int | None, post_ids: Sequenc
     """The same, from the database (for a page read from it anyway)."""
     if user_id is None:
         return Marks()
-    liked, bookmarked = [await kind.among(session, user_id, post_ids) for kind in MARK_KINDS]
+    liked, bookmarked, boosted = [await kind.among(session, user_id, post_ids) for kind in MARK_KINDS]
     return Marks(
         liked,
         bookmarked,
+        boosted,
         blocked=frozenset(await relation_store.blocked_either_way(session, user_id)),
         muted=frozenset(await relation_store.muted_ids(session, user_id, datetime.now(UTC))),
     )

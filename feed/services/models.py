@@ -63,12 +63,14 @@ class Marks:
 
     liked: set[int] = field(default_factory=set)
     bookmarked: set[int] = field(default_factory=set)
+    boosted: set[int] = field(default_factory=set)
     blocked: frozenset[int] = frozenset()  # people the viewer blocked or was blocked by: never shown
     muted: frozenset[int] = frozenset()  # people the viewer mutes: left out of their timelines
 
     def put_on(self, view: PostView) -> None:
         view.liked = view.id in self.liked
         view.bookmarked = view.id in self.bookmarked
+        view.reblogged = view.id in self.boosted
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class PostView:
     edited_at: datetime | None
     liked: bool = False
     bookmarked: bool = False
+    reblogged: bool = False  # the viewer boosted it
+    reblogs_count: int = 0
+    # In a home timeline through a boost: the boost's id (its place there) and who boosted it.
+    boost_id: int = 0
+    booster: User | None = None
     mentions: list[Mention] = field(default_factory=list)
     reply_to_username: str | None = None
     sensitive: bool = False

@@ -21,6 +21,7 @@ from feed.services.context import Services, now
 from feed.services.models import PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
 from feed.services.timelines import get
+from feed.storage import boosts as boost_store
 from feed.storage import follows as follow_store
 from feed.storage import idempotency
 from feed.storage import likes as like_store
@@ -245,6 +246,9 @@ async def edit(
         caused = effects.post_edited(post_id, author.id, row.visibility, mention_ids)
         newly = [uid for uid in mention_ids if uid not in before]
         caused += await notifications.notify_many(session, newly, "mention", author.id, post_id)
+        # Who boosted it shared what it said: they are told it changed (Mastodon's "update").
+        caused += await notifications.notify_many(session, await boost_store.boosters(session, post_id), "update",
+                                                  author.id, post_id)  # fmt: skip
         await effects.record(session, caused)
     await effects.committed(svc, caused)
     return await get(svc, post_id, author)

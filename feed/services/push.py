@@ -61,6 +61,12 @@ async def post(
     return (record, found[0]) if found else None
 
 
+async def person(svc: Services, user_id: int) -> User | None:
+    """Someone named beside a pushed post (who boosted it)."""
+    found = await lookup.user(svc, user_id)
+    return User.from_row(found) if found is not None else None
+
+
 async def for_viewer(
     svc: Services,
     post_id: int,

@@ -25,7 +25,9 @@ from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import fanout, lookup
 from feed.services.context import Services
 from feed.services.models import Content, FrameStyle, Marks, Mention, Page, PostView, TimelinePage, User
+from feed.storage import likes as like_store
 from feed.storage import posts as store
+from feed.storage.erasure import ERASED
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,11 @@ async def views(
     if marks is None:
         marks = await lookup.marks(svc, viewer.id if viewer else None, ids)
     hidden = marks.blocked | marks.muted if hide_muted else marks.blocked
-    if hidden:
-        records = [r for r in records if r.author_id not in hidden]
+    boosts = {ref.id: ref for ref in refs if getattr(ref, "boost_id", 0)}
+    # A post a boost brought is left out with its boost when the booster is hidden from the viewer or erased.
+    gone = {i for i, ref in boosts.items() if ref.booster_id in hidden or _erased(users.get(ref.booster_id))}
+    if hidden or gone:
+        records = [r for r in records if r.author_id not in hidden and r.id not in gone]
     out: list[PostView] = []
     drawn: dict[int, SealedFrame] = {}
     authors: dict[int, User] = {}
@@ -101,6 +106,8 @@ async def views(
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
         view = _view(record, key, author, parent)
         marks.put_on(view)
+        if (boost := boosts.get(record.id)) is not None and (booster := users.get(boost.booster_id)) is not None:
+            view.boost_id, view.booster = boost.boost_id, User.from_row(booster)
         if style is None:
             opened = _opens(view, record)
         else:
@@ -110,6 +117,10 @@ async def views(
     if drawn and style is not None:
         await svc.cache.put(style.space, drawn)
     return out
+
+
+def _erased(user: UserRecord | None) -> bool:
+    return user is None or user.key_version == ERASED  # an erased account's tombstone
 
 
 Materials = tuple[list[PostRecord], dict[int, UserRecord], dict[tuple[int, int], UserKey], dict[int, Any]]
@@ -122,6 +133,7 @@ async def _materials(svc: Services, refs: Sequence[Any], style: FrameStyle | Non
     more round trip, rarely."""
     ids = [ref.id for ref in refs]
     people = {ref.author_id for ref in refs} | {ref.in_reply_to_author_id for ref in refs if ref.in_reply_to_author_id}
+    people |= {ref.booster_id for ref in refs if getattr(ref, "boost_id", 0)}
     requests = [
         lookup.posts_request(svc, ids),
         lookup.users_request(svc, people),
@@ -156,6 +168,7 @@ def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | N
         revision=record.revision,
         likes_count=record.likes_count,
         replies_count=record.replies_count,
+        reblogs_count=record.reblogs_count,
         created_at=record.created_at,
         edited_at=record.edited_at,
         mentions=[Mention(uid, name) for uid, name in record.mentions],
@@ -308,8 +321,8 @@ async def history(svc: Services, post_id: int, viewer: User | None) -> tuple[Pos
 def _page(found: list[PostView], refs: Sequence[Any], page: Page) -> TimelinePage:
     return TimelinePage(
         posts=found,
-        next_max_id=refs[-1].id if len(refs) >= page.limit else None,
-        prev_min_id=refs[0].id if refs else page.min_id or page.since_id,
+        next_max_id=lookup.position(refs[-1]) if len(refs) >= page.limit else None,
+        prev_min_id=lookup.position(refs[0]) if refs else page.min_id or page.since_id,
     )
 
 
@@ -328,13 +341,30 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
             [lookup.timeline_request(HOME, viewer.id, load), *lookup.marks_requests(svc, viewer.id)]
         )
         refs: Sequence[Any] = lookup.refs_of(found_refs.get(viewer.id))[: page.limit]
+        refs = await _boosts_still_followed(svc, viewer, refs)
         marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
         found = await views(svc, refs, viewer, marks, recheck=True, style=style, hide_muted=True)
         return _page(found, refs, page)
     async with svc.db() as session:  # one connection for the page's ids and the viewer's marks among them
-        refs = await store.home(session, viewer.id, page)
+        refs = await fanout.home_refs(session, viewer.id, page)
         marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
     return _page(await views(svc, refs, viewer, marks, style=style, hide_muted=True), refs, page)
+
+
+async def _boosts_still_followed(svc: Services, viewer: User, refs: Sequence[Any]) -> Sequence[Any]:
+    """A cached page's boosts by people the viewer has stopped following since, left out."""
+    if not any(ref.boost_id and ref.booster_id != viewer.id for ref in refs):
+        return refs
+    following = await lookup.following(svc, viewer.id)
+    return [r for r in refs if not r.boost_id or r.booster_id == viewer.id or r.booster_id in following]
+
+
+async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | None = None) -> TimelinePage:
+    """The posts the viewer liked and may still read, newest post first."""
+    async with svc.db() as session:
+        refs = await like_store.liked_page(session, viewer.id, page)
+        marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 
 async def public(svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None) -> TimelinePage:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
 from feed.storage.erasure import ERASED
-from feed.storage.tables import api_tokens, follows, likes, mentions, posts, sessions, users
+from feed.storage.tables import api_tokens, boosts, follows, likes, mentions, posts, sessions, users
 
 
 async def _count(session: AsyncSession, query: sa.Select[Any]) -> int:
@@ -68,6 +68,7 @@ async def purge_total(session: AsyncSession, erased: Sequence[int]) -> int:
     counted = [
         sa.select(posts.c.id).where(posts.c.author_id.in_(erased)),
         sa.select(likes.c.post_id).where(likes.c.user_id.in_(erased)),
+        sa.select(boosts.c.post_id).where(boosts.c.user_id.in_(erased)),
         sa.select(mentions.c.post_id).where(mentions.c.user_id.in_(erased)),
         sa.select(follows.c.follower_id).where(follows.c.follower_id.in_(erased)),
         sa.select(follows.c.follower_id).where(follows.c.followee_id.in_(erased)),
@@ -130,6 +131,28 @@ async def delete_likes_by(session: AsyncSession, user_id: int, post_ids: Sequenc
         likes.delete().where(likes.c.user_id == user_id, likes.c.post_id.in_(post_ids)).returning(likes.c.post_id)
     )
     return list(result.scalars())
+
+
+async def boosted_by(session: AsyncSession, user_id: int, after: int, limit: int) -> list[int]:
+    """Posts of other accounts that ``user_id`` boosted."""
+    query = (
+        sa.select(boosts.c.post_id)
+        .join(posts, posts.c.id == boosts.c.post_id)
+        .where(boosts.c.user_id == user_id, posts.c.author_id != user_id)
+    )
+    return await _ids(session, query, boosts.c.post_id, after, limit)
+
+
+async def delete_boosts_by(session: AsyncSession, user_id: int, post_ids: Sequence[int]) -> list[int]:
+    """Delete the boosts of ``user_id`` of these posts; the ids of the posts that lost one."""
+    result = await session.execute(
+        boosts.delete().where(boosts.c.user_id == user_id, boosts.c.post_id.in_(post_ids)).returning(boosts.c.post_id)
+    )
+    return list(result.scalars())
+
+
+async def decrement_boosts(session: AsyncSession, counts: Mapping[int, int]) -> None:
+    await _decrement_posts(session, posts.c.reblogs_count, counts)
 
 
 async def mentioning(session: AsyncSession, user_id: int, after: int, limit: int) -> list[int]:
@@ -248,6 +271,7 @@ _LIKES = sa.select(sa.func.count()).select_from(likes).where(likes.c.post_id == 
 _replies = posts.alias("replies")
 _REPLIES = sa.select(sa.func.count()).select_from(_replies).where(_replies.c.in_reply_to_id == posts.c.id)
 _REPLIES_OF = _REPLIES.scalar_subquery()
+_BOOSTS = sa.select(sa.func.count()).select_from(boosts).where(boosts.c.post_id == posts.c.id).scalar_subquery()
 
 
 async def count_posts(session: AsyncSession) -> int:
@@ -257,6 +281,20 @@ async def count_posts(session: AsyncSession) -> int:
 async def post_ids_after(session: AsyncSession, after: int, limit: int) -> list[int]:
     query = sa.select(posts.c.id).where(posts.c.id > after).order_by(posts.c.id).limit(limit)
     return list(await session.scalars(query))
+
+
+async def drifted_boosts(session: AsyncSession, ids: Sequence[int]) -> list[int]:
+    """Which of the posts ``ids`` have a boost count other than their boosts rows say."""
+    boosts_of = sa.select(boosts.c.post_id, sa.func.count()).where(boosts.c.post_id.in_(ids)).group_by(boosts.c.post_id)
+    stored = (await session.execute(sa.select(posts.c.id, posts.c.reblogs_count).where(posts.c.id.in_(ids)))).all()
+    boosted = {int(post_id): int(n) for post_id, n in await session.execute(boosts_of)}
+    return [row.id for row in stored if row.reblogs_count != boosted.get(row.id, 0)]
+
+
+async def fix_boosts(session: AsyncSession, off: list[int]) -> list[int]:
+    """Set the boost counts of ``off`` to what the boosts rows say; the ids of the posts whose count changed."""
+    await session.execute(sa.select(posts.c.id).where(posts.c.id.in_(off)).with_for_update())
+    return await _set(session, off, posts.c.reblogs_count, _BOOSTS)
 
 
 async def drifted(session: AsyncSession, ids: Sequence[int]) -> tuple[list[int], list[int]]:

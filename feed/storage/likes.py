@@ -8,7 +8,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from feed.storage import Record
 from feed.storage.dialect import insert
+from feed.storage.posts import REF_COLUMNS, Page, paged, visible_to
 from feed.storage.tables import likes, posts
 
 
@@ -25,6 +27,16 @@ async def recent_likes(session: AsyncSession, user_id: int, limit: int) -> list[
     """The ids of the newest posts (by post id, not by when they were liked) that ``user_id`` liked."""
     query = sa.select(likes.c.post_id).where(likes.c.user_id == user_id).order_by(likes.c.post_id.desc()).limit(limit)
     return list(await session.scalars(query))
+
+
+async def liked_page(session: AsyncSession, user_id: int, bounds: Page) -> list[Record]:
+    """The posts the user liked and may read, as refs, newest post first, bounded on the post's id."""
+    query = (
+        sa.select(*REF_COLUMNS)
+        .join(likes, likes.c.post_id == posts.c.id)
+        .where(likes.c.user_id == user_id, visible_to(user_id))
+    )
+    return await paged(session, query, bounds)
 
 
 async def add_like(session: AsyncSession, post_id: int, user_id: int, now: datetime) -> bool:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import blocks, follows, mentions, post_revisions, posts, users
+from feed.storage.tables import blocks, boosts, follows, mentions, post_revisions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -72,9 +72,16 @@ async def paged(
 
 
 async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record]:
-    """The viewer's own posts, what the people they follow may show them, and direct posts that mention them."""
+    """The viewer's own posts, what the people they follow may show them, and direct posts that mention them; but
+    the posts that they or someone they follow boosted, which the home timeline shows where the boost is
+    (``feed.storage.boosts.of_followees``): each post once."""
     followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
+    boosted = sa.exists().where(
+        boosts.c.post_id == posts.c.id,
+        sa.or_(boosts.c.user_id.in_(followees), boosts.c.user_id == viewer_id),
+        posts.c.author_id != viewer_id,
+    )
     query = sa.select(*REF_COLUMNS).where(
         sa.or_(
             posts.c.author_id == viewer_id,
@@ -82,6 +89,7 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
             sa.and_(posts.c.visibility == "direct", mentioned),
         ),
         unblocked(viewer_id),
+        ~boosted,
     )
     return await paged(session, query, page)
 

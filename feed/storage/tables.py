@@ -99,6 +99,7 @@ posts = sa.Table(
     sa.Column("cw", sa.LargeBinary, nullable=True),
     sa.Column("likes_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("replies_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reblogs_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("edited_at", UTCDateTime, nullable=True),
     # Declared metadata, as the author set it: marked sensitive, the language they said it is in, the app it came from.
@@ -139,6 +140,18 @@ follows = sa.Table(
     sa.Column("followee_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_follows_followee_id_follower_id", "followee_id", "follower_id"),
+)
+
+# Boosts: ``user_id`` shared ``post_id`` with their followers. ``id`` is the boost's place in their home timelines
+# (and the id of the reblog status in the API).
+boosts = sa.Table(
+    "boosts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("post_id", BigId, sa.ForeignKey("posts.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "post_id"),
 )
 
 # Follows waiting for a locked account's approval; ``id`` orders them by when they were asked.

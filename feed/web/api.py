@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, bookmarks, follows, oauth, posts, relations, site, timelines
+from feed.services import accounts, bookmarks, boosts, follows, oauth, posts, relations, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -53,9 +53,15 @@ def truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "on"))
 
 
+def _people(found: list[PostView]) -> list[User]:
+    """The authors of ``found``, and whoever boosted them into a timeline."""
+    people = {p.author.id: p.author for p in found} | {p.booster.id: p.booster for p in found if p.booster}
+    return list(people.values())
+
+
 async def statuses_json(request: Request, found: list[PostView]) -> list[dict[str, Any]]:
     svc = services(request)
-    profiles = await accounts.profiles(svc, list({p.author.id: p.author for p in found}.values()))
+    profiles = await accounts.profiles(svc, _people(found))
     apps = await oauth.applications(svc, {p.app_id for p in found})
     return [mastodon.status(request, p, profiles, apps) for p in found]
 
@@ -63,7 +69,7 @@ async def statuses_json(request: Request, found: list[PostView]) -> list[dict[st
 async def statuses_response(request: Request, found: list[PostView], headers: dict[str, str]) -> Response:
     """A list of statuses, written from their cached frames (see ``mastodon.statuses_text``)."""
     svc = services(request)
-    profiles = await accounts.profiles(svc, list({p.author.id: p.author for p in found}.values()))
+    profiles = await accounts.profiles(svc, _people(found))
     apps = await oauth.applications(svc, {p.app_id for p in found})
     body = mastodon.statuses_text(request, found, profiles, apps)
     return Response(body, media_type="application/json", headers=headers)
@@ -71,7 +77,7 @@ async def statuses_response(request: Request, found: list[PostView], headers: di
 
 async def _status_response(request: Request, post: PostView, *, with_source: bool = False) -> JSONResponse:
     svc = services(request)
-    profiles = await accounts.profiles(svc, [post.author])
+    profiles = await accounts.profiles(svc, _people([post]))
     apps = await oauth.applications(svc, [post.app_id])
     return JSONResponse(mastodon.status(request, post, profiles, apps, with_source=with_source))
 
@@ -325,6 +331,47 @@ async def unfavourite(request: Request) -> Response:
     user = await api_user(request, "write:favourites")
     assert user is not None
     return await _status_response(request, await posts.unlike(services(request), user, path_id(request, "status_id")))
+
+
+@operation("Boost a status", ref("Status"), scope="write:statuses")
+async def reblog(request: Request) -> Response:
+    """The reblog status (Mastodon's shape: the booster's status whose ``reblog`` is the boosted one)."""
+    user = await api_user(request, "write:statuses")
+    assert user is not None
+    post, boost_id = await boosts.boost(services(request), user, path_id(request, "status_id"))
+    post.boost_id, post.booster = boost_id, user
+    return await _status_response(request, post)
+
+
+@operation("Undo the boost of a status", ref("Status"), scope="write:statuses")
+async def unreblog(request: Request) -> Response:
+    user = await api_user(request, "write:statuses")
+    assert user is not None
+    return await _status_response(request, await boosts.unboost(services(request), user, path_id(request, "status_id")))
+
+
+@operation("Who boosted a status", array(ref("Account")), scope="read:statuses", public=True, query=PAGING)
+async def reblogged_by(request: Request) -> Response:
+    viewer = await api_user(request, "read:statuses", required=False)
+    svc = services(request)
+    page = _page(request)
+    people, next_max = await boosts.boosters(svc, viewer, path_id(request, "status_id"), page)
+    profiles = await accounts.profiles(svc, people)
+    headers = {}
+    if next_max:
+        base = str(request.url.replace(query=""))
+        headers["Link"] = f'<{base}?{urlencode({"limit": page.limit, "max_id": next_max})}>; rel="next"'
+    return JSONResponse([mastodon.account(request, profiles[p.id]) for p in people], headers=headers)
+
+
+@operation("Favourited statuses", array(ref("Status")), scope="read:favourites", query=PAGING)
+async def favourites(request: Request) -> Response:
+    """The caller's likes, by the liked post's id (newest posts first), which is also the Link header's cursor."""
+    user = await api_user(request, "read:favourites")
+    assert user is not None
+    page = _page(request)
+    style = mastodon.status_style(request)
+    return await _timeline_response(request, page, await timelines.liked(services(request), user, page, style))
 
 
 @operation("Bookmark a status", ref("Status"), scope="write:bookmarks")

@@ -72,7 +72,7 @@ class PageSink:
             return [Message("unread", str(count))]
         if self.timeline != "home":
             return []
-        return await self._new_post(conn, entry.event.post, memo)
+        return await self._new_post(conn, entry.event.post, memo, booster=entry.event.booster)
 
     async def posts(self, conn: Connection, entry: Entry, memo: dict[Any, Any]) -> list[Message]:
         event = entry.event
@@ -98,8 +98,10 @@ class PageSink:
     def resync(self, conn: Connection) -> list[Message]:
         return [Message("resync", "", id=conn.cursor())]
 
-    async def _new_post(self, conn: Connection, post_id: int, memo: dict[Any, Any]) -> list[Message]:
-        html = await self._article(conn, post_id, memo)
+    async def _new_post(
+        self, conn: Connection, post_id: int, memo: dict[Any, Any], *, booster: int = 0
+    ) -> list[Message]:
+        html = await self._article(conn, post_id, memo, booster=booster)
         if not html:
             return []
         conn.watch([post_id])
@@ -109,7 +111,7 @@ class PageSink:
         return [Message("post", item, fill=(CSRF_MARK, self.csrf))]
 
     async def _article(
-        self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False
+        self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False, booster: int = 0
     ) -> str | None:
         """The post as this viewer sees it now, with :data:`CSRF_MARK` for the token in its forms (the same string
         for every viewer of a kind, see ``Message.fill``); None if they may not see it, or it is gone."""
@@ -125,10 +127,13 @@ class PageSink:
         else:
             record, view, marks = found
             own = conn.user is not None and conn.user.id == record.author_id
-            marked = (post_id in marks.liked, post_id in marks.bookmarked)
-            variant = ("html", post_id, conn.user is not None, marked, own, self.here)
+            marked = (post_id in marks.liked, post_id in marks.bookmarked, post_id in marks.boosted)
+            variant = ("html", post_id, conn.user is not None, marked, own, self.here, booster)
+            if booster and booster in marks.blocked | marks.muted:
+                return None
             if variant not in memo:
                 marks.put_on(view)
+                view.booster = await push.person(self.svc, booster) if booster else None
                 memo[variant] = str(PostHtml(self.env, conn.user, CSRF_MARK, self.here)(view))
             html = memo[variant]
         if conn.user is None:

@@ -108,9 +108,15 @@ def status(
         "replies_count": post.replies_count,
         "favourited": post.liked,
         "bookmarked": post.bookmarked,
+        "reblogs_count": post.reblogs_count,
+        "reblogged": post.reblogged,
     }
     if with_source:
         out["text"] = post.text
+    if post.booster is not None and post.booster.id in profiles:
+        booster = dumps(account(request, profiles[post.booster.id]))
+        wrapped: dict[str, Any] = json.loads(_reblog_text(request, post, dumps(out), booster))
+        return wrapped
     return out
 
 
@@ -134,14 +140,12 @@ def _static(base: str, post: PostView) -> dict[str, Any]:
         ],
         "tags": [],
         "emojis": [],
-        "reblogs_count": 0,
         "in_reply_to_id": str(post.in_reply_to_id) if post.in_reply_to_id else None,
         "in_reply_to_account_id": str(post.in_reply_to_author_id) if post.in_reply_to_author_id else None,
         "reblog": None,
         "poll": None,
         "card": None,
         "language": post.language,
-        "reblogged": False,
         "muted": False,
         "pinned": False,
         "filtered": [],
@@ -151,7 +155,7 @@ def _static(base: str, post: PostView) -> dict[str, Any]:
 # -- statuses as cached frames: the JSON of :func:`_static`, sealed in the cache like a page's post frames, with the
 # account, the app, the counts, ``favourited`` and ``bookmarked`` put in for each reader.
 
-FRAME_VERSION = b"status-json-2"
+FRAME_VERSION = b"status-json-3"
 _styles: dict[str, FrameStyle] = {}
 # Accounts as JSON, by server address and profile (public profile data and counts: nothing sealed is in them).
 _accounts: LRUCache[tuple[str, Profile], str] = LRUCache(maxsize=4096)
@@ -200,12 +204,55 @@ def statuses_text(
     for post in posts:
         frame = post.frame[0] if post.frame else _frame(base, post)
         application = dumps(_application(apps, post.app_id))
-        items.append(
+        item = (
             f'{frame},"account":{accounts[post.author.id]},"application":{application},'
             f'"favourites_count":{post.likes_count},"replies_count":{post.replies_count},'
-            f'"favourited":{_bool(post.liked)},"bookmarked":{_bool(post.bookmarked)}}}'
+            f'"favourited":{_bool(post.liked)},"bookmarked":{_bool(post.bookmarked)},'
+            f'"reblogs_count":{post.reblogs_count},"reblogged":{_bool(post.reblogged)}}}'
         )
+        if post.booster is not None and post.booster.id in accounts:
+            item = _reblog_text(request, post, item, accounts[post.booster.id])
+        items.append(item)
     return "[" + ",".join(items) + "]"
+
+
+def _reblog_text(request: HTTPConnection, post: PostView, original: str, booster_account: str) -> str:
+    """The reblog status of a boost (Mastodon's shape: a status of the booster's whose ``reblog`` is the post), as
+    JSON text around the post's own."""
+    assert post.booster is not None
+    base = _base(request)
+    when = iso(datetime.fromtimestamp((post.boost_id >> 16) / 1000, UTC))
+    head: dict[str, Any] = {
+        "id": str(post.boost_id),
+        "uri": f"{base}/@{post.booster.username}/boosts/{post.boost_id}",
+        "url": None,
+        "created_at": when,
+        "edited_at": None,
+        "content": "",
+        "visibility": VISIBILITY_OUT[post.visibility],
+        "sensitive": False,
+        "spoiler_text": "",
+        "media_attachments": [],
+        "application": None,
+        "mentions": [],
+        "tags": [],
+        "emojis": [],
+        "reblogs_count": 0,
+        "favourites_count": 0,
+        "replies_count": 0,
+        "in_reply_to_id": None,
+        "in_reply_to_account_id": None,
+        "poll": None,
+        "card": None,
+        "language": None,
+        "favourited": post.liked,
+        "reblogged": post.reblogged,
+        "muted": False,
+        "bookmarked": post.bookmarked,
+        "pinned": False,
+        "filtered": [],
+    }
+    return f'{dumps(head)[:-1]},"account":{booster_account},"reblog":{original}}}'
 
 
 def _bool(value: bool) -> str:

@@ -113,7 +113,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "replies_count": INTEGER,
             "in_reply_to_id": _nullable("string"),
             "in_reply_to_account_id": _nullable("string"),
-            "reblog": {"type": "null"},
+            "reblog": {"oneOf": [ref("Status"), {"type": "null"}]},  # a boost: the status it shares
             "poll": {"type": "null"},
             "card": {"type": "null"},
             "language": _nullable("string"),

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from feed.errors import Conflict, Invalid, NotFound
-from feed.services import accounts, bookmarks, follows, posts, relations, timelines
+from feed.services import accounts, bookmarks, boosts, follows, posts, relations, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, path_id, read_form
@@ -242,6 +242,28 @@ async def _bookmark(request: Request, *, keep: bool) -> Response:
     here = safe_next(form.get("next"), "/")
     if is_htmx(request):
         return render(request, "_partials/bookmark_button.html", {"post": post, "here": here})
+    return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
+
+
+async def boost(request: Request) -> Response:
+    return await _boost(request, share=True)
+
+
+async def unboost(request: Request) -> Response:
+    return await _boost(request, share=False)
+
+
+async def _boost(request: Request, *, share: bool) -> Response:
+    form = await read_form(request)
+    user = await require_user(request)
+    post_id = path_id(request, "post_id")
+    if share:
+        post, _ = await boosts.boost(services(request), user, post_id)
+    else:
+        post = await boosts.unboost(services(request), user, post_id)
+    here = safe_next(form.get("next"), "/")
+    if is_htmx(request):
+        return render(request, "_partials/boost_button.html", {"post": post, "here": here})
     return see_other(safe_next(form.get("next"), f"/posts/{post_id}") + f"#post-{post_id}")
 
 

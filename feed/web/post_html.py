@@ -27,9 +27,10 @@ from feed.web.times import reltime
 
 SLOT = "\x00"  # no post text, name or count can hold it: normalisation refuses control characters
 SLOTS = 4  # the article's extra class, the relative time, the reply count, the actions
-_ID, _COUNT = "\x01id\x01", "\x01count\x01"
+_ID, _COUNT, _BOOSTS = "\x01id\x01", "\x01count\x01", "\x01boosts\x01"
 # Constant placeholders handed to the templates as markup, so that autoescaping leaves them for us to find.
-_SLOT_MARK, _ID_MARK, _COUNT_MARK = Markup(SLOT), Markup(_ID), Markup(_COUNT)  # noqa: S704
+_SLOT_MARK, _ID_MARK, _COUNT_MARK, _BOOSTS_MARK = Markup(SLOT), Markup(_ID), Markup(_COUNT), Markup(_BOOSTS)  # noqa: S704
+BOOSTABLE = ("public", "unlisted")
 
 
 def frame_version(env: jinja2.Environment) -> bytes:
@@ -64,7 +65,8 @@ class PostHtml:
         self._csrf = csrf
         self._here = here
         self._now = datetime.now(UTC)
-        self._variants: dict[tuple[bool, bool, bool], str] = {}
+        self._variants: dict[tuple[bool, ...], str] = {}
+        self._boosters: dict[int, str] = {}
         self._replies: str | None = None
 
     def __call__(self, post: PostView, is_focus: bool = False) -> Markup:
@@ -74,6 +76,7 @@ class PostHtml:
         return Markup(  # noqa: S704
             "".join(
                 (
+                    self._boosted_by(post),
                     pieces[0],
                     " thread-focus" if is_focus else "",
                     pieces[1],
@@ -92,6 +95,15 @@ class PostHtml:
         drawing the post does)."""
         return Markup("".join([f"<li>{self(post)}</li>\n" for post in posts]))  # noqa: S704 - our markup only
 
+    def _boosted_by(self, post: PostView) -> str:
+        """ "bob boosted", above a post that is in a home timeline through a boost."""
+        if post.booster is None:
+            return ""
+        line = self._boosters.get(post.booster.id)
+        if line is None:
+            line = self._boosters[post.booster.id] = str(self._macros.boosted_by(post.booster))
+        return line
+
     def _reply_count(self, count: int) -> str:
         if not count:
             return ""
@@ -101,12 +113,24 @@ class PostHtml:
 
     def _actions(self, post: PostView) -> str:
         own = self._viewer is not None and self._viewer.id == post.author.id
-        which = (post.liked, post.bookmarked, own)
+        boostable = post.visibility in BOOSTABLE
+        which = (post.liked, post.bookmarked, own, post.reblogged, boostable)
         variant = self._variants.get(which)
         if variant is None:
             variant = self._variants[which] = str(
                 self._macros.post_actions(
-                    _ID_MARK, _COUNT_MARK, post.liked, post.bookmarked, own, self._viewer, self._csrf, self._here
+                    _ID_MARK,
+                    _COUNT_MARK,
+                    post.liked,
+                    post.bookmarked,
+                    own,
+                    self._viewer,
+                    self._csrf,
+                    self._here,
+                    _BOOSTS_MARK,
+                    post.reblogged,
+                    boostable,
                 )
             )
-        return variant.replace(_ID, str(post.id)).replace(_COUNT, str(post.likes_count))
+        out = variant.replace(_ID, str(post.id)).replace(_COUNT, str(post.likes_count))
+        return out.replace(_BOOSTS, str(post.reblogs_count)) if boostable else out

@@ -84,7 +84,7 @@ class ApiSink:
             return [Message("notification", note, stream=s) for s in targets] if note else []
         if "user" not in self.subscribed:
             return []
-        status = await self._status(conn, entry.event.post, memo)
+        status = await self._status(conn, entry.event.post, memo, boost=(entry.event.boost, entry.event.booster))
         return [Message("update", status, stream="user")] if status else []
 
     async def _notification(self, conn: Connection, notification_id: int) -> str | None:
@@ -128,19 +128,33 @@ class ApiSink:
     def resync(self, conn: Connection) -> list[Message]:
         return []  # nor a resync: its apps fetch their timelines again when they reconnect
 
-    async def _status(self, conn: Connection, post_id: int, memo: dict[Any, Any], *, fresh: bool = False) -> str | None:
+    async def _status(
+        self,
+        conn: Connection,
+        post_id: int,
+        memo: dict[Any, Any],
+        *,
+        fresh: bool = False,
+        boost: tuple[int, int] = (0, 0),
+    ) -> str | None:
+        """The status for the connection's viewer; ``boost``: (boost id, booster) of a post a boost brought."""
         found = await push.for_viewer(self.svc, post_id, conn.user, None, memo, fresh=fresh, hide_muted=True)
         if found is None:
             return None
-        record, view, marks = found
-        variant = ("status", post_id, post_id in marks.liked, post_id in marks.bookmarked, str(self.http.base_url))
+        _, view, marks = found
+        boost_id, booster_id = boost
+        if booster_id and booster_id in marks.blocked | marks.muted:
+            return None
+        marked = (post_id in marks.liked, post_id in marks.bookmarked, post_id in marks.boosted)
+        variant = ("status", post_id, marked, str(self.http.base_url), boost_id)
         if variant not in memo:
-            profiles_key = ("profiles", record.author_id)
-            if profiles_key not in memo:
-                memo[profiles_key] = await accounts.profiles(self.svc, [view.author])
+            booster = await push.person(self.svc, booster_id) if booster_id else None
+            people = [view.author, *([booster] if booster else [])]
+            profiles = await accounts.profiles(self.svc, people)
             apps = await oauth.applications(self.svc, [view.app_id])
             marks.put_on(view)
-            entity = mastodon.status(self.http, view, memo[profiles_key], apps)
+            view.boost_id, view.booster = boost_id, booster
+            entity = mastodon.status(self.http, view, profiles, apps)
             memo[variant] = json.dumps(entity, separators=(",", ":"))
         status: str = memo[variant]
         return status

@@ -49,12 +49,20 @@ async def use(make_browser: Any, canary: str) -> None:
     first = await alice.compose(f"{canary} first", spoiler_text=f"cw {canary}")
     reply = await bob.compose(f"@alice {canary} reply", in_reply_to_id=str(first))
     await bob.post(f"/posts/{first}/like")
+    await bob.post(f"/posts/{first}/bookmark")
+    await bob.post(f"/posts/{first}/boost")  # the author is told (a notification), and bob's followers' feeds take it
+    carol = await make_browser("carol")
+    await carol.post("/@bob/follow")
+    await carol.post("/@alice/mute")
+    await carol.post("/@bob/block")
+    await alice.post("/settings", {"display_name": "", "bio": "", "email": f"{canary}@example.org", "locked": "on"})
+    await carol.post("/@alice/follow")  # a follow request, and its notification
     await alice.post(f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
     gone = await alice.compose(f"{canary} to delete")
     await alice.post(f"/posts/{gone}/delete", {"confirm": "yes"})
     await alice.post("/settings", {"display_name": "Alice", "bio": "I like trains", "email": f"{canary}@example.net"})
     for reader in (alice, bob):
-        for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}"):
+        for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}", "/notifications", "/bookmarks"):
             assert (await reader.get(url)).status_code == 200
 
 
@@ -230,9 +238,9 @@ async def test_logs_and_settings(app: Any, env: dict[str, str], tmp_path: Path) 
 async def test_a_used_scaled_deployment_audits_clean_in_every_place(
     cluster: Cluster, env: dict[str, str], processes_database_url: str, processes_engine: Any
 ) -> None:
-    """Two web processes and a worker after posts, replies, likes, edits, deletes, live streams, a root key rotation
-    (with its rolling restarts), a user key rotation and an erasure: the database, Redis, the three processes' caches,
-    their logs and settings are clean."""
+    """Two web processes and a worker after posts, replies, likes, bookmarks, a boost, a mute, notifications, edits,
+    deletes, live streams, a root key rotation (with its rolling restarts), a user key rotation and an erasure: the
+    database, Redis, the three processes' caches, their logs and settings are clean."""
     canary = f"canary-{secrets.token_hex(6)}-Zürich"
     alice, bob, carol = [await cluster.account(name) for name in ("alice", "bob", "carol")]
     await alice.post("a", "/settings", {"display_name": "Alice", "bio": "", "email": f"{canary}@example.net"})
@@ -243,6 +251,10 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
         await bob.compose("b", f"@alice {canary} reply", in_reply_to_id=str(first))
         await carol.compose("b", f"{canary} carol was here")
         await bob.post("b", f"/posts/{first}/like")
+        await bob.post("a", f"/posts/{first}/bookmark")
+        await carol.post("a", "/@bob/follow")
+        await bob.post("b", f"/posts/{first}/boost")  # into carol's feed (the worker's fan-out); alice is told
+        await carol.post("b", "/@alice/mute")
         await alice.post("a", f"/posts/{first}/edit", {"status": f"{canary} edited", "spoiler_text": ""})
         gone = await alice.compose("b", f"{canary} to delete")
         await alice.post("a", f"/posts/{gone}/delete", {"confirm": "yes"})
@@ -255,6 +267,9 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
             for url in ("/", "/public", "/@alice", f"/posts/{first}"):
                 assert (await alice.on[where].get(url)).status_code == 200
                 assert canary in (await bob.on[where].get(url)).text
+            for url in ("/notifications", "/bookmarks"):
+                assert (await alice.on[where].get(url)).status_code == 200
+                assert canary in (await bob.on[where].get("/bookmarks")).text
 
     await pages()
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, cluster.redis.url)

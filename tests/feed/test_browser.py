@@ -605,3 +605,64 @@ def test_a_session_ended_in_another_tab_keeps_the_draft(browser: Any, server: st
     first.context.close()
     assert console.problems == []
     assert all("403" in p or "[object Event]" in p for p in console.expected), console.expected
+
+
+def test_a_boost_a_follow_request_and_a_block_in_a_real_browser(browser: Any, server: str) -> None:
+    """Carol boosts alice's post: it arrives live in bob's home (he follows carol) under "carol boosted". Alice locks
+    her account; carol's follow waits until alice approves it on her follow requests page. Then alice blocks bob:
+    her post is gone from his pages and her profile is not found."""
+    from playwright.sync_api import expect
+
+    console = Console()
+    alice, bob, carol = (_new_page(browser, server, console, viewport={"width": 1280, "height": 900}) for _ in range(3))
+    for page, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        _register(page, name)
+    alice.locator("#composer-status").fill("Pass this on")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    post_id = _post_id(alice.locator("#timeline article.post").first)
+    bob.goto("/@carol")
+    bob.get_by_role("button", name="Follow", exact=True).click()
+    expect(bob.get_by_role("button", name="Unfollow", exact=True)).to_be_visible()
+    bob.goto("/")
+    _mark_document(bob)
+    bob.wait_for_timeout(500)  # his stream is open
+
+    carol.goto("/@alice")
+    carol.locator(f"#post-{post_id} button.boost-button").click()
+    expect(carol.locator(f"#post-{post_id} button.boost-button")).to_have_attribute("aria-pressed", "true")
+    arrived = bob.locator("#timeline > li").first
+    expect(arrived.locator(".boosted-by")).to_have_text(re.compile(r"carol\s+boosted"))
+    expect(arrived.locator(f"#post-{post_id}")).to_contain_text("Pass this on")
+    _assert_not_reloaded(bob)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    bob.screenshot(path=str(SHOTS / "boosted.png"))
+
+    # A locked account: carol asks, alice approves.
+    carol.locator(f"#post-{post_id} button.boost-button").click()  # undone
+    expect(carol.locator(f"#post-{post_id} button.boost-button")).to_have_attribute("aria-pressed", "false")
+    alice.goto("/settings")
+    alice.get_by_label("Approve new followers by hand").check()
+    alice.get_by_role("button", name="Save profile").click()
+    carol.goto("/@alice")
+    carol.get_by_role("button", name="Ask to follow").click()
+    expect(carol.get_by_role("button", name="Cancel follow request")).to_be_visible()
+    alice.goto("/follow_requests")
+    alice.get_by_role("button", name="Approve").click()
+    expect(alice.get_by_text("Nobody is waiting for your approval.")).to_be_visible()
+    carol.reload()
+    expect(carol.get_by_role("button", name="Unfollow", exact=True)).to_be_visible()
+
+    # A block: bob no longer sees alice anywhere.
+    bob.goto("/public")
+    expect(bob.locator(f"#post-{post_id}")).to_be_visible()
+    alice.on("dialog", lambda dialog: dialog.accept())
+    alice.goto("/@bob")
+    alice.get_by_role("button", name="Block", exact=True).click()
+    expect(alice.get_by_text("You blocked @bob")).to_be_visible()
+    bob.reload()
+    expect(bob.locator(f"#post-{post_id}")).to_have_count(0)
+    response = bob.goto("/@alice")
+    assert response is not None and response.status == 404
+    for page in (alice, bob, carol):
+        page.context.close()
+    assert [p for p in console.problems if "/@alice" not in p or "404" not in p] == []

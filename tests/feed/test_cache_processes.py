@@ -342,3 +342,42 @@ async def test_like_counts_converge_on_the_database_across_processes(cluster: Cl
     for where in ("a", "b"):
         took = await within(1.0, partial(shows_count, alice.on[where], post_id, count))
         assert took is not None, f"process {where} does not show the database's {count} likes a second later"
+
+
+async def test_blocks_mutes_and_boosts_made_on_a_show_on_b_on_the_next_request(cluster: Cluster) -> None:
+    alice, bob, carol = [await cluster.account(name) for name in ("alice", "bob", "carol")]
+    assert (await carol.post("a", "/@bob/follow")).status_code == 303
+    post = await alice.compose("a", "words bob will stop seeing")
+    public_b, carols_home_b = bob.on["b"], carol.on["b"]
+
+    async def bob_sees() -> bool:
+        return post in article_ids((await public_b.get("/public")).text)
+
+    assert await bob_sees()  # B has the public page cached for him now
+    # A boost made on A: through the worker's fan-out into carol's home, read on B.
+    assert (await bob.post("a", f"/posts/{post}/boost")).status_code == 303
+
+    async def carol_has_it() -> bool:
+        return article_ids((await carols_home_b.get("/")).text) == [post]
+
+    assert await within(1.0, carol_has_it) is not None, "a boost made on A misses carol's home on B"
+    # A mute made on A: carol's home on B no longer shows what bob brings of alice... nor bob's boost of her.
+    assert (await carol.post("a", "/@alice/mute")).status_code == 303
+
+    async def carol_muted() -> bool:
+        return article_ids((await carols_home_b.get("/")).text) == []
+
+    assert await within(1.0, carol_muted) is not None, "a mute made on A is not in force on B"
+    assert (await carol.post("a", "/@alice/unmute")).status_code == 303
+    assert await within(1.0, carol_has_it) is not None
+    # The boost undone on A leaves carol's home on B.
+    assert (await bob.post("a", f"/posts/{post}/unboost")).status_code == 303
+    assert await within(1.0, carol_muted) is not None, "an undone boost stays in carol's home on B"
+    # A block made on A: bob's next public page on B hides alice's post.
+    assert (await alice.post("a", "/@bob/block")).status_code == 303
+
+    async def bob_blind() -> bool:
+        return not await bob_sees()
+
+    assert await within(1.0, bob_blind) is not None, "a block made on A is not in force on B"
+    assert (await public_b.get("/@alice")).status_code == 404

@@ -28,7 +28,7 @@ async def execute(app: Any, statement: Any) -> None:
 
 
 async def mess(app: Any, make_browser: Any) -> dict[str, int]:
-    """Something for every job to do: an erased account with posts, likes, mentions and follows; an expired
+    """Something for every job to do: an erased account with posts, likes, a boost, mentions and follows; an expired
     session and an expired token; drifted like and reply counts."""
     svc = app.state.services
     alice = await make_browser("alice")
@@ -39,6 +39,7 @@ async def mess(app: Any, make_browser: Any) -> dict[str, int]:
     ids["alice_reply"] = await alice.compose("alice replies", in_reply_to_id=str(ids["bob_post"]))
     await alice.post(f"/posts/{ids['bob_post']}/like")
     await bob.post(f"/posts/{ids['alice_post']}/like")
+    await alice.post(f"/posts/{ids['bob_post']}/boost")
     ids["bob_other"] = await bob.compose("@alice more bob words")
     await erasure.erase_user(svc, "alice")
 
@@ -101,12 +102,12 @@ async def test_purge_what_it_changes(make_browser: Any, app: Any) -> None:
     ids = await mess(app, make_browser)
     run = await run_maintenance(app.state.services, MAINTENANCE["purge_erased"])
     # posts: alice's two; likes: bob's of hers and hers of bob's; mentions: of bob in hers, of her in bob's;
-    # follows: both ways; users: her row
-    assert run.changed == {"posts": 2, "likes": 2, "mentions": 2, "follows": 2, "users": 1}
+    # boosts: hers of bob's; follows: both ways; users: her row
+    assert run.changed == {"posts": 2, "likes": 2, "boosts": 1, "mentions": 2, "follows": 2, "users": 1}
     async with app.state.engine.connect() as conn:
         bob_post = (await conn.execute(sa.select(posts).where(posts.c.id == ids["bob_post"]))).one()
         names = set((await conn.scalars(sa.select(users.c.username))).all())
-    assert (bob_post.likes_count, bob_post.replies_count) == (0, 0)
+    assert (bob_post.likes_count, bob_post.replies_count, bob_post.reblogs_count) == (0, 0, 0)
     assert names == {"bob", "carol"}
 
 
@@ -148,17 +149,19 @@ async def test_reconcile_fixes_drifted_counts_and_the_cached_posts(make_browser:
     carol = await make_browser("carol")
     post_id = await bob.compose("bob words")
     await carol.post(f"/posts/{post_id}/like")
+    await carol.post(f"/posts/{post_id}/boost")
     await carol.compose("@bob a reply", in_reply_to_id=str(post_id))
-    await execute(app, posts.update().where(posts.c.id == post_id).values(likes_count=9, replies_count=0))
+    drift = {"likes_count": 9, "replies_count": 0, "reblogs_count": 4}
+    await execute(app, posts.update().where(posts.c.id == post_id).values(**drift))
     client = await api()
     drifted = (await client.get(f"/api/v1/statuses/{post_id}")).json()  # cached with the wrong counts
-    assert (drifted["favourites_count"], drifted["replies_count"]) == (9, 0)
+    assert (drifted["favourites_count"], drifted["replies_count"], drifted["reblogs_count"]) == (9, 0, 4)
 
     run = await run_maintenance(app.state.services, MAINTENANCE["reconcile_counts"])
-    assert run.changed == {"likes_count": 1, "replies_count": 1}
+    assert run.changed == {"likes_count": 1, "replies_count": 1, "reblogs_count": 1}
     assert app.state.cache.cached(POSTS, post_id) is None
     fixed = (await client.get(f"/api/v1/statuses/{post_id}")).json()
-    assert (fixed["favourites_count"], fixed["replies_count"]) == (1, 1)
+    assert (fixed["favourites_count"], fixed["replies_count"], fixed["reblogs_count"]) == (1, 1, 1)
 
 
 def stop_after(done: int) -> Any:

@@ -43,6 +43,16 @@ def check_account(account: dict[str, Any]) -> None:
 
 
 def check_status(status: dict[str, Any]) -> None:
+    if status["reblog"] is not None:  # a boost: the booster's status around the boosted one
+        assert ID.fullmatch(status["id"]) and status["id"] != status["reblog"]["id"]
+        assert status["uri"] == f"{BASE}/@{status['account']['username']}/boosts/{status['id']}"
+        assert status["url"] is None and status["content"] == "" and status["mentions"] == []
+        assert ISO_Z.fullmatch(status["created_at"]) and status["visibility"] == status["reblog"]["visibility"]
+        for name in ("favourited", "reblogged", "bookmarked"):
+            assert status[name] == status["reblog"][name], name
+        check_account(status["account"])
+        check_status(status["reblog"])
+        return
     assert ID.fullmatch(status["id"]), status["id"]
     assert status["uri"] == status["url"] == f"{BASE}/posts/{status['id']}"
     assert ISO_Z.fullmatch(status["created_at"]), status["created_at"]

@@ -1,7 +1,7 @@
 """Issue 11's "Done when": two real, unmodified Mastodon client packages from PyPI (Mastodon.py and toot) sign in
 through OAuth on a two-process deployment (the person answers the consent page over HTTP, as their browser would,
-and pastes the out-of-band code), then post, read the home timeline page by page, favourite, bookmark, follow someone
-found through search, block and mute someone, list followers and notifications, use the read markers, and revoke
+and pastes the out-of-band code), then post, read the home timeline page by page, favourite, bookmark, boost, follow
+someone found through search, block and mute someone, list followers and notifications, use the read markers, and revoke
 their token: the next call fails with 401 on every process."""
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         second = mastodon.fetch_next(first)
         liked = mastodon.status_favourite(first[0]["id"])
         kept = mastodon.status_bookmark(first[1]["id"])
+        bobs = next(s for s in [*first, *second] if s["account"]["username"] == "bob")
+        shared = mastodon.status_reblog(bobs["id"])
         notes = mastodon.notifications()
         bookmarks = mastodon.bookmarks()
         followers = mastodon.account_followers(found[0]["id"])
@@ -100,7 +102,7 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         return {"token": token, "me": me, "posted": posted, "found": found, "relationship": relationship,
                 "pages": (first, second), "liked": liked, "followers": followers, "markers": markers, "app": app,
                 "after": after, "kept": kept, "bookmarks": bookmarks, "notes": notes, "blocked": blocked,
-                "muted": muted, "kept_out": kept_out}  # fmt: skip
+                "muted": muted, "kept_out": kept_out, "shared": shared, "bobs": bobs}  # fmt: skip
 
     seen = await asyncio.to_thread(mastodon_py_session)
     assert seen["kept"]["bookmarked"] is True
@@ -112,6 +114,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     assert {s["id"] for s in first}.isdisjoint({s["id"] for s in second})
     assert seen["liked"]["favourited"] is True and seen["liked"]["favourites_count"] == 1
     assert [(n["type"], n["account"]["username"]) for n in seen["notes"]] == [("follow", "bob")]
+    assert seen["shared"]["reblog"]["id"] == seen["bobs"]["id"] and seen["shared"]["account"]["username"] == "alice"
+    assert seen["shared"]["reblog"]["reblogs_count"] == 1 and seen["shared"]["reblogged"] is True
     assert seen["blocked"]["blocking"] is True
     assert seen["muted"]["muting"] is True and seen["muted"]["muting_notifications"] is False
     assert [[a["username"] for a in listed] for listed in seen["kept_out"]] == [["carol"], ["carol"]]
@@ -162,7 +166,8 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     assert len(first) == 3 and len(second) == 3 and {s["id"] for s in first}.isdisjoint({s["id"] for s in second})
     assert found["liked"]["favourites_count"] == 2, "alice liked it too"
     assert [f["username"] for f in found["followers"]] == ["bob"]
-    assert [(n["type"], n["account"]["username"]) for n in found["notes"]] == [("follow", "alice")]
+    assert [(n["type"], n["account"]["username"]) for n in found["notes"]] == [("reblog", "alice"), ("follow", "alice")]
+    assert found["notes"][0]["status"]["id"] == seen["bobs"]["id"]
     assert found["markers"] == {}, "bob has saved none"
     assert "401" in found["after"] or "invalid" in found["after"].lower()
     await everywhere_unauthorized(cluster, found["user"].access_token)
