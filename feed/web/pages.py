@@ -85,7 +85,10 @@ async def thread(request: Request) -> Response:
         services(request), path_id(request, "post_id"), user, frame_style(request)
     )
     # A reply starts as private as the post it answers: a reply to a direct post stays direct.
-    composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility} if user else None
+    composer = None
+    if user:
+        composer = {"status": _reply_prefill(focus, user), "visibility": focus.visibility,
+                    "reply_to": focus.author.username}  # fmt: skip
     shown = [post.id for post in (*ancestors, focus, *replies)]
     live = live_url(f"post:{focus.id}", shown, int(time.time() * 1000))
     return render(
@@ -135,6 +138,8 @@ async def create_post(request: Request) -> Response:
                 headers={"HX-Retarget": "#composer", "HX-Reswap": "outerHTML"},
             )
         parent = await timelines.get(svc, reply_to, user) if reply_to else None
+        if parent is not None:
+            composer["reply_to"] = parent.author.username
         return render(request, "compose.html", {"composer": composer, "parent": parent}, status=422)
     answer: Response
     if is_htmx(request) and reply_to is None:

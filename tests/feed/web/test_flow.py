@@ -46,3 +46,15 @@ async def test_the_composer_remembers_the_last_audience_and_lands_home(make_brow
     assert 'value="unlisted" selected' in (await alice.get("/")).text
     alice.http.cookies.set("cf_visibility", "everyone-and-their-dog")
     assert 'value="public" selected' in (await alice.get("/")).text
+
+
+async def test_the_reply_composer_says_whom_it_answers(make_browser):
+    alice = await make_browser("alice")
+    bob = await make_browser("bob")
+    post = await alice.compose("a question for everyone")
+    page = (await bob.get(f"/posts/{post}")).text
+    assert 'Replying to <a href="/@alice">@alice</a>' in page and "Your reply to @alice" in page
+    assert ">@alice </textarea>" in page  # and starts with the mention
+    refused = await bob.post("/posts", {"status": "x" * 501, "in_reply_to_id": str(post)})
+    assert refused.status_code == 422 and 'Replying to <a href="/@alice">@alice</a>' in refused.text
+    assert "Replying to" not in (await bob.get("/")).text  # a new post answers nobody

@@ -170,10 +170,14 @@ async def test_direct_post_from_a_stranger_reaches_the_home_timeline(make_browse
 
 
 async def test_swapped_like_button_keeps_the_page_as_next(make_browser: Any) -> None:
+    """htmx swaps the button alone: the form around it, with the page to come back to without JavaScript, stays."""
     alice = await make_browser("alice")
     post = await alice.compose("like me later")
+    page = (await alice.get("/@alice")).text
+    assert 'name="next" value="/@alice"' in page and f'formaction="/posts/{post}/like"' in page
     response = await alice.post(f"/posts/{post}/like", {"next": "/@alice"}, headers={"HX-Request": "true"})
-    assert 'name="next" value="/@alice"' in response.text
+    assert response.text.strip().startswith("<button") and "<form" not in response.text
+    assert f'formaction="/posts/{post}/unlike"' in response.text and f'hx-post="/posts/{post}/unlike"' in response.text
 
 
 async def test_cached_home_timelines_follow_the_mentions_of_an_edited_direct_post(make_browser: Any) -> None:
