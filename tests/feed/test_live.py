@@ -470,6 +470,31 @@ async def test_blocks_and_mutes_reach_the_live_streams(world: Any) -> None:
             await stream.close()
 
 
+async def test_a_follower_not_yet_approved_gets_no_followers_only_post_live(world: Any, server: AppProcess) -> None:
+    alice, bob = await world("alice"), await world("bob")
+    saved = await alice.form("/settings", {"display_name": "", "bio": "", "email": "", "locked": "on"})
+    assert saved.status_code == 303
+    assert (await bob.form(f"/@{alice.name}/follow")).status_code == 303  # a request: alice has not approved it
+    home = await bob.live("/")
+    profile = await bob.live(f"/@{alice.name}")
+    try:
+        hidden = await alice.compose("for approved followers only", visibility="followers")
+        shown = await alice.compose("for everyone")
+        assert post_id_of(await profile.next("post")) == shown  # the public post comes; the other never did
+        await home.quiet(0.5)
+        for stream in (home, profile):
+            assert hidden not in [post_id_of(e) for e in stream.seen if e.event in ("post", "edit")]
+        requests = (await alice.http.get("/follow_requests")).text
+        approve = re.search(r'action="(/follow_requests/\d+/authorize)"', requests)
+        assert approve is not None
+        assert (await alice.form(approve.group(1))).status_code == 303
+        later = await alice.compose("approved now", visibility="followers")
+        assert post_id_of(await home.next("post")) == later
+    finally:
+        await home.close()
+        await profile.close()
+
+
 async def test_shutdown_closes_every_stream_at_once(tmp_path: Path) -> None:
     proc = AppProcess("shutdown", embedded_env(tmp_path / "data"), tmp_path)
     proc.wait_ready()
