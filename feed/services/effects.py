@@ -145,6 +145,11 @@ def unread_changed(user_id: int) -> Effects:
     return Effects(invalidate=_keys((UNREAD, user_id)))
 
 
+def merge_unread(user_ids: Iterable[int]) -> Effects:
+    """The same for several people at once (a deleted post's notifications)."""
+    return Effects(invalidate=_keys(*((UNREAD, user_id) for user_id in user_ids)))
+
+
 # -- people
 
 

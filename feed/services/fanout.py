@@ -213,12 +213,12 @@ async def rebuild(svc: Services, user_id: int) -> None:
     if svc.feeds is None:
         return
     async with svc.db() as session:
-        rows = await home_refs(session, user_id, Page(limit=REBUILD_SIZE))
+        rows = await home_refs(session, user_id, Page(limit=REBUILD_SIZE), once=False)
     try:
         await svc.feeds.replace(user_id, [lookup.position(r) for r in rows])
         newest = lookup.position(rows[0]) if rows else 0
         async with svc.db() as session:
-            late = await home_refs(session, user_id, Page(limit=REBUILD_SIZE, since_id=newest))
+            late = await home_refs(session, user_id, Page(limit=REBUILD_SIZE, since_id=newest), once=False)
         if late:
             await svc.feeds.add_many(user_id, [lookup.position(r) for r in late])
     except FeedsUnavailable:
@@ -270,7 +270,9 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
         async with svc.db() as session:
             refs += await store.recent_of(session, popular, user_id, FIRST_PAGE)
             refs += await boost_store.recent_by(session, popular, user_id, FIRST_PAGE)
-    return once_each(sorted(refs, key=lookup.position, reverse=True))[:FIRST_PAGE]
+    # A post and its boosts all stay here: which one shows depends on whom the reader sees when they read
+    # (``timelines.home``, then :func:`once_each`).
+    return sorted(refs, key=lookup.position, reverse=True)[:FIRST_PAGE]
 
 
 def once_each(refs: Sequence[Any]) -> list[Any]:
@@ -284,15 +286,16 @@ def once_each(refs: Sequence[Any]) -> list[Any]:
     return out
 
 
-async def home_refs(session: Any, user_id: int, page: Page) -> list[Any]:
+async def home_refs(session: Any, user_id: int, page: Page, *, once: bool = True) -> list[Any]:
     """A page of a home timeline from the database: the posts of :func:`feed.storage.posts.home` and the boosts of
-    whom the user follows, by position (a boost's own id), each post once."""
-    posts = await store.home(session, user_id, page)
-    shared = await boost_store.of_followees(session, user_id, page)
+    whom the user follows, by position (a boost's own id), each post once (``once=False``: every entry, for a
+    feed)."""
+    posts = await store.home(session, user_id, page, once=once)
+    shared = await boost_store.of_followees(session, user_id, page, once=once)
     merged = sorted([*posts, *shared], key=lookup.position, reverse=True)
     if page.min_id is not None:  # the entries just newer than min_id: the oldest of both
         merged = merged[-page.limit :]
-    return once_each(merged[: page.limit])
+    return once_each(merged[: page.limit]) if once else merged[: page.limit]
 
 
 async def popular_authors(svc: Services) -> frozenset[int]:

@@ -357,6 +357,12 @@ async def marks_among(
     return Marks(liked, bookmarked, boosted, blocked=ids_of(blocked.get(user_id)), muted=muted_of(muted.get(user_id)))
 
 
+def unseen_in(user_id: int, found: Sequence[Mapping[Any, Cacheable]]) -> frozenset[int]:
+    """Whom the user blocks (either way) or mutes, from what :func:`marks_requests` found."""
+    *_, blocked, muted = found
+    return ids_of(blocked.get(user_id)) | muted_of(muted.get(user_id))
+
+
 async def marks(svc: Services, user_id: int | None, post_ids: Sequence[int]) -> Marks:
     if user_id is None:
         return Marks()

@@ -236,24 +236,38 @@ async def grouped(
     return out, people, next_max, prev_min
 
 
-async def unread_count(svc: Services, user: User, *, fresh: bool = False, cap: int = UNREAD_CAP) -> int:
-    """How many notifications are newer than the user's ``notifications`` marker (at most ``cap``). Cached;
-    ``fresh``: read from the database (a live event can arrive before the invalidation that goes with it)."""
+async def unread_count(
+    svc: Services,
+    user: User,
+    *,
+    fresh: bool = False,
+    cap: int = UNREAD_CAP,
+    types: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> int:
+    """How many notifications are newer than the user's ``notifications`` marker (at most ``cap``; of ``types``
+    only, or but ``exclude``), those the list leaves out not counted. Cached; ``fresh``: read from the database (a
+    live event can arrive before the invalidation that goes with it)."""
 
     async def load(missing: list[int]) -> dict[int, Tally]:
         async with svc.db() as session:
             return {user.id: Tally(await _count(session, user.id, UNREAD_CAP))}
 
-    if fresh or cap != UNREAD_CAP:
+    if fresh or cap != UNREAD_CAP or types or exclude:
         async with svc.db() as session:
-            return await _count(session, user.id, cap)
+            return await _count(session, user.id, cap, types=types, exclude=exclude)
     found = await svc.cache.get(UNREAD, user.id, load)
     return found.value if isinstance(found, Tally) else 0
 
 
-async def _count(session: AsyncSession, user_id: int, cap: int) -> int:
+async def _count(
+    session: AsyncSession, user_id: int, cap: int, *, types: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> int:
     rows = await marker_store.of(session, user_id, ["notifications"])
-    return await store.count_after(session, user_id, rows[0].last_read_id if rows else 0, cap)
+    after = rows[0].last_read_id if rows else 0
+    silenced = set(await relation_store.blocked_either_way(session, user_id))
+    silenced |= set(await relation_store.muted_ids(session, user_id, now(), notifications=True))
+    return await store.count_after(session, user_id, after, cap, types=types, exclude=exclude, not_from=silenced)
 
 
 async def mark_read(svc: Services, user: User, last_id: int) -> None:

@@ -25,6 +25,7 @@ from feed.storage import boosts as boost_store
 from feed.storage import follows as follow_store
 from feed.storage import idempotency
 from feed.storage import likes as like_store
+from feed.storage import notifications as notification_store
 from feed.storage import posts as store
 from feed.storage import relations as relation_store
 from feed.storage import users as user_store
@@ -246,6 +247,8 @@ async def edit(
         caused = effects.post_edited(post_id, author.id, row.visibility, mention_ids)
         newly = [uid for uid in mention_ids if uid not in before]
         caused += await notifications.notify_many(session, newly, "mention", author.id, post_id)
+        for dropped in before - set(mention_ids) - {row.in_reply_to_author_id}:  # no longer mentioned: not told
+            caused += await notifications.withdraw(session, dropped, "mention", author.id, post_id)
         # Who boosted it shared what it said: they are told it changed (Mastodon's "update").
         caused += await notifications.notify_many(session, await boost_store.boosters(session, post_id), "update",
                                                   author.id, post_id)  # fmt: skip
@@ -262,11 +265,13 @@ async def delete(svc: Services, author: User, post_id: int) -> PostView:
     async with svc.db() as session:  # before they go with the post
         mentioned = [m.id for m in (await store.mentions_of(session, [post_id])).get(post_id, [])]
     async with svc.db.begin() as session:
+        told = await notification_store.owners_about(session, post_id)  # their notifications of it go with it
         if not await store.delete_post(session, post_id):
             raise NotFound()
         if view.in_reply_to_id is not None:
             await store.bump_replies(session, view.in_reply_to_id, -1)
         caused = effects.post_deleted(post_id, author.id, view.visibility, view.in_reply_to_id, mentioned)
+        caused += effects.merge_unread(told)
         await effects.record(session, caused)
     await effects.committed(svc, caused)
     await fanout.remove_from(svc, [post_id], [author.id, *mentioned])

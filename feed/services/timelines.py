@@ -340,8 +340,11 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         found_refs, *found_marks = await svc.cache.get_multi(
             [lookup.timeline_request(HOME, viewer.id, load), *lookup.marks_requests(svc, viewer.id)]
         )
-        refs: Sequence[Any] = lookup.refs_of(found_refs.get(viewer.id))[: page.limit]
-        refs = await _boosts_still_followed(svc, viewer, refs)
+        refs: Sequence[Any] = await _boosts_still_followed(svc, viewer, lookup.refs_of(found_refs.get(viewer.id)))
+        # A boost by someone the viewer does not see does not take its post's place (the post may show itself).
+        if unseen := lookup.unseen_in(viewer.id, found_marks):
+            refs = [r for r in refs if not r.boost_id or r.booster_id not in unseen]
+        refs = fanout.once_each(refs)[: page.limit]
         marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
         found = await views(svc, refs, viewer, marks, recheck=True, style=style, hide_muted=True)
         return _page(found, refs, page)

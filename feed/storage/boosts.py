@@ -4,15 +4,15 @@ timelines, and the id of the reblog status in the API), with the post's boost co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
 from feed.storage.dialect import insert
-from feed.storage.posts import REF_COLUMNS, Page, paged, visible_to
-from feed.storage.tables import boosts, follows, posts
+from feed.storage.posts import REF_COLUMNS, Page, paged, shown_booster, visible_to
+from feed.storage.tables import boosts, posts
 
 # What a timeline query gives for a boost: the boosted post's ref, and the boost's own id and booster.
 BOOST_REF_COLUMNS = (*REF_COLUMNS, boosts.c.id.label("boost_id"), boosts.c.user_id.label("booster_id"))
@@ -79,26 +79,28 @@ async def refs(session: AsyncSession, boost_ids: Sequence[int]) -> list[Record]:
     return list((await session.execute(query)).all())
 
 
-async def of_followees(session: AsyncSession, viewer_id: int, bounds: Page) -> list[Record]:
+async def of_followees(session: AsyncSession, viewer_id: int, bounds: Page, *, once: bool = True) -> list[Record]:
     """The boosts of the viewer and of the people they follow, of posts the viewer may read (not their own), newest
-    boost first, bounded on the boost's id; of a post boosted more than once, the newest boost only."""
-    followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
+    boost first, bounded on the boost's id; of a post boosted more than once, the newest boost only (``once=False``:
+    every one)."""
+    now = datetime.now(UTC)
     later = boosts.alias("later")
     boosted_again = sa.exists().where(
         later.c.post_id == boosts.c.post_id,
         later.c.id > boosts.c.id,
-        sa.or_(later.c.user_id.in_(followees), later.c.user_id == viewer_id),
+        shown_booster(later.c.user_id, viewer_id, now),
     )
     query = (
         sa.select(*BOOST_REF_COLUMNS)
         .join(posts, posts.c.id == boosts.c.post_id)
         .where(
-            sa.or_(boosts.c.user_id.in_(followees), boosts.c.user_id == viewer_id),
+            shown_booster(boosts.c.user_id, viewer_id, now),
             posts.c.author_id != viewer_id,
             visible_to(viewer_id),
-            ~boosted_again,
         )
     )
+    if once:
+        query = query.where(~boosted_again)
     return await paged(session, query, bounds, boosts.c.id)
 
 

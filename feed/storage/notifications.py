@@ -71,6 +71,12 @@ async def get(session: AsyncSession, user_id: int, notification_id: int) -> Reco
     return (await session.execute(query)).first()
 
 
+async def owners_about(session: AsyncSession, post_id: int) -> list[int]:
+    """Whose notifications concern the post (they go with it when it is deleted)."""
+    query = sa.select(notifications.c.user_id).where(notifications.c.post_id == post_id).distinct()
+    return sorted(await session.scalars(query))
+
+
 async def remove_between(session: AsyncSession, a: int, b: int) -> list[int]:
     """Every notification either of two people had of the other (a block); whose they were."""
     pair = sa.or_(
@@ -102,15 +108,25 @@ async def clear(session: AsyncSession, user_id: int) -> int:
 
 
 async def count_after(
-    session: AsyncSession, user_id: int, after_id: int, cap: int, *, types: Iterable[str] = ()
+    session: AsyncSession,
+    user_id: int,
+    after_id: int,
+    cap: int,
+    *,
+    types: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    not_from: Iterable[int] = (),
 ) -> int:
-    """How many of the user's notifications are newer than ``after_id``, up to ``cap``."""
+    """How many of the user's notifications are newer than ``after_id``, up to ``cap`` (but those from ``not_from``)."""
     inner = _filtered(
         sa.select(notifications.c.id).where(notifications.c.user_id == user_id, notifications.c.id > after_id),
         types,
-        (),
+        exclude,
         None,
-    ).limit(cap)
+    )
+    if silenced := list(not_from):
+        inner = inner.where(notifications.c.from_id.not_in(silenced))
+    inner = inner.limit(cap)
     return int(await session.scalar(sa.select(sa.func.count()).select_from(inner.subquery())) or 0)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import blocks, boosts, follows, mentions, post_revisions, posts, users
+from feed.storage.tables import blocks, boosts, follows, mentions, mutes, post_revisions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -71,15 +72,35 @@ async def paged(
     return list((await session.execute(query)).all())
 
 
-async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record]:
+def shown_booster(booster: sa.ColumnElement[int], viewer_id: int, now: datetime) -> sa.ColumnElement[bool]:
+    """SQL: a boost by ``booster`` belongs in the viewer's home timeline: theirs, or by someone they follow, whom
+    no block separates from them and whom they do not mute now."""
+    followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
+    blocked = sa.exists().where(
+        sa.or_(
+            sa.and_(blocks.c.blocker_id == viewer_id, blocks.c.blocked_id == booster),
+            sa.and_(blocks.c.blocker_id == booster, blocks.c.blocked_id == viewer_id),
+        )
+    )
+    muted = sa.exists().where(
+        mutes.c.muter_id == viewer_id,
+        mutes.c.muted_id == booster,
+        sa.or_(mutes.c.expires_at.is_(None), mutes.c.expires_at > now),
+    )
+    return sa.and_(sa.or_(booster.in_(followees), booster == viewer_id), ~blocked, ~muted)
+
+
+async def home(session: AsyncSession, viewer_id: int, page: Page, *, once: bool = True) -> list[Record]:
     """The viewer's own posts, what the people they follow may show them, and direct posts that mention them; but
     the posts that they or someone they follow boosted, which the home timeline shows where the boost is
-    (``feed.storage.boosts.of_followees``): each post once."""
+    (``feed.storage.boosts.of_followees``): each post once. (A boost by someone the viewer mutes or is blocked
+    from is not shown, so it does not take the post's place.) ``once=False``: those posts too (for a feed, which
+    keeps every entry and leaves the choice to its reader)."""
     followees = sa.select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
     mentioned = sa.exists().where(mentions.c.post_id == posts.c.id, mentions.c.user_id == viewer_id)
     boosted = sa.exists().where(
         boosts.c.post_id == posts.c.id,
-        sa.or_(boosts.c.user_id.in_(followees), boosts.c.user_id == viewer_id),
+        shown_booster(boosts.c.user_id, viewer_id, datetime.now(UTC)),
         posts.c.author_id != viewer_id,
     )
     query = sa.select(*REF_COLUMNS).where(
@@ -89,8 +110,9 @@ async def home(session: AsyncSession, viewer_id: int, page: Page) -> list[Record
             sa.and_(posts.c.visibility == "direct", mentioned),
         ),
         unblocked(viewer_id),
-        ~boosted,
     )
+    if once:
+        query = query.where(~boosted)
     return await paged(session, query, page)
 
 

@@ -144,7 +144,11 @@ async def unread_count(request: Request) -> Response:
     user = await _user(request, "read:notifications")
     raw = request.query_params.get("limit")
     cap = parse_count(raw, "limit", 1000) if raw else notifications.UNREAD_CAP
-    return JSONResponse({"count": await notifications.unread_count(services(request), user, cap=cap)})
+    types, exclude = _kinds(request, "types"), _kinds(request, "exclude_types")
+    if _asked_types(request) and not types:
+        return JSONResponse({"count": 0})  # only kinds this server never makes
+    count = await notifications.unread_count(services(request), user, cap=cap, types=types, exclude=exclude)
+    return JSONResponse({"count": count})
 
 
 @operation(
@@ -155,7 +159,7 @@ async def grouped(request: Request) -> Response:
     user = await _user(request, "read:notifications")
     page = _page(request)
     grouped_raw = request.query_params.getlist("grouped_types[]") or request.query_params.getlist("grouped_types")
-    grouped_types = notifications.parse_kinds(grouped_raw, "grouped_types") if grouped_raw else None
+    grouped_types = _kinds(request, "grouped_types") if grouped_raw else None
     groups, people, next_max, prev_min = await notifications.grouped(
         services(request),
         user,

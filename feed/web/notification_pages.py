@@ -24,9 +24,9 @@ async def page(request: Request) -> Response:
     bounds = Page(limit=PAGE_SIZE, max_id=parse_id(raw, "max_id") if raw else None)
     read = await markers.read(svc, user, ["notifications"])
     last_read = read[0].last_read_id if read else 0
-    groups, people, next_max, _ = await notifications.grouped(svc, user, bounds)
-    if groups and bounds.max_id is None:
-        await notifications.mark_read(svc, user, groups[0].newest.id)
+    groups, people, next_max, newest = await notifications.grouped(svc, user, bounds)
+    if newest and bounds.max_id is None:  # read up to the newest on the page, shown or not (a muted person's)
+        await notifications.mark_read(svc, user, newest)
         request.state.unread = 0
     more = f"/notifications?{urlencode({'max_id': next_max})}" if next_max else None
     context = {"groups": groups, "people": people, "last_read": last_read, "more_url": more}

@@ -100,8 +100,14 @@ def _page(request: Request) -> Page:
 
 
 async def _accounts(
-    request: Request, people: list[User], page: Page, next_max: int | None, prev_min: int | None
+    request: Request,
+    people: list[User],
+    page: Page,
+    next_max: int | None,
+    prev_min: int | None,
+    extra: list[dict[str, Any]] | None = None,
 ) -> Response:
+    """Accounts, with the Link header of their list; ``extra``: fields to add to each (in the same order)."""
     profiles = await accounts.profiles(services(request), people)
     base = str(request.url.replace(query=""))
     links = []
@@ -110,7 +116,10 @@ async def _accounts(
     if people and prev_min:
         links.append(f'<{base}?{urlencode({"limit": page.limit, "min_id": prev_min})}>; rel="prev"')
     headers = {"Link": ", ".join(links)} if links else {}
-    return JSONResponse([mastodon.account(request, profiles[p.id]) for p in people], headers=headers)
+    found = [mastodon.account(request, profiles[p.id]) for p in people]
+    for entity, more in zip(found, extra or [], strict=False):
+        entity.update(more)
+    return JSONResponse(found, headers=headers)
 
 
 @operation("Blocked accounts", array(ref("Account")), scope="read:blocks", query=PAGING)
@@ -126,7 +135,8 @@ async def muted(request: Request) -> Response:
     user = await _user(request, "read:mutes")
     page = _page(request)
     found, next_max, prev_min = await relations.muted_list(services(request), user, page)
-    return await _accounts(request, [h.user for h in found], page, next_max, prev_min)
+    until = [{"mute_expires_at": mastodon.iso(h.expires_at) if h.expires_at else None} for h in found]
+    return await _accounts(request, [h.user for h in found], page, next_max, prev_min, until)
 
 
 @operation("Pending follow requests", array(ref("Account")), scope="read:follows", query=PAGING)

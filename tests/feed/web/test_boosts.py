@@ -149,3 +149,35 @@ async def test_boosts_in_the_pages(make_redis_browser: Any) -> None:
     assert fragment.status_code == 200 and 'aria-pressed="false"' in fragment.text and "<html" not in fragment.text
     assert "a post to pass on" not in (await bob.get("/")).text
     assert (await carol.post(f"/posts/{secret}/boost")).status_code == 422
+
+
+async def test_a_muted_boosters_boost_does_not_take_the_posts_place(api: Any) -> None:
+    alice, bob, carol, dave = [await api(n) for n in ("alice", "bob", "carol", "dave")]
+    for other in (bob, carol, dave):
+        await follow(alice, (await me(other))["id"])
+    post = await post_status(bob, "bob says")
+    await dave.post(f"/api/v1/statuses/{post['id']}/reblog")
+    await carol.post(f"/api/v1/statuses/{post['id']}/reblog")
+    assert entries(await home(alice)) == [(post["id"], "carol")]
+    await alice.post(f"/api/v1/accounts/{(await me(carol))['id']}/mute")
+    assert entries(await home(alice)) == [(post["id"], "dave")]  # the boost she still sees
+    await alice.post(f"/api/v1/accounts/{(await me(dave))['id']}/block")
+    assert entries(await home(alice)) == [(post["id"], None)]  # the post itself: she follows bob
+    response = await alice.get("/api/v1/timelines/home", params={"limit": 1})
+    assert entries(response.json()) == [(post["id"], None)]
+    assert entries((await alice.get(links(response)["next"])).json()) == [] if "next" in links(response) else True
+
+
+async def test_a_muted_boosters_boost_in_the_redis_feed(make_redis_browser: Any) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    carol = await make_redis_browser("carol")
+    await alice.post("/@bob/follow")
+    await alice.post("/@carol/follow")
+    post = await bob.compose("bob says, in redis")
+    await carol.post(f"/posts/{post}/boost")
+    page = (await alice.get("/")).text
+    assert page.count(f'id="post-{post}"') == 1 and '<p class="boosted-by">' in page
+    await alice.post("/@carol/mute")
+    page = (await alice.get("/")).text
+    assert page.count(f'id="post-{post}"') == 1 and '<p class="boosted-by">' not in page

@@ -246,3 +246,29 @@ async def test_notification_settings(make_browser: Any) -> None:
     await carol.post("/@alice/follow")
     page = (await alice.get("/notifications")).text
     assert lines_of(page) == ["bob mentioned you"]
+
+
+async def test_unread_counts_follow_deletions_edits_and_mutes(api: Any) -> None:
+    alice, bob, _carol = await api("alice"), await api("bob"), await api("carol")
+    bob_id = (await me(bob))["id"]
+    post = await post_status(alice, "like this")
+    await bob.post(f"/api/v1/statuses/{post['id']}/favourite")
+    assert await unread(alice) == 1
+    await alice.delete(f"/api/v1/statuses/{post['id']}")  # its notifications go with it
+    assert await unread(alice) == 0
+    letter = await post_status(bob, "@alice a note for you", visibility="direct")
+    assert await unread(alice) == 1
+    edited = await bob.put(f"/api/v1/statuses/{letter['id']}", json={"status": "@carol a note for carol instead"})
+    assert edited.status_code == 200, edited.text
+    assert await unread(alice) == 0 and await get_json(alice, "/api/v1/notifications") == []
+    other = await post_status(alice, "another")
+    await bob.post(f"/api/v1/statuses/{other['id']}/favourite")
+    await follow(bob, (await me(alice))["id"])
+    assert await unread(alice) == 2
+    only_likes = await get_json(alice, "/api/v1/notifications/unread_count", **{"types[]": ["favourite"]})
+    assert only_likes["count"] == 1
+    await alice.post(f"/api/v1/accounts/{bob_id}/mute", json={"duration": 3600})
+    assert await unread(alice) == 0  # muted, with his notifications: not counted, as not listed
+    listed = await get_json(alice, "/api/v1/mutes")
+    assert listed[0]["username"] == "bob" and listed[0]["mute_expires_at"] is not None
+    check_error(await alice.get("/api/v2/notifications", params={"grouped_types[]": "nonsense"}), 400)
