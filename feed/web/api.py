@@ -26,7 +26,7 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 40
 
 
-def _query_id(request: Request, name: str) -> int | None:
+def query_id(request: Request, name: str) -> int | None:
     """A cursor from the query; 0 is allowed (``since_id=0``: from the very beginning)."""
     raw = request.query_params.get(name)
     if not raw:
@@ -39,14 +39,19 @@ def _query_id(request: Request, name: str) -> int | None:
         raise BadRequest(exc.message) from None
 
 
-def _page(request: Request) -> Page:
+def page_of(request: Request, default: int = DEFAULT_LIMIT, most: int = MAX_LIMIT) -> Page:
+    """The paging parameters of a list (``limit`` up to ``most``, ``default`` without one)."""
     raw = request.query_params.get("limit")
     return Page(
-        limit=parse_count(raw, "limit", MAX_LIMIT) if raw else DEFAULT_LIMIT,
-        max_id=_query_id(request, "max_id"),
-        since_id=_query_id(request, "since_id"),
-        min_id=_query_id(request, "min_id"),
+        limit=parse_count(raw, "limit", most) if raw else default,
+        max_id=query_id(request, "max_id"),
+        since_id=query_id(request, "since_id"),
+        min_id=query_id(request, "min_id"),
     )
+
+
+def _page(request: Request) -> Page:
+    return page_of(request)
 
 
 def truthy(value: Any) -> bool:

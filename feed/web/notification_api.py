@@ -16,8 +16,9 @@ from feed.services import accounts, notifications, oauth
 from feed.services.models import Page, PostView, User
 from feed.services.notifications import Group, Notification
 from feed.web import mastodon
+from feed.web.api import page_of, query_id
 from feed.web.auth import api_user, services
-from feed.web.forms import BadRequest, parse_count, parse_id, path_id
+from feed.web.forms import BadRequest, parse_count, path_id
 from feed.web.openapi import ID, INTEGER, STRING, array, operation, ref
 
 DEFAULT_LIMIT = 40
@@ -31,24 +32,8 @@ PAGING: dict[str, Any] = {
 }
 
 
-def _cursor(request: Request, name: str) -> int | None:
-    raw = request.query_params.get(name)
-    if not raw:
-        return None
-    try:
-        return parse_id(raw, name)
-    except Invalid as exc:
-        raise BadRequest(exc.message) from None
-
-
 def _page(request: Request) -> Page:
-    raw = request.query_params.get("limit")
-    return Page(
-        limit=parse_count(raw, "limit", MAX_LIMIT) if raw else DEFAULT_LIMIT,
-        max_id=_cursor(request, "max_id"),
-        since_id=_cursor(request, "since_id"),
-        min_id=_cursor(request, "min_id"),
-    )
+    return page_of(request, DEFAULT_LIMIT, MAX_LIMIT)
 
 
 def _kinds(request: Request, name: str) -> list[str]:
@@ -108,7 +93,7 @@ async def listing(request: Request) -> Response:
         page,
         types=_kinds(request, "types"),
         exclude=_kinds(request, "exclude_types"),
-        account_id=_cursor(request, "account_id"),
+        account_id=query_id(request, "account_id"),
         asked_types=_asked_types(request),
     )
     headers = _links(request, page, next_max, prev_min, bool(found))

@@ -17,9 +17,9 @@ from feed.errors import Invalid
 from feed.services import accounts, follows, relations
 from feed.services.models import Page, User
 from feed.web import mastodon
-from feed.web.api import truthy
+from feed.web.api import page_of, truthy
 from feed.web.auth import api_user, services
-from feed.web.forms import BadRequest, parse_count, parse_id, path_id, read_body
+from feed.web.forms import path_id, read_body
 from feed.web.openapi import BOOLEAN, ID, INTEGER, array, operation, ref
 
 DEFAULT_LIMIT = 40
@@ -80,23 +80,7 @@ async def unmute(request: Request) -> Response:
 
 
 def _page(request: Request) -> Page:
-    raw = request.query_params.get("limit")
-
-    def cursor(name: str) -> int | None:
-        value = request.query_params.get(name)
-        if not value:
-            return None
-        try:
-            return parse_id(value, name)
-        except Invalid as exc:
-            raise BadRequest(exc.message) from None
-
-    return Page(
-        limit=parse_count(raw, "limit", MAX_LIMIT) if raw else DEFAULT_LIMIT,
-        max_id=cursor("max_id"),
-        since_id=cursor("since_id"),
-        min_id=cursor("min_id"),
-    )
+    return page_of(request, DEFAULT_LIMIT, MAX_LIMIT)
 
 
 async def _accounts(
