@@ -247,7 +247,7 @@ async def session_user(svc: Services, token: str) -> User | None:
     if record is None or record.expires_at <= now():
         return None
     found = await lookup.user(svc, record.user_id)
-    return User.from_row(found) if found and not erasure.is_erased(found) else None
+    return User.of(found) if found and not erasure.is_erased(found) else None
 
 
 async def logout(svc: Services, token: str) -> None:

@@ -271,8 +271,9 @@ async def first_page(svc: Services, user_id: int) -> list[Any]:
             refs += await store.recent_of(session, popular, user_id, FIRST_PAGE)
             refs += await boost_store.recent_by(session, popular, user_id, FIRST_PAGE)
     # A post and its boosts all stay here: which one shows depends on whom the reader sees when they read
-    # (``timelines.home``, then :func:`once_each`).
-    return sorted(refs, key=lookup.position, reverse=True)[:FIRST_PAGE]
+    # (``timelines.home``, then :func:`once_each`). An entry both in the feed and among the popular is kept once.
+    entries = {lookup.position(ref): ref for ref in refs}
+    return sorted(entries.values(), key=lookup.position, reverse=True)[:FIRST_PAGE]
 
 
 def once_each(refs: Sequence[Any]) -> list[Any]:

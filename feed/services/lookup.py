@@ -6,6 +6,7 @@ after their commit (see ``feed.cache`` for the guarantees).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -256,10 +257,16 @@ def timeline_request(space: Space, key: Key, load: Callable[[], Awaitable[Sequen
     return Request(space, [key], loader)
 
 
-def refs_of(found: Cacheable | None) -> list[Ref]:
+def refs_of(found: Cacheable | None, limit: int | None = None) -> list[Ref]:
+    """The refs of a cached timeline page (its first ``limit``)."""
     if not isinstance(found, RefList):
         return []
-    return [Ref(ref[0], ref[1], ref[2], ref[3] or None, *ref[4:6]) for ref in found.refs]
+    return [Ref(ref[0], ref[1], ref[2], ref[3] or None, *ref[4:6]) for ref in found.refs[:limit]]
+
+
+def has_boosts(found: Cacheable | None) -> bool:
+    """Whether a cached timeline page holds a boost."""
+    return isinstance(found, RefList) and any(len(ref) > 4 for ref in found.refs)
 
 
 async def timeline_refs(
@@ -322,9 +329,9 @@ def muted_request(svc: Services, user_id: int) -> Request:
 
 
 def muted_of(found: Cacheable | None) -> frozenset[int]:
-    if not isinstance(found, IdList):
+    if not isinstance(found, IdList) or not found.ids:
         return frozenset()
-    now = datetime.now(UTC).timestamp()
+    now = time.time()
     pairs = zip(found.ids[::2], found.ids[1::2], strict=True)
     return frozenset(uid for uid, until in pairs if not until or until > now)
 
@@ -340,19 +347,22 @@ async def marks_among(
 ) -> Marks:
     """Which of ``post_ids`` the user marked, from what :func:`marks_requests` found: their cached newest marks, and
     the database only for posts older than all of those when they marked more than :data:`MARKS_KEPT` posts."""
+    shown = set(post_ids)
+    lowest = min(shown, default=0)
     sets = []
     older_of: list[tuple[MarkKind, list[int]]] = []
     *marked, blocked, muted = found
     for kind, results in zip(MARK_KINDS, marked, strict=True):
         newest = results.get(user_id)
-        known = newest if isinstance(newest, IdSet) else IdSet(frozenset())
-        sets.append({i for i in post_ids if i in known.ids})
-        older_of.append((kind, [i for i in post_ids if i < known.floor]))
-    if any(older for _, older in older_of):
+        if not isinstance(newest, IdSet):
+            newest = IdSet(frozenset())
+        sets.append(shown.intersection(newest.ids))
+        if lowest < newest.floor:
+            older_of.append((kind, [i for i in post_ids if i < newest.floor]))
+    if older_of:
         async with svc.db() as session:
-            for (kind, older), out in zip(older_of, sets, strict=True):
-                if older:
-                    out |= await kind.among(session, user_id, older)
+            for kind, older in older_of:
+                sets[MARK_KINDS.index(kind)] |= await kind.among(session, user_id, older)
     liked, bookmarked, boosted = sets
     return Marks(liked, bookmarked, boosted, blocked=ids_of(blocked.get(user_id)), muted=muted_of(muted.get(user_id)))
 

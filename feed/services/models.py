@@ -10,6 +10,7 @@ from typing import Any
 from markupsafe import Markup
 
 from feed.cache import FRAMES, Space
+from feed.records import UserRecord
 from feed.services.text import render_html
 from feed.storage.posts import Page
 
@@ -41,6 +42,20 @@ class User:
             key_version=row.key_version,
             locked=bool(getattr(row, "locked", False)),
         )
+
+    @classmethod
+    def of(cls, record: UserRecord) -> User:
+        """:meth:`from_row` for a cached record, made once per process for equal records: a page shows the same
+        few people again and again."""
+        user = _users_of_records.get(record)
+        if user is None:
+            if len(_users_of_records) >= 10_000:
+                _users_of_records.clear()
+            user = _users_of_records[record] = cls.from_row(record)
+        return user
+
+
+_users_of_records: dict[UserRecord, User] = {}
 
 
 @dataclass(frozen=True, slots=True)

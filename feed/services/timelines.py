@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -21,7 +21,7 @@ from typing import Any
 from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, seal_beside
 from feed.cache import FRAMES, HOME, TIMELINES
 from feed.errors import Forbidden, NotFound
-from feed.records import PostRecord, SealedFrame, UserRecord, WrappedKey
+from feed.records import Cacheable, PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import fanout, lookup
 from feed.services.context import Services
 from feed.services.models import Content, FrameStyle, Marks, Mention, Page, PostView, TimelinePage, User
@@ -100,14 +100,14 @@ async def views(
         key = keys.get((record.author_id, record.key_version))
         author = authors.get(record.author_id)
         if author is None and (found := users.get(record.author_id)) is not None:
-            author = authors[record.author_id] = User.from_row(found)
+            author = authors[record.author_id] = User.of(found)
         if key is None or author is None:
             continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
         view = _view(record, key, author, parent)
         marks.put_on(view)
         if (boost := boosts.get(record.id)) is not None and (booster := users.get(boost.booster_id)) is not None:
-            view.boost_id, view.booster = boost.boost_id, User.from_row(booster)
+            view.boost_id, view.booster = boost.boost_id, User.of(booster)
         if style is None:
             opened = _opens(view, record)
         else:
@@ -340,11 +340,11 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         found_refs, *found_marks = await svc.cache.get_multi(
             [lookup.timeline_request(HOME, viewer.id, load), *lookup.marks_requests(svc, viewer.id)]
         )
-        refs: Sequence[Any] = await _boosts_still_followed(svc, viewer, lookup.refs_of(found_refs.get(viewer.id)))
-        # A boost by someone the viewer does not see does not take its post's place (the post may show itself).
-        if unseen := lookup.unseen_in(viewer.id, found_marks):
-            refs = [r for r in refs if not r.boost_id or r.booster_id not in unseen]
-        refs = fanout.once_each(refs)[: page.limit]
+        cached = found_refs.get(viewer.id)
+        if lookup.has_boosts(cached):
+            refs: Sequence[Any] = (await _boosts_seen(svc, viewer, lookup.refs_of(cached), found_marks))[: page.limit]
+        else:
+            refs = lookup.refs_of(cached, page.limit)
         marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
         found = await views(svc, refs, viewer, marks, recheck=True, style=style, hide_muted=True)
         return _page(found, refs, page)
@@ -354,12 +354,17 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
     return _page(await views(svc, refs, viewer, marks, style=style, hide_muted=True), refs, page)
 
 
-async def _boosts_still_followed(svc: Services, viewer: User, refs: Sequence[Any]) -> Sequence[Any]:
-    """A cached page's boosts by people the viewer has stopped following since, left out."""
-    if not any(ref.boost_id and ref.booster_id != viewer.id for ref in refs):
-        return refs
-    following = await lookup.following(svc, viewer.id)
-    return [r for r in refs if not r.boost_id or r.booster_id == viewer.id or r.booster_id in following]
+async def _boosts_seen(
+    svc: Services, viewer: User, refs: Sequence[Any], found_marks: Sequence[Mapping[Any, Cacheable]]
+) -> list[Any]:
+    """A cached first page's entries as the viewer may read them now, each post once: boosts by people they have
+    stopped following since, block or mute, left out (a post whose boost is left out may still show itself)."""
+    if any(ref.boost_id and ref.booster_id != viewer.id for ref in refs):
+        following = await lookup.following(svc, viewer.id)
+        refs = [r for r in refs if not r.boost_id or r.booster_id == viewer.id or r.booster_id in following]
+    if unseen := lookup.unseen_in(viewer.id, found_marks):
+        refs = [r for r in refs if not r.boost_id or r.booster_id not in unseen]
+    return fanout.once_each(refs)
 
 
 async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | None = None) -> TimelinePage:

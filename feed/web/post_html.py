@@ -14,22 +14,25 @@ Nothing here keeps HTML beyond the request: the only copy that outlives it is th
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from feed.services.models import FrameStyle, PostView, User
 from feed.web.times import reltime
 
 SLOT = "\x00"  # no post text, name or count can hold it: normalisation refuses control characters
 SLOTS = 4  # the article's extra class, the relative time, the reply count, the actions
-_ID, _COUNT, _BOOSTS = "\x01id\x01", "\x01count\x01", "\x01boosts\x01"
+_ID, _COUNT, _BOOSTS, _CSRF, _HERE = "\x01id\x01", "\x01count\x01", "\x01boosts\x01", "\x01csrf\x01", "\x01here\x01"
 # Constant placeholders handed to the templates as markup, so that autoescaping leaves them for us to find.
-_SLOT_MARK, _ID_MARK, _COUNT_MARK, _BOOSTS_MARK = Markup(SLOT), Markup(_ID), Markup(_COUNT), Markup(_BOOSTS)  # noqa: S704
+_SLOT_MARK, _COUNT_MARK = Markup(SLOT), Markup(_COUNT)  # noqa: S704
+_ACTION_FIELDS = (_ID, _COUNT, _BOOSTS, _CSRF, _HERE)  # the values a post's controls are filled with, in order
+_ACTION_FIELD = re.compile("\x01(id|count|boosts|csrf|here)\x01")
 BOOSTABLE = ("public", "unlisted")
 
 
@@ -62,38 +65,38 @@ class PostHtml:
         self._env = env
         self._macros: Any = env.get_template("_partials/posts.html").module
         self._viewer = viewer
-        self._csrf = csrf
-        self._here = here
+        self._csrf = str(escape(csrf))  # both go into attributes of the actions' forms
+        self._here = str(escape(here))
         self._now = datetime.now(UTC)
-        self._variants: dict[tuple[bool, ...], str] = {}
         self._boosters: dict[int, str] = {}
         self._replies: str | None = None
 
     def __call__(self, post: PostView, is_focus: bool = False) -> Markup:
-        pieces = post.frame or split_frame(render_frame(self._env, post))
-        assert pieces is not None, "the frame template must have exactly four slots"
         # Pieces of our templates' output, and values we format (a time, counts): all markup already.
-        return Markup(  # noqa: S704
-            "".join(
-                (
-                    self._boosted_by(post),
-                    pieces[0],
-                    " thread-focus" if is_focus else "",
-                    pieces[1],
-                    reltime(post.created_at, self._now),
-                    pieces[2],
-                    self._reply_count(post.replies_count),
-                    pieces[3],
-                    self._actions(post),
-                    pieces[4],
-                )
-            )
-        )
+        return Markup(self._html(post, is_focus))  # noqa: S704
 
     def items(self, posts: Sequence[PostView]) -> Markup:
         """Each post as a list item: one call for a whole page (a Jinja loop calling per post costs more than
         drawing the post does)."""
-        return Markup("".join([f"<li>{self(post)}</li>\n" for post in posts]))  # noqa: S704 - our markup only
+        return Markup("".join([f"<li>{self._html(post)}</li>\n" for post in posts]))  # noqa: S704 - our markup only
+
+    def _html(self, post: PostView, is_focus: bool = False) -> str:
+        pieces = post.frame or split_frame(render_frame(self._env, post))
+        assert pieces is not None, "the frame template must have exactly four slots"
+        return "".join(
+            (
+                self._boosted_by(post),
+                pieces[0],
+                " thread-focus" if is_focus else "",
+                pieces[1],
+                reltime(post.created_at, self._now),
+                pieces[2],
+                self._reply_count(post.replies_count),
+                pieces[3],
+                self._actions(post),
+                pieces[4],
+            )
+        )
 
     def _boosted_by(self, post: PostView) -> str:
         """ "bob boosted", above a post that is in a home timeline through a boost."""
@@ -113,24 +116,37 @@ class PostHtml:
 
     def _actions(self, post: PostView) -> str:
         own = self._viewer is not None and self._viewer.id == post.author.id
-        boostable = post.visibility in BOOSTABLE
-        which = (post.liked, post.bookmarked, own, post.reblogged, boostable)
-        variant = self._variants.get(which)
-        if variant is None:
-            variant = self._variants[which] = str(
-                self._macros.post_actions(
-                    _ID_MARK,
-                    _COUNT_MARK,
-                    post.liked,
-                    post.bookmarked,
-                    own,
-                    self._viewer,
-                    self._csrf,
-                    self._here,
-                    _BOOSTS_MARK,
-                    post.reblogged,
-                    boostable,
-                )
-            )
-        out = variant.replace(_ID, str(post.id)).replace(_COUNT, str(post.likes_count))
-        return out.replace(_BOOSTS, str(post.reblogs_count)) if boostable else out
+        which = (
+            post.liked,
+            post.bookmarked,
+            own,
+            post.reblogged,
+            post.visibility in BOOSTABLE,
+            self._viewer is not None,
+        )
+        literals, fields = actions_parts(self._env, which)
+        values = (str(post.id), str(post.likes_count), str(post.reblogs_count), self._csrf, self._here)
+        out = [literals[0]]
+        for field, literal in zip(fields, literals[1:], strict=True):
+            out.append(values[field])
+            out.append(literal)
+        return "".join(out)
+
+
+@lru_cache(maxsize=256)
+def actions_parts(
+    env: jinja2.Environment, which: tuple[bool, bool, bool, bool, bool, bool]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One variant of a post's controls (liked or not, bookmarked or not, own or not, boosted or not, boostable or
+    not, for someone logged in or not), drawn once per process with placeholders for the post's id, its like
+    count, its boost count, the CSRF token and the way back: its literal pieces, and which of those values goes
+    between each two (an index into that list). There are at most 64 variants; nothing in one is per reader."""
+    liked, bookmarked, own, reblogged, boostable, logged_in = which
+    marks = [Markup(field) for field in _ACTION_FIELDS]  # noqa: S704 - constant placeholders
+    html = str(
+        env.get_template("_partials/posts.html").module.post_actions(  # type: ignore[attr-defined]
+            marks[0], marks[1], liked, bookmarked, own, logged_in, marks[3], marks[4], marks[2], reblogged, boostable
+        )
+    )
+    pieces = re.split(_ACTION_FIELD, html)
+    return tuple(pieces[0::2]), tuple(_ACTION_FIELDS.index(f"\x01{name}\x01") for name in pieces[1::2])
