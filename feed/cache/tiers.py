@@ -10,8 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from feed.cache.l1 import _L1, _Entry
 from feed.cache.spaces import PREFIX, Key, Space, generation_key, lock_key, redis_key
@@ -26,9 +25,8 @@ Loader = Callable[[list[Any]], Awaitable[Mapping[Any, Cacheable]]]
 REFILL_LOCK_SECONDS = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One space's part of a :meth:`Cache.get_multi` call."""
+class Request(NamedTuple):
+    """One space's part of a :meth:`Cache.get_multi` call (a tuple: a page makes a dozen)."""
 
     space: Space
     keys: Sequence[Key]

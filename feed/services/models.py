@@ -72,7 +72,7 @@ class Profile:
     viewer_mutes: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Marks:
     """Which posts (by id) one viewer marked, of those a page shows, and whom they keep out of sight."""
 

@@ -235,9 +235,19 @@ def _frame_stamp(style: FrameStyle, view: PostView) -> int:
 
 
 def _frame_context(record: PostRecord, style: FrameStyle) -> FieldContext:
-    """A page frame is a "frame"; another kind is named by its space (a frame of one kind never opens as another)."""
+    """A page frame is a "frame"; another kind is named by its space (a frame of one kind never opens as another).
+    Made once per process for each post revision a page shows (a context holds ids only)."""
     field = "frame" if style.space is FRAMES else f"frame:{style.space.name}"
-    return FieldContext(field, record.id, record.author_id, record.revision)
+    names = (field, record.id, record.author_id, record.revision)
+    context = _frame_contexts.get(names)
+    if context is None:
+        if len(_frame_contexts) >= 10_000:
+            _frame_contexts.clear()
+        context = _frame_contexts[names] = FieldContext(*names)
+    return context
+
+
+_frame_contexts: dict[tuple[str, int, int, int], FieldContext] = {}
 
 
 def _open_frame(style: FrameStyle, key: UserKey, record: PostRecord, sealed: Sealed) -> tuple[str, ...] | None:
