@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +74,9 @@ class UserRecord:
     key_version: int
     created_at: datetime
     locked: bool = False  # new followers need approval
+    # The services' view of this record (``feed.services.models.User.of``), made when first asked for: it lives and
+    # goes with the record (a cache entry), never beside it.
+    user: Any = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def size(self) -> int:

@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, open_field, seal_fields
+from feed.cache import Request
 from feed.errors import Conflict, Invalid, NotFound, Unauthorized
 from feed.ids import new_id
-from feed.records import AccountCounts
+from feed.records import AccountCounts, Cacheable, UserRecord
 from feed.services import effects, erasure, lookup, throttle
 from feed.services import email_index as emails
 from feed.services.context import Services, now
@@ -241,13 +242,27 @@ async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Se
 
 
 async def session_user(svc: Services, token: str) -> User | None:
+    return (await session_user_with(svc, token))[0]
+
+
+async def session_user_with(
+    svc: Services, token: str, also: Callable[[int], Request] | None = None
+) -> tuple[User | None, Cacheable | None]:
+    """The user of a session, and what the cache holds for ``also(their id)`` (a page's other per-person value),
+    read in the same cache round trip as the user."""
     if not token or len(token) > 100:
-        return None
+        return None, None
     record = await lookup.session(svc, token_hash(svc, token))
     if record is None or record.expires_at <= now():
-        return None
-    found = await lookup.user(svc, record.user_id)
-    return User.of(found) if found and not erasure.is_erased(found) else None
+        return None, None
+    requests = [lookup.users_request(svc, [record.user_id])]
+    if also is not None:
+        requests.append(also(record.user_id))
+    found_user, *found_also = await svc.cache.get_multi(requests)
+    found = found_user.get(record.user_id)
+    if not isinstance(found, UserRecord) or erasure.is_erased(found):
+        return None, None
+    return User.of(found), found_also[0].get(record.user_id) if found_also else None
 
 
 async def logout(svc: Services, token: str) -> None:

@@ -45,17 +45,13 @@ class User:
 
     @classmethod
     def of(cls, record: UserRecord) -> User:
-        """:meth:`from_row` for a cached record, made once per process for equal records: a page shows the same
-        few people again and again."""
-        user = _users_of_records.get(record)
+        """:meth:`from_row` for a cached record, made once per record (a page shows the same few people again and
+        again); it goes when the record does."""
+        user = record.user
         if user is None:
-            if len(_users_of_records) >= 10_000:
-                _users_of_records.clear()
-            user = _users_of_records[record] = cls.from_row(record)
-        return user
-
-
-_users_of_records: dict[UserRecord, User] = {}
+            user = cls.from_row(record)
+            object.__setattr__(record, "user", user)  # the record is frozen for everything else
+        return user  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from feed.cache import UNREAD
+from feed.cache import UNREAD, Request
 from feed.errors import Invalid, NotFound
 from feed.events import Effects, merge
 from feed.ids import new_id
-from feed.records import Tally
+from feed.records import Cacheable, Tally
 from feed.services import effects, lookup, markers
 from feed.services.context import Services, now
 from feed.services.models import Page, PostView, User
@@ -249,14 +249,24 @@ async def unread_count(
     only, or but ``exclude``), those the list leaves out not counted. Cached; ``fresh``: read from the database (a
     live event can arrive before the invalidation that goes with it)."""
 
-    async def load(missing: list[int]) -> dict[int, Tally]:
-        async with svc.db() as session:
-            return {user.id: Tally(await _count(session, user.id, UNREAD_CAP))}
-
     if fresh or cap != UNREAD_CAP or types or exclude:
         async with svc.db() as session:
             return await _count(session, user.id, cap, types=types, exclude=exclude)
-    found = await svc.cache.get(UNREAD, user.id, load)
+    request = unread_request(svc, user.id)
+    return unread_of(await svc.cache.get(UNREAD, user.id, request.load))
+
+
+def unread_request(svc: Services, user_id: int) -> Request:
+    """The user's cached unread count (read it with :func:`unread_of`), for a page's cache round trip."""
+
+    async def load(missing: list[int]) -> dict[int, Tally]:
+        async with svc.db() as session:
+            return {user_id: Tally(await _count(session, user_id, UNREAD_CAP))}
+
+    return Request(UNREAD, [user_id], load)
+
+
+def unread_of(found: Cacheable | None) -> int:
     return found.value if isinstance(found, Tally) else 0
 
 

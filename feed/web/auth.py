@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -43,10 +44,15 @@ async def viewer(request: Request) -> User | None:
     """The logged-in user of this request, looked up once."""
     if "viewer" not in request.state._state:
         token = session_token(request)
-        request.state.viewer = await accounts.session_user(services(request), token) if token else None
-        if request.state.viewer is not None and request.method == "GET" and "hx-request" not in request.headers:
-            # A whole page: its navigation shows how many notifications wait (cached per person).
-            request.state.unread = await notifications.unread_count(services(request), request.state.viewer)
+        if not token:
+            request.state.viewer = None
+        elif request.method == "GET" and "hx-request" not in request.headers:
+            # A whole page: its navigation shows how many notifications wait (cached per person, read with the user).
+            svc = services(request)
+            found, unread = await accounts.session_user_with(svc, token, partial(notifications.unread_request, svc))
+            request.state.viewer, request.state.unread = found, notifications.unread_of(unread)
+        else:
+            request.state.viewer = await accounts.session_user(services(request), token)
     user: User | None = request.state.viewer
     return user
 
