@@ -38,6 +38,7 @@ class RequestMetrics:
         self.app = app
         self.registry = registry
         self._bound: tuple[Registry, Any, Any] | None = None
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # closed sets: methods, routes, statuses
 
     def _families(self, registry: Registry) -> tuple[Any, Any]:
         if self._bound is None or self._bound[0] is not registry:
@@ -50,7 +51,16 @@ class RequestMetrics:
                 "cipherfeed_http_requests_total", "HTTP requests answered.", ("method", "route", "status")
             )
             self._bound = (registry, duration, requests)
+            self._children.clear()
         return self._bound[1], self._bound[2]
+
+    def _series(self, registry: Registry, labels: tuple[str, str, str]) -> tuple[Any, Any]:
+        """The duration and count series of one (method, route, status): ``.labels()`` is too dear per request."""
+        duration, requests = self._families(registry)
+        found = self._children.get(labels)
+        if found is None:
+            found = self._children[labels] = (duration.labels(*labels), requests.labels(*labels))
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         registry = self.registry or getattr(getattr(scope.get("app"), "state", None), "metrics", None)
@@ -71,10 +81,9 @@ class RequestMetrics:
         finally:
             elapsed = time.perf_counter() - start
             method = scope["method"] if scope["method"] in METHODS else "other"
-            duration, requests = self._families(registry)
-            labels = (method, _route_template(scope), status)
-            duration.labels(*labels).observe(elapsed)
-            requests.labels(*labels).inc()
+            duration, requests = self._series(registry, (method, _route_template(scope), status))
+            duration.observe(elapsed)
+            requests.inc()
 
 
 def outbox_gauges(registry: Registry) -> tuple[Any, Any]:
