@@ -1,0 +1,1 @@
+"""Media attachments: sealed files in a store (``feed.media.store``)."""

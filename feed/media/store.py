@@ -1,0 +1,111 @@
+"""Where sealed media files live: one interface over the data directory (or any shared volume) and S3-compatible
+object storage, both through obstore.
+
+The store holds sealed streams only (:mod:`crypto.stream`): names are ids, contents are ciphertext. Nothing here
+opens or sees an image. A file is written whole and atomically (a reader never sees half of one), read by byte
+ranges, and listed by prefix for the cleanup jobs.
+
+Configuration (``feed.settings``): ``CIPHERFEED_MEDIA_STORE`` is ``file:///a/directory`` (the default: ``media``
+under the data directory) or ``s3://bucket/optional/prefix``, with ``CIPHERFEED_S3_ENDPOINT`` (for a server other
+than AWS), ``CIPHERFEED_S3_REGION``, ``CIPHERFEED_S3_ACCESS_KEY_ID`` and ``CIPHERFEED_S3_SECRET_ACCESS_KEY``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+from obstore.exceptions import NotFoundError
+from obstore.store import LocalStore, S3Store
+
+from feed.settings import ConfigError, Secret
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where media goes: ``url`` (``file:///dir`` or ``s3://bucket/prefix``) and, for S3, how to reach it."""
+
+    url: str
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: Secret | None = None
+
+    def __repr__(self) -> str:  # the URL names a bucket or a directory: no secret, but keep the repr short
+        return f"StoreConfig({self.url!r})"
+
+
+class MediaStore:
+    """Sealed media files by name (``a-z0-9/._-`` only: the names are ours)."""
+
+    def __init__(self, store: Any, describe: str) -> None:
+        self._store = store
+        self.describe = describe  # for logs and errors: the kind and place, never a credential
+
+    @classmethod
+    def open(cls, config: StoreConfig) -> MediaStore:
+        parts = urlsplit(config.url)
+        if parts.scheme == "file":
+            directory = Path(parts.path)
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return cls(LocalStore(directory), f"directory {directory}")
+        if parts.scheme == "s3":
+            if not parts.netloc:
+                raise ConfigError("CIPHERFEED_MEDIA_STORE must name a bucket: s3://bucket[/prefix]")
+            options: dict[str, Any] = {}
+            if config.endpoint:
+                options["endpoint"] = config.endpoint
+            if config.region:
+                options["region"] = config.region
+            if config.access_key_id:
+                options["access_key_id"] = config.access_key_id
+            if config.secret_access_key:
+                options["secret_access_key"] = config.secret_access_key.reveal()
+            http = bool(config.endpoint and config.endpoint.startswith("http://"))
+            store = S3Store(
+                parts.netloc,
+                prefix=parts.path.strip("/") or None,
+                config=options,  # type: ignore[arg-type]
+                client_options={"allow_http": http},
+            )
+            return cls(store, f"S3 bucket {parts.netloc}")
+        raise ConfigError("CIPHERFEED_MEDIA_STORE must be a file:// or s3:// URL")
+
+    async def put(self, name: str, pieces: bytes | Iterable[bytes]) -> None:
+        """Write ``name`` whole (replacing any file of that name); readers see the old file or the new one."""
+        await obstore.put_async(self._store, name, pieces)
+
+    async def size(self, name: str) -> int | None:
+        """The size of ``name`` in bytes, or None if there is no such file."""
+        try:
+            meta = await obstore.head_async(self._store, name)
+        except (FileNotFoundError, NotFoundError):
+            return None
+        return int(meta["size"])
+
+    async def read(self, name: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` (inclusive) to ``end`` (exclusive) of ``name``; FileNotFoundError if it is gone."""
+        if end <= start:
+            return b""
+        try:
+            found = await obstore.get_range_async(self._store, name, start=start, end=end)
+        except NotFoundError as exc:
+            raise FileNotFoundError(name) from exc
+        return bytes(found)
+
+    async def delete(self, name: str) -> None:
+        """Remove ``name``; no error if it is not there."""
+        try:
+            await obstore.delete_async(self._store, name)
+        except (FileNotFoundError, NotFoundError):
+            pass
+
+    async def names(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every file name under ``prefix``, in batches as the store lists them."""
+        async for batch in obstore.list(self._store, prefix or None, chunk_size=1000):
+            for meta in batch:
+                yield str(meta["path"])
