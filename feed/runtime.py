@@ -32,6 +32,7 @@ from feed.bus import Bus, Invalidation, LocalBus, RedisBus
 from feed.cache import Cache
 from feed.home_feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
+from feed.media.store import MediaStore
 from feed.metrics import Registry
 from feed.queue import ArqQueue, JobMetrics, LocalQueue
 from feed.redis_link import RedisLink, make_client
@@ -171,6 +172,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
             relay=relay,
             crash_after_commit=settings.crash_after_commit,
             job_pause=settings.job_pause,
+            media=MediaStore.open(settings.media_store),
+            media_max_bytes=settings.media_max_bytes,
         )
         _wire(metrics, cache, bus, keys, link)
         await bus.start()

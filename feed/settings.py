@@ -13,6 +13,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from feed.media.config import StoreConfig
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable, never a secret value."""
@@ -80,6 +82,18 @@ class Settings:
     crash_after_commit: bool = False
     # A fault point for tests: each queued job waits this many seconds before it starts (a window to kill it in).
     job_pause: int = 0
+    # Where media files go (``feed.media.store``): file:///dir or s3://bucket/prefix; "" is media/ in the data dir.
+    media_store_url: str = ""
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: Secret | None = field(default=None)
+    media_max_bytes: int = 16 * 1024 * 1024  # the largest image file one may upload
+
+    @property
+    def media_store(self) -> StoreConfig:
+        url = self.media_store_url or f"file://{self.data_dir / 'media'}"
+        return StoreConfig(url, self.s3_endpoint, self.s3_region, self.s3_access_key_id, self.s3_secret_access_key)
 
     @property
     def is_sqlite(self) -> bool:
@@ -194,4 +208,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         streams_per_user=_int(env, "CIPHERFEED_STREAMS_PER_USER", 8),
         crash_after_commit=env.get("CIPHERFEED_TEST_CRASH_AFTER_COMMIT") == "1",
         job_pause=_int(env, "CIPHERFEED_TEST_JOB_PAUSE", 0, minimum=0),
+        media_store_url=_media_store_url(env.get("CIPHERFEED_MEDIA_STORE") or ""),
+        s3_endpoint=env.get("CIPHERFEED_S3_ENDPOINT") or None,
+        s3_region=env.get("CIPHERFEED_S3_REGION") or None,
+        s3_access_key_id=env.get("CIPHERFEED_S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=Secret(v) if (v := env.get("CIPHERFEED_S3_SECRET_ACCESS_KEY")) else None,
+        media_max_bytes=_int(env, "CIPHERFEED_MEDIA_MAX_BYTES", 16 * 1024 * 1024, minimum=1024),
     )
+
+
+def _media_store_url(raw: str) -> str:
+    if raw and not raw.startswith(("file:///", "s3://")):
+        raise ConfigError("CIPHERFEED_MEDIA_STORE must be a file:/// or s3:// URL")
+    return raw

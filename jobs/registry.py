@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from feed.queue import JobFunction
-from feed.services import cleanup, fanout, rotation
+from feed.services import cleanup, fanout, media, rotation
 from feed.services.jobs import Maintenance, run_maintenance
 from jobs.runner import Tries
 
@@ -46,6 +46,11 @@ async def rotate_user_key(ctx: dict[str, Any], user_id: int, from_version: int) 
     await run_maintenance(ctx["services"], rotation.user_rotation(user_id, from_version))
 
 
+async def process_media(ctx: dict[str, Any], media_id: int) -> None:
+    """An upload made into its variants (safe to run again)."""
+    await media.process(ctx["services"], media_id)
+
+
 QUEUED: dict[str, JobFunction] = {
     "fan_out": fan_out,
     "unfan": unfan,
@@ -55,6 +60,7 @@ QUEUED: dict[str, JobFunction] = {
     "unmerge_follow": unmerge_follow,
     "rebuild_feed": rebuild_feed,
     "rotate_user_key": rotate_user_key,
+    "process_media": process_media,
 }
 attempt = Tries(QUEUED)  # one try of a queued job, with the retry policy (jobs.runner)
 

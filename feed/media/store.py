@@ -13,7 +13,6 @@ than AWS), ``CIPHERFEED_S3_REGION``, ``CIPHERFEED_S3_ACCESS_KEY_ID`` and ``CIPHE
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,21 +21,8 @@ import obstore
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, S3Store
 
-from feed.settings import ConfigError, Secret
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    """Where media goes: ``url`` (``file:///dir`` or ``s3://bucket/prefix``) and, for S3, how to reach it."""
-
-    url: str
-    endpoint: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: Secret | None = None
-
-    def __repr__(self) -> str:  # the URL names a bucket or a directory: no secret, but keep the repr short
-        return f"StoreConfig({self.url!r})"
+from feed.media.config import StoreConfig
+from feed.settings import ConfigError
 
 
 class MediaStore:

@@ -88,6 +88,8 @@ class Services:
     relay: Any = None  # the outbox relay to wake after a commit (feed.relay.Relay); None: other processes relay
     crash_after_commit: bool = False  # a fault point for tests (CIPHERFEED_TEST_CRASH_AFTER_COMMIT)
     job_pause: int = 0  # a fault point for tests: seconds each queued job waits first (CIPHERFEED_TEST_JOB_PAUSE)
+    media: Any = None  # the media store (feed.media.store.MediaStore); None: media cannot be stored here
+    media_max_bytes: int = 16 * 1024 * 1024
     # Registered apps by id, as statuses name them (``oauth.applications``): an app never changes, so kept here.
     apps: LRUCache[int, Any] = field(default_factory=lambda: LRUCache(maxsize=4096))
 

@@ -154,6 +154,33 @@ boosts = sa.Table(
     sa.UniqueConstraint("user_id", "post_id"),
 )
 
+# Media attachments: one row per upload, its files sealed streams in the media store (``feed.media.store``, named
+# ``<id>/<variant>``). ``post_id`` is set when a post takes it (no foreign key: the cleanup job finds the media of
+# deleted posts); ``description`` (alt text) and ``blurhash`` are sealed fields of object ``id`` at ``revision``.
+media = sa.Table(
+    "media",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("user_id", BigId, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("post_id", BigId, nullable=True, index=True),
+    sa.Column("position", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("state", sa.String(12), nullable=False),  # processing, ready or failed
+    sa.Column("kind", sa.String(8), nullable=False, server_default="image"),  # image or gifv (animated)
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("description", sa.LargeBinary, nullable=True),
+    sa.Column("blurhash", sa.LargeBinary, nullable=True),
+    sa.Column("source_type", sa.String(16), nullable=True),
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("variants", sa.String(200), nullable=True),  # JSON: {"small": [width, height], ...}
+    sa.Column("focus_x", sa.Float, nullable=False, server_default="0"),
+    sa.Column("focus_y", sa.Float, nullable=False, server_default="0"),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("processed_at", UTCDateTime, nullable=True),
+)
+
 # Follows waiting for a locked account's approval; ``id`` orders them by when they were asked.
 follow_requests = sa.Table(
     "follow_requests",

@@ -16,7 +16,8 @@ import pytest
 
 from crypto import FieldContext, UserKey
 from crypto.stream import open_bytes, seal_stream
-from feed.media.store import MediaStore, StoreConfig
+from feed.media.config import StoreConfig
+from feed.media.store import MediaStore
 from feed.settings import ConfigError, Secret
 from tests.feed.processes import free_port
 

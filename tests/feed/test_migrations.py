@@ -30,7 +30,7 @@ async def test_migrated_schema_matches_the_table_definitions(app: Any) -> None:
 
 async def test_upgrade_is_idempotent_and_at_head(app: Any) -> None:
     await db.upgrade(app.state.engine)  # a second run changes nothing and does not fail
-    assert await db.current_revision(app.state.engine) == "0012"
+    assert await db.current_revision(app.state.engine) == "0013"
 
 
 @pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite's table rebuilds are the danger; once, in the SQLite pass")

@@ -1,0 +1,178 @@
+"""Media attachments: an upload is sealed in the request and stored as it came; a job (``process_media``) makes it
+into clean variants, sealed, and then deletes the upload.
+
+Files in the store are sealed streams (:mod:`crypto.stream`) named ``<media id>/<variant>``: ``original`` (the
+upload, until its job is done) and each of ``feed.media.images.VARIANTS``. Each is sealed for the context
+(``media:<variant>``, media id, owner, 0) under a data key of its own, wrapped by the owner's user key at the
+row's ``key_version``: erasing the owner (their keys destroyed) makes every file unreadable at once.
+
+The upload is kept only until its variants exist: what is served, and what stays, is pixels alone (no metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
+from crypto.stream import open_bytes, seal_stream
+from feed.errors import Forbidden, Invalid, NotFound
+from feed.events import Effects, Job
+from feed.ids import new_id
+from feed.media import images
+from feed.services import effects
+from feed.services.context import Services, now
+from feed.services.models import User
+from feed.services.text import normalize_text
+from feed.storage import media as store
+from feed.storage import users as user_store
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "original"
+VARIANTS = tuple(images.VARIANTS)
+MAX_DESCRIPTION = 1500  # characters of alt text, as Mastodon allows
+
+
+def file_name(media_id: int, variant: str) -> str:
+    return f"{media_id}/{variant}"
+
+
+def file_context(media_id: int, owner_id: int, variant: str) -> FieldContext:
+    return FieldContext(f"media:{variant}", media_id, owner_id, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """An attachment as its owner and its readers see it."""
+
+    id: int
+    user_id: int
+    post_id: int | None
+    state: str  # processing, ready or failed
+    kind: str  # image or gifv
+    width: int | None
+    height: int | None
+    variants: dict[str, tuple[int, int]]
+    description: str | None
+    blurhash: str | None
+    focus: tuple[float, float]
+
+    def __repr__(self) -> str:  # the alt text and the blurhash say what the picture shows: never in a log
+        return f"Media(id={self.id}, state={self.state})"
+
+
+def _description(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = normalize_text(raw, field="description", label="The description", max_chars=MAX_DESCRIPTION,
+                          allow_empty=True)  # fmt: skip
+    return text or None
+
+
+async def upload(svc: Services, user: User, data: bytes, *, description: str | None = None) -> Media:
+    """Take an image file: checked for size and format from its header, sealed, stored, its job queued."""
+    if not data:
+        raise Invalid("The file is empty", "file")
+    if len(data) > svc.media_max_bytes:
+        raise Invalid(f"An image may be at most {svc.media_max_bytes // (1024 * 1024)} MB", "file")
+    if images.sniff(data) is None:
+        raise Invalid("Only JPEG, PNG, WebP, GIF and AVIF images can be attached", "file")
+    text = _description(description)
+    media_id = new_id()
+    async with svc.db() as session:
+        version = await user_store.current_key_version(session, user.id)
+        if not version:
+            raise Forbidden("This account no longer exists")
+        key = await svc.keys.get(session, user.id, version)
+    # The file before its row: a row always has its file; a file whose row never came is an orphan (cleanup).
+    await svc.media.put(
+        file_name(media_id, ORIGINAL), seal_stream(key, file_context(media_id, user.id, ORIGINAL), [data])
+    )
+    sealed = _seal(key, media_id, user.id, {"description": text} if text else {})
+    caused = Effects(jobs=(Job("process_media", (media_id,)),))
+    async with svc.db.begin() as session:
+        await store.insert(
+            session, id=media_id, user_id=user.id, state="processing", key_version=version,
+            description=sealed.get("description"), size_bytes=len(data), created_at=now(),
+        )  # fmt: skip
+        await effects.record(session, caused)
+    await effects.committed(svc, caused)
+    return Media(media_id, user.id, None, "processing", "image", None, None, {}, text, None, (0.0, 0.0))
+
+
+def _seal(key: UserKey, media_id: int, owner_id: int, fields: dict[str, str]) -> dict[str, bytes]:
+    sealed = seal_fields(key, fields, object_id=media_id, owner_id=owner_id, revision=0)
+    return {name: blob.data for name, blob in sealed.items()}
+
+
+async def process(svc: Services, media_id: int) -> None:
+    """The ``process_media`` job: the upload's variants, sealed and stored, then the upload deleted. Safe to run
+    again: a row no longer waiting is left alone, and files are written whole under fixed names."""
+    async with svc.db() as session:
+        row = await store.get(session, media_id)
+        if row is None or row.state != "processing":
+            return
+        try:
+            key = await svc.keys.get(session, row.user_id, row.key_version)
+        except NotFound:  # the owner was erased meanwhile: nothing can be made of it
+            return
+    original = file_name(media_id, ORIGINAL)
+    size = await svc.media.size(original)
+    try:
+        if size is None:
+            raise InvalidToken
+        data = open_bytes(key, file_context(media_id, row.user_id, ORIGINAL), await svc.media.read(original, 0, size))
+        done = await anyio.to_thread.run_sync(images.process, data)
+    except (images.BadImage, InvalidToken):
+        async with svc.db.begin() as session:
+            await store.mark_failed(session, media_id, now())
+        await svc.media.delete(original)
+        log.info("media %s could not be made into an image", media_id)
+        return
+    del data
+    for name, variant in done.variants.items():
+        sealed = seal_stream(key, file_context(media_id, row.user_id, name), [variant.data])
+        await svc.media.put(file_name(media_id, name), sealed)
+    async with svc.db.begin() as session:
+        await store.mark_ready(
+            session,
+            media_id,
+            kind="gifv" if done.animated else "image",
+            source_type=done.source_type,
+            width=done.width,
+            height=done.height,
+            variants=json.dumps({name: [v.width, v.height] for name, v in done.variants.items()}),
+            blurhash=_seal(key, media_id, row.user_id, {"blurhash": done.blurhash})["blurhash"],
+            when=now(),
+        )
+    await svc.media.delete(original)
+
+
+async def get(svc: Services, media_id: int, user: User) -> Media:
+    """One of the user's own uploads (NotFound for anyone else's)."""
+    async with svc.db() as session:
+        row = await store.get(session, media_id)
+        if row is None or row.user_id != user.id:
+            raise NotFound()
+        key = await svc.keys.get(session, row.user_id, row.key_version)
+    return _view(row, key)
+
+
+def _view(row: object, key: UserKey) -> Media:
+    r: Any = row
+
+    def opened(field: str, revision: int) -> str | None:
+        blob = getattr(r, field)
+        if blob is None:
+            return None
+        return open_field(key, bytes(blob), FieldContext(field, r.id, r.user_id, revision))
+
+    sizes = {name: (int(w), int(h)) for name, (w, h) in json.loads(r.variants).items()} if r.variants else {}
+    description, blurhash = opened("description", r.revision), opened("blurhash", 0)
+    focus = (float(r.focus_x), float(r.focus_y))
+    return Media(r.id, r.user_id, r.post_id, r.state, r.kind, r.width, r.height, sizes, description, blurhash, focus)
