@@ -55,6 +55,9 @@ from feed.web import (
     startup,
     streaming,
 )
+from feed.web import (
+    media as media_files,
+)
 from feed.web.auth import session_state
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
@@ -265,6 +268,7 @@ def routes() -> list[BaseRoute]:
         Route("/oauth/token", oauth.token, methods=["POST"]),
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
         Route("/.well-known/oauth-authorization-server", oauth.server_metadata),
+        Route("/media/{media_id}/{variant}", media_files.serve, methods=["GET", "HEAD"]),
         Route("/events", live.events),
         Route("/session", session_state),
         Route("/healthz", healthz),

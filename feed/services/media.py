@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
-from crypto.stream import open_bytes, seal_stream
+from crypto.stream import ENVELOPE_SIZE, StreamOpener, open_bytes, open_envelope, seal_stream
 from feed.errors import Forbidden, Invalid, NotFound
 from feed.events import Effects, Job
 from feed.ids import new_id
 from feed.media import images
-from feed.services import effects
+from feed.services import effects, timelines
 from feed.services.context import Services, now
 from feed.services.models import User
 from feed.services.text import normalize_text
@@ -176,3 +177,64 @@ def _view(row: object, key: UserKey) -> Media:
     description, blurhash = opened("description", r.revision), opened("blurhash", 0)
     focus = (float(r.focus_x), float(r.focus_y))
     return Media(r.id, r.user_id, r.post_id, r.state, r.kind, r.width, r.height, sizes, description, blurhash, focus)
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """A variant of an attachment, opened for one reader: its plaintext size is proven (its last chunk opened), and
+    :meth:`read` opens the chunks a byte range spans, one at a time."""
+
+    svc: Services
+    name: str
+    size: int
+    public: bool  # of a public or unlisted post: a shared cache may hold it (briefly, see feed.web.media)
+    _opener: StreamOpener
+    _chunks: int
+
+    def __repr__(self) -> str:
+        return f"OpenFile({self.name}, {self.size} bytes)"
+
+    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """The plaintext bytes ``start`` (inclusive) to ``end`` (exclusive), chunk by chunk."""
+        step = self._opener.chunk_size
+        for index in range(start // step, (end - 1) // step + 1 if end > start else 0):
+            offset, length = self._opener.span(index, self._chunks, self.size)
+            sealed = await self.svc.media.read(self.name, offset, offset + length)
+            plain = self._opener.open_chunk(index, sealed, index == self._chunks - 1)
+            yield plain[max(0, start - index * step) : end - index * step]
+
+
+async def open_variant(svc: Services, media_id: int, variant: str, viewer: User | None) -> OpenFile:
+    """A variant for ``viewer``: NotFound unless the media is ready and they may see it (its owner, before it is
+    attached; once attached, whoever may read its post). InvalidToken if its file does not open (tampered, cut
+    short, or its owner erased)."""
+    if variant not in VARIANTS:
+        raise NotFound()
+    async with svc.db() as session:
+        row = await store.get(session, media_id)
+    if row is None or row.state != "ready":
+        raise NotFound()
+    public = False
+    if row.post_id is None:
+        if viewer is None or viewer.id != row.user_id:
+            raise NotFound()
+    else:
+        post = await timelines.readable(svc, row.post_id, viewer)
+        if post is None:
+            raise NotFound()
+        public = post.visibility in ("public", "unlisted")
+    async with svc.db() as session:
+        key = (await svc.keys.get_many(session, [(row.user_id, row.key_version)])).get((row.user_id, row.key_version))
+    if key is None:  # the owner was erased: their media is unreadable
+        raise NotFound()
+    name = file_name(media_id, variant)
+    stored_size = await svc.media.size(name)
+    if stored_size is None or stored_size < ENVELOPE_SIZE:
+        raise NotFound()
+    opener = open_envelope(
+        key, file_context(media_id, row.user_id, variant), await svc.media.read(name, 0, ENVELOPE_SIZE)
+    )
+    size, chunks = opener.layout(stored_size)
+    offset, length = opener.span(chunks - 1, chunks, size)
+    opener.open_chunk(chunks - 1, await svc.media.read(name, offset, offset + length), True)  # proves the size
+    return OpenFile(svc, name, size, public, opener, chunks)

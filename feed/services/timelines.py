@@ -61,6 +61,20 @@ async def _visible(svc: Services, post: PostRecord | None, viewer: User | None) 
     return can_see(post, viewer, await lookup.following(svc, viewer.id))
 
 
+async def readable(svc: Services, post_id: int, viewer: User | None) -> PostRecord | None:
+    """The post, if ``viewer`` may read it (its visibility, and no block between them either way); else None."""
+    record = await lookup.post(svc, post_id)
+    if record is None or not await _visible(svc, record, viewer):
+        return None
+    if (
+        viewer is not None
+        and record.author_id != viewer.id
+        and record.author_id in await lookup.blocked(svc, viewer.id)
+    ):
+        return None
+    return record
+
+
 async def views(
     svc: Services,
     refs: Sequence[Any],

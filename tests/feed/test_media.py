@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from typing import Any
 
 import pytest
@@ -82,3 +83,108 @@ async def test_what_is_no_image_is_refused_at_once_and_a_broken_one_fails_in_its
     failed = await settled(svc, broken.id, alice)
     assert failed.state == "failed" and failed.variants == {}
     assert await stored(svc, file_name(broken.id, ORIGINAL)) is None
+
+
+async def attach(app: Any, media_id: int, post_id: int) -> None:
+    """What a post that takes the media does to its row (the composer and the API come with the next part)."""
+    async with app.state.engine.begin() as conn:
+        await conn.execute(media_table.update().where(media_table.c.id == media_id).values(post_id=post_id))
+
+
+async def ready_photo(app: Any, owner: Any) -> tuple[media.Media, dict[str, bytes]]:
+    svc = app.state.services
+    user = await accounts.find_user(svc, owner.username)
+    noise = Image.frombytes("RGB", (1200, 800), os.urandom(1200 * 800 * 3))  # large files: several chunks
+    out = io.BytesIO()
+    noise.save(out, "JPEG", quality=90)
+    done = await settled(svc, (await media.upload(svc, user, out.getvalue())).id, user)
+    full = {}
+    for name in VARIANTS:
+        response = await owner.http.get(f"/media/{done.id}/{name}")
+        assert response.status_code == 200, response.text
+        full[name] = response.content
+    return done, full
+
+
+async def test_a_variant_is_served_whole_or_by_ranges_with_our_headers(app: Any, make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    done, _ = await ready_photo(app, alice)
+    url = f"/media/{done.id}/large"
+    whole = await alice.http.get(url)
+    assert whole.headers["content-type"] == "image/webp" and whole.headers["x-content-type-options"] == "nosniff"
+    assert whole.headers["content-disposition"] == f'inline; filename="{done.id}-large.webp"'
+    assert whole.headers["cache-control"] == "private, max-age=3600" and whole.headers["accept-ranges"] == "bytes"
+    assert int(whole.headers["content-length"]) == len(whole.content) > 64 * 1024  # several chunks
+    assert_clean(whole.content)
+    size = len(whole.content)
+    for header, (start, end) in {
+        "bytes=0-99": (0, 100),
+        "bytes=65530-65545": (65530, 65546),  # across a chunk boundary
+        f"bytes={size - 10}-": (size - 10, size),
+        "bytes=-25": (size - 25, size),
+        f"bytes=100-{size + 500}": (100, size),
+    }.items():
+        part = await alice.http.get(url, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.content == whole.content[start:end], header
+        assert part.headers["content-range"] == f"bytes {start}-{end - 1}/{size}"
+    for ignored in ("bytes=0-1,5-9", "items=0-9", "bytes=-"):
+        assert (await alice.http.get(url, headers={"Range": ignored})).content == whole.content
+    past = await alice.http.get(url, headers={"Range": f"bytes={size}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{size}"
+    head = await alice.http.head(url)
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(size)
+    again = await alice.http.get(url, headers={"If-None-Match": whole.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    for wrong in (
+        f"/media/{done.id}/original",
+        f"/media/{done.id}/huge",
+        f"/media/{done.id + 1}/large",
+        "/media/x/large",
+    ):
+        assert (await alice.http.get(wrong)).status_code == 404, wrong
+
+
+async def test_media_is_served_to_whoever_may_read_its_post_only(app: Any, make_browser: Any) -> None:
+    alice, bob = await make_browser("alice"), await make_browser("bob")
+    nobody = await make_browser()
+    done, full = await ready_photo(app, alice)
+    ranges = ({}, {"Range": "bytes=0-9"}, {"Range": "bytes=-5"})
+
+    async def statuses(who: Any) -> set[int]:
+        return {(await who.http.get(f"/media/{done.id}/{name}", headers=h)).status_code for name in VARIANTS
+                for h in ranges}  # fmt: skip
+
+    assert await statuses(bob) == await statuses(nobody) == {404}  # not attached: its owner's only
+    private = await alice.compose("for my followers", visibility="followers")
+    await attach(app, done.id, private)
+    assert await statuses(bob) == await statuses(nobody) == {404}
+    assert (await bob.post("/@alice/follow")).status_code == 303
+    assert await statuses(bob) == {200, 206}
+    shown = await bob.http.get(f"/media/{done.id}/medium")
+    assert shown.content == full["medium"] and shown.headers["cache-control"] == "private, max-age=3600"
+    assert (await alice.post("/@bob/block")).status_code == 303  # a block ends the follow, and more
+    assert await statuses(bob) == {404}
+    public = await alice.compose("for everyone")
+    await attach(app, done.id, public)
+    seen = await nobody.http.get(f"/media/{done.id}/small")
+    assert seen.status_code == 200 and seen.headers["cache-control"] == "public, max-age=3600, s-maxage=60"
+    assert await statuses(bob) == {404}  # blocked: not even a public post's picture
+
+
+async def test_a_tampered_or_cut_file_is_not_served(app: Any, make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    done, _ = await ready_photo(app, alice)
+    svc = app.state.services
+    name = file_name(done.id, "small")
+    raw = await stored(svc, name)
+    assert raw is not None
+    changed = bytearray(raw)
+    changed[-20] ^= 0x01
+    await svc.media.put(name, bytes(changed))
+    assert (await alice.http.get(f"/media/{done.id}/small")).status_code == 404
+    big = file_name(done.id, "large")
+    raw = await stored(svc, big)
+    assert raw is not None and len(raw) > 2 * (64 * 1024 + 16)
+    await svc.media.put(big, raw[: 72 + 64 * 1024 + 16])  # cut after its first chunk: the first chunk is no last one
+    assert (await alice.http.get(f"/media/{done.id}/large")).status_code == 404
