@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 CLEAN, FINDINGS, UNCHECKED = 0, 1, 2
-PLACES = ("database", "redis", "l1", "logs", "config")
+PLACES = ("database", "redis", "l1", "media", "logs", "config")
 
 
 @dataclass(frozen=True, slots=True)

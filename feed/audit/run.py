@@ -8,6 +8,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from obstore.exceptions import BaseError as ObstoreError
 from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,8 +18,10 @@ from feed.audit.database import scan_database, scan_files
 from feed.audit.detect import Needle, needles
 from feed.audit.l1 import scan_l1
 from feed.audit.logs import scan_logs
+from feed.audit.media_scan import scan_media
 from feed.audit.redis_scan import scan_redis
 from feed.audit.report import PLACES, Progress, Report
+from feed.media.store import MediaStore
 from feed.redis_link import make_client
 from feed.settings import Settings
 
@@ -35,6 +38,8 @@ async def audit(
         await _redis(settings, found, report, progress)
     if "l1" in wanted:
         await _l1(settings, found, report)
+    if "media" in wanted:
+        await _media(settings, found, report, progress)
     if "logs" in wanted and log_files:
         scan_logs(log_files, found, report, progress)
     if "config" in wanted:
@@ -68,6 +73,13 @@ async def _redis(settings: Settings, found: Sequence[Needle], report: Report, pr
         report.unchecked["redis"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     finally:
         await client.aclose()
+
+
+async def _media(settings: Settings, found: Sequence[Needle], report: Report, progress: Progress) -> None:
+    try:
+        await scan_media(MediaStore.open(settings.media_store), found, report, progress)
+    except (OSError, ObstoreError) as exc:
+        report.unchecked["media"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
 async def _l1(settings: Settings, found: Sequence[Needle], report: Report) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import obstore
+from anyio import to_thread
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, S3Store
 
@@ -61,14 +62,18 @@ class MediaStore:
             return cls(store, f"S3 bucket {parts.netloc}")
         raise ConfigError("CIPHERFEED_MEDIA_STORE must be a file:// or s3:// URL")
 
+    # obstore's own async functions can abort the process at exit (a runtime thread outliving the interpreter, seen
+    # about one exit in six here); its blocking ones, each run in a worker thread, do not.
+
     async def put(self, name: str, pieces: bytes | Iterable[bytes]) -> None:
-        """Write ``name`` whole (replacing any file of that name); readers see the old file or the new one."""
-        await obstore.put_async(self._store, name, pieces)
+        """Write ``name`` whole (replacing any file of that name); readers see the old file or the new one.
+        ``pieces`` are consumed in a worker thread (sealing a stream as it is written costs no event-loop time)."""
+        await to_thread.run_sync(lambda: obstore.put(self._store, name, pieces))
 
     async def size(self, name: str) -> int | None:
         """The size of ``name`` in bytes, or None if there is no such file."""
         try:
-            meta = await obstore.head_async(self._store, name)
+            meta = await to_thread.run_sync(obstore.head, self._store, name)
         except (FileNotFoundError, NotFoundError):
             return None
         return int(meta["size"])
@@ -78,7 +83,7 @@ class MediaStore:
         if end <= start:
             return b""
         try:
-            found = await obstore.get_range_async(self._store, name, start=start, end=end)
+            found = await to_thread.run_sync(lambda: obstore.get_range(self._store, name, start=start, end=end))
         except NotFoundError as exc:
             raise FileNotFoundError(name) from exc
         return bytes(found)
@@ -86,12 +91,13 @@ class MediaStore:
     async def delete(self, name: str) -> None:
         """Remove ``name``; no error if it is not there."""
         try:
-            await obstore.delete_async(self._store, name)
+            await to_thread.run_sync(obstore.delete, self._store, name)
         except (FileNotFoundError, NotFoundError):
             pass
 
     async def names(self, prefix: str = "") -> AsyncIterator[str]:
         """Every file name under ``prefix``, in batches as the store lists them."""
-        async for batch in obstore.list(self._store, prefix or None, chunk_size=1000):
+        batches = obstore.list(self._store, prefix or None, chunk_size=1000)
+        while batch := await to_thread.run_sync(next, batches, None):
             for meta in batch:
                 yield str(meta["path"])

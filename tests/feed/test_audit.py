@@ -17,15 +17,18 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from crypto import RootKeyRing
 from feed.audit.report import Progress
 from feed.cache import USERS, redis_key
 from feed.records import UserRecord
+from feed.services import accounts, media
 from tests.conftest import BACKEND, REDIS_URL, forget_cached
 from tests.feed.processes import Cluster, process_env
 from tests.feed.sse import open_stream
 from tests.feed.test_cli import cipherfeed, cipherfeed_process
+from tests.feed.test_media import settled
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +44,7 @@ async def run_audit(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any
     return done.returncode, json.loads(done.stdout)
 
 
-async def use(make_browser: Any, canary: str) -> None:
+async def use(app: Any, make_browser: Any, canary: str) -> None:
     """A little of everything a deployment holds, the canary in every text."""
     alice = await make_browser("alice", email=f"{canary}@example.org")
     bob = await make_browser("bob")
@@ -64,6 +67,18 @@ async def use(make_browser: Any, canary: str) -> None:
     for reader in (alice, bob):
         for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}", "/notifications", "/bookmarks"):
             assert (await reader.get(url)).status_code == 200
+    svc = app.state.services
+    owner = await accounts.find_user(svc, "alice")
+    photo = await media.upload(svc, owner, jpeg_with_canary(canary), description=f"{canary} alt text")
+    await settled(svc, photo.id, owner)
+
+
+def jpeg_with_canary(canary: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = canary  # the camera's make
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(out, "JPEG", exif=exif)
+    return out.getvalue()
 
 
 def where_found(report: dict[str, Any]) -> str:
@@ -72,18 +87,38 @@ def where_found(report: dict[str, Any]) -> str:
 
 async def test_a_used_deployment_audits_clean(app: Any, make_browser: Any, env: dict[str, str]) -> None:
     canary = f"canary-{secrets.token_hex(6)}-Zürich"
-    await use(make_browser, canary)
+    await use(app, make_browser, canary)
     code, report = await run_audit(env, "--canary", canary)
     assert code == 0, where_found(report)
     assert report["verdict"] == "clean" and report["findings"] == []
     assert report["scanned"]["database"]["items"] > 10 and report["scanned"]["database"]["bytes"] > 1000
     if REDIS_URL != "none":
         assert report["scanned"]["redis"]["items"] > 5
+    assert report["scanned"]["media"]["items"] >= 3  # the picture's variants, sealed
+
+
+async def test_pictures_or_text_in_clear_in_the_media_store_are_found(app: Any, env: dict[str, str]) -> None:
+    canary = f"canary-{secrets.token_hex(6)}"
+    store = app.state.services.media
+    planted = {"1/small": jpeg_with_canary(canary), "2/medium": f"{canary} as it is".encode(), "notes.txt": b"x" * 80}
+    for name, data in planted.items():
+        await store.put(name, data)
+    try:
+        code, report = await run_audit(env, "--canary", canary, "--only", "media")
+        found = {(f["where"].split(" ")[0], f["what"]) for f in report["findings"]}
+        assert code == 1
+        assert {("1/small", "not sealed"), ("1/small", "image data in clear"), ("1/small", "canary")} <= found
+        assert {("2/medium", "not sealed"), ("2/medium", "canary"), ("notes.txt", "unexpected file")} <= found
+    finally:
+        for name in planted:
+            await store.delete(name)
+    code, report = await run_audit(env, "--canary", canary, "--only", "media")
+    assert code == 0, where_found(report)
 
 
 async def test_plaintext_planted_in_the_database_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
     canary = f"canary-{secrets.token_hex(6)}-Köln"
-    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    await use(app, make_browser, f"other-{secrets.token_hex(4)}")
     engine = app.state.engine
     plants = {
         "job_runs.error": (sa.text("UPDATE job_runs SET error = :v"), canary),
@@ -143,7 +178,7 @@ async def _undo(engine: Any, place: str) -> None:
 @pytest.mark.skipif(REDIS_URL == "none", reason="needs Redis")
 async def test_plaintext_planted_in_redis_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
     canary = f"canary-{secrets.token_hex(6)}-Genève"
-    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    await use(app, make_browser, f"other-{secrets.token_hex(4)}")
     client = app.state.cache.link.client
     plants = [
         ("string", lambda: client.set("planted:s", canary.encode("utf-16-be"))),
@@ -175,7 +210,7 @@ async def test_plaintext_planted_in_redis_is_found(app: Any, make_browser: Any, 
 @pytest.mark.skipif(REDIS_URL == "none", reason="needs Redis")
 async def test_plaintext_in_a_running_process_l1_is_found(app: Any, make_browser: Any, env: dict[str, str]) -> None:
     canary = f"canary-{secrets.token_hex(6)}-Wien"
-    await use(make_browser, f"other-{secrets.token_hex(4)}")
+    await use(app, make_browser, f"other-{secrets.token_hex(4)}")
     code, report = await run_audit(env, "--canary", canary, "--only", "l1")
     assert code == 0, where_found(report)
     assert report["scanned"]["l1"]["items"] > 0 and "answered" in report["scanned"]["l1"]["note"], report
