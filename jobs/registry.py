@@ -67,7 +67,7 @@ attempt = Tries(QUEUED)  # one try of a queued job, with the retry policy (jobs.
 # -- maintenance jobs, by hand (``cipherfeed jobs run NAME``) and, where a schedule is given, by cron
 
 MAINTENANCE: dict[str, Maintenance] = {
-    job.name: job for job in (*fanout.JOBS, *rotation.JOBS, *rotation.SCHEDULED, *cleanup.JOBS)
+    job.name: job for job in (*fanout.JOBS, *rotation.JOBS, *rotation.SCHEDULED, *cleanup.JOBS, *media.JOBS)
 }
 
 

@@ -13,6 +13,8 @@ than AWS), ``CIPHERFEED_S3_REGION``, ``CIPHERFEED_S3_ACCESS_KEY_ID`` and ``CIPHE
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,9 +97,21 @@ class MediaStore:
         except (FileNotFoundError, NotFoundError):
             pass
 
-    async def names(self, prefix: str = "") -> AsyncIterator[str]:
-        """Every file name under ``prefix``, in batches as the store lists them."""
+    async def files(self, prefix: str = "") -> AsyncIterator[StoredFile]:
+        """Every file under ``prefix``, in batches as the store lists them."""
         batches = obstore.list(self._store, prefix or None, chunk_size=1000)
         while batch := await to_thread.run_sync(next, batches, None):
             for meta in batch:
-                yield str(meta["path"])
+                yield StoredFile(str(meta["path"]), int(meta["size"]), meta["last_modified"])
+
+    async def names(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every file name under ``prefix``."""
+        async for found in self.files(prefix):
+            yield found.name
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    name: str
+    size: int
+    modified: datetime

@@ -26,11 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.cache import API_TOKENS, COUNTS, FOLLOWING, FRAME_SPACES, HOME, POSTS, SESSIONS, TIMELINES, USERS, Space
 from feed.home_feeds import FeedsUnavailable
-from feed.services import lookup
+from feed.services import lookup, media
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
 from feed.storage import cleanup as store
 from feed.storage import idempotency
+from feed.storage import media as media_store
 from feed.storage import oauth as oauth_store
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ async def _walk(job: Run, part: str, fetch: Fetch, apply: Apply) -> None:
 
 async def purge_erased(svc: Services, job: Run) -> None:
     """Remove what each erasure left: the erased account's posts (with the likes and mentions on them), its likes
-    and the mentions of it on other posts (their counts and cached records adjusted), its follows both ways, and
-    last the account row, which frees the username."""
+    and the mentions of it on other posts (their counts and cached records adjusted), its follows both ways, its
+    media (files and rows), and last the account row, which frees the username."""
     async with svc.db() as session:
         erased = await store.erased_user_ids(session)
         total = await store.purge_total(session, erased)
@@ -73,6 +74,7 @@ async def purge_erased(svc: Services, job: Run) -> None:
         await _walk(job, f"mentions:{user_id}", purge.fetch_mentions, purge.mentions)
         await _walk(job, f"following:{user_id}", purge.fetch_following, purge.following)
         await _walk(job, f"followers:{user_id}", purge.fetch_followers, purge.followers)
+        await _walk(job, f"media:{user_id}", purge.fetch_media, purge.media)
         await purge.account()
         await job.progress(job.done + 1)
     if job.changed.get("posts") and not job.dry_run:
@@ -114,6 +116,14 @@ class _Purge:
         self.job.count("mentions", n_mentions)
         stale: list[tuple[Space, Any]] = [(space, i) for i in deleted for space in (POSTS, *FRAME_SPACES)]
         await lookup.invalidate(self.svc, *stale, *((POSTS, i) for i in parents))
+
+    # Its media: unreadable since the erasure (its keys are gone); the files and rows go now.
+
+    async def fetch_media(self, after: int) -> list[int]:
+        return await self._ids(media_store.of_user_after, after)
+
+    async def media(self, ids: list[int]) -> None:
+        await media.remove(self.svc, self.job, ids)
 
     # Its likes of other accounts' posts (whose like counts go down).
 

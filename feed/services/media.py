@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -27,6 +28,7 @@ from feed.ids import new_id
 from feed.media import images
 from feed.services import effects, timelines
 from feed.services.context import Services, now
+from feed.services.jobs import Maintenance, Run
 from feed.services.models import User
 from feed.services.text import normalize_text
 from feed.storage import media as store
@@ -238,3 +240,81 @@ async def open_variant(svc: Services, media_id: int, variant: str, viewer: User 
     offset, length = opener.span(chunks - 1, chunks, size)
     opener.open_chunk(chunks - 1, await svc.media.read(name, offset, offset + length), True)  # proves the size
     return OpenFile(svc, name, size, public, opener, chunks)
+
+
+# -- cleanup
+
+CHUNK = 500
+UNATTACHED_DAYS = 1  # an upload no post took within this long is removed, and so is one that failed
+ORPHAN_GRACE = timedelta(hours=1)  # a file without a row is removed once this old (an upload writes its file first)
+
+
+async def remove(svc: Services, job: Run, ids: list[int]) -> None:
+    """Remove media ``ids``: their files, then their rows (a run stopped between the two finds the rows again and
+    finishes). In a dry run, count them only."""
+    if job.dry_run:
+        job.count("media", len(ids))
+        return
+    for media_id in ids:
+        for variant in (ORIGINAL, *VARIANTS):
+            await svc.media.delete(file_name(media_id, variant))
+    async with svc.db.begin() as session:
+        job.count("media", await store.delete(session, ids))
+
+
+async def purge_media(svc: Services, job: Run) -> None:
+    """Remove uploads no post took within a day (and failed ones), the media of deleted posts, and files the store
+    holds for no media row (an upload cut off between its file and its row; a row gone with an erased account)."""
+    cutoff = now() - timedelta(days=UNATTACHED_DAYS)
+    async with svc.db() as session:
+        total = await store.count_doomed(session, cutoff)
+    await job.progress(0, total)
+    after = await job.cursor("rows") or 0
+    while True:
+        async with svc.db() as session:
+            ids = await store.doomed_after(session, after, CHUNK, cutoff)
+        if not ids:
+            break
+        await remove(svc, job, ids)
+        after = ids[-1]
+        await job.advance(after, "rows")
+        await job.progress(job.done + len(ids))
+    await job.finish("rows")
+    await _orphan_files(svc, job)
+
+
+async def _orphan_files(svc: Services, job: Run) -> None:
+    old_enough = now() - ORPHAN_GRACE
+    batch: dict[int, list[str]] = {}
+
+    async def settle() -> None:
+        async with svc.db() as session:
+            kept = await store.existing(session, list(batch))
+        for media_id, names in batch.items():
+            if media_id in kept:
+                continue
+            job.count("files", len(names))
+            if not job.dry_run:
+                for name in names:
+                    await svc.media.delete(name)
+        batch.clear()
+
+    async for found in svc.media.files():
+        head = found.name.partition("/")[0]
+        if not head.isdigit() or found.modified > old_enough:
+            continue  # not ours (the audit reports it), or an upload that may be getting its row now
+        batch.setdefault(int(head), []).append(found.name)
+        if len(batch) >= CHUNK:
+            await settle()
+    if batch:
+        await settle()
+
+
+JOBS = (
+    Maintenance(
+        "purge_media",
+        "remove uploads never attached, media of deleted posts, and stored files of no media",
+        purge_media,
+        minute=frozenset({25}),
+    ),
+)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
 from feed.storage.erasure import ERASED
-from feed.storage.tables import api_tokens, boosts, follows, likes, mentions, posts, sessions, users
+from feed.storage.tables import api_tokens, boosts, follows, likes, media, mentions, posts, sessions, users
 
 
 async def _count(session: AsyncSession, query: sa.Select[Any]) -> int:
@@ -72,6 +72,7 @@ async def purge_total(session: AsyncSession, erased: Sequence[int]) -> int:
         sa.select(mentions.c.post_id).where(mentions.c.user_id.in_(erased)),
         sa.select(follows.c.follower_id).where(follows.c.follower_id.in_(erased)),
         sa.select(follows.c.follower_id).where(follows.c.followee_id.in_(erased)),
+        sa.select(media.c.id).where(media.c.user_id.in_(erased)),
     ]
     return sum([await _count(session, query) for query in counted]) + len(erased)
 
