@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import posts, user_keys, users
+from feed.storage.tables import media, posts, user_keys, users
 
 # -- user keys by root key version
 
@@ -109,11 +109,15 @@ async def users_with_current_key(session: AsyncSession, *, after: int | None, li
 async def unused_superseded_keys(
     session: AsyncSession, *, current_before: datetime, user_id: int | None
 ) -> list[Record]:
-    """User key versions older than their user's current one and used by no post, of the users (``user_id``, or
-    everyone) whose current version was created at or before ``current_before``, by user and version, each with
-    the user's sealed email (which may still be under it)."""
+    """User key versions older than their user's current one and used by no post and no media, of the users
+    (``user_id``, or everyone) whose current version was created at or before ``current_before``, by user and
+    version, each with the user's sealed email (which may still be under it)."""
     current = user_keys.alias("current")
-    used = sa.exists().where(posts.c.author_id == user_keys.c.user_id, posts.c.key_version == user_keys.c.version)
+    used = sa.or_(
+        sa.exists().where(posts.c.author_id == user_keys.c.user_id, posts.c.key_version == user_keys.c.version),
+        # Media files are not rewrapped yet: a version that wraps any is kept.
+        sa.exists().where(media.c.user_id == user_keys.c.user_id, media.c.key_version == user_keys.c.version),
+    )
     candidates = (
         sa.select(user_keys.c.user_id, user_keys.c.version, users.c.email_sealed)
         .join(users, users.c.id == user_keys.c.user_id)
@@ -127,9 +131,12 @@ async def unused_superseded_keys(
 
 
 async def delete_unused_key(session: AsyncSession, user_id: int, version: int) -> bool:
-    """Delete the user key version if it is still older than the user's current one and no post uses it."""
+    """Delete the user key version if it is still older than the user's current one and no post or media uses it."""
     # Checked again in the statement: a post written under this version since the read keeps it.
-    still_unused = ~sa.exists().where(posts.c.author_id == user_id, posts.c.key_version == version)
+    still_unused = sa.and_(
+        ~sa.exists().where(posts.c.author_id == user_id, posts.c.key_version == version),
+        ~sa.exists().where(media.c.user_id == user_id, media.c.key_version == version),
+    )
     below_current = sa.select(users.c.key_version).where(users.c.id == user_id).scalar_subquery()
     result = await session.execute(
         user_keys.delete().where(

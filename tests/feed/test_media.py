@@ -15,11 +15,12 @@ from PIL import Image
 
 from crypto.stream import open_bytes
 from feed.errors import Invalid
-from feed.services import accounts, erasure, media
-from feed.services.jobs import run_maintenance
+from feed.services import accounts, erasure, media, rotation
+from feed.services.jobs import Run, run_maintenance
 from feed.services.media import ORIGINAL, VARIANTS, file_context, file_name
 from feed.storage.tables import media as media_table
 from jobs.registry import MAINTENANCE
+from tests.conftest import forget_cached
 from tests.feed.test_media_images import assert_clean, jpeg_with_gps_and_rotation
 
 pytestmark = pytest.mark.anyio
@@ -248,3 +249,17 @@ async def test_purge_media_removes_unattached_uploads_media_of_deleted_posts_and
     again = await run_maintenance(svc, MAINTENANCE["purge_media"])  # nothing more to do
     assert not again.changed.get("media") and not again.changed.get("files")
     await svc.media.delete("987654321/small")
+
+
+async def test_media_stays_readable_through_a_user_key_rotation(app: Any, make_browser: Any) -> None:
+    """Media files are not rewrapped yet: the key version that wraps them is kept when the others are destroyed."""
+    alice = await make_browser("alice")
+    done, full = await ready_photo(app, alice)
+    svc = app.state.services
+    await run_maintenance(svc, MAINTENANCE["rotate_user_keys"])
+    prune = Run(svc, "prune")
+    await rotation.prune_user_keys(svc, prune, grace=timedelta(0))
+    assert not prune.changed.get("user_keys_destroyed")
+    await forget_cached(app)
+    shown = await alice.http.get(f"/media/{done.id}/medium")
+    assert shown.status_code == 200 and shown.content == full["medium"]
