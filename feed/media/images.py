@@ -5,8 +5,9 @@
 * **No decompression bombs:** the pixel count (times the frames, for an animation) is checked from the header,
   before a single pixel is decoded.
 * **Oriented, then stripped:** the EXIF orientation is applied to the pixels, colours are converted to sRGB from an
-  embedded ICC profile, and only the pixels go on: every variant is a new WebP image made from pixel data alone, so
-  no EXIF (GPS, camera serials, the thumbnail inside it), XMP, ICC or comment block survives.
+  embedded ICC profile, and only the pixels go on: every variant is a new WebP image of a copy whose ``info`` is
+  emptied, saved with empty EXIF, XMP and ICC blocks, so no EXIF (GPS, camera serials, the thumbnail inside it),
+  XMP, ICC or comment block survives. Each smaller variant is resized from the next larger one.
 * **Variants:** WebP at a few sizes (the longest side at most :data:`VARIANTS`' size, never larger than the
   image), and a blurhash placeholder. An animated GIF or WebP keeps its animation in the ``medium`` and ``large``
   variants (animated WebP, frames and timing kept); its ``small`` preview is the first frame, still.
@@ -111,8 +112,9 @@ def _clean(image: Image.Image) -> Image.Image:
                 image = converted
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # an unreadable profile: its colours as they are
-    image = image.convert(mode)
-    return Image.frombytes(mode, image.size, image.tobytes())
+    clean = image.convert(mode)  # a new image: its pixels, and only what ``info`` carries over, cleared next
+    clean.info = {}
+    return clean
 
 
 def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -130,11 +132,13 @@ def _webp(image: Image.Image, quality: int) -> bytes:
 def _still(image: Image.Image, kind: str) -> Processed:
     clean = _clean(image)
     variants = {}
-    for name, longest in VARIANTS.items():
+    source = clean
+    for name, longest in sorted(VARIANTS.items(), key=lambda item: -item[1]):  # each from the next larger one
         size = _fit(clean.size, longest)
-        resized = clean if size == clean.size else clean.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        variants[name] = Variant(_webp(resized, QUALITY[name]), *size)
-    return Processed(kind, *clean.size, False, variants, _blurhash(clean))
+        if size != source.size:
+            source = source.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        variants[name] = Variant(_webp(source, QUALITY[name]), *size)
+    return Processed(kind, *clean.size, False, {name: variants[name] for name in VARIANTS}, _blurhash(source))
 
 
 def _animation(image: Image.Image, kind: str) -> Processed:
