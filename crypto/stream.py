@@ -110,7 +110,7 @@ def seal_stream(
     context = _check_context(ctx, user_key)
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}")
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES_256_GCM_CHUNKED, user_key.version, chunk_size)
+    header = _header(user_key.version, chunk_size)
     dek = draw(rng, KEY_SIZE)
     wrap_nonce = draw(rng, NONCE_SIZE)
     wrapped = key_aead(user_key).encrypt(wrap_nonce, dek, header + _DEK_LABEL + context)
@@ -138,10 +138,15 @@ def seal_bytes(
 
 def key_version_of(envelope: bytes) -> int:
     """The version of the user key a stream's data key is wrapped by (InvalidToken if it is no stream)."""
-    return _parse_header(envelope)[0]
+    return _fields(envelope)[0]
 
 
-def _parse_header(envelope: bytes) -> tuple[int, int]:
+def _header(key_version: int, chunk_size: int) -> bytes:
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES_256_GCM_CHUNKED, key_version, chunk_size)
+
+
+def _fields(envelope: bytes) -> tuple[int, int]:
+    """(user key version, chunk size) of a well-formed envelope; InvalidToken otherwise."""
     if len(envelope) < ENVELOPE_SIZE:
         raise InvalidToken
     magic, version, alg, key_version, chunk_size = _HEADER.unpack_from(envelope)
@@ -154,6 +159,28 @@ def _parse_header(envelope: bytes) -> tuple[int, int]:
     ):
         raise InvalidToken
     return key_version, chunk_size
+
+
+def _parse_header(envelope: bytes, user_key: UserKey) -> int:
+    """The chunk size of an envelope wrapped by ``user_key``'s version; InvalidToken otherwise."""
+    key_version, chunk_size = _fields(envelope)
+    if key_version != user_key.version:
+        raise InvalidToken
+    return chunk_size
+
+
+# Like the helpers of crypto.sealing, this returns None instead of raising, so that the frame of a raised
+# InvalidToken never holds the data key.
+
+
+def _unwrap(user_key: UserKey, envelope: bytes, context: bytes) -> bytes | None:
+    """The data key of a stream whose envelope was checked by :func:`_parse_header`, or None if it does not unwrap."""
+    return decrypt_or_none(
+        key_aead(user_key),
+        envelope[_HEADER_SIZE:_WRAP_NONCE_END],
+        envelope[_WRAP_NONCE_END:ENVELOPE_SIZE],
+        envelope[:_HEADER_SIZE] + _DEK_LABEL + context,
+    )
 
 
 class StreamOpener(Unpicklable):
@@ -207,19 +234,11 @@ def open_envelope(user_key: UserKey, ctx: FieldContext, envelope: bytes) -> Stre
     """The opener of the stream whose first :data:`ENVELOPE_SIZE` bytes are ``envelope``, sealed for ``ctx``;
     InvalidToken for another key, context or a changed envelope."""
     context = _check_context(ctx, user_key)
-    key_version, chunk_size = _parse_header(envelope)
-    if key_version != user_key.version:
-        raise InvalidToken
-    header = envelope[:_HEADER_SIZE]
-    dek = decrypt_or_none(
-        key_aead(user_key),
-        envelope[_HEADER_SIZE:_WRAP_NONCE_END],
-        envelope[_WRAP_NONCE_END:ENVELOPE_SIZE],
-        header + _DEK_LABEL + context,
-    )
+    chunk_size = _parse_header(envelope, user_key)
+    dek = _unwrap(user_key, envelope, context)
     if dek is None:
         raise InvalidToken
-    opener = StreamOpener(AESGCM(dek), context, header[2:4], chunk_size)
+    opener = StreamOpener(AESGCM(dek), context, envelope[2:4], chunk_size)
     del dek
     return opener
 
@@ -244,19 +263,11 @@ def rewrap_header(
     if new_key.user_id != old_key.user_id:
         raise ValueError("rewrap_header moves a stream between keys of the same user only")
     context = _check_context(ctx, old_key)
-    key_version, chunk_size = _parse_header(envelope)
-    if key_version != old_key.version:
-        raise InvalidToken
-    header = envelope[:_HEADER_SIZE]
-    dek = decrypt_or_none(
-        key_aead(old_key),
-        envelope[_HEADER_SIZE:_WRAP_NONCE_END],
-        envelope[_WRAP_NONCE_END:ENVELOPE_SIZE],
-        header + _DEK_LABEL + context,
-    )
+    chunk_size = _parse_header(envelope, old_key)
+    dek = _unwrap(old_key, envelope, context)
     if dek is None:
         raise InvalidToken
-    new_header = _HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES_256_GCM_CHUNKED, new_key.version, chunk_size)
+    new_header = _header(new_key.version, chunk_size)
     wrap_nonce = draw(rng, NONCE_SIZE)
     wrapped = key_aead(new_key).encrypt(wrap_nonce, dek, new_header + _DEK_LABEL + context)
     del dek
