@@ -45,6 +45,7 @@ from feed.web import (
     api,
     directory,
     live,
+    media_api,
     notification_api,
     notification_pages,
     oauth,
@@ -107,8 +108,13 @@ def _status_of(exc: DomainError) -> int:
 SESSION_ENDED = "X-Session-Ended"  # on an htmx answer refused because the page's session is over
 
 
+def _json_errors(request: Request) -> bool:
+    """The API's paths, and a page's script that asks for JSON (the composer's upload)."""
+    return cookieless(request.url.path) or request.headers.get("accept") == "application/json"
+
+
 def _error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    if cookieless(request.url.path):
+    if _json_errors(request):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     return render(request, "error.html", {"status": status, "message": message}, status=status, headers=headers)
 
@@ -121,7 +127,7 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Unauthorized | SessionEnded) and not api_path and is_htmx(request):
         # The page stays (with what its reader wrote): static/js/app.js offers to log in again in another tab.
         return PlainTextResponse(exc.message, status_code=status, headers={SESSION_ENDED: "1"})
-    if isinstance(exc, Unauthorized) and not api_path:
+    if isinstance(exc, Unauthorized) and not _json_errors(request):
         return account_pages.login_redirect(request, expired="expired" in exc.message)
     message = exc.message
     if not api_path and isinstance(exc, NotFound) and message == NOT_FOUND:  # Mastodon's words, for the API
@@ -202,6 +208,11 @@ def routes() -> list[BaseRoute]:
         WebSocketRoute(f"{v1}/streaming", streaming.websocket),
         Route(f"{v1}/instance", api.instance_v1),
         Route("/api/v2/instance", api.instance_v2),
+        Route("/api/v2/media", media_api.upload_v2, methods=["POST"]),
+        Route(f"{v1}/media", media_api.upload_v1, methods=["POST"]),
+        Route(f"{v1}/media/{{media_id}}", media_api.get_media),
+        Route(f"{v1}/media/{{media_id}}", media_api.update_media, methods=["PUT"]),
+        Route(f"{v1}/media/{{media_id}}", media_api.delete_media, methods=["DELETE"]),
         Route(f"{v1}/preferences", startup.preferences),
         Route(f"{v1}/custom_emojis", startup.custom_emojis),
         Route(f"{v1}/markers", startup.get_markers, methods=["GET"]),
@@ -268,6 +279,8 @@ def routes() -> list[BaseRoute]:
         Route("/oauth/token", oauth.token, methods=["POST"]),
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
         Route("/.well-known/oauth-authorization-server", oauth.server_metadata),
+        Route("/media", media_api.upload_page, methods=["POST"]),
+        Route("/media/{media_id}", media_api.state_page),
         Route("/media/{media_id}/{variant}", media_files.serve, methods=["GET", "HEAD"]),
         Route("/events", live.events),
         Route("/session", session_state),
@@ -372,7 +385,8 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
         Middleware(SecurityHeaders),
         Middleware(CatchAll),
         Middleware(ApiCors),
-        Middleware(BodyLimit, limit=settings.max_body_bytes),
+        # An upload: the image and its form (the image's own limit is checked when it is read).
+        Middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.media_max_bytes + 64 * 1024),
         Middleware(CrossSiteGuard),
     ]
     handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error}

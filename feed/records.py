@@ -36,6 +36,35 @@ def _from_when(value: int | None) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A post's image as stored: ids, sizes and focus, with its alt text and blurhash sealed (under its owner's key
+    at ``key_version``; the description at ``revision``, the blurhash at 0)."""
+
+    id: int
+    kind: str  # image or gifv
+    width: int
+    height: int
+    variants: tuple[tuple[str, int, int], ...]  # (name, width, height) of each stored variant
+    focus: tuple[float, float]
+    key_version: int
+    revision: int
+    description: Sealed | None
+    blurhash: Sealed | None
+
+    def head(self) -> list[Any]:
+        return [self.id, self.kind, self.width, self.height, [list(v) for v in self.variants], list(self.focus),
+                self.key_version, self.revision]  # fmt: skip
+
+    @classmethod
+    def of(cls, head: list[Any], description: bytes | None, blurhash: bytes | None) -> Attachment:
+        media_id, kind, width, height, variants, (fx, fy), version, revision = head
+        return cls(int(media_id), str(kind), int(width), int(height),
+                   tuple((str(n), int(w), int(h)) for n, w, h in variants), (float(fx), float(fy)), int(version),
+                   int(revision), Sealed(description) if description is not None else None,
+                   Sealed(blurhash) if blurhash is not None else None)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class PostRecord:
     """A post as stored: metadata plus its sealed fields. Never holds text."""
 
@@ -57,10 +86,12 @@ class PostRecord:
     language: str | None = None  # as the author's app declared it
     app_id: int = 0  # the app it was posted from (0: the web, or a token made with the CLI)
     reblogs_count: int = 0
+    media: tuple[Attachment, ...] = ()  # its images, in their order
 
     @property
     def size(self) -> int:
-        return 200 + len(self.body) + (len(self.cw) if self.cw else 0) + 40 * len(self.mentions)
+        size = 200 + len(self.body) + (len(self.cw) if self.cw else 0) + 40 * len(self.mentions)
+        return size + sum(300 + len(a.description or b"") for a in self.media)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +302,12 @@ def encode(value: Cacheable) -> bytes:
             header |= {"s": value.sensitive, "lg": value.language, "ap": value.app_id}
         if value.reblogs_count:
             header["rb"] = value.reblogs_count
-        return _pack(b"P", header, value.body.data, value.cw.data if value.cw else None)
+        sealed: list[bytes | None] = []
+        if value.media:
+            header["md"] = [a.head() for a in value.media]
+            for a in value.media:
+                sealed += [a.description.data if a.description else None, a.blurhash.data if a.blurhash else None]
+        return _pack(b"P", header, value.body.data, value.cw.data if value.cw else None, *sealed)
     if isinstance(value, UserRecord):
         header = {
             "i": value.id,
@@ -317,7 +353,10 @@ def decode(data: bytes) -> Cacheable:
 def _decode(data: bytes) -> Cacheable:
     tag, h, blobs = _unpack(data)
     if tag == b"P":
-        body, cw = blobs
+        body, cw, *attached = blobs
+        heads = h.get("md", ())
+        if len(attached) != 2 * len(heads):
+            raise CorruptValue
         assert body is not None
         created = _from_when(h["c"])
         assert created is not None
@@ -340,6 +379,7 @@ def _decode(data: bytes) -> Cacheable:
             language=h.get("lg"),
             app_id=int(h.get("ap", 0)),
             reblogs_count=int(h.get("rb", 0)),
+            media=tuple(Attachment.of(head, *attached[2 * i : 2 * i + 2]) for i, head in enumerate(heads)),
         )
     if tag == b"U":
         created = _from_when(h["c"])

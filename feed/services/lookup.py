@@ -6,6 +6,7 @@ after their commit (see ``feed.cache`` for the guarantees).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from feed.cache import (
 )
 from feed.records import (
     AccountCounts,
+    Attachment,
     Cacheable,
     IdList,
     IdSet,
@@ -54,6 +56,7 @@ from feed.storage import bookmarks as bookmark_store
 from feed.storage import boosts as boost_store
 from feed.storage import follows as follow_store
 from feed.storage import likes as like_store
+from feed.storage import media as media_store
 from feed.storage import posts as post_store
 from feed.storage import relations as relation_store
 from feed.storage import users as user_store
@@ -62,7 +65,23 @@ NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 MARKS_KEPT = 500  # how many of a user's liked (or bookmarked) post ids, the newest posts, the cache keeps
 
 
-def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
+def attachment(row: Any) -> Attachment:
+    sizes = json.loads(row.variants) if row.variants else {}
+    return Attachment(
+        id=row.id,
+        kind=row.kind,
+        width=row.width or 0,
+        height=row.height or 0,
+        variants=tuple((name, int(w), int(h)) for name, (w, h) in sizes.items()),
+        focus=(float(row.focus_x), float(row.focus_y)),
+        key_version=row.key_version,
+        revision=row.revision,
+        description=Sealed(bytes(row.description)) if row.description is not None else None,
+        blurhash=Sealed(bytes(row.blurhash)) if row.blurhash is not None else None,
+    )
+
+
+def post_record(row: Any, mentions: Sequence[Any], media: Sequence[Any] = ()) -> PostRecord:
     return PostRecord(
         id=row.id,
         author_id=row.author_id,
@@ -82,6 +101,7 @@ def post_record(row: Any, mentions: Sequence[Any]) -> PostRecord:
         language=row.language,
         app_id=row.app_id or 0,
         reblogs_count=row.reblogs_count,
+        media=tuple(attachment(m) for m in media if m.state == "ready"),
     )
 
 
@@ -105,7 +125,8 @@ def _load_posts(svc: Services) -> Loader:
         async with svc.db() as session:
             rows = await post_store.get_posts(session, missing)
             mentioned = await post_store.mentions_of(session, missing)
-        return {row.id: post_record(row, mentioned.get(row.id, [])) for row in rows}
+            attached = await media_store.of_posts(session, missing)
+        return {row.id: post_record(row, mentioned.get(row.id, []), attached.get(row.id, ())) for row in rows}
 
     return load
 

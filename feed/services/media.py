@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
 from crypto.stream import ENVELOPE_SIZE, StreamOpener, open_bytes, open_envelope, seal_stream
@@ -29,7 +30,7 @@ from feed.media import images
 from feed.services import effects, timelines
 from feed.services.context import Services, now
 from feed.services.jobs import Maintenance, Run
-from feed.services.models import User
+from feed.services.models import KEEP, Keep, Media, User
 from feed.services.text import normalize_text
 from feed.storage import media as store
 from feed.storage import users as user_store
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 ORIGINAL = "original"
 VARIANTS = tuple(images.VARIANTS)
 MAX_DESCRIPTION = 1500  # characters of alt text, as Mastodon allows
+MAX_ATTACHMENTS = 4  # images per post
 
 
 def file_name(media_id: int, variant: str) -> str:
@@ -49,26 +51,6 @@ def file_context(media_id: int, owner_id: int, variant: str) -> FieldContext:
     return FieldContext(f"media:{variant}", media_id, owner_id, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Media:
-    """An attachment as its owner and its readers see it."""
-
-    id: int
-    user_id: int
-    post_id: int | None
-    state: str  # processing, ready or failed
-    kind: str  # image or gifv
-    width: int | None
-    height: int | None
-    variants: dict[str, tuple[int, int]]
-    description: str | None
-    blurhash: str | None
-    focus: tuple[float, float]
-
-    def __repr__(self) -> str:  # the alt text and the blurhash say what the picture shows: never in a log
-        return f"Media(id={self.id}, state={self.state})"
-
-
 def _description(raw: str | None) -> str | None:
     if raw is None:
         return None
@@ -77,7 +59,27 @@ def _description(raw: str | None) -> str | None:
     return text or None
 
 
-async def upload(svc: Services, user: User, data: bytes, *, description: str | None = None) -> Media:
+def parse_focus(raw: str | None) -> tuple[float, float] | None:
+    """Mastodon's focal point, ``"x,y"`` with each in -1..1 (0,0 the middle); None when not given."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        x, y = (float(part) for part in raw.split(","))
+    except ValueError:
+        raise Invalid("Focus must be two numbers, x,y, each from -1 to 1", "focus") from None
+    if not (-1.0 <= x <= 1.0 and -1.0 <= y <= 1.0):  # NaN fails this too
+        raise Invalid("Focus must be two numbers, x,y, each from -1 to 1", "focus")
+    return x, y
+
+
+async def upload(
+    svc: Services,
+    user: User,
+    data: bytes,
+    *,
+    description: str | None = None,
+    focus: tuple[float, float] | None = None,
+) -> Media:
     """Take an image file: checked for size and format from its header, sealed, stored, its job queued."""
     if not data:
         raise Invalid("The file is empty", "file")
@@ -102,10 +104,93 @@ async def upload(svc: Services, user: User, data: bytes, *, description: str | N
         await store.insert(
             session, id=media_id, user_id=user.id, state="processing", key_version=version,
             description=sealed.get("description"), size_bytes=len(data), created_at=now(),
+            focus_x=(focus or (0.0, 0.0))[0], focus_y=(focus or (0.0, 0.0))[1],
         )  # fmt: skip
         await effects.record(session, caused)
     await effects.committed(svc, caused)
-    return Media(media_id, user.id, None, "processing", "image", None, None, {}, text, None, (0.0, 0.0))
+    return Media(media_id, user.id, None, "processing", "image", None, None, {}, text, None, focus or (0.0, 0.0))
+
+
+async def describe(
+    svc: Services,
+    user: User,
+    media_id: int,
+    *,
+    description: str | Keep | None = KEEP,
+    focus: tuple[float, float] | None = None,
+) -> Media:
+    """Change the alt text (sealed anew, at the next revision) or the focal point of one of the user's uploads that
+    no post took yet (as in Mastodon, a post's images change with an edit of the post)."""
+    async with svc.db.begin() as session:
+        row = await store.get(session, media_id)
+        if row is None or row.user_id != user.id or row.post_id is not None:
+            raise NotFound()
+        values: dict[str, Any] = {}
+        if not isinstance(description, Keep):
+            text = _description(description)
+            key = await svc.keys.get(session, row.user_id, row.key_version)
+            sealed = seal_fields(key, {"description": text}, object_id=media_id, owner_id=row.user_id,
+                                 revision=row.revision + 1) if text else {}  # fmt: skip
+            values |= {"description": sealed["description"].data if text else None, "revision": row.revision + 1}
+        if focus is not None:
+            values |= {"focus_x": focus[0], "focus_y": focus[1]}
+        if values and not await store.describe(session, media_id, **values):
+            raise NotFound()  # a post took it meanwhile
+    return await get(svc, media_id, user)
+
+
+async def discard(svc: Services, user: User, media_id: int) -> None:
+    """Delete one of the user's uploads that no post took: its files, then its row."""
+    async with svc.db() as session:
+        row = await store.get(session, media_id)
+    if row is None or row.user_id != user.id or row.post_id is not None:
+        raise NotFound()
+    async with svc.db.begin() as session:
+        if not await store.delete_unattached(session, media_id):
+            raise NotFound()  # a post took it meanwhile
+    for variant in (ORIGINAL, *VARIANTS):
+        await svc.media.delete(file_name(media_id, variant))
+
+
+async def settled(svc: Services, media_id: int, user: User, within: float) -> Media:
+    """The upload once its job has run (ready or failed), or as it is after ``within`` seconds."""
+    deadline = anyio.current_time() + within
+    delay = 0.02
+    while True:
+        found = await get(svc, media_id, user)
+        if found.state != "processing" or anyio.current_time() >= deadline:
+            return found
+        await anyio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def check_ids(ids: Sequence[int]) -> list[int]:
+    """The images a post is to have, in order: at most four, none twice."""
+    ids = list(ids)
+    if len(ids) > MAX_ATTACHMENTS:
+        raise Invalid(f"A post can have at most {MAX_ATTACHMENTS} images", "media_ids")
+    if len(set(ids)) != len(ids):
+        raise Invalid("The same image is attached twice", "media_ids")
+    return ids
+
+
+async def take(session: AsyncSession, owner_id: int, post_id: int, ids: list[int]) -> None:
+    """In the post's own transaction: ``ids`` (the owner's uploads, ready, taken by no other post) become the post's
+    images, in this order; those it had and no longer lists are let go."""
+    rows = {row.id: row for row in await store.for_update(session, ids)} if ids else {}
+    for media_id in ids:
+        row = rows.get(media_id)
+        if row is None or row.user_id != owner_id or row.post_id not in (None, post_id):
+            raise Invalid(f"Media {media_id} was not found", "media_ids")
+        if row.state == "processing":
+            raise Invalid("An image is still being processed; try again in a moment", "media_ids")
+        if row.state == "failed":
+            raise Invalid("An image could not be processed; remove it and upload it again", "media_ids")
+    await store.attach(session, post_id, ids)
+
+
+async def attached(session: AsyncSession, post_id: int) -> bool:
+    return bool(await store.of_posts(session, [post_id]))
 
 
 def _seal(key: UserKey, media_id: int, owner_id: int, fields: dict[str, str]) -> dict[str, bytes]:

@@ -14,7 +14,14 @@ from feed.records import UserRecord
 from feed.services.text import render_html
 from feed.storage.posts import Page
 
-__all__ = ["Content", "FrameStyle", "Marks", "Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
+__all__ = ["Content", "FrameStyle", "Marks", "Media", "Mention", "Page", "PostView", "Profile", "TimelinePage", "User"]
+
+
+class Keep:
+    """An edit leaves this field as it is."""
+
+
+KEEP = Keep()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,26 @@ class Marks:
         view.liked = view.id in self.liked
         view.bookmarked = view.id in self.bookmarked
         view.reblogged = view.id in self.boosted
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """An image, as its owner and the readers of its post see it (alt text and blurhash opened)."""
+
+    id: int
+    user_id: int
+    post_id: int | None
+    state: str  # processing, ready or failed
+    kind: str  # image or gifv
+    width: int | None
+    height: int | None
+    variants: dict[str, tuple[int, int]]
+    description: str | None
+    blurhash: str | None
+    focus: tuple[float, float]
+
+    def __repr__(self) -> str:  # the alt text and the blurhash say what the picture shows: never in a log
+        return f"Media(id={self.id}, state={self.state})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +183,7 @@ class PostView:
     sensitive: bool = False
     language: str | None = None
     app_id: int = 0
+    media: list[Media] = field(default_factory=list)
     # The post's rendered frame in pieces (see ``feed.web.post_html``), when the page asked for frames.
     frame: tuple[str, ...] | None = None
 

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -16,9 +17,9 @@ from crypto import seal_fields
 from feed.errors import Conflict, Forbidden, Invalid, NotFound
 from feed.events import Effects
 from feed.ids import new_id
-from feed.services import effects, fanout, notifications
+from feed.services import effects, fanout, media, notifications
 from feed.services.context import Services, now
-from feed.services.models import PostView, User
+from feed.services.models import KEEP, Keep, PostView, User
 from feed.services.text import mentioned_usernames, normalize_cw, normalize_post
 from feed.services.timelines import get
 from feed.storage import boosts as boost_store
@@ -53,13 +54,6 @@ def check_language(raw: str | None) -> str | None:
     if not _LANGUAGE_RE.fullmatch(code):
         raise Invalid("Language is not a valid ISO 639 code", "language")
     return code
-
-
-class Keep:
-    """An edit leaves this field as it is."""
-
-
-KEEP = Keep()
 
 
 async def _resolve_mentions(session: AsyncSession, text: str, author: User) -> list[int]:
@@ -107,11 +101,14 @@ async def create(
     sensitive: bool = False,
     language: str | None = None,
     app_id: int | None = None,
+    media_ids: Sequence[int] = (),
 ) -> PostView:
-    """A new post. With ``idempotency_key``: if this author's key created a post within the last hour, that post
-    is returned and nothing new is made (a client retrying a request whose answer it lost, as Mastodon does).
+    """A new post, with ``media_ids`` (the author's uploads, ready, up to four) as its images. With
+    ``idempotency_key``: if this author's key created a post within the last hour, that post is returned and
+    nothing new is made (a client retrying a request whose answer it lost, as Mastodon does).
     ``sensitive``, ``language`` and ``app_id`` (the app it comes from) are kept as declared metadata."""
-    text = normalize_post(text)
+    media_ids = media.check_ids(media_ids)
+    text = normalize_post(text, allow_empty=bool(media_ids))
     cw = normalize_cw(cw)
     visibility = check_visibility(visibility)
     meta = {"sensitive": sensitive, "language": check_language(language), "app_id": app_id or None}
@@ -119,7 +116,9 @@ async def create(
     for attempt in (1, 2):
         post_id = new_id()
         try:
-            post_id, caused = await _insert(svc, author, post_id, text, cw, visibility, in_reply_to_id, key_hash, meta)
+            post_id, caused = await _insert(
+                svc, author, post_id, text, cw, visibility, in_reply_to_id, key_hash, meta, media_ids
+            )
             break
         except IntegrityError:
             if attempt == 2:  # neither an id collision nor a concurrent request with the same key
@@ -149,6 +148,7 @@ async def _insert(
     in_reply_to_id: int | None,
     key_hash: bytes | None,
     meta: dict[str, Any],
+    media_ids: list[int],
 ) -> tuple[int, Effects | None]:
     """Insert the post, and what it causes in the outbox; returns its id and what it causes, or, when the key
     made a post already, that post's id and None."""
@@ -180,6 +180,7 @@ async def _insert(
             **meta,
         )
         await store.set_mentions(session, post_id, mention_ids)
+        await media.take(session, author.id, post_id, media_ids)
         told = list(mention_ids)
         if parent is not None:
             await store.bump_replies(session, parent.id, 1)
@@ -203,11 +204,14 @@ async def edit(
     expected_revision: int | None = None,
     sensitive: bool | None = None,
     language: str | Keep | None = KEEP,
+    media_ids: Sequence[int] | None = None,
 ) -> PostView:
     """A new revision under a new data key; the one it replaces is kept as it was (``post_revisions``, for its
     history). With ``expected_revision`` (the revision the editor started from), an edit made elsewhere in the
-    meantime is a Conflict instead of being overwritten. ``sensitive`` and ``language`` change when given."""
-    text = normalize_post(text)
+    meantime is a Conflict instead of being overwritten. ``sensitive``, ``language`` and the images (``media_ids``, in
+    their new order; those left out are let go) change when given."""
+    media_ids = None if media_ids is None else media.check_ids(media_ids)
+    text = normalize_post(text, allow_empty=True)
     cw = normalize_cw(cw)
     meta: dict[str, Any] = {} if sensitive is None else {"sensitive": sensitive}
     if not isinstance(language, Keep):
@@ -220,6 +224,10 @@ async def edit(
             raise Forbidden("You can only edit your own posts")
         if expected_revision is not None and row.revision != expected_revision:
             raise Conflict("The post was edited elsewhere since you opened it; reload to see the latest version")
+        if media_ids is not None:
+            await media.take(session, author.id, post_id, media_ids)
+        if not text and not await media.attached(session, post_id):  # images alone may be a post
+            raise Invalid("Text can't be blank", "status")
         mention_ids = await _resolve_mentions(session, text, author)
         if row.visibility == "direct" and not mention_ids:
             raise Invalid("A direct post needs at least one @mention of an existing user", "status")

@@ -67,8 +67,9 @@ def normalize_text(
     return text
 
 
-def normalize_post(raw: str) -> str:
-    return normalize_text(raw, field="status", label="Text", max_chars=MAX_POST_CHARS)
+def normalize_post(raw: str, *, allow_empty: bool = False) -> str:
+    """A post's text; empty only when allowed (a post of images alone)."""
+    return normalize_text(raw, field="status", label="Text", max_chars=MAX_POST_CHARS, allow_empty=allow_empty)
 
 
 def normalize_cw(raw: str | None) -> str | None:

@@ -24,7 +24,7 @@ from feed.errors import Forbidden, NotFound
 from feed.records import Cacheable, PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import fanout, lookup
 from feed.services.context import Services
-from feed.services.models import Content, FrameStyle, Marks, Mention, Page, PostView, TimelinePage, User
+from feed.services.models import Content, FrameStyle, Marks, Media, Mention, Page, PostView, TimelinePage, User
 from feed.storage import likes as like_store
 from feed.storage import posts as store
 from feed.storage.erasure import ERASED
@@ -119,6 +119,8 @@ async def views(
             continue
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
         view = _view(record, key, author, parent)
+        if record.media:
+            view.media = _attachments(record, keys)
         marks.put_on(view)
         if (boost := boosts.get(record.id)) is not None and (booster := users.get(boost.booster_id)) is not None:
             view.boost_id, view.booster = boost.boost_id, User.of(booster)
@@ -162,6 +164,7 @@ async def _materials(svc: Services, refs: Sequence[Any], style: FrameStyle | Non
     if missing := late - users.keys():  # a reply's parent author, when the ref did not name it
         users.update(await lookup.users(svc, missing))
     pairs = {(r.author_id, r.key_version) for r in records}
+    pairs |= {(r.author_id, a.key_version) for r in records for a in r.media}
     wanted = {lookup.key_name(*pair): pair for pair in pairs}
     if any(name not in wrapped for name in wanted):  # a post re-keyed since its ref was read
         more = (await svc.cache.get_multi([lookup.user_keys_request(svc, pairs)]))[0]
@@ -191,6 +194,29 @@ def _view(record: PostRecord, key: UserKey, author: User, parent: UserRecord | N
         language=record.language,
         app_id=record.app_id,
     )
+
+
+def _attachments(record: PostRecord, keys: Mapping[tuple[int, int], UserKey]) -> list[Media]:
+    """The post's images, their alt text and blurhash opened (one that does not open is left out)."""
+    out = []
+    for a in record.media:
+        key = keys.get((record.author_id, a.key_version))
+        try:
+            if key is None:
+                raise InvalidToken
+            description = blurhash = None
+            if a.description is not None:
+                description = open_field(key, a.description, FieldContext("description", a.id, record.author_id,
+                                                                          a.revision))  # fmt: skip
+            if a.blurhash is not None:
+                blurhash = open_field(key, a.blurhash, FieldContext("blurhash", a.id, record.author_id, 0))
+        except InvalidToken:
+            log.warning("media %s of post %s does not decrypt; left out", a.id, record.id)
+            continue
+        sizes = {name: (w, h) for name, w, h in a.variants}
+        out.append(Media(a.id, record.author_id, record.id, "ready", a.kind, a.width, a.height, sizes, description,
+                         blurhash, a.focus))  # fmt: skip
+    return out
 
 
 def _opens(view: PostView, record: PostRecord) -> bool:

@@ -89,3 +89,43 @@ async def delete(session: AsyncSession, ids: list[int]) -> int:
 
 async def existing(session: AsyncSession, ids: list[int]) -> set[int]:
     return {int(i) for i in (await session.scalars(sa.select(media.c.id).where(media.c.id.in_(ids)))).all()}
+
+
+async def for_update(session: AsyncSession, ids: list[int]) -> list[Any]:
+    """Rows ``ids``, locked (PostgreSQL) until the transaction ends: a post taking them."""
+    query = sa.select(media).where(media.c.id.in_(ids)).with_for_update()
+    return list((await session.execute(query)).all())
+
+
+async def attach(session: AsyncSession, post_id: int, ids: list[int]) -> None:
+    """Media ``ids`` become the post's, in this order; any other media of the post is let go (its owner's again, until
+    the cleanup job removes it)."""
+    await session.execute(
+        media.update().where(media.c.post_id == post_id, media.c.id.not_in(ids)).values(post_id=None, position=0)
+    )
+    for position, media_id in enumerate(ids):
+        await session.execute(media.update().where(media.c.id == media_id).values(post_id=post_id, position=position))
+
+
+async def of_posts(session: AsyncSession, post_ids: list[int]) -> dict[int, list[Any]]:
+    """The media of each post (that has any), in their order."""
+    if not post_ids:
+        return {}
+    query = sa.select(media).where(media.c.post_id.in_(post_ids)).order_by(media.c.post_id, media.c.position)
+    out: dict[int, list[Any]] = {}
+    for row in (await session.execute(query)).all():
+        out.setdefault(int(row.post_id), []).append(row)
+    return out
+
+
+async def describe(session: AsyncSession, media_id: int, **values: Any) -> bool:
+    """Change the alt text (sealed at its new ``revision``) or focus of an upload no post took yet."""
+    done = await session.execute(
+        media.update().where(media.c.id == media_id, media.c.post_id.is_(None)).values(**values)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_unattached(session: AsyncSession, media_id: int) -> bool:
+    done = await session.execute(media.delete().where(media.c.id == media_id, media.c.post_id.is_(None)))
+    return bool(done.rowcount)  # type: ignore[attr-defined]

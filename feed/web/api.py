@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from feed.errors import Forbidden, Invalid, NotFound
-from feed.services import accounts, bookmarks, boosts, follows, oauth, posts, relations, site, timelines
+from feed.media import images
+from feed.services import accounts, bookmarks, boosts, follows, media, oauth, posts, relations, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
 from feed.web import mastodon
@@ -208,22 +209,36 @@ def _optional_text(data: dict[str, Any], name: str) -> str | None:
     return value
 
 
-def _refuse_media(data: dict[str, Any]) -> None:
-    if data.get("media_ids") or data.get("media_ids[]") or data.get("poll"):
-        raise Invalid("Media and polls are not supported")
+def _media_ids(data: dict[str, Any]) -> list[int] | None:
+    """``media_ids`` (a JSON array) or ``media_ids[]`` (form fields), in order; None when neither is sent. Polls
+    are refused here: there are none."""
+    if data.get("poll") or data.get("poll[options][]"):
+        raise Invalid("Polls are not supported")
+    if "media_ids" not in data and "media_ids[]" not in data:
+        return None
+    raw = data.get("media_ids", data.get("media_ids[]"))
+    if raw in (None, ""):
+        return []
+    if isinstance(raw, str | int) and not isinstance(raw, bool):
+        raw = [raw]  # one id, sent as a plain field
+    if not isinstance(raw, list):
+        raise Invalid("media_ids must be a list of ids", "media_ids")
+    if any(isinstance(i, bool) or not isinstance(i, str | int) for i in raw):
+        raise Invalid("media_ids must be a list of ids", "media_ids")
+    return [parse_id(str(i), "media_ids") for i in raw if i != ""]
 
 
 @operation(
     "Post a new status",
     ref("Status"),
     scope="write:statuses",
-    form=STATUS_FORM | {"visibility": VISIBILITY, "in_reply_to_id": ID},
+    form=STATUS_FORM | {"visibility": VISIBILITY, "in_reply_to_id": ID, "media_ids": array(ID)},
 )
 async def create_status(request: Request) -> Response:
     user = await api_user(request, "write:statuses")
     assert user is not None
     data = await read_body(request)
-    _refuse_media(data)
+    media_ids = _media_ids(data) or []
     reply_raw = data.get("in_reply_to_id")
     reply_to = parse_id(str(reply_raw), "in_reply_to_id") if reply_raw not in (None, "") else None
     post = await posts.create(
@@ -237,11 +252,12 @@ async def create_status(request: Request) -> Response:
         sensitive=truthy(data.get("sensitive")),
         language=_optional_text(data, "language"),
         app_id=grant.app_id if (grant := getattr(request.state, "grant", None)) else None,
+        media_ids=media_ids,
     )
     return await _status_response(request, post)
 
 
-@operation("Edit a status", ref("Status"), scope="write:statuses", form=STATUS_FORM)
+@operation("Edit a status", ref("Status"), scope="write:statuses", form=STATUS_FORM | {"media_ids": array(ID)})
 async def edit_status(request: Request) -> Response:
     """Change only the fields sent, as Mastodon's UpdateStatusService does: an edit that leaves out
     ``spoiler_text`` keeps the content warning, one that sends ``spoiler_text: ""`` removes it.
@@ -252,7 +268,7 @@ async def edit_status(request: Request) -> Response:
     svc = services(request)
     post_id = path_id(request, "status_id")
     data = await read_body(request)
-    _refuse_media(data)
+    media_ids = _media_ids(data)
     text = _optional_text(data, "status")
     cw = _optional_text(data, "spoiler_text")
     try:
@@ -267,7 +283,7 @@ async def edit_status(request: Request) -> Response:
             meta["sensitive"] = truthy(data.get("sensitive"))
         if "language" in data:
             meta["language"] = _optional_text(data, "language")
-        post = await posts.edit(svc, user, post_id, text, cw, expected_revision=expected, **meta)
+        post = await posts.edit(svc, user, post_id, text, cw, expected_revision=expected, media_ids=media_ids, **meta)
     except Forbidden:
         raise NotFound() from None
     return await _status_response(request, post)
@@ -431,10 +447,22 @@ async def public_timeline(request: Request) -> Response:
     return await _timeline_response(request, page, await timelines.public(services(request), viewer, page, style))
 
 
-def _limits() -> dict[str, Any]:
+def _limits(request: Request) -> dict[str, Any]:
     return {
-        "statuses": {"max_characters": MAX_POST_CHARS, "max_media_attachments": 0, "characters_reserved_per_url": 23},
-        "media_attachments": {"supported_mime_types": [], "image_size_limit": 0, "video_size_limit": 0},
+        "statuses": {
+            "max_characters": MAX_POST_CHARS,
+            "max_media_attachments": media.MAX_ATTACHMENTS,
+            "characters_reserved_per_url": 23,
+        },
+        "media_attachments": {
+            "supported_mime_types": list(images.FORMATS.values()),
+            "description_limit": media.MAX_DESCRIPTION,
+            "image_size_limit": services(request).media_max_bytes,
+            "image_matrix_limit": images.MAX_PIXELS,
+            "video_size_limit": 0,
+            "video_frame_rate_limit": 0,
+            "video_matrix_limit": 0,
+        },
         "polls": {"max_options": 0, "max_characters_per_option": 0, "min_expiration": 0, "max_expiration": 0},
     }
 
@@ -463,7 +491,7 @@ async def instance_v1(request: Request) -> Response:
             "registrations": True,
             "approval_required": False,
             "invites_enabled": False,
-            "configuration": {"accounts": {"max_featured_tags": 0}, **_limits()},
+            "configuration": {"accounts": {"max_featured_tags": 0}, **_limits(request)},
             "contact_account": None,
             "rules": [],
         }
@@ -489,7 +517,7 @@ async def instance_v2(request: Request) -> Response:
                 "urls": {"streaming": _streaming_url(request), "status": None, "about": None, "privacy_policy": None},
                 "vapid": {"public_key": ""},
                 "accounts": {"max_featured_tags": 0, "max_pinned_statuses": 0},
-                **_limits(),
+                **_limits(request),
                 "translation": {"enabled": False},
             },
             "registrations": {"enabled": True, "approval_required": False, "message": None, "url": None},

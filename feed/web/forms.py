@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -38,14 +39,34 @@ def _decode_urlencoded(body: bytes) -> dict[str, str]:
         raise BadRequest("The form data is not valid UTF-8") from None
     except ValueError:  # parse_qsl: more than max_num_fields
         raise BadRequest("The form has too many fields") from None
-    out: dict[str, str] = {}
+    return _collect(pairs)
+
+
+def _collect(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Fields by name: the first of each, except that a name ending in ``[]`` (Rails' arrays, as Mastodon clients
+    send ``media_ids[]``) collects all its values in a list."""
+    out: dict[str, Any] = {}
     for name, value in pairs:
-        out.setdefault(name, value)
+        if name.endswith("[]"):
+            out.setdefault(name, []).append(value)
+        else:
+            out.setdefault(name, value)
     return out
 
 
-def _decode_multipart(content_type: str, body: bytes) -> dict[str, str]:
-    """Text fields of a multipart form, decoded as strict UTF-8.
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file from a multipart form: its bytes only (the name and type its sender gave are not kept)."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Upload({len(self.data)} bytes)"
+
+
+def _decode_multipart(content_type: str, body: bytes, files: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Fields of a multipart form, text decoded as strict UTF-8; a file only in the fields named in ``files`` (as
+    an :class:`Upload`).
 
     Starlette's own parser falls back to Latin-1 for bytes that are not UTF-8, which would store mojibake.
     """
@@ -56,6 +77,7 @@ def _decode_multipart(content_type: str, body: bytes) -> dict[str, str]:
     if params.get(b"charset", b"utf-8").lower() not in (b"utf-8", b"utf8"):
         raise BadRequest("Send the form as UTF-8")
     fields: list[tuple[bytes, bytes]] = []
+    uploads: dict[str, Upload] = {}
     header = [b"", b""]  # the name and value of the part header being read
     disposition = bytearray()
     data = bytearray()
@@ -80,10 +102,14 @@ def _decode_multipart(content_type: str, body: bytes) -> dict[str, str]:
 
     def on_part_end() -> None:
         _, options = parse_options_header(bytes(disposition))
-        if b"filename" in options:
-            raise BadRequest("File uploads are not accepted")
         if b"name" not in options:
             raise BadRequest("A part of the multipart form has no name")
+        if b"filename" in options:
+            name = options[b"name"].decode("utf-8", "replace")
+            if name not in files:
+                raise BadRequest("File uploads are not accepted here" if not files else f"No file is taken as {name!r}")
+            uploads.setdefault(name, Upload(bytes(data)))
+            return
         if len(fields) >= MAX_FIELDS:
             raise BadRequest("The form has too many fields")
         fields.append((options[b"name"], bytes(data)))
@@ -100,14 +126,12 @@ def _decode_multipart(content_type: str, body: bytes) -> dict[str, str]:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
-        out: dict[str, str] = {}
-        for name, value in fields:
-            out.setdefault(name.decode("utf-8"), value.decode("utf-8"))
+        out = _collect([(name.decode("utf-8"), value.decode("utf-8")) for name, value in fields])
     except UnicodeDecodeError:
         raise BadRequest("The form data is not valid UTF-8") from None
     except FormParserError:
         raise BadRequest("The multipart form is malformed") from None
-    return out
+    return out | uploads
 
 
 def _check_text(value: Any) -> None:
@@ -118,13 +142,14 @@ def _check_text(value: Any) -> None:
         raise BadRequest("The body is not valid UTF-8 text") from None
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    """The body as a flat dict: urlencoded, multipart (text fields only) or JSON."""
+async def read_body(request: Request, files: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The body as a flat dict: urlencoded, multipart (files only in the fields named in ``files``) or JSON.
+    Fields named ``name[]`` are lists."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
         return _decode_urlencoded(await request.body())
     if ctype == "multipart/form-data":
-        return _decode_multipart(request.headers["content-type"], await request.body())
+        return _decode_multipart(request.headers["content-type"], await request.body(), files)
     if ctype == "application/json":
         try:
             data = json.loads(await request.body())

@@ -14,7 +14,7 @@ from starlette.requests import HTTPConnection
 
 from feed.cache import STATUS_FRAMES
 from feed.services.follows import Relationship
-from feed.services.models import FrameStyle, PostView, Profile
+from feed.services.models import FrameStyle, Media, PostView, Profile
 from feed.services.notifications import Group, Notification
 from feed.services.oauth import Application
 from feed.services.text import render_html
@@ -133,7 +133,7 @@ def _static(base: str, post: PostView) -> dict[str, Any]:
         "visibility": VISIBILITY_OUT[post.visibility],
         "sensitive": post.sensitive or bool(post.cw),
         "spoiler_text": post.cw or "",
-        "media_attachments": [],
+        "media_attachments": [media_attachment(base, m) for m in post.media],
         "mentions": [
             {"id": str(m.id), "username": m.username, "acct": m.username, "url": f"{base}/@{m.username}"}
             for m in post.mentions
@@ -152,10 +152,36 @@ def _static(base: str, post: PostView) -> dict[str, Any]:
     }
 
 
+def _size(width: int, height: int) -> dict[str, Any]:
+    return {"width": width, "height": height, "size": f"{width}x{height}", "aspect": width / height if height else 0}
+
+
+def media_attachment(base: str, media: Media) -> dict[str, Any]:
+    """Mastodon's MediaAttachment. ``url`` is the largest variant (the "original" clients open; the upload itself is
+    not kept), ``preview_url`` the small one; both null until the variants exist. An animated image is an animated
+    WebP, so it is an ``image`` here (Mastodon's ``gifv`` is a video, which clients would try to play as one)."""
+    ready = media.state == "ready"
+    meta: dict[str, Any] = {"focus": {"x": media.focus[0], "y": media.focus[1]}}
+    if ready and "large" in media.variants and "small" in media.variants:
+        meta |= {"original": _size(*media.variants["large"]), "small": _size(*media.variants["small"])}
+    return {
+        "id": str(media.id),
+        "type": "image",
+        "url": f"{base}/media/{media.id}/large" if ready else None,
+        "preview_url": f"{base}/media/{media.id}/small" if ready else None,
+        "remote_url": None,
+        "preview_remote_url": None,
+        "text_url": None,
+        "meta": meta,
+        "description": media.description,
+        "blurhash": media.blurhash,
+    }
+
+
 # -- statuses as cached frames: the JSON of :func:`_static`, sealed in the cache like a page's post frames, with the
 # account, the app, the counts, ``favourited`` and ``bookmarked`` put in for each reader.
 
-FRAME_VERSION = b"status-json-3"
+FRAME_VERSION = b"status-json-4"
 _styles: dict[str, FrameStyle] = {}
 # Accounts as JSON, by server address and profile (public profile data and counts: nothing sealed is in them).
 _accounts: LRUCache[tuple[str, Profile], str] = LRUCache(maxsize=4096)

@@ -1,7 +1,9 @@
 """``/media/{id}/{variant}``: an attachment's variant, opened as it is sent, to whoever may see its post.
 
 - **Who:** the owner of an upload not yet attached; once attached, whoever may read the post (its visibility, and
-  no block between them). Anyone else gets the same 404 as for media that does not exist.
+  no block between them), known by their session or, for apps, their bearer token. Anyone else gets the same 404
+  as for media that does not exist. (Media of public and unlisted posts needs no one; an app that loads images
+  without its token shows those only.)
 - **What:** the bytes of our own WebP variant, so ``Content-Type`` is ours, never the uploader's; ``nosniff`` (every
   response has it) and ``Content-Disposition: inline`` with a name made of ids.
 - **Ranges:** one ``bytes=`` range is answered with a 206 and only the chunks it spans are read and opened; several
@@ -22,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from crypto import InvalidToken
-from feed.errors import NotFound
+from feed.errors import DomainError, NotFound
 from feed.services import media
-from feed.web.auth import services, viewer
+from feed.services.models import User
+from feed.web.auth import api_user, services, viewer
 from feed.web.forms import path_id
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,22 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+async def reader(request: Request) -> User | None:
+    """Who asks: an app by its bearer token (one that may read statuses, or upload), else a browser by its session.
+    A token that is not good is the same 404 as no right to see."""
+    if "authorization" not in request.headers:
+        return await viewer(request)
+    try:
+        return await api_user(request, ("read:statuses", "write:media"), required=False)
+    except DomainError:
+        raise NotFound() from None
+
+
 async def serve(request: Request) -> Response:
     variant = request.path_params["variant"]
     media_id = path_id(request, "media_id")
     try:
-        opened = await media.open_variant(services(request), media_id, variant, await viewer(request))
+        opened = await media.open_variant(services(request), media_id, variant, await reader(request))
     except InvalidToken:
         log.warning("media %s (%s) does not open: left unserved", media_id, variant)
         raise NotFound() from None

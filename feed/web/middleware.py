@@ -99,19 +99,27 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+UPLOAD_PATHS = frozenset({"/media", "/api/v1/media", "/api/v2/media"})  # where an image may be posted
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413 (``upload_limit`` on the upload paths, with ``POST``),
+    by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int = 0) -> None:
         self.app = app
         self.limit = limit
+        self.upload_limit = max(limit, upload_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit
+        if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS:
+            limit = self.upload_limit
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await _reject(scope, send, 413, "Request body is too large")
             return
         seen = 0
@@ -122,7 +130,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise BodyTooLarge
             return message
 

@@ -44,6 +44,7 @@ INTEGER: Schema = {"type": "integer"}
 BOOLEAN: Schema = {"type": "boolean"}
 ID: Schema = {"type": "string", "pattern": "^[0-9]+$"}
 WHEN: Schema = {"type": "string", "format": "date-time"}
+BINARY: Schema = {"type": "string", "format": "binary"}  # a file in a multipart form
 ANYTHING: dict[str, Any] = {}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -90,6 +91,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "client_secret_expires_at": INTEGER,
         },
     ),
+    "MediaAttachment": _object(
+        {
+            "id": ID,
+            "type": {"enum": ["image"]},
+            "url": _nullable("string"),
+            "preview_url": _nullable("string"),
+            "remote_url": {"type": "null"},
+            "meta": {"type": "object"},
+            "description": _nullable("string"),
+            "blurhash": _nullable("string"),
+        },
+        {"preview_remote_url": {"type": "null"}, "text_url": {"type": "null"}},
+    ),
     "Mention": _object({"id": ID, "username": STRING, "acct": STRING, "url": STRING}),
     "Status": _object(
         {
@@ -103,7 +117,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "visibility": {"enum": ["public", "unlisted", "private", "direct"]},
             "sensitive": BOOLEAN,
             "spoiler_text": STRING,
-            "media_attachments": array(ANYTHING),
+            "media_attachments": array(ref("MediaAttachment")),
             "application": {"oneOf": [ref("Application"), {"type": "null"}]},
             "mentions": array(ref("Mention")),
             "tags": array(ANYTHING),
@@ -183,6 +197,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 ERROR = {"application/json": {"schema": ref("Error")}}
+SUCCESS = {"202": "Accepted: processed in the background", "206": "Still being processed"}
 ERRORS = {
     "400": "Bad input",
     "401": "No token, or one not valid",
@@ -204,6 +219,8 @@ class Operation:
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     form: dict[str, dict[str, Any]] | None = None  # the request body's fields (a form or JSON)
     required: Sequence[str] = ()  # of ``form``
+    multipart: bool = False  # the body is a multipart form only (it carries a file)
+    codes: Sequence[str] = ("200",)  # the success statuses
 
 
 def operation(
@@ -215,9 +232,11 @@ def operation(
     query: dict[str, dict[str, Any]] | None = None,
     form: dict[str, dict[str, Any]] | None = None,
     required: Sequence[str] = (),
+    multipart: bool = False,
+    codes: Sequence[str] = ("200",),
 ) -> Callable[[F], F]:
     """Describe the endpoint for the OpenAPI document."""
-    described = Operation(summary, returns, scope, public, query or {}, form, tuple(required))
+    described = Operation(summary, returns, scope, public, query or {}, form, tuple(required), multipart, tuple(codes))
 
     def attach(endpoint: F) -> F:
         setattr(endpoint, ATTRIBUTE, described)
@@ -253,13 +272,15 @@ def _operation(path: str, method: str, op: Operation) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary, "operationId": f"{method}{path}", "parameters": parameters}
     if op.form is not None:
         body = {"type": "object", "properties": op.form, "required": list(op.required)}
-        out["requestBody"] = {
-            "required": bool(op.required),
-            "content": {"application/x-www-form-urlencoded": {"schema": body}, "application/json": {"schema": body}},
-        }
-    responses: dict[str, Any] = {"200": {"description": "OK"}}
-    if op.returns is not None:
-        responses["200"]["content"] = {"application/json": {"schema": op.returns}}
+        content = {"multipart/form-data": {"schema": body}}
+        if not op.multipart:
+            content = {"application/x-www-form-urlencoded": {"schema": body}, "application/json": {"schema": body}}
+        out["requestBody"] = {"required": bool(op.required), "content": content}
+    responses: dict[str, Any] = {}
+    for code in op.codes:
+        responses[code] = {"description": SUCCESS.get(code, "OK")}
+        if op.returns is not None:
+            responses[code]["content"] = {"application/json": {"schema": op.returns}}
     for status, why in ERRORS.items():
         responses[status] = {"description": why, "content": ERROR}
     out["responses"] = responses

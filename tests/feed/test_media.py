@@ -90,7 +90,7 @@ async def test_what_is_no_image_is_refused_at_once_and_a_broken_one_fails_in_its
 
 
 async def attach(app: Any, media_id: int, post_id: int) -> None:
-    """What a post that takes the media does to its row (the composer and the API come with the next part)."""
+    """Point the media's row at a post directly (a post taking it through the API is tested in test_api_media)."""
     async with app.state.engine.begin() as conn:
         await conn.execute(media_table.update().where(media_table.c.id == media_id).values(post_id=post_id))
 

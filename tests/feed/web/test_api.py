@@ -183,8 +183,11 @@ async def test_instance_v2(api: Any) -> None:
     assert instance["thumbnail"]["url"].startswith("http://testserver/")
     assert instance["languages"] == ["en"]
     config = instance["configuration"]
-    assert config["statuses"] == {"max_characters": 500, "max_media_attachments": 0, "characters_reserved_per_url": 23}
-    assert config["media_attachments"]["supported_mime_types"] == []
+    assert config["statuses"] == {"max_characters": 500, "max_media_attachments": 4, "characters_reserved_per_url": 23}
+    limits = config["media_attachments"]
+    assert {"image/jpeg", "image/png", "image/webp", "image/gif"} <= set(limits["supported_mime_types"])
+    assert (limits["image_size_limit"], limits["image_matrix_limit"]) == (16 * 1024 * 1024, 40_000_000)
+    assert (limits["video_size_limit"], limits["description_limit"]) == (0, 1500)
     assert all(type(v) is int for v in config["polls"].values())
     assert config["translation"] == {"enabled": False}
     assert isinstance(config["urls"], dict)

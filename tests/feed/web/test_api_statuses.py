@@ -181,7 +181,7 @@ async def test_invalid_creates_are_refused_and_store_nothing(
         assert body["status"][:20] not in message
 
 
-async def test_form_media_ids_are_refused(api: Any, app: Any) -> None:
+async def test_form_media_ids_of_no_upload_are_refused(api: Any, app: Any) -> None:
     alice = await api("alice")
     check_error(await alice.post("/api/v1/statuses", data={"status": "pic", "media_ids[]": "1"}), 422)
     assert (await row_counts(app))["posts"] == 0
