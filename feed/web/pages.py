@@ -7,13 +7,14 @@ endpoint answers with the fragment to swap in.
 from __future__ import annotations
 
 import time
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from feed.errors import Conflict, Invalid, NotFound
-from feed.services import accounts, bookmarks, boosts, follows, posts, relations, timelines
+from feed.services import accounts, bookmarks, boosts, follows, media, posts, relations, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, path_id, read_form
@@ -105,12 +106,33 @@ def _reply_prefill(post: PostView, user: User | None) -> str:
     return "".join(f"@{n} " for n in unique)
 
 
+def _attached(form: dict[str, str]) -> list[tuple[int, str]]:
+    """The composer's images, in order: (id, alt text) from ``media_N`` and ``alt_N``."""
+    out = []
+    for n in range(media.MAX_ATTACHMENTS + 1):  # one past the most, for the service to refuse
+        raw = form.get(f"media_{n}")
+        if raw:
+            out.append((parse_id(raw, "media"), form.get(f"alt_{n}", "")))
+    return out
+
+
+async def _describe(svc: Any, user: User, attached: list[tuple[int, str]]) -> list[int]:
+    """Give the composer's images their alt text (asked for each: people who cannot see an image hear it)."""
+    for media_id, description in attached:
+        if not description.strip():
+            raise Invalid("Describe each image for people who cannot see it", "alt")
+        await media.describe(svc, user, media_id, description=description)
+    return [media_id for media_id, _ in attached]
+
+
 async def create_post(request: Request) -> Response:
     form = await read_form(request)
     user = await require_user(request)
     svc = services(request)
     reply_to = parse_id(form["in_reply_to_id"], "in_reply_to_id") if form.get("in_reply_to_id") else None
+    attached: list[tuple[int, str]] = []
     try:
+        attached = _attached(form)
         post = await posts.create(
             svc,
             user,
@@ -119,15 +141,17 @@ async def create_post(request: Request) -> Response:
             cw=form.get("spoiler_text"),
             in_reply_to_id=reply_to,
             idempotency_key=form.get("idempotency_key") or None,
+            media_ids=await _describe(svc, user, attached),
         )
-    except Invalid as exc:
+    except (Invalid, NotFound) as exc:
         composer = {
             "idempotency_key": form.get("idempotency_key", ""),
             "status": form.get("status", ""),
             "spoiler_text": form.get("spoiler_text", ""),
             "visibility": form.get("visibility", "public"),
             "in_reply_to_id": reply_to,
-            "error": exc.message,
+            "error": exc.message if isinstance(exc, Invalid) else "An image was removed meanwhile; attach it again",
+            "media": [{"id": media_id, "description": text} for media_id, text in attached],
         }
         if is_htmx(request):
             return render(

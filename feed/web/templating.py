@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse
 
 from feed.resources import resource_path
 from feed.services.accounts import PASSWORD_HINT
-from feed.services.models import FrameStyle
+from feed.services.models import FrameStyle, Media
 from feed.services.text import chars_left, render_html
 from feed.web.auth import csrf_token, remember_anon
 from feed.web.post_html import PostHtml
@@ -40,10 +40,20 @@ def make_environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         auto_reload=False,
     )
-    env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html, chars_left=chars_left)
+    env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html, chars_left=chars_left,
+                       srcset=srcset)  # fmt: skip
     env.globals["draft_key"] = _draft_key  # the composer's idempotency key: a new one for each new draft
     env.globals["password_hint"] = PASSWORD_HINT
     return env
+
+
+def srcset(media: Media) -> str:
+    """An image's variants for ``srcset``, by width (an image smaller than a variant's bound is the same width in
+    each: listed once)."""
+    by_width: dict[int, str] = {}
+    for name, (width, _) in sorted(media.variants.items(), key=lambda item: item[1][0]):
+        by_width.setdefault(width, f"/media/{media.id}/{name} {width}w")
+    return ", ".join(by_width.values())
 
 
 def _draft_key() -> str:
