@@ -12,7 +12,7 @@ CSP = "; ".join(
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data:",
+        "img-src 'self' data: blob:",  # blob: the composer's preview of a file being attached
         "connect-src 'self'",
         "font-src 'self'",
         "form-action 'self'",

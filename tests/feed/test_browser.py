@@ -666,3 +666,86 @@ def test_a_boost_a_follow_request_and_a_block_in_a_real_browser(browser: Any, se
     for page in (alice, bob, carol):
         page.context.close()
     assert [p for p in console.problems if "/@alice" not in p or "404" not in p] == []
+
+
+def test_an_image_with_alt_text_lazy_loads_with_its_placeholder_and_opens(
+    browser: Any, server: str, tmp_path: Path
+) -> None:
+    """Alice attaches a photo with the picker and another by dropping it on the composer, describes each, and posts.
+    Bob's home page draws the post further down: its images are not fetched until he scrolls to them (lazy), their
+    blurhash is painted meanwhile, then they load. Clicking one opens the lightbox with its alt text."""
+    from playwright.sync_api import expect
+
+    from tests.feed.test_media_images import jpeg_with_gps_and_rotation
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_with_gps_and_rotation(1200, 800))
+    console = Console()
+    alice = _new_page(browser, server, console, viewport={"width": 1000, "height": 800})
+    bob = _new_page(browser, server, console, viewport={"width": 1000, "height": 600})
+    _register(alice, "alice")
+    _register(bob, "bob")
+    bob.goto("/@alice")
+    bob.get_by_role("button", name="Follow", exact=True).click()
+    bob.goto("/settings")  # no live timeline: the images must not reach his browser before his home page asks
+
+    alice.goto("/")
+    expect(alice.locator(".attach-button")).to_be_visible()
+    alice.locator(".attach-file").set_input_files(str(photo))
+    first = alice.locator(".composer-media .attachment").nth(0)
+    expect(first).to_have_attribute("data-state", "ready", timeout=20000)
+    first.get_by_label("Describe this image").fill("red above, blue below")
+    alice.evaluate(
+        """async (data) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const drop = new DataTransfer();
+            drop.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+            const target = document.getElementById("composer-status");
+            target.dispatchEvent(new DragEvent("dragover", { bubbles: true, cancelable: true, dataTransfer: drop }));
+            target.dispatchEvent(new DragEvent("drop", { bubbles: true, cancelable: true, dataTransfer: drop }));
+        }""",
+        __import__("base64").b64encode(photo.read_bytes()).decode(),
+    )
+    second = alice.locator(".composer-media .attachment").nth(1)
+    expect(second).to_have_attribute("data-state", "ready", timeout=20000)
+    second.get_by_label("Describe this image").fill("the same, dropped")
+    alice.get_by_role("button", name="Post", exact=True).click()
+    mine = alice.locator("#timeline article.post").first
+    expect(mine.locator(".media-item img")).to_have_count(2)
+    expect(alice.locator(".composer-media .attachment")).to_have_count(0)  # a fresh composer
+    post_id = _post_id(mine)
+    for n in range(12):  # newer posts above it: on bob's page it is far below the fold (past Chromium's margin)
+        alice.locator("#composer-status").fill(f"later words {n} " + "and more " * 50)
+        alice.get_by_role("button", name="Post", exact=True).click()
+        expect(alice.locator("#timeline article.post").first).to_contain_text(f"later words {n}")
+
+    fetched: list[str] = []
+    bob.on("request", lambda request: "/media/" in request.url and fetched.append(request.url))
+    bob.goto("/")
+    post = bob.locator(f"#post-{post_id}")
+    expect(post).to_have_count(1, timeout=10000)
+    expect(post.locator("canvas.media-placeholder")).to_have_count(2)
+    bob.wait_for_timeout(300)
+    assert fetched == [], f"fetched before it was scrolled to: {fetched}"
+    image = post.locator(".media-item img").first
+    assert image.get_attribute("loading") == "lazy" and image.get_attribute("width") == "800"
+    post.scroll_into_view_if_needed()
+    bob.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    expect(post.locator("canvas.media-placeholder")).to_have_count(0)
+    assert any("/media/" in url for url in fetched)
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    post.screenshot(path=str(SHOTS / "images.png"))
+    post.locator(".media-item").first.click()
+    box = bob.locator("dialog#lightbox")
+    expect(box).to_be_visible()
+    expect(box.locator("figcaption")).to_have_text("red above, blue below")
+    big = box.locator("img")
+    assert re.search(r"/media/\d+/large$", str(big.get_attribute("src")))
+    bob.wait_for_function("(img) => img.complete && img.naturalWidth === 800", arg=big.element_handle())
+    bob.screenshot(path=str(SHOTS / "lightbox.png"))
+    bob.keyboard.press("Escape")
+    expect(box).to_be_hidden()
+    alice.context.close()
+    bob.context.close()
+    assert console.problems == []
