@@ -64,13 +64,20 @@ async def use(app: Any, make_browser: Any, canary: str) -> None:
     gone = await alice.compose(f"{canary} to delete")
     await alice.post(f"/posts/{gone}/delete", {"confirm": "yes"})
     await alice.post("/settings", {"display_name": "Alice", "bio": "I like trains", "email": f"{canary}@example.net"})
-    for reader in (alice, bob):
-        for url in ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}", "/notifications", "/bookmarks"):
-            assert (await reader.get(url)).status_code == 200
     svc = app.state.services
     owner = await accounts.find_user(svc, "alice")
     photo = await media.upload(svc, owner, jpeg_with_canary(canary), description=f"{canary} alt text")
     await settled(svc, photo.id, owner)
+    pictured = await alice.compose(f"{canary} pictured", media_0=str(photo.id), alt_0=f"{canary} described")
+    loose = await media.upload(svc, owner, jpeg_with_canary(canary), description=f"{canary} not posted")
+    await settled(svc, loose.id, owner)
+    pages = ("/", "/public", "/@alice", f"/posts/{first}", f"/posts/{reply}", f"/posts/{pictured}", "/notifications",
+             "/bookmarks")  # fmt: skip
+    for reader in (alice, bob):
+        for url in pages:  # each post's record, with its images' alt text and blurhash, and its frame: cached
+            assert (await reader.get(url)).status_code == 200
+    for url in (f"/media/{photo.id}/small", f"/media/{loose.id}/large"):
+        assert (await alice.http.get(url)).status_code == 200
 
 
 def jpeg_with_canary(canary: str) -> bytes:
@@ -94,7 +101,7 @@ async def test_a_used_deployment_audits_clean(app: Any, make_browser: Any, env: 
     assert report["scanned"]["database"]["items"] > 10 and report["scanned"]["database"]["bytes"] > 1000
     if REDIS_URL != "none":
         assert report["scanned"]["redis"]["items"] > 5
-    assert report["scanned"]["media"]["items"] >= 3  # the picture's variants, sealed
+    assert report["scanned"]["media"]["items"] >= 6  # the pictures' variants, sealed
 
 
 async def test_pictures_or_text_in_clear_in_the_media_store_are_found(app: Any, env: dict[str, str]) -> None:
