@@ -1,6 +1,6 @@
 """Issue 11's "Done when": two real, unmodified Mastodon client packages from PyPI (Mastodon.py and toot) sign in
 through OAuth on a two-process deployment (the person answers the consent page over HTTP, as their browser would,
-and pastes the out-of-band code), then post, read the home timeline page by page, favourite, bookmark, boost, follow
+and pastes the out-of-band code), then post (one status with a picture, uploaded and processed first), read the home timeline page by page, favourite, bookmark, boost, follow
 someone found through search, block and mute someone, list followers and notifications, use the read markers, and revoke
 their token: the next call fails with 401 on every process."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import re
 import time
 from pathlib import Path
@@ -37,6 +38,14 @@ async def answer_consent(person: Account, where: str, url: str) -> str:
     found = re.search(r'id="oauth-code">([^<]+)<', answered.text)
     assert found, answered.text
     return found.group(1)
+
+
+def pattern_png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (320, 200), (200, 120, 40)).save(out, "PNG")
+    return out.getvalue()
 
 
 async def everywhere_unauthorized(cluster: Cluster, token: str) -> None:
@@ -71,6 +80,10 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
     def mastodon_py_session() -> dict[str, Any]:
         token = mastodon.log_in(code=code, scopes=scopes, allow_http=True)
         me = mastodon.account_verify_credentials()
+        picture = mastodon.media_post(pattern_png(), mime_type="image/png", description="a test pattern",
+                                      focus=(0.25, -0.5), file_name="pattern.png", synchronous=True)  # fmt: skip
+        pictured = mastodon.status_post("with a picture", media_ids=[picture])
+        shown = httpx.get(pictured["media_attachments"][0]["preview_url"])  # as an app's image loader: no token
         posted = mastodon.status_post("hello from Mastodon.py")
         found = mastodon.search_v2("bob", result_type="accounts")["accounts"]
         relationship = mastodon.account_follow(found[0]["id"])
@@ -102,9 +115,15 @@ async def test_mastodon_py_and_toot_sign_in_work_and_sign_out(cluster: Cluster, 
         return {"token": token, "me": me, "posted": posted, "found": found, "relationship": relationship,
                 "pages": (first, second), "liked": liked, "followers": followers, "markers": markers, "app": app,
                 "after": after, "kept": kept, "bookmarks": bookmarks, "notes": notes, "blocked": blocked,
-                "muted": muted, "kept_out": kept_out, "shared": shared, "bobs": bobs}  # fmt: skip
+                "muted": muted, "kept_out": kept_out, "shared": shared, "bobs": bobs, "picture": picture,
+                "pictured": pictured, "shown": shown}  # fmt: skip
 
     seen = await asyncio.to_thread(mastodon_py_session)
+    attached = seen["pictured"]["media_attachments"]
+    assert [m["id"] for m in attached] == [seen["picture"]["id"]] and seen["picture"]["url"] == attached[0]["url"]
+    assert attached[0]["description"] == "a test pattern" and attached[0]["meta"]["focus"] == {"x": 0.25, "y": -0.5}
+    assert attached[0]["meta"]["original"]["width"] == 320 and attached[0]["blurhash"]
+    assert seen["shown"].status_code == 200 and seen["shown"].headers["content-type"] == "image/webp"
     assert seen["kept"]["bookmarked"] is True
     assert [s["id"] for s in seen["bookmarks"]] == [seen["pages"][0][1]["id"]] and seen["bookmarks"][0]["bookmarked"]
     assert seen["me"]["username"] == "alice" and seen["posted"]["content"] == "<p>hello from Mastodon.py</p>"
