@@ -1,8 +1,9 @@
 """Issue 11's "Done when": two real, unmodified Mastodon client packages from PyPI (Mastodon.py and toot) sign in
 through OAuth on a two-process deployment (the person answers the consent page over HTTP, as their browser would,
-and pastes the out-of-band code), then post (one status with a picture, uploaded and processed first), read the home timeline page by page, favourite, bookmark, boost, follow
-someone found through search, block and mute someone, list followers and notifications, use the read markers, and revoke
-their token: the next call fails with 401 on every process."""
+and pastes the out-of-band code), then post (one status with a picture, uploaded and processed first), read the home
+timeline page by page, favourite, bookmark, boost, follow someone found through search, block and mute someone, list
+followers and notifications, use the read markers, and revoke their token: the next call fails with 401 on every
+process."""
 
 from __future__ import annotations
 
