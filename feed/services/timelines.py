@@ -425,8 +425,11 @@ async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | Non
     return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 
-async def public(svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None) -> TimelinePage:
-    if _first(page, PUBLIC_FIRST_PAGE):
+async def public(
+    svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None, *, only_media: bool = False
+) -> TimelinePage:
+    """Public posts, newest first (``only_media``: those with images)."""
+    if _first(page, PUBLIC_FIRST_PAGE) and not only_media:
 
         async def load() -> list[Any]:
             async with svc.db() as session:
@@ -435,7 +438,7 @@ async def public(svc: Services, viewer: User | None, page: Page, style: FrameSty
         refs: Sequence[Any] = (await lookup.timeline_refs(svc, TIMELINES, "public", load))[: page.limit]
         return _page(await views(svc, refs, viewer, recheck=True, style=style, hide_muted=True), refs, page)
     async with svc.db() as session:
-        refs = await store.public(session, page)
+        refs = await store.public(session, page, only_media=only_media)
     return _page(await views(svc, refs, viewer, style=style, hide_muted=True), refs, page)
 
 
@@ -446,12 +449,14 @@ async def by_author(
     page: Page,
     *,
     exclude_replies: bool = False,
+    only_media: bool = False,
     style: FrameStyle | None = None,
 ) -> TimelinePage:
     async with svc.db() as session:
         refs = await store.by_author(
-            session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies
-        )
+            session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies,
+            only_media=only_media,
+        )  # fmt: skip
         marks = await lookup.marks_in(session, viewer.id if viewer else None, [ref.id for ref in refs])
     return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 

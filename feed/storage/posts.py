@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from feed.storage import Record
-from feed.storage.tables import blocks, boosts, follows, mentions, mutes, post_revisions, posts, users
+from feed.storage.tables import blocks, boosts, follows, media, mentions, mutes, post_revisions, posts, users
 
 PUBLIC_VISIBILITIES = ("public", "unlisted")
 # What timeline queries return: enough to fetch a page's posts, authors and keys from the cache in one go.
@@ -116,17 +116,32 @@ async def home(session: AsyncSession, viewer_id: int, page: Page, *, once: bool 
     return await paged(session, query, page)
 
 
-async def public(session: AsyncSession, page: Page) -> list[Record]:
-    return await paged(session, sa.select(*REF_COLUMNS).where(posts.c.visibility == "public"), page)
+def with_media() -> sa.ColumnElement[bool]:
+    """SQL: the post has an image."""
+    return sa.exists().where(media.c.post_id == posts.c.id, media.c.state == "ready")
+
+
+async def public(session: AsyncSession, page: Page, *, only_media: bool = False) -> list[Record]:
+    query = sa.select(*REF_COLUMNS).where(posts.c.visibility == "public")
+    return await paged(session, query.where(with_media()) if only_media else query, page)
 
 
 async def by_author(
-    session: AsyncSession, author_id: int, viewer_id: int | None, page: Page, *, exclude_replies: bool = False
+    session: AsyncSession,
+    author_id: int,
+    viewer_id: int | None,
+    page: Page,
+    *,
+    exclude_replies: bool = False,
+    only_media: bool = False,
 ) -> list[Record]:
-    """An author's posts that the viewer may read; ``exclude_replies`` keeps replies to the author's own posts."""
+    """An author's posts that the viewer may read; ``exclude_replies`` keeps replies to the author's own posts,
+    ``only_media`` the posts with images."""
     query = sa.select(*REF_COLUMNS).where(posts.c.author_id == author_id, visible_to(viewer_id))
     if exclude_replies:
         query = query.where(sa.or_(posts.c.in_reply_to_id.is_(None), posts.c.in_reply_to_author_id == author_id))
+    if only_media:
+        query = query.where(with_media())
     return await paged(session, query, page)
 
 

@@ -152,12 +152,12 @@ async def account_statuses(request: Request) -> Response:
     svc = services(request)
     author = await _visible_account(request, viewer, await accounts.get_user(svc, path_id(request, "account_id")))
     page = _page(request)
-    if truthy(request.query_params.get("only_media")) or truthy(request.query_params.get("pinned")):
-        return JSONResponse([])  # we have neither media nor pins
-    exclude_replies = truthy(request.query_params.get("exclude_replies"))
+    if truthy(request.query_params.get("pinned")):
+        return JSONResponse([])  # we have no pins
     result = await timelines.by_author(
-        svc, author, viewer, page, exclude_replies=exclude_replies, style=mastodon.status_style(request)
-    )
+        svc, author, viewer, page, exclude_replies=truthy(request.query_params.get("exclude_replies")),
+        only_media=truthy(request.query_params.get("only_media")), style=mastodon.status_style(request),
+    )  # fmt: skip
     return await _timeline_response(request, page, result)
 
 
@@ -441,10 +441,12 @@ async def home_timeline(request: Request) -> Response:
 async def public_timeline(request: Request) -> Response:
     viewer: User | None = await api_user(request, "read:statuses", required=False)
     page = _page(request)
-    if truthy(request.query_params.get("remote")) or truthy(request.query_params.get("only_media")):
-        return JSONResponse([])  # no federation and no media (yet)
+    if truthy(request.query_params.get("remote")):
+        return JSONResponse([])  # no federation
     style = mastodon.status_style(request)
-    return await _timeline_response(request, page, await timelines.public(services(request), viewer, page, style))
+    only_media = truthy(request.query_params.get("only_media"))
+    found = await timelines.public(services(request), viewer, page, style, only_media=only_media)
+    return await _timeline_response(request, page, found)
 
 
 def _limits(request: Request) -> dict[str, Any]:

@@ -120,7 +120,7 @@ async def test_account_statuses_are_that_accounts_newest_first(api: Any) -> None
     statuses = await get_json(await api(), url)
     assert [s["id"] for s in statuses] == [s["id"] for s in reversed(mine)]
     assert {s["account"]["username"] for s in statuses} == {"alice"}
-    # We have no pins and no media: clients ask for them first and get nothing.
+    # We have no pins, and these statuses have no images: clients ask for them first and get nothing.
     assert await get_json(bob, url, pinned="true") == []
     assert await get_json(bob, url, only_media="true") == []
 

@@ -112,6 +112,12 @@ async def test_v1_answers_once_processed_and_put_describes(api: Any) -> None:
     assert described.json()["description"] == ALT and described.json()["meta"]["focus"] == {"x": -1.0, "y": 1.0}
     status = await post_status(alice, "described", media_ids=[media_id])
     assert status["media_attachments"][0]["description"] == ALT
+    await post_status(alice, "words alone")
+    pictured = [status["id"]]
+    assert [s["id"] for s in await get_json(alice, "/api/v1/timelines/public", only_media="true")] == pictured
+    account = f"/api/v1/accounts/{status['account']['id']}/statuses"
+    assert [s["id"] for s in await get_json(alice, account, only_media="true")] == pictured
+    assert len(await get_json(alice, account)) == 2
     assert (await alice.put(f"/api/v1/media/{media_id}", json={"description": "x"})).status_code == 404
     loose = (await upload(alice, encoded("PNG"))).json()["id"]
     await ready(alice, loose)

@@ -234,7 +234,7 @@ async def test_public_has_only_public_statuses_from_everyone(api: Any) -> None:
     for reader in (alice, bob, await api()):
         assert await ids_of(reader, "/api/v1/timelines/public") == expected
         assert await ids_of(reader, "/api/v1/timelines/public", local="true") == expected
-        # No federation and no media: these filters have nothing to show.
+        # No federation, and no status with an image: these filters have nothing to show.
         assert await ids_of(reader, "/api/v1/timelines/public", remote="true") == []
         assert await ids_of(reader, "/api/v1/timelines/public", only_media="true") == []
 
