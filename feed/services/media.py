@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,8 +21,16 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
-from crypto.stream import ENVELOPE_SIZE, StreamOpener, open_bytes, open_envelope, seal_stream
+from crypto import FieldContext, InvalidToken, UserKey, open_field, rewrap, seal_fields
+from crypto.stream import (
+    ENVELOPE_SIZE,
+    StreamOpener,
+    key_version_of,
+    open_bytes,
+    open_envelope,
+    rewrap_header,
+    seal_stream,
+)
 from feed.errors import Forbidden, Invalid, NotFound
 from feed.events import Effects, Job
 from feed.ids import new_id
@@ -310,21 +318,58 @@ async def open_variant(svc: Services, media_id: int, variant: str, viewer: User 
         if post is None:
             raise NotFound()
         public = post.visibility in ("public", "unlisted")
-    async with svc.db() as session:
-        key = (await svc.keys.get_many(session, [(row.user_id, row.key_version)])).get((row.user_id, row.key_version))
-    if key is None:  # the owner was erased: their media is unreadable
-        raise NotFound()
     name = file_name(media_id, variant)
     stored_size = await svc.media.size(name)
     if stored_size is None or stored_size < ENVELOPE_SIZE:
         raise NotFound()
-    opener = open_envelope(
-        key, file_context(media_id, row.user_id, variant), await svc.media.read(name, 0, ENVELOPE_SIZE)
-    )
+    envelope = await svc.media.read(name, 0, ENVELOPE_SIZE)
+    wanted = (row.user_id, key_version_of(envelope))  # a rotation rewraps each file before its row
+    async with svc.db() as session:
+        key = (await svc.keys.get_many(session, [wanted])).get(wanted)
+    if key is None:  # the owner was erased: their media is unreadable
+        raise NotFound()
+    opener = open_envelope(key, file_context(media_id, row.user_id, variant), envelope)
     size, chunks = opener.layout(stored_size)
     offset, length = opener.span(chunks - 1, chunks, size)
     opener.open_chunk(chunks - 1, await svc.media.read(name, offset, offset + length), True)  # proves the size
     return OpenFile(svc, name, size, public, opener, chunks)
+
+
+# -- key rotation
+
+
+async def rewrap_files(svc: Services, row: Any, keys: Mapping[int, UserKey], new: UserKey) -> int:
+    """Rewrap the data key of each of the media's files under ``new`` (``keys``: the owner's keys by version, for
+    files under other versions); the chunks stay as they are. Each file says its own key version, so a rotation
+    stopped half way leaves every file readable. Returns how many files were rewrapped; InvalidToken if one does
+    not open."""
+    rewrapped = 0
+    for variant in (ORIGINAL, *VARIANTS):
+        name = file_name(row.id, variant)
+        size = await svc.media.size(name)
+        if size is None:
+            continue
+        data = await svc.media.read(name, 0, size)
+        version = key_version_of(data[:ENVELOPE_SIZE])
+        if version == new.version:
+            continue
+        old = keys.get(version)
+        if old is None:
+            raise InvalidToken
+        envelope = rewrap_header(data[:ENVELOPE_SIZE], file_context(row.id, row.user_id, variant), old, new)
+        await svc.media.put(name, [envelope, data[ENVELOPE_SIZE:]])
+        rewrapped += 1
+    return rewrapped
+
+
+def rewrapped_fields(row: Any, old: UserKey, new: UserKey) -> dict[str, Any]:
+    """The row's alt text and blurhash rewrapped from ``old`` to ``new``, with the new ``key_version``."""
+    values: dict[str, Any] = {"key_version": new.version}
+    for field, revision in (("description", row.revision), ("blurhash", 0)):
+        blob = getattr(row, field)
+        if blob is not None:
+            values[field] = rewrap(bytes(blob), FieldContext(field, row.id, row.user_id, revision), old, new).data
+    return values
 
 
 # -- cleanup

@@ -72,6 +72,12 @@ async def get_user_for_rotation(session: AsyncSession, user_id: int, *, lock: bo
     return (await session.execute(query.with_for_update() if lock else query)).first()
 
 
+async def key_versions_of(session: AsyncSession, user_id: int) -> list[int]:
+    """Every key version the user still has."""
+    query = sa.select(user_keys.c.version).where(user_keys.c.user_id == user_id)
+    return [int(v) for v in (await session.scalars(query)).all()]
+
+
 async def latest_key_version(session: AsyncSession, user_id: int) -> int | None:
     latest = await session.scalar(sa.select(sa.func.max(user_keys.c.version)).where(user_keys.c.user_id == user_id))
     return None if latest is None else int(latest)

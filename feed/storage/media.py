@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from feed.storage.tables import media, posts
+from feed.storage.tables import media, posts, users
 
 
 async def insert(session: AsyncSession, **values: Any) -> None:
@@ -128,4 +128,41 @@ async def describe(session: AsyncSession, media_id: int, **values: Any) -> bool:
 
 async def delete_unattached(session: AsyncSession, media_id: int) -> bool:
     done = await session.execute(media.delete().where(media.c.id == media_id, media.c.post_id.is_(None)))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+async def behind(session: AsyncSession, user_id: int | None, *, after: int, limit: int) -> list[Any]:
+    """The next ``limit`` media (of ``user_id``, or everyone's) with id above ``after`` not under their owner's
+    current key version, with that version as ``current``; but uploads whose job has not run (it seals their
+    variants under the row's version: the next rotation takes them)."""
+    query = (
+        sa.select(media, users.c.key_version.label("current"))
+        .join(users, users.c.id == media.c.user_id)
+        .where(media.c.key_version != users.c.key_version, media.c.state != "processing", media.c.id > after)
+    )
+    if user_id is not None:
+        query = query.where(media.c.user_id == user_id)
+    return list((await session.execute(query.order_by(media.c.id).limit(limit))).all())
+
+
+async def count_behind(session: AsyncSession, user_id: int | None) -> int:
+    query = (
+        sa.select(sa.func.count())
+        .select_from(media.join(users, users.c.id == media.c.user_id))
+        .where(media.c.key_version != users.c.key_version, media.c.state != "processing")
+    )
+    if user_id is not None:
+        query = query.where(media.c.user_id == user_id)
+    return int(await session.scalar(query) or 0)
+
+
+async def rekey_if_unchanged(
+    session: AsyncSession, media_id: int, *, key_version: int, revision: int, values: dict[str, Any]
+) -> bool:
+    """Write the alt text and blurhash rewrapped under a new key version, if the row is still as it was read."""
+    done = await session.execute(
+        media.update()
+        .where(media.c.id == media_id, media.c.key_version == key_version, media.c.revision == revision)
+        .values(**values)
+    )
     return bool(done.rowcount)  # type: ignore[attr-defined]

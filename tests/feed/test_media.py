@@ -13,12 +13,16 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from crypto.stream import open_bytes
+from crypto.stream import ENVELOPE_SIZE, key_version_of, open_bytes
 from feed.errors import Invalid
 from feed.services import accounts, erasure, media, rotation
+from feed.services.context import now
 from feed.services.jobs import Run, run_maintenance
 from feed.services.media import ORIGINAL, VARIANTS, file_context, file_name
+from feed.storage import keys as key_store
+from feed.storage import media as media_store
 from feed.storage.tables import media as media_table
+from feed.storage.tables import user_keys
 from jobs.registry import MAINTENANCE
 from tests.conftest import forget_cached
 from tests.feed.test_media_images import assert_clean, jpeg_with_gps_and_rotation
@@ -251,15 +255,49 @@ async def test_purge_media_removes_unattached_uploads_media_of_deleted_posts_and
     await svc.media.delete("987654321/small")
 
 
-async def test_media_stays_readable_through_a_user_key_rotation(app: Any, make_browser: Any) -> None:
-    """Media files are not rewrapped yet: the key version that wraps them is kept when the others are destroyed."""
+async def test_a_user_key_rotation_rewraps_media_and_the_old_key_goes(app: Any, make_browser: Any) -> None:
+    """Each file's data key and the alt text and blurhash are rewrapped under the new key version (a file rewrapped
+    by a rotation that stopped before its row was is read by the version it says); then the old version, used by
+    nothing, is destroyed, and the pictures and their alt text are as they were."""
     alice = await make_browser("alice")
     done, full = await ready_photo(app, alice)
+    second, _ = await ready_photo(app, alice)
+    post = await alice.compose("pictured", media_0=str(done.id), alt_0=ALT)
+    assert ALT in (await alice.get(f"/posts/{post}")).text  # its record, with the sealed alt text, cached
     svc = app.state.services
-    await run_maintenance(svc, MAINTENANCE["rotate_user_keys"])
+    user = await accounts.find_user(svc, "alice")
+    # A rotation cut short: alice has key version 2, and one image's files were rewrapped under it, not its row.
+    async with svc.db.begin() as session:
+        old, new = await svc.keys.get(session, user.id, 1), await svc.keys.create(session, user.id, 2, now())
+        await key_store.set_current_key(session, user.id, from_version=1, version=2, email_sealed=None)
+    async with svc.db() as session:
+        row = await media_store.get(session, second.id)
+    assert await media.rewrap_files(svc, row, {1: old}, new) == len(VARIANTS)
+    for name in VARIANTS:
+        assert key_version_of((await stored(svc, file_name(second.id, name)) or b"")[:ENVELOPE_SIZE]) == 2
+    await forget_cached(app)
+    assert (await alice.http.get(f"/media/{second.id}/small")).status_code == 200  # the row still says 1
+
+    rotated = Run(svc, "rewrap_posts")  # the rotation's last step, run again
+    await rotation.rewrap_posts(svc, rotated)
+    assert rotated.changed["media_rewrapped"] == 2 and rotated.changed["media_files_rewrapped"] == 3, rotated.changed
     prune = Run(svc, "prune")
     await rotation.prune_user_keys(svc, prune, grace=timedelta(0))
-    assert not prune.changed.get("user_keys_destroyed")
+    assert prune.changed.get("user_keys_destroyed") == 1  # version 1: no post, image or email uses it now
+    async with app.state.engine.connect() as conn:
+        kept = set((await conn.execute(sa.select(user_keys.c.version).where(user_keys.c.user_id == user.id))).scalars())
+    assert kept == {2}
     await forget_cached(app)
+    async with app.state.engine.connect() as conn:
+        versions = set((await conn.execute(sa.select(media_table.c.key_version))).scalars())
+    current = (await accounts.find_user(svc, "alice")).key_version
+    assert versions == {current}
+    for media_id in (done.id, second.id):
+        for name in VARIANTS:
+            raw = await stored(svc, file_name(media_id, name)) or b""
+            assert key_version_of(raw[:ENVELOPE_SIZE]) == current
+            assert (await alice.http.get(f"/media/{media_id}/{name}")).status_code == 200
     shown = await alice.http.get(f"/media/{done.id}/medium")
     assert shown.status_code == 200 and shown.content == full["medium"]
+    assert (await media.get(svc, second.id, user)).blurhash == second.blurhash
+    assert ALT in (await alice.get(f"/posts/{post}")).text

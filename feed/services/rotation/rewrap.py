@@ -14,11 +14,12 @@ from typing import Any
 from crypto import FieldContext, InvalidToken, Sealed, UserKey, rewrap
 from feed.cache import FRAME_SPACES, POSTS, Space
 from feed.errors import NotFound
-from feed.services import lookup
+from feed.services import lookup, media
 from feed.services.context import Services, now
 from feed.services.jobs import Run
 from feed.services.rotation import batch
 from feed.storage import keys as store
+from feed.storage import media as media_store
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ longer than any cached user record lives (10 minutes in Redis) and than an unwra
 
 
 async def rewrap_posts(svc: Services, run: Run) -> None:
-    """Rewrap every post (and sealed email) not under its author's current key version, then destroy superseded
+    """Rewrap every post, image and sealed email not under its owner's current key version, then destroy superseded
     user key versions nothing uses (``rewrap_posts``)."""
     await rewrap_posts_of(svc, run, user_id=None)
+    await rewrap_media_of(svc, run, user_id=None)
     await _rewrap_emails(svc, run, user_id=None)
     await prune_user_keys(svc, run, user_id=None)
 
@@ -108,6 +110,52 @@ async def _write_posts(svc: Services, run: Run, writes: Sequence[tuple[Any, dict
     run.count("skipped_changed_meanwhile", len(writes) - len(changed))
     stale: list[tuple[Space, Any]] = [(space, i) for i in changed for space in (POSTS, *FRAME_SPACES)]
     await lookup.invalidate(svc, *stale)
+
+
+async def rewrap_media_of(svc: Services, run: Run, *, user_id: int | None) -> None:
+    """Rewrap the media (of ``user_id``, or everyone's) not under its owner's current key version: each file's data
+    key first, then the row's alt text and blurhash with compare-and-set (a row changed meanwhile is taken by the
+    next run; its files, which say their own version, are read either way)."""
+    part = f"media-{user_id}" if user_id is not None else "media"
+    if run.dry_run:
+        async with svc.db() as session:
+            run.count("media_rewrapped", await media_store.count_behind(session, user_id))
+        return
+    after = await run.cursor(part) or 0
+    while True:
+        async with svc.db() as session:
+            rows = await media_store.behind(session, user_id, after=after, limit=batch.CHUNK)
+        if not rows:
+            break
+        for row in rows:
+            await _rewrap_media_row(svc, run, row)
+        after = rows[-1].id
+        await run.advance(after, part)
+    await run.finish(part)
+
+
+async def _rewrap_media_row(svc: Services, run: Run, row: Any) -> None:
+    async with svc.db() as session:
+        found = await store.key_versions_of(session, row.user_id)
+        keys = await svc.keys.get_many(session, {(row.user_id, v) for v in found})
+    by_version = {version: key for (_, version), key in keys.items()}
+    new, old = by_version.get(row.current), by_version.get(row.key_version)
+    try:
+        if new is None or old is None:
+            raise InvalidToken
+        run.count("media_files_rewrapped", await media.rewrap_files(svc, row, by_version, new))
+        values = media.rewrapped_fields(row, old, new)
+    except InvalidToken:
+        log.warning("media %s cannot be rewrapped (its key is gone or does not open it)", row.id)
+        run.count("media_unreadable")
+        return
+    async with svc.db.begin() as session:
+        written = await media_store.rekey_if_unchanged(
+            session, row.id, key_version=row.key_version, revision=row.revision, values=values
+        )
+    run.count("media_rewrapped" if written else "skipped_changed_meanwhile")
+    if written and row.post_id is not None:
+        await lookup.invalidate(svc, (POSTS, row.post_id))  # its record holds the alt text and blurhash as sealed
 
 
 async def _rewrap_emails(svc: Services, run: Run, *, user_id: int | None) -> None:

@@ -31,6 +31,7 @@ from feed.services.rotation.rewrap import (
     _rewrap_emails,
     _rewrapped_email,
     prune_user_keys,
+    rewrap_media_of,
     rewrap_posts,
     rewrap_posts_of,
 )
@@ -96,6 +97,7 @@ async def _rotate_one_user(svc: Services, run: Run, *, user_id: int, from_versio
         await _count_behind(svc, run, user_id, version)
         return
     await rewrap_posts_of(svc, run, user_id=user_id)
+    await rewrap_media_of(svc, run, user_id=user_id)
     await _rewrap_emails(svc, run, user_id=user_id)
     await prune_user_keys(svc, run, user_id=user_id)
 
