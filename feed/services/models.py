@@ -183,7 +183,9 @@ class PostView:
     sensitive: bool = False
     language: str | None = None
     app_id: int = 0
-    media: list[Media] = field(default_factory=list)
+    # Its images, opened (alt text, blurhash) when first asked for: a page drawn from cached frames never needs them.
+    open_media: Callable[[], list[Media]] | None = None
+    opened_media: list[Media] | None = None
     # The post's rendered frame in pieces (see ``feed.web.post_html``), when the page asked for frames.
     frame: tuple[str, ...] | None = None
 
@@ -198,6 +200,12 @@ class PostView:
     @property
     def html(self) -> Markup:
         return self.content.html
+
+    @property
+    def media(self) -> list[Media]:
+        if self.opened_media is None:
+            self.opened_media = self.open_media() if self.open_media is not None else []
+        return self.opened_media
 
     def __repr__(self) -> str:  # never show the text in a log or traceback
         return f"PostView(id={self.id}, author={self.author.id}, revision={self.revision})"

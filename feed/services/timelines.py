@@ -120,7 +120,7 @@ async def views(
         parent = users.get(record.in_reply_to_author_id) if record.in_reply_to_author_id else None
         view = _view(record, key, author, parent)
         if record.media:
-            view.media = _attachments(record, keys)
+            view.open_media = partial(_attachments, record, keys)
         marks.put_on(view)
         if (boost := boosts.get(record.id)) is not None and (booster := users.get(boost.booster_id)) is not None:
             view.boost_id, view.booster = boost.boost_id, User.of(booster)
