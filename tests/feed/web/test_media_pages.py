@@ -44,11 +44,15 @@ async def test_a_post_with_images_from_the_composer_is_drawn_lazy_sized_and_plac
     assert 'class="attach-button button" hidden' in home.text and "/static/js/media.js" in home.text
     photo = await attach(alice, jpeg_with_gps_and_rotation(1600, 900))
     moving = await attach(alice, gif())
-    fields = {"status": "", "media_0": photo, "alt_0": ALT, "media_1": moving, "alt_1": "three colours, one by one"}
-    post_id = await alice.compose("", **{k: v for k, v in fields.items() if k != "status"})
+    png, webp = await attach(alice, encoded("PNG")), await attach(alice, encoded("WEBP"))
+    post_id = await alice.compose("", media_0=photo, alt_0=ALT, media_1=moving, alt_1="three colours, one by one",
+                                  media_2=png, alt_2="a png", media_3=webp, alt_3="a webp")  # fmt: skip
     page = (await bob.get(f"/posts/{post_id}")).text
     images = re.findall(r'<a class="media-item"[^>]*>.*?</a>', page, re.S)
-    assert len(images) == 2, page
+    assert len(images) == 4 and 'class="post-media count-4"' in page, page
+    for media_id in (moving, png, webp):
+        for variant in ("small", "medium", "large"):
+            assert_clean((await bob.http.get(f"/media/{media_id}/{variant}")).content)
     first = images[0]
     assert f'href="/media/{photo}/large"' in first and "data-lightbox" in first and 'data-blurhash="' in first
     assert f'src="/media/{photo}/medium"' in first and 'loading="lazy"' in first and 'decoding="async"' in first
