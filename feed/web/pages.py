@@ -199,10 +199,17 @@ async def edit_post(request: Request) -> Response:
     svc = services(request)
     post_id = path_id(request, "post_id")
     expected = parse_id(form["revision"], "revision") if form.get("revision") else None
+    # The images the form listed (each with a box to keep it), in their order: those unticked go.
+    kept = [int(name[5:]) for name in form if name.startswith("keep_") and name[5:].isdigit()]
     try:
+        kept_ids = None
+        if form.get("media_listed"):
+            current = await timelines.source_of(svc, post_id, user)
+            kept_ids = [m.id for m in current.media if m.id in kept]
         await posts.edit(
-            svc, user, post_id, form.get("status", ""), form.get("spoiler_text"), expected_revision=expected
-        )
+            svc, user, post_id, form.get("status", ""), form.get("spoiler_text"), expected_revision=expected,
+            media_ids=kept_ids,
+        )  # fmt: skip
     except (Invalid, Conflict) as exc:
         # The draft is kept; after a conflict the form now carries the latest revision, so saving again is a
         # deliberate overwrite.
@@ -211,6 +218,7 @@ async def edit_post(request: Request) -> Response:
             "status": form.get("status", ""),
             "spoiler_text": form.get("spoiler_text", ""),
             "revision": post.revision,
+            "keep": set(kept) if form.get("media_listed") else None,
         }
         status = 409 if isinstance(exc, Conflict) else 422
         return render(request, "edit.html", {"post": post, "values": values, "error": exc.message}, status=status)

@@ -107,3 +107,23 @@ async def test_the_upload_path_takes_images_and_refuses_the_rest(make_browser: A
     ).status_code in (401, 403)
     photo = await attach(alice, encoded("PNG"))
     assert (await nobody.http.get(f"/media/{photo}", headers={"Accept": "application/json"})).status_code == 401
+
+
+async def test_the_edit_page_keeps_or_removes_images(make_browser: Any) -> None:
+    alice = await make_browser("alice")
+    await alice.get("/")
+    one, two = await attach(alice, encoded("PNG")), await attach(alice, encoded("WEBP"))
+    post_id = await alice.compose("", media_0=one, alt_0="first", media_1=two, alt_1="second")
+    form = (await alice.get(f"/posts/{post_id}/edit")).text
+    assert f'name="keep_{one}" value="1" checked' in form and f'name="keep_{two}" value="1" checked' in form
+    assert 'data-max="500" required' not in form  # images alone may stay a post
+    refused = await alice.post(f"/posts/{post_id}/edit", {"status": "", "media_listed": "1"})
+    assert refused.status_code == 422 and "blank" in refused.text
+    assert f'name="keep_{one}" value="1">' in refused.text  # unticked, as it was sent
+    saved = await alice.post(f"/posts/{post_id}/edit", {"status": "now with words", "media_listed": "1",
+                                                        f"keep_{two}": "1"})  # fmt: skip
+    assert saved.status_code == 303
+    page = (await alice.get(f"/posts/{post_id}")).text
+    assert f"/media/{two}/large" in page and f"/media/{one}/large" not in page and "now with words" in page
+    kept = await alice.post(f"/posts/{post_id}/edit", {"status": "no list sent"})  # a form without the list
+    assert kept.status_code == 303 and f"/media/{two}/large" in (await alice.get(f"/posts/{post_id}")).text
