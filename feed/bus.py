@@ -168,7 +168,7 @@ class RedisBus(_Handlers):
                     self._receive(message["data"])
         finally:
             try:
-                await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
             except (RedisError, OSError, TimeoutError):
                 pass
 

@@ -7,30 +7,115 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException, RedisError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+FAILURES = (RedisError, RedisClusterException, OSError)  # what a Redis call may raise when Redis is not there
+TIMEOUTS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}  # a slow Redis must not hold a page
 
-def make_client(url: str) -> Redis:
-    """Short timeouts: a slow Redis must not hold a page; the page falls back to the database."""
+
+class BadRedisUrl(ValueError):
+    """``CIPHERFEED_REDIS_URL`` (or another Redis address) that does not say where Redis is."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where Redis is: one server (``redis://``), a Redis Cluster (``redis+cluster://``: any of its nodes, comma
+    separated) or a primary that Sentinels watch (``redis+sentinel://``: the sentinels, comma separated, then
+    ``/service-name``); ``rediss`` for TLS. Credentials are Redis's (``user:password@``), for every node."""
+
+    kind: str  # single, cluster or sentinel
+    nodes: tuple[tuple[str, int], ...]
+    url: str  # as given
+    db: int = 0
+    service: str = ""
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"RedisTarget({self.kind}, {len(self.nodes)} nodes)"
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    base, _, topology = scheme.partition("+")
+    if base not in ("redis", "rediss") or topology not in ("", "cluster", "sentinel"):
+        raise BadRedisUrl("a Redis URL starts with redis://, rediss://, redis+cluster:// or redis+sentinel://")
+    hosts = parts.netloc.rpartition("@")[2]
+    nodes = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "")
+        host = host.strip("[]") or "127.0.0.1"
+        if port and not port.isdigit():
+            raise BadRedisUrl(f"the port of {part.strip()!r} is not a number")
+        nodes.append((host, int(port) if port else (26379 if topology == "sentinel" else 6379)))
+    if topology == "" and len(nodes) > 1:
+        raise BadRedisUrl("several hosts need redis+cluster:// or redis+sentinel://")
+    path = parts.path.strip("/")
+    db, service = 0, ""
+    if topology == "sentinel":
+        service, _, db_part = path.partition("/")
+        if not service:
+            raise BadRedisUrl("a redis+sentinel:// URL names its primary: redis+sentinel://host:26379/mymaster")
+        path = db_part or parse_qs(parts.query).get("db", ["0"])[0]
+    if path:
+        if not path.isdigit():
+            raise BadRedisUrl("the database of a Redis URL is a number")
+        db = int(path)
+    if topology == "cluster" and db:
+        raise BadRedisUrl("a Redis Cluster has database 0 only")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    kind = topology or "single"
+    return RedisTarget(kind, tuple(nodes), url, db, service, user, password, base == "rediss")
+
+
+def make_client(url: str, *, timeout: float = TIMEOUTS["socket_timeout"]) -> Any:
+    """A client for ``url`` (see :class:`RedisTarget`): ``Redis`` for one server or a Sentinel-watched primary
+    (which follows a failover by itself), ``RedisCluster`` for a cluster. ``timeout``: of each call, short so that
+    a slow Redis never holds a page (the page falls back to the database); longer for blocking reads."""
+    target = parse_redis_url(url)
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": TIMEOUTS["socket_connect_timeout"],
+                               "username": target.username, "password": target.password}  # fmt: skip
+    if target.kind == "cluster":
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        return RedisCluster(startup_nodes=nodes, ssl=target.tls, health_check_interval=15, **options)
+    if target.kind == "sentinel":
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs={**TIMEOUTS}, ssl=target.tls, **options
+        )
+        return sentinel.master_for(target.service, db=target.db, retry_on_timeout=False, health_check_interval=15)
     client: Redis = Redis.from_url(
-        url,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        retry_on_timeout=False,
-        health_check_interval=15,
-    )
+        url, retry_on_timeout=False, health_check_interval=15, socket_timeout=timeout,
+        socket_connect_timeout=TIMEOUTS["socket_connect_timeout"],
+    )  # fmt: skip
     return client
 
 
+async def reset_connections(client: Any) -> None:
+    """Drop every pooled connection (after an outage they may look open and be dead)."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            await node.disconnect()
+        return
+    await client.connection_pool.disconnect()
+
+
 class RedisLink:
-    def __init__(self, client: Redis, *, probe_every: float = 0.5, metrics: Any = None) -> None:
+    def __init__(self, client: Any, *, probe_every: float = 0.5, metrics: Any = None, url: str | None = None) -> None:
         self.client = client
+        self.url = url  # where the client goes (for another client to the same Redis, see ``client_like``)
         self.up = True
         self._probe_every = probe_every
         self._probe: asyncio.Task[None] | None = None
@@ -41,11 +126,23 @@ class RedisLink:
             else None
         )
 
+    @classmethod
+    def connect(cls, url: str, **options: Any) -> RedisLink:
+        return cls(make_client(url), url=url, **options)
+
+    def client_like(self, *, timeout: float) -> Any:
+        """Another client to the same Redis, with its own connections and call ``timeout`` (a blocking read)."""
+        if self.url is not None:
+            return make_client(self.url, timeout=timeout)
+        kwargs = dict(self.client.connection_pool.connection_kwargs)
+        kwargs.update(socket_timeout=timeout, socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])
+        return Redis(**kwargs)
+
     def on_recovery(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` (in registration order) each time Redis answers again after an outage."""
         self._recovery.append(step)
 
-    async def run(self, operation: Callable[[Redis], Awaitable[T]]) -> T | None:
+    async def run(self, operation: Callable[[Any], Awaitable[T]]) -> T | None:
         """``operation(client)``, or None while Redis is down or when this call fails.
 
         While down, only the recovery steps (run by the probe task) reach Redis.
@@ -54,7 +151,7 @@ class RedisLink:
             return None
         try:
             return await operation(self.client)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             self.down(exc)
             return None
 
@@ -69,17 +166,17 @@ class RedisLink:
 
     async def _wait_for_redis(self) -> None:
         # Pooled connections opened before the outage may look open but be dead; start afresh after it.
-        await self.client.connection_pool.disconnect()
+        await reset_connections(self.client)
         while True:
             await asyncio.sleep(self._probe_every)
             try:
                 await self.client.ping()
-            except (RedisError, OSError):
+            except FAILURES:
                 continue
             try:
                 for step in self._recovery:
                     await step()
-            except (RedisError, OSError):
+            except FAILURES:
                 continue  # went away again during recovery: keep probing
             if not await self._still_up():
                 continue
@@ -91,7 +188,7 @@ class RedisLink:
     async def _still_up(self) -> bool:
         try:
             await self.client.ping()
-        except (RedisError, OSError):
+        except FAILURES:
             return False
         return True
 

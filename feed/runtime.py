@@ -35,7 +35,7 @@ from feed.keyfile import derive, load_ring, load_secret
 from feed.media.store import MediaStore
 from feed.metrics import Registry
 from feed.queue import ArqQueue, JobMetrics, LocalQueue
-from feed.redis_link import RedisLink, make_client
+from feed.redis_link import RedisLink
 from feed.relay import Relay
 from feed.services.context import Database, Secrets, Services, ThrottleRules
 from feed.services.jobs import run_cron
@@ -125,7 +125,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
         if await db.current_revision(engine) != head:
             raise ConfigError("the database schema is not up to date: run `cipherfeed db upgrade`")
-        link = RedisLink(make_client(settings.redis_url), metrics=metrics) if settings.redis_url else None
+        link = RedisLink.connect(settings.redis_url, metrics=metrics) if settings.redis_url else None
         if link is not None:
             stack.push_async_callback(link.close)
         cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=metrics)

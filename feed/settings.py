@@ -14,10 +14,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from feed.media.config import StoreConfig
+from feed.redis_link import BadRedisUrl, parse_redis_url
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable, never a secret value."""
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        parse_redis_url(raw)
+    except BadRedisUrl as exc:
+        raise ConfigError(f"CIPHERFEED_REDIS_URL: {exc}") from None
+    return raw
 
 
 class Secret:
@@ -181,7 +192,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
-        redis_url=env.get("CIPHERFEED_REDIS_URL") or None,
+        redis_url=_redis_url(env.get("CIPHERFEED_REDIS_URL") or None),
         root_key_file=Path(key_file).expanduser().absolute() if key_file else None,
         root_key=Secret(root_key) if root_key else None,
         secret_key=Secret(secret) if secret else None,

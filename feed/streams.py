@@ -284,9 +284,7 @@ class RedisStreams:
         self._on_reset.append(on_reset)
 
     async def start(self) -> None:
-        kwargs = dict(self.link.client.connection_pool.connection_kwargs)
-        kwargs.update(socket_timeout=_BLOCK_MS / 1000 + 3, socket_connect_timeout=0.5)
-        self._blocking = Redis(**kwargs)
+        self._blocking = self.link.client_like(timeout=_BLOCK_MS / 1000 + 3)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_posts()), loop.create_task(self._read_push())]
 
@@ -469,7 +467,7 @@ class RedisStreams:
                     handler(home, counts)
         finally:
             try:
-                await asyncio.wait_for(pubsub.aclose(), timeout=1.0)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
             except (RedisError, OSError, TimeoutError):
                 pass
 

@@ -78,6 +78,90 @@ class RedisServer:
             self.proc.wait(timeout=10)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 more) is free too (so at most 55535)."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterNodes:
+    """A real Redis Cluster of ``size`` primaries (no replicas), each a ``redis-server`` with ``cluster-enabled``,
+    joined by ``redis-cli --cluster create``. Each node keeps an append-only file synced on every write, so a node
+    killed and started again comes back with what it acknowledged (and its slots)."""
+
+    def __init__(self, workdir: Path, size: int = 3) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise AssertionError("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.cli, self.workdir = binary, cli, workdir
+        self.ports = [_cluster_port() for _ in range(size)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.url = f"redis+cluster://{nodes}"
+
+    def _dir(self, port: int) -> Path:
+        path = self.workdir / f"redis-{port}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start_node(self, port: int) -> None:
+        assert port not in self.procs or self.procs[port].poll() is not None, "already running"
+        where = self._dir(port)
+        command = [
+            self.binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(where),
+        ]  # fmt: skip
+        with (where / "redis.log").open("ab") as log:
+            self.procs[port] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=where)
+        deadline = time.monotonic() + 10
+        while not _answers_ping(port):
+            if self.procs[port].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server did not start: {(where / 'redis.log').read_text()}")
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        made = subprocess.run([self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        self.wait_ok()
+
+    def state(self, port: int) -> str:
+        info = subprocess.run([self.cli, "-p", str(port), "cluster", "info"], capture_output=True, text=True,
+                              timeout=5, check=False).stdout  # fmt: skip
+        found = re.search(r"cluster_state:(\w+)", info)
+        return found.group(1) if found else "down"
+
+    def wait_ok(self, within: float = 30.0) -> None:
+        """Until every node says the cluster is ok (all slots served)."""
+        deadline = time.monotonic() + within
+        while any(self.state(port) != "ok" for port in self.ports):
+            assert time.monotonic() < deadline, {port: self.state(port) for port in self.ports}
+            time.sleep(0.1)
+
+    def kill_node(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for port in self.ports:
+            self.kill_node(port)
+
+
 class AppProcess:
     """One ``python -m feed serve`` web process (or, with ``command``, another ``cipherfeed`` command such as
     ``worker``); its stdout and stderr go to ``log``."""

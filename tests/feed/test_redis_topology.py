@@ -1,0 +1,102 @@
+"""Where Redis is: one server, a Redis Cluster or a Sentinel-watched primary, from ``CIPHERFEED_REDIS_URL``; and the
+link to a real three-node Redis Cluster living through a node's crash."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from feed.redis_link import BadRedisUrl, RedisLink, make_client, parse_redis_url
+from feed.settings import ConfigError, load_settings
+from tests.conftest import BACKEND
+from tests.feed.processes import RedisClusterNodes
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "nodes", "db", "service"),
+    [
+        ("redis://127.0.0.1:6379/3", "single", [("127.0.0.1", 6379)], 3, ""),
+        ("redis://redis", "single", [("redis", 6379)], 0, ""),
+        ("redis+cluster://a:7000,b:7001,c", "cluster", [("a", 7000), ("b", 7001), ("c", 6379)], 0, ""),
+        ("redis+sentinel://s1:26379,s2/mymaster", "sentinel", [("s1", 26379), ("s2", 26379)], 0, "mymaster"),
+        ("redis+sentinel://s1/mymaster/2", "sentinel", [("s1", 26379)], 2, "mymaster"),
+        ("rediss+cluster://u:p%40ss@[::1]:7000", "cluster", [("::1", 7000)], 0, ""),
+    ],
+)
+def test_a_redis_url_says_where_redis_is(
+    url: str, kind: str, nodes: list[tuple[str, int]], db: int, service: str
+) -> None:
+    target = parse_redis_url(url)
+    assert (target.kind, list(target.nodes), target.db, target.service) == (kind, nodes, db, service)
+    assert "p@ss" not in repr(target)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://redis:6379", "starts with"),
+        ("redis+mesh://a", "starts with"),
+        ("redis://a:7000,b:7001", "several hosts"),
+        ("redis+sentinel://s1:26379", "names its primary"),
+        ("redis+cluster://a:7000/2", "database 0 only"),
+        ("redis://a:port", "not a number"),
+        ("redis://a/zero", "is a number"),
+    ],
+)
+def test_a_bad_redis_url_is_one_clear_error(url: str, words: str) -> None:
+    with pytest.raises(BadRedisUrl, match=words):
+        parse_redis_url(url)
+    with pytest.raises(ConfigError, match=f"CIPHERFEED_REDIS_URL: .*{words}"):
+        load_settings({"CIPHERFEED_REDIS_URL": url, "CIPHERFEED_SECRET_KEY": "s" * 40})
+
+
+def test_each_kind_gets_its_client() -> None:
+    assert isinstance(make_client("redis://127.0.0.1:6379/0"), Redis)
+    assert isinstance(make_client("redis+cluster://127.0.0.1:7000"), RedisCluster)
+    primary = make_client("redis+sentinel://127.0.0.1:26379/mymaster")
+    assert isinstance(primary, Redis) and "Sentinel" in type(primary.connection_pool).__name__
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    nodes = RedisClusterNodes(tmp_path)
+    nodes.start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(BACKEND != "postgresql", reason="a fault test: once, in the PostgreSQL pass")
+async def test_the_link_lives_through_a_cluster_node_crash(redis_cluster: RedisClusterNodes) -> None:
+    link = RedisLink.connect(redis_cluster.url, probe_every=0.1)
+    recovered = asyncio.Event()
+
+    async def recovery() -> None:
+        recovered.set()
+
+    link.on_recovery(recovery)
+    keys = [f"cf:test:{n}" for n in range(30)]  # spread over every node's slots
+    for key in keys:
+        assert await link.run(lambda r, key=key: r.set(key, key)) is True
+    assert await link.run(lambda r: r.mget_nonatomic(keys)) == [k.encode() for k in keys]
+    victim = redis_cluster.ports[1]
+    redis_cluster.kill_node(victim)
+    answers: list[Any] = [await link.run(lambda r, key=key: r.get(key)) for key in keys]
+    assert None in answers and not link.up  # no exception: "no answer", and the link knows
+    redis_cluster.start_node(victim)  # its append-only file brings back what it acknowledged
+    redis_cluster.wait_ok()
+    await asyncio.wait_for(recovered.wait(), timeout=20)
+    for _ in range(100):
+        if link.up:
+            break
+        await asyncio.sleep(0.1)
+    assert link.up
+    assert await link.run(lambda r: r.mget_nonatomic(keys)) == [k.encode() for k in keys]
+    await link.close()
+    await link.client.aclose()
