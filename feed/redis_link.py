@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 log = logging.getLogger(__name__)
@@ -196,3 +197,57 @@ class RedisLink:
         if self._probe is not None:
             self._probe.cancel()
         await self.client.aclose()
+
+
+# -- calls that work on one Redis and on a Redis Cluster alike (where a command or script may touch one slot only)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+async def read_many(client: Any, names: list[str]) -> list[bytes | None]:
+    """GET of many keys, in their order: one MGET, or on a cluster one per slot, sent to each node together."""
+    if not names:
+        return []
+    if is_cluster(client):
+        return list(await client.mget_nonatomic(names))
+    return list(await client.mget(names))
+
+
+async def delete_many(client: Any, names: list[str]) -> None:
+    if not names:
+        return
+    if not is_cluster(client):
+        await client.delete(*names)
+        return
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.delete(name)
+        await pipe.execute()
+
+
+async def per_slot(client: Any, names: list[str], call: Callable[[Any, list[str]], Awaitable[T]]) -> list[T]:
+    """``call(client, names)`` once for all ``names`` on one Redis; on a cluster once per hash slot (each with the
+    names of that slot, in their order), the calls at the same time."""
+    if not is_cluster(client):
+        return [await call(client, names)]
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(key_slot(name.encode()), []).append(name)
+    return list(await asyncio.gather(*(call(client, group) for group in groups.values())))
+
+
+class Scripts:
+    """Lua scripts by name, registered with the client they first run on (redis-py loads a script on the node that
+    answers NOSCRIPT, so the same object serves every node of a cluster)."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, Any] = {}
+
+    def run(self, client: Any, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = client.register_script(source)
+        result: Awaitable[Any] = script(keys=keys, args=args, client=client)
+        return result

@@ -47,6 +47,7 @@ from feed.cache.spaces import (
     Key,
     Space,
     generation_key,
+    generation_of,
     lock_key,
     redis_key,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "Request",
     "Space",
     "generation_key",
+    "generation_of",
     "lock_key",
     "redis_key",
 ]

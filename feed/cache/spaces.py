@@ -20,7 +20,7 @@ class Space:
     key_prefix: str = field(init=False, repr=False, compare=False)  # what redis_key() puts before a key
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key_prefix", f"{PREFIX}:{self.name}:")
+        object.__setattr__(self, "key_prefix", f"{PREFIX}:{{{self.name}:")
 
 
 POSTS = Space("p", l1_ttl=120, l2_ttl=600)
@@ -72,13 +72,24 @@ SPACES = (
 )
 
 
+# A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter
+# (``cf:g:{p:123}``) and its refill lock (``cf:lock:{t:public}``): on a Redis Cluster the three live in one slot, so
+# that a script reading one and writing another works there too.
+
+
 def redis_key(space: Space, key: Key) -> str:
-    return f"{space.key_prefix}{key}"
+    return f"{space.key_prefix}{key}}}"
 
 
 def generation_key(space: Space, key: Key) -> str:
-    return f"{PREFIX}:g:{space.name}:{key}"
+    return f"{PREFIX}:g:{{{space.name}:{key}}}"
+
+
+def generation_of(name: str) -> str:
+    """The generation key of a value's key."""
+    return f"{PREFIX}:g:{name.split(':', 1)[1]}"
 
 
 def lock_key(name: str) -> str:
+    """The refill lock of a value's key."""
     return f"{PREFIX}:lock:{name.split(':', 1)[1]}"

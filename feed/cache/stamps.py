@@ -23,6 +23,19 @@ return stored
 """
 
 
+# Drops values and moves their generations on, so that a refill that read the database before cannot store its
+# value after. KEYS: n value keys, then their n generation keys.  ARGV: n, then n generation TTLs (ms).
+_INVALIDATE = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  redis.call('INCR', KEYS[n + i])
+  redis.call('PEXPIRE', KEYS[n + i], ARGV[1 + i])
+  redis.call('DEL', KEYS[i])
+end
+return n
+"""
+
+
 _STAMP = struct.Struct(">d")
 
 

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from feed.cache.l1 import _L1, _Entry
-from feed.cache.spaces import PREFIX, Key, Space, generation_key, lock_key, redis_key
-from feed.cache.stamps import _STORE_IF_UNCHANGED, _stamp, _unstamp
+from feed.cache.spaces import Key, Space, generation_key, generation_of, lock_key, redis_key
+from feed.cache.stamps import _INVALIDATE, _STORE_IF_UNCHANGED, _stamp, _unstamp
 from feed.cache.stats import _Stats
 from feed.records import Cacheable, CorruptValue, check
-from feed.redis_link import RedisLink
+from feed.redis_link import RedisLink, Scripts, delete_many, per_slot, read_many
 
 log = logging.getLogger("feed.cache")  # the package's name, which log configuration and filters know
 
@@ -42,7 +42,7 @@ class Cache:
         self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
         self._refreshing: set[str] = set()
         self._pending: set[tuple[Space, Key]] = set()  # invalidations Redis missed while it was down
-        self._store_script: Any = None
+        self._scripts = Scripts()
         self.stats = _Stats(metrics)
         self.on_invalidate: Callable[[list[str]], Awaitable[None]] | None = None
 
@@ -106,7 +106,7 @@ class Cache:
         rest: list[tuple[Key, str, _Entry | None]] = []
         hits = 0
         for key in keys:
-            name = f"{prefix}{key}"  # redis_key(space, key)
+            name = f"{prefix}{key}}}"  # redis_key(space, key)
             entry = recent.get(name)
             if entry is None:
                 rest.append((key, name, None))
@@ -221,7 +221,7 @@ class Cache:
         if to_store and raw is not None:
             await self._l2_store(to_store, l2_generations)
         if raw is not None and (locks := [lock_key(name) for _, space, _, name in missing if space.shared_refill]):
-            await self.link.run(lambda r: r.delete(*locks))  # type: ignore[union-attr]
+            await self.link.run(lambda r: delete_many(r, locks))  # type: ignore[union-attr]
         return found
 
     async def _wait_for_other_process(
@@ -377,42 +377,34 @@ class Cache:
     async def _l2_read(self, names: list[str]) -> list[bytes | None] | None:
         if self.link is None:
             return None
-        result: list[Any] | None = await self.link.run(lambda r: r.mget(names))
+        result: list[Any] | None = await self.link.run(lambda r: read_many(r, names))
         return result
 
     async def _l2_store(self, items: list[tuple[Space, str, Cacheable]], generations: dict[str, bytes]) -> None:
         assert self.link is not None
-        keys = [name for _, name, _ in items]
-        gen_keys = [f"{PREFIX}:g:{name.split(':', 1)[1]}" for name in keys]
-        args: list[Any] = [len(items)]
-        args += [generations.get(name, b"") for name in keys]
-        args += [int(space.l2_ttl * 1000) for space, _, _ in items]
-        args += [_stamp(value) for _, _, value in items]
-        script = self._store_script
+        named = {name: (space, value) for space, name, value in items}
 
-        async def store(r: Any) -> Any:
-            nonlocal script
-            if script is None:
-                script = self._store_script = r.register_script(_STORE_IF_UNCHANGED)
-            return await script(keys=keys + gen_keys, args=args)
+        def group_call(r: Any, names: list[str]) -> Awaitable[Any]:
+            args: list[Any] = [len(names)]
+            args += [generations.get(name, b"") for name in names]
+            args += [int(named[name][0].l2_ttl * 1000) for name in names]
+            args += [_stamp(named[name][1]) for name in names]
+            return self._scripts.run(r, "store", _STORE_IF_UNCHANGED, names + [generation_of(n) for n in names], args)
 
-        await self.link.run(store)
+        await self.link.run(lambda r: per_slot(r, list(named), group_call))
 
     async def _l2_invalidate(self, keys: list[tuple[Space, Key]]) -> bool:
+        """Each key's generation counter up (so that a refill that read the database before this does not keep its
+        value) and its value gone: one script per hash slot (every slot, on one Redis)."""
         assert self.link is not None
+        ttls = {redis_key(space, key): int(space.l2_ttl * 2000) for space, key in keys}
 
-        async def invalidate(r: Any) -> bool:
-            async with r.pipeline(transaction=True) as pipe:
-                for space, key in keys:
-                    generation = generation_key(space, key)
-                    pipe.incr(generation)
-                    pipe.pexpire(generation, int(space.l2_ttl * 2000))
-                    pipe.delete(redis_key(space, key))
-                await pipe.execute()
-            return True
+        def group_call(r: Any, names: list[str]) -> Awaitable[Any]:
+            args = [len(names), *(ttls[name] for name in names)]
+            return self._scripts.run(r, "invalidate", _INVALIDATE, names + [generation_of(n) for n in names], args)
 
-        done = await self.link.run(invalidate)
-        return bool(done)
+        done = await self.link.run(lambda r: per_slot(r, list(ttls), group_call))
+        return done is not None
 
     # -- metrics
 

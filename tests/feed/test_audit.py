@@ -225,7 +225,7 @@ async def test_plaintext_in_a_running_process_l1_is_found(app: Any, make_browser
     planted = UserRecord(999_999, "planted", "Planted", canary, 1, WHEN)
     cache._keep(USERS, redis_key(USERS, 999_999), planted, 0)  # in this process's L1 only
     code, report = await run_audit(env, "--canary", canary, "--only", "l1")
-    assert code == 1 and any(f["place"] == "l1" and "cf:u:999999" in f["where"] for f in report["findings"]), (
+    assert code == 1 and any(f["place"] == "l1" and "cf:{u:999999}" in f["where"] for f in report["findings"]), (
         where_found(report)
     )
     cache.drop([redis_key(USERS, 999_999)])

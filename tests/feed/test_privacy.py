@@ -154,9 +154,9 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
 
     keys = [key async for key in client.scan_iter(count=500)]
     assert len(keys) > 10, "the caches should hold something"
-    assert any(key.startswith(b"cf:r:") for key in keys), "sealed post frames are among them"
-    assert any(key.startswith(b"cf:j:") for key in keys), "so are the API's sealed status frames"
-    assert any(key.startswith(b"cf:c:") for key in keys), "and account counts"
+    assert any(key.startswith(b"cf:{r:") for key in keys), "sealed post frames are among them"
+    assert any(key.startswith(b"cf:{j:") for key in keys), "so are the API's sealed status frames"
+    assert any(key.startswith(b"cf:{c:") for key in keys), "and account counts"
     assert POSTS_STREAM.encode() in keys, "the live events' stream is among them"
     stored = b"\n".join([*keys, *[await client.dump(key) or b"" for key in keys]])
     assert find_leaks(stored, texts) == []

@@ -12,10 +12,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from feed.cache import POSTS, TIMELINES, Cache
+from feed.records import IdList
 from feed.redis_link import BadRedisUrl, RedisLink, make_client, parse_redis_url
 from feed.settings import ConfigError, load_settings
 from tests.conftest import BACKEND
 from tests.feed.processes import RedisClusterNodes
+from tests.feed.test_cache import Loader, post_record
 
 
 @pytest.mark.parametrize(
@@ -100,3 +103,59 @@ async def test_the_link_lives_through_a_cluster_node_crash(redis_cluster: RedisC
     assert await link.run(lambda r: r.mget_nonatomic(keys)) == [k.encode() for k in keys]
     await link.close()
     await link.client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(BACKEND != "postgresql", reason="a fault test: once, in the PostgreSQL pass")
+async def test_the_two_tier_cache_works_on_a_cluster_and_through_a_node_crash(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    """Values spread over every node, read by another process from L2, invalidated across slots (a refill that read
+    the database before is not kept), refilled under a lock; with a node down, reads go to the loader."""
+    one = Cache(RedisLink.connect(redis_cluster.url, probe_every=0.1))
+    two = Cache(RedisLink.connect(redis_cluster.url, probe_every=0.1))
+    ids = list(range(1, 41))
+    loader = Loader({i: post_record(i) for i in ids})
+    found = await one.get_many(POSTS, ids, loader)
+    assert found == {i: post_record(i) for i in ids} and loader.calls == [ids]
+    nodes = [Redis(port=port) for port in redis_cluster.ports]
+    sizes = [await node.dbsize() for node in nodes]
+    assert all(size > 0 for size in sizes), sizes  # every node holds some
+    elsewhere = Loader({})
+    assert await two.get_many(POSTS, ids, elsewhere) == found and elsewhere.calls == []  # from L2
+
+    stale = Loader({i: post_record(i) for i in ids})
+    stale.gate = asyncio.Event()
+    two.flush()
+    racing = asyncio.ensure_future(two.get_many(POSTS, ids[:5], stale))  # read the database before the write
+    await asyncio.sleep(0.05)
+    await one.invalidate([(POSTS, i) for i in ids])  # the write's invalidation, on every slot
+    stale.gate.set()
+    await racing
+    fresh = Loader({i: post_record(i, likes=1) for i in ids})
+    one.flush()
+    assert all(r.likes_count == 1 for r in (await one.get_many(POSTS, ids, fresh)).values())
+    assert fresh.calls == [ids]  # the raced refill was not kept in L2
+
+    timeline = Loader({"public": IdList((3, 2, 1))})
+    assert await one.get(TIMELINES, "public", timeline) == IdList((3, 2, 1))  # under the refill lock
+
+    victim = redis_cluster.ports[0]
+    redis_cluster.kill_node(victim)
+    one.flush()
+    fallback = Loader({i: post_record(i, likes=2) for i in ids})
+    got = await one.get_many(POSTS, ids, fallback)  # no exception: the loader answers
+    assert set(got) == set(ids) and fallback.calls
+    redis_cluster.start_node(victim)
+    redis_cluster.wait_ok()
+    for cache in (one, two):
+        assert cache.link is not None
+        for _ in range(200):
+            if cache.link.up:
+                break
+            await asyncio.sleep(0.05)
+        assert cache.link.up
+        await cache.link.close()
+        await cache.link.client.aclose()
+    for node in nodes:
+        await node.aclose()
