@@ -155,7 +155,7 @@ class RedisBus(_Handlers):
             await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
-        pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.link.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(CHANNEL)
             # Subscribed first, then read the counter: anything published after this point reaches us.

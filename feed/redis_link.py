@@ -117,6 +117,7 @@ class RedisLink:
     def __init__(self, client: Any, *, probe_every: float = 0.5, metrics: Any = None, url: str | None = None) -> None:
         self.client = client
         self.url = url  # where the client goes (for another client to the same Redis, see ``client_like``)
+        self._pubsub_turn = 0
         self.up = True
         self._probe_every = probe_every
         self._probe: asyncio.Task[None] | None = None
@@ -138,6 +139,27 @@ class RedisLink:
         kwargs = dict(self.client.connection_pool.connection_kwargs)
         kwargs.update(socket_timeout=timeout, socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])
         return Redis(**kwargs)
+
+    def pubsub(self, **options: Any) -> Any:
+        """A pub/sub connection: the client's own on one Redis (a Sentinel-watched primary follows a failover by
+        itself). On a cluster, one node's: a message published on any node reaches every node. Each call takes the
+        next node, so a listener that lost its node resubscribes on another."""
+        if not is_cluster(self.client):
+            return self.client.pubsub(**options)
+        target = parse_redis_url(self.url) if self.url else None
+        nodes = [(node.host, node.port) for node in self.client.get_nodes()] or list(target.nodes if target else ())
+        host, port = nodes[self._pubsub_turn % len(nodes)]
+        self._pubsub_turn += 1
+        plain = Redis(host=host, port=port, ssl=bool(target and target.tls),
+                      username=target.username if target else None, password=target.password if target else None,
+                      socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])  # fmt: skip
+        return plain.pubsub(**options)
+
+    async def publish(self, client: Any, channel: str, message: str | bytes) -> Any:
+        """PUBLISH, on a cluster through any node (it reaches every node)."""
+        if is_cluster(client):
+            return await client.execute_command("PUBLISH", channel, message)
+        return await client.publish(channel, message)
 
     def on_recovery(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` (in registration order) each time Redis answers again after an outage."""

@@ -322,7 +322,7 @@ class RedisStreams:
         if not counts:
             return True
         message = _push_message([], None, counts)
-        return await self.link.run(lambda r: r.publish(PUSH_CHANNEL, message)) is not None
+        return await self.link.run(lambda r: self.link.publish(r, PUSH_CHANNEL, message)) is not None
 
     async def append_home(self, event: Event, user_ids: Sequence[int]) -> int:
         """Add "this post joined your home" to the streams of ``user_ids`` that exist, and announce it; how many
@@ -344,7 +344,7 @@ class RedisStreams:
         home = [(by_key[k.decode()], i.decode()) for k, i in zip(written[::2], written[1::2], strict=True)]
         if home:
             message = _push_message(home, event, {})
-            await self.link.run(lambda r: r.publish(PUSH_CHANNEL, message))
+            await self.link.run(lambda r: self.link.publish(r, PUSH_CHANNEL, message))
         return len(home)
 
     async def open_user(self, user_id: int) -> bool | None:
@@ -447,7 +447,7 @@ class RedisStreams:
                         handler(entry)
 
     async def _read_push_once(self) -> None:
-        pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.link.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(PUSH_CHANNEL)
             lost = await self._check_epoch()
