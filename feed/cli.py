@@ -340,9 +340,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(
             "the worker needs CIPHERFEED_REDIS_URL; in the embedded mode the server runs its jobs itself"
         )
-    from arq.connections import RedisSettings
-
     from feed.metrics import use_directory
+    from feed.queue import arq_settings
     from jobs.worker import Worker, WorkerSettings
 
     use_directory(None)  # one process: its own metrics, on its own endpoint (CIPHERFEED_WORKER_METRICS)
@@ -354,7 +353,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     options = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("_")}
     options["job_timeout"] = settings.job_timeout
     # arq would try Redis a few times at start and give up; the worker waits for it instead (and says so once).
-    redis = RedisSettings.from_dsn(settings.redis_url)
+    assert settings.queue_redis_url is not None  # set whenever redis_url is (settings check it)
+    redis = arq_settings(settings.queue_redis_url)
     redis.conn_retries = 0
     print("cipherfeed: worker started", flush=True)
     worker = Worker(**options, redis_settings=redis, ctx={"settings": settings})

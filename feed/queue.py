@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from feed.redis_link import TIMEOUTS, close_client, parse_redis_url
+
 log = logging.getLogger(__name__)
 
 JobFunction = Callable[..., Awaitable[Any]]  # ``async def name(ctx, *ids)``
@@ -73,6 +75,18 @@ class JobMetrics:
         )
 
 
+def arq_settings(url: str) -> Any:
+    """arq's settings for the worker: one server, or the primary the Sentinels watch (arq follows a failover)."""
+    from arq.connections import RedisSettings
+
+    target = parse_redis_url(url)
+    if target.kind == "sentinel":
+        return RedisSettings(host=list(target.nodes), sentinel=True, sentinel_master=target.service,
+                             database=target.db, username=target.username, password=target.password,
+                             ssl=target.tls)  # fmt: skip
+    return RedisSettings.from_dsn(url)
+
+
 class ArqQueue:
     """Jobs for arq workers (``cipherfeed worker``), through an ``arq.connections.ArqRedis`` pool. ``link`` is the
     process's Redis link: while it knows Redis is down, nothing is tried (a page must not wait for a queue)."""
@@ -87,7 +101,16 @@ class ArqQueue:
 
         # Not arq's create_pool: that one pings Redis at start, and the server must start (and serve) without it.
         # Short timeouts, as for the cache: a slow Redis must not hold a page.
-        return cls(ArqRedis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5), link)
+        target = parse_redis_url(url)
+        if target.kind == "sentinel":
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinel = Sentinel(list(target.nodes), sentinel_kwargs=dict(TIMEOUTS), ssl=target.tls,  # type: ignore[no-untyped-call]
+                                username=target.username, password=target.password, **TIMEOUTS)  # fmt: skip
+            return cls(sentinel.master_for(target.service, redis_class=ArqRedis, db=target.db), link)
+        pool = ArqRedis.from_url(url, socket_timeout=TIMEOUTS["socket_timeout"],
+                                 socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])  # fmt: skip
+        return cls(pool, link)
 
     async def enqueue(
         self, name: str, *args: int, key: str | None = None, delay: float = 0, strict: bool = False
@@ -138,7 +161,7 @@ class ArqQueue:
         return sum(int(n) for n in results[0::2])
 
     async def close(self) -> None:
-        await self.pool.aclose()
+        await close_client(self.pool)
 
 
 class LocalQueue:

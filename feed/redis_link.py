@@ -218,7 +218,15 @@ class RedisLink:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        await self.client.aclose()
+        await close_client(self.client)
+
+
+async def close_client(client: Any) -> None:
+    """Close a client and, for a Sentinel-watched primary, its connections to the Sentinels too."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
 
 
 # -- calls that work on one Redis and on a Redis Cluster alike (where a command or script may touch one slot only)

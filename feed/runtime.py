@@ -70,11 +70,13 @@ class Runtime:
 
 def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQueue:
     """arq on Redis in the scaled mode; in the embedded mode the jobs run in this process."""
-    if settings.redis_url is None:
+    if settings.queue_redis_url is None:
         from jobs.registry import QUEUED, attempt
 
         return LocalQueue(QUEUED, attempt)
-    return ArqQueue.from_url(settings.redis_url, link)
+    # The process's link says when Redis is down only if the queue is on that Redis.
+    same = settings.queue_redis_url == settings.redis_url
+    return ArqQueue.from_url(settings.queue_redis_url, link if same else None)
 
 
 def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: RedisLink | None) -> None:

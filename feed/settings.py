@@ -31,6 +31,26 @@ def _redis_url(raw: str | None) -> str | None:
     return raw
 
 
+def _queue_redis_url(env: Mapping[str, str]) -> str | None:
+    """arq needs transactions over several keys, which a Redis Cluster refuses: its Redis is one server or a
+    Sentinel-watched primary, the main one unless that is a cluster."""
+    main = _redis_url(env.get("CIPHERFEED_REDIS_URL") or None)
+    raw = env.get("CIPHERFEED_QUEUE_REDIS_URL") or None
+    if raw is None and main is not None and parse_redis_url(main).kind == "cluster":
+        raise ConfigError(
+            "CIPHERFEED_QUEUE_REDIS_URL is needed with a Redis Cluster: the job queue (arq) runs on one Redis or a "
+            "Sentinel-watched primary"
+        )
+    if raw is not None and main is None:
+        raise ConfigError(
+            "CIPHERFEED_QUEUE_REDIS_URL needs CIPHERFEED_REDIS_URL (the embedded mode runs its jobs itself)"
+        )
+    url = _redis_url(raw) if raw is not None else main
+    if url is not None and parse_redis_url(url).kind == "cluster":
+        raise ConfigError("CIPHERFEED_QUEUE_REDIS_URL: the job queue (arq) cannot run on a Redis Cluster")
+    return url
+
+
 class Secret:
     """A string that does not show itself in repr or str."""
 
@@ -57,6 +77,8 @@ class Settings:
     # URLs may hold passwords: kept out of the repr like the secrets.
     database_url: str = field(repr=False)
     redis_url: str | None = field(default=None, repr=False)
+    # The job queue's Redis (arq): CIPHERFEED_QUEUE_REDIS_URL, else CIPHERFEED_REDIS_URL (one server or Sentinel).
+    queue_redis_url: str | None = field(default=None, repr=False)
     root_key_file: Path | None = None
     root_key: Secret | None = field(default=None)
     secret_key: Secret | None = field(default=None)
@@ -193,6 +215,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         redis_url=_redis_url(env.get("CIPHERFEED_REDIS_URL") or None),
+        queue_redis_url=_queue_redis_url(env),
         root_key_file=Path(key_file).expanduser().absolute() if key_file else None,
         root_key=Secret(root_key) if root_key else None,
         secret_key=Secret(secret) if secret else None,

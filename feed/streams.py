@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from feed.events import HOME, NOTE, USER_KINDS, VISIBILITY_CODES, Event
-from feed.redis_link import RedisLink
+from feed.redis_link import RedisLink, close_client
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class RedisStreams:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
         if self._blocking is not None:
-            await self._blocking.aclose()
+            await close_client(self._blocking)
 
     # -- writing
 

@@ -162,6 +162,67 @@ class RedisClusterNodes:
             self.kill_node(port)
 
 
+class RedisSentinels:
+    """A primary ``redis-server``, one replica of it, and three Sentinels watching it as ``service`` (two must agree
+    that it is down; it is down after 1 s without an answer)."""
+
+    def __init__(self, workdir: Path, service: str = "cipherfeed") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.workdir, self.service = binary, workdir, service
+        self.primary, self.replica = free_port(), free_port()
+        self.sentinels = [free_port() for _ in range(3)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.url = f"redis+sentinel://{','.join(f'127.0.0.1:{p}' for p in self.sentinels)}/{service}"
+
+    def _run(self, port: int, *args: str) -> None:
+        where = self.workdir / f"redis-{port}"
+        where.mkdir(parents=True, exist_ok=True)
+        with (where / "redis.log").open("ab") as log:
+            self.procs[port] = subprocess.Popen([self.binary, *args], stdout=log, stderr=subprocess.STDOUT, cwd=where)
+        deadline = time.monotonic() + 10
+        while not _answers_ping(port):
+            if self.procs[port].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis did not start: {(where / 'redis.log').read_text()}")
+            time.sleep(0.02)
+
+    def start_server(self, port: int, replica_of: int | None = None) -> None:
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        self._run(port, *args)
+
+    def start(self) -> None:
+        self.start_server(self.primary)
+        self.start_server(self.replica, replica_of=self.primary)
+        for port in self.sentinels:
+            config = self.workdir / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\nsentinel monitor {self.service} 127.0.0.1 {self.primary} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\nsentinel parallel-syncs {self.service} 1\n"
+            )
+            self._run(port, str(config), "--sentinel")
+
+    def primary_now(self) -> int:
+        """The port of the primary the Sentinels name now."""
+        cli = shutil.which("redis-cli") or "redis-cli"
+        answer = subprocess.run([cli, "-p", str(self.sentinels[0]), "sentinel", "get-master-addr-by-name",
+                                 self.service], capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        return int(answer.stdout.split()[1])
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
+
+
 class AppProcess:
     """One ``python -m feed serve`` web process (or, with ``command``, another ``cipherfeed`` command such as
     ``worker``); its stdout and stderr go to ``log``."""
