@@ -101,7 +101,9 @@ async def test_path_ids(world: World, segment: str, tail: str) -> None:
     clear(await world.page.get(f"/@{quoted}"))
 
 
-header_texts = st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f"), max_size=200)
+# What a header can carry: text, but no control character and no lone surrogate (not encodable at all).
+header_texts = st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f", exclude_categories=("Cs",)),
+                       max_size=200)  # fmt: skip
 
 
 @FUZZ
