@@ -5,6 +5,7 @@ answers again."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,8 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -257,27 +257,65 @@ async def delete_many(client: Any, names: list[str]) -> None:
         await pipe.execute()
 
 
-async def per_slot(client: Any, names: list[str], call: Callable[[Any, list[str]], Awaitable[T]]) -> list[T]:
-    """``call(client, names)`` once for all ``names`` on one Redis; on a cluster once per hash slot (each with the
-    names of that slot, in their order), the calls at the same time."""
-    if not is_cluster(client):
-        return [await call(client, names)]
-    groups: dict[int, list[str]] = {}
-    for name in names:
-        groups.setdefault(key_slot(name.encode()), []).append(name)
-    return list(await asyncio.gather(*(call(client, group) for group in groups.values())))
-
-
 class Scripts:
-    """Lua scripts by name, registered with the client they first run on (redis-py loads a script on the node that
-    answers NOSCRIPT, so the same object serves every node of a cluster)."""
+    """Lua scripts over many keys, by name. On one Redis a script runs once over all its keys; on a cluster once per
+    node that holds some of them, the nodes at the same time. There, Redis 7 lets a script flagged
+    ``allow-cross-slot-keys`` touch keys of several slots of its own node, but only the keys it did not declare: it
+    declares the first (which routes it) and gets them all as arguments. A script's source reads its keys from ``K``
+    and its arguments from ``A``, which a prelude fills either way."""
 
     def __init__(self) -> None:
         self._scripts: dict[str, Any] = {}
 
-    def run(self, client: Any, name: str, source: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = client.register_script(source)
-        result: Awaitable[Any] = script(keys=keys, args=args, client=client)
-        return result
+    async def per_node(
+        self,
+        client: Any,
+        name: str,
+        source: str,
+        names: list[str],
+        shape: Callable[[list[str]], tuple[list[str], list[Any]]],
+        *,
+        again: bool = True,
+    ) -> list[Any]:
+        """The script over ``names``: ``shape(some names)`` gives its keys and arguments for those names (in their
+        order), once on one Redis, once per node on a cluster. Returns each call's answer."""
+        if not is_cluster(client):
+            keys, args = shape(names)
+            script = self._scripts.get(name)
+            if script is None:  # redis-py loads it where it is missing
+                script = self._scripts[name] = client.register_script(_ONE_REDIS + source)
+            return [await script(keys=keys, args=args, client=client)]
+        await client.initialize()  # the slot map (once; a no-op after)
+        flagged = _CLUSTER + source
+        sha = hashlib.sha1(flagged.encode(), usedforsecurity=False).hexdigest()
+        groups: dict[str, tuple[Any, list[str]]] = {}
+        for key in names:
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (node, []))[1].append(key)
+
+        async def on(node: Any, group: list[str]) -> Any:
+            keys, args = shape(group)
+            command = ("EVALSHA", sha, 1, keys[0], len(keys), *keys, *args)
+            try:
+                return await client.execute_command(*command, target_nodes=node)
+            except NoScriptError:
+                await client.execute_command("SCRIPT LOAD", flagged, target_nodes=node)
+                return await client.execute_command(*command, target_nodes=node)
+
+        try:
+            return list(await asyncio.gather(*(on(node, group) for node, group in groups.values())))
+        except ResponseError as exc:
+            if not again or not any(word in str(exc) for word in ("MOVED", "ASK", "slot")):
+                raise
+            # The slots moved (a resharding, a failover): learn where they are now, and try once more.
+            await client.nodes_manager.initialize()
+            return await self.per_node(client, name, source, names, shape, again=False)
+
+
+_ONE_REDIS = "local K, A = KEYS, ARGV\n"
+_CLUSTER = """#!lua flags=allow-cross-slot-keys
+local n = tonumber(ARGV[1])
+local K, A = {}, {}
+for i = 1, n do K[i] = ARGV[1 + i] end
+for i = n + 2, #ARGV do A[#A + 1] = ARGV[i] end
+"""

@@ -7,15 +7,16 @@ import time
 
 from feed.records import Cacheable, CorruptValue, decode, encode
 
-# Stores each value only if its generation is still what it was before the database was read.
-# KEYS: n value keys, then their n generation keys.  ARGV: n, then n expected generations, n TTLs (ms), n values.
+# Stores each value only if its generation is still what it was before the database was read. (``K`` and ``A``
+# are the script's keys and arguments: see ``feed.redis_link.Scripts``.)
+# K: n value keys, then their n generation keys.  A: n, then n expected generations, n TTLs (ms), n values.
 _STORE_IF_UNCHANGED = """
-local n = tonumber(ARGV[1])
+local n = tonumber(A[1])
 local stored = 0
 for i = 1, n do
-  local generation = redis.call('GET', KEYS[n + i]) or ''
-  if generation == ARGV[1 + i] then
-    redis.call('SET', KEYS[i], ARGV[1 + 2 * n + i], 'PX', ARGV[1 + n + i])
+  local generation = redis.call('GET', K[n + i]) or ''
+  if generation == A[1 + i] then
+    redis.call('SET', K[i], A[1 + 2 * n + i], 'PX', A[1 + n + i])
     stored = stored + 1
   end
 end
@@ -24,13 +25,13 @@ return stored
 
 
 # Drops values and moves their generations on, so that a refill that read the database before cannot store its
-# value after. KEYS: n value keys, then their n generation keys.  ARGV: n, then n generation TTLs (ms).
+# value after. K: n value keys, then their n generation keys.  A: n, then n generation TTLs (ms).
 _INVALIDATE = """
-local n = tonumber(ARGV[1])
+local n = tonumber(A[1])
 for i = 1, n do
-  redis.call('INCR', KEYS[n + i])
-  redis.call('PEXPIRE', KEYS[n + i], ARGV[1 + i])
-  redis.call('DEL', KEYS[i])
+  redis.call('INCR', K[n + i])
+  redis.call('PEXPIRE', K[n + i], A[1 + i])
+  redis.call('DEL', K[i])
 end
 return n
 """

@@ -17,7 +17,7 @@ from feed.cache.spaces import Key, Space, generation_key, generation_of, lock_ke
 from feed.cache.stamps import _INVALIDATE, _STORE_IF_UNCHANGED, _stamp, _unstamp
 from feed.cache.stats import _Stats
 from feed.records import Cacheable, CorruptValue, check
-from feed.redis_link import RedisLink, Scripts, delete_many, per_slot, read_many
+from feed.redis_link import RedisLink, Scripts, delete_many, read_many
 
 log = logging.getLogger("feed.cache")  # the package's name, which log configuration and filters know
 
@@ -384,14 +384,14 @@ class Cache:
         assert self.link is not None
         named = {name: (space, value) for space, name, value in items}
 
-        def group_call(r: Any, names: list[str]) -> Awaitable[Any]:
+        def shape(names: list[str]) -> tuple[list[str], list[Any]]:
             args: list[Any] = [len(names)]
             args += [generations.get(name, b"") for name in names]
             args += [int(named[name][0].l2_ttl * 1000) for name in names]
             args += [_stamp(named[name][1]) for name in names]
-            return self._scripts.run(r, "store", _STORE_IF_UNCHANGED, names + [generation_of(n) for n in names], args)
+            return names + [generation_of(n) for n in names], args
 
-        await self.link.run(lambda r: per_slot(r, list(named), group_call))
+        await self.link.run(lambda r: self._scripts.per_node(r, "store", _STORE_IF_UNCHANGED, list(named), shape))
 
     async def _l2_invalidate(self, keys: list[tuple[Space, Key]]) -> bool:
         """Each key's generation counter up (so that a refill that read the database before this does not keep its
@@ -399,11 +399,10 @@ class Cache:
         assert self.link is not None
         ttls = {redis_key(space, key): int(space.l2_ttl * 2000) for space, key in keys}
 
-        def group_call(r: Any, names: list[str]) -> Awaitable[Any]:
-            args = [len(names), *(ttls[name] for name in names)]
-            return self._scripts.run(r, "invalidate", _INVALIDATE, names + [generation_of(n) for n in names], args)
+        def shape(names: list[str]) -> tuple[list[str], list[Any]]:
+            return names + [generation_of(n) for n in names], [len(names), *(ttls[name] for name in names)]
 
-        done = await self.link.run(lambda r: per_slot(r, list(ttls), group_call))
+        done = await self.link.run(lambda r: self._scripts.per_node(r, "invalidate", _INVALIDATE, list(ttls), shape))
         return done is not None
 
     # -- metrics
