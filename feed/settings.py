@@ -93,7 +93,9 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"
     # Connections one serve process holds at most (live streams count); past it, a 503. Below the fd limit.
     max_connections: int = 10_000
-    keepalive_seconds: int = 5  # an idle keep-alive connection is closed after this long
+    # An idle keep-alive connection is closed after this long: longer than the 5 s clients poll at (Mastodon.py's
+    # wait for an upload), so a poll never races the server's close of the connection it reuses.
+    keepalive_seconds: int = 20
     # Where ``cipherfeed worker`` serves its /metrics (host:port), or None: nowhere.
     worker_metrics: tuple[str, int] | None = ("127.0.0.1", 9102)
     head_timeout_seconds: int = 10  # a request head must arrive within this (feed.web.protocol)
@@ -228,7 +230,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         max_connections=_int(env, "CIPHERFEED_MAX_CONNECTIONS", _connection_cap(), minimum=16),
-        keepalive_seconds=_int(env, "CIPHERFEED_KEEPALIVE_SECONDS", 5),
+        keepalive_seconds=_int(env, "CIPHERFEED_KEEPALIVE_SECONDS", 20),
         worker_metrics=_address(env, "CIPHERFEED_WORKER_METRICS", ("127.0.0.1", 9102)),
         head_timeout_seconds=_int(env, "CIPHERFEED_HEAD_TIMEOUT_SECONDS", 10),
         body_timeout_seconds=_int(env, "CIPHERFEED_BODY_TIMEOUT_SECONDS", 30),
