@@ -4,6 +4,10 @@ A feed exists only once it was built (it holds a sentinel member ``0`` with scor
 feeds that exist, so a missing feed always means "not built" (new user, away too long, Redis flushed), never
 "empty", and readers fall back to the database while a job rebuilds it. Scores are the post's milliseconds (an id
 is too large for a double); ids of one millisecond have equal length, so Redis's tie order by member is id order.
+
+A feed's key (``cf:feed:{u<id>}``) shares its hash tag with the user's event stream (``feed.streams``), so on a Redis
+Cluster both sit in one slot; a fan-out groups the followers' feeds by node and writes each group with one script
+call, the nodes at the same time (:class:`feed.redis_link.Scripts`). Every other write touches one feed per command.
 """
 
 from __future__ import annotations
@@ -11,18 +15,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from feed.redis_link import RedisLink
+from feed.redis_link import FAILURES, RedisLink, Scripts, delete_many, scan_keys
 
 PREFIX = "cf:feed:"
 SENTINEL = "0"
 
-# KEYS: feeds.  ARGV: score, member, size.  Adds the member to each feed that exists, keeping the newest ``size``.
+# K: feeds.  A: score, member, size.  Adds the member to each feed that exists, keeping the newest ``size``.
 _ADD_TO_EXISTING = """
-local keep = -(tonumber(ARGV[3]) + 1)
+local keep = -(tonumber(A[3]) + 1)
 local n = 0
-for _, key in ipairs(KEYS) do
+for _, key in ipairs(K) do
   if redis.call('EXISTS', key) == 1 then
-    redis.call('ZADD', key, ARGV[1], ARGV[2])
+    redis.call('ZADD', key, A[1], A[2])
     redis.call('ZREMRANGEBYRANK', key, 1, keep)
     n = n + 1
   end
@@ -30,9 +34,30 @@ end
 return n
 """
 
+# KEYS: a feed.  ARGV: size, replace (1: a rebuild, else a merge into a feed that exists), then score, member pairs.
+_WRITE_ONE = """
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+for i = 3, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[1]) + 1))
+return 1
+"""
+
 
 def feed_key(user_id: int) -> str:
-    return f"{PREFIX}{user_id}"
+    return f"{PREFIX}{{u{user_id}}}"  # the hash tag of the user's stream (feed.streams.user_stream)
+
+
+def _user_of(key: bytes | str) -> int | None:
+    """The user id in a feed's key, or None for another key."""
+    name = key.decode() if isinstance(key, bytes) else key
+    tag = name[len(PREFIX) :]
+    if tag.startswith("{u") and tag.endswith("}") and tag[2:-1].isdigit():
+        return int(tag[2:-1])
+    return None
 
 
 def score(post_id: int) -> int:
@@ -43,35 +68,39 @@ class RedisFeeds:
     def __init__(self, link: RedisLink, *, size: int = 800) -> None:
         self.link = link
         self.size = size
-        self._add_script: Any = None
+        self._scripts = Scripts()
+        self._write_script: Any = None
 
     async def add(self, post_id: int, user_ids: Sequence[int]) -> int:
         """Put the post into the feeds of ``user_ids`` that exist; how many did. Idempotent."""
         if not user_ids:
             return 0
+        args = [score(post_id), post_id, self.size]
 
         async def add(r: Any) -> int:
-            if self._add_script is None:
-                self._add_script = r.register_script(_ADD_TO_EXISTING)
-            return int(await self._add_script(keys=[feed_key(u) for u in user_ids], args=[score(post_id), post_id,
-                                                                                          self.size]))  # fmt: skip
+            keys = [feed_key(u) for u in user_ids]
+            done = await self._scripts.per_node(r, "add", _ADD_TO_EXISTING, keys, lambda some: (some, args))
+            return sum(int(n) for n in done)
 
         return int(await self._run(add))
 
     async def add_many(self, user_id: int, post_ids: Iterable[int]) -> None:
         """Merge posts into one feed, if it exists (a follow brings the followee's recent posts)."""
-        members = {str(p): score(p) for p in post_ids}
-        if not members:
+        await self._write(user_id, post_ids, replace=False)
+
+    async def _write(self, user_id: int, post_ids: Iterable[int], *, replace: bool) -> None:
+        pairs: list[int | str] = [x for p in post_ids for x in (score(p), p)]
+        if replace:
+            pairs += [0, SENTINEL]
+        elif not pairs:
             return
 
-        async def merge(r: Any) -> None:
-            if await r.exists(feed_key(user_id)):
-                async with r.pipeline(transaction=True) as pipe:
-                    pipe.zadd(feed_key(user_id), members)
-                    pipe.zremrangebyrank(feed_key(user_id), 1, -(self.size + 1))
-                    await pipe.execute()
+        async def write(r: Any) -> None:
+            if self._write_script is None:
+                self._write_script = r.register_script(_WRITE_ONE)
+            await self._write_script(keys=[feed_key(user_id)], args=[self.size, int(replace), *pairs], client=r)
 
-        await self._run(merge)
+        await self._run(write)
 
     async def remove(self, post_ids: Sequence[int], user_ids: Sequence[int]) -> None:
         if not post_ids or not user_ids:
@@ -94,22 +123,11 @@ class RedisFeeds:
 
     async def replace(self, user_id: int, post_ids: Iterable[int]) -> None:
         """The feed, built anew (a rebuild)."""
-        members = {str(p): score(p) for p in post_ids}
-        members[SENTINEL] = 0
+        await self._write(user_id, post_ids, replace=True)
 
-        async def replace(r: Any) -> None:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.delete(feed_key(user_id))
-                pipe.zadd(feed_key(user_id), members)
-                pipe.zremrangebyrank(feed_key(user_id), 1, -(self.size + 1))
-                await pipe.execute()
-
-        await self._run(replace)
-
-    async def drop(self, user_ids: Sequence[int]) -> int:
-        if not user_ids:
-            return 0
-        return int(await self._run(lambda r: r.delete(*[feed_key(u) for u in user_ids])))
+    async def drop(self, user_ids: Sequence[int]) -> None:
+        if user_ids:
+            await self._run(lambda r: delete_many(r, [feed_key(u) for u in user_ids]))
 
     async def trim(self, user_ids: Sequence[int]) -> int:
         """Cut feeds back to their size; how many entries went."""
@@ -134,16 +152,21 @@ class RedisFeeds:
         return int(await self._run(count))
 
     async def users(self, batch: int = 500) -> AsyncIterator[list[int]]:
-        """The user ids of every feed, in batches (SCAN, never KEYS: Redis keeps serving meanwhile)."""
-        cursor: Any = 0
-        while True:
-            found = await self._run(lambda r, at=cursor: r.scan(at, match=f"{PREFIX}*", count=batch))
-            cursor, keys = found
-            ids = [int(k[len(PREFIX) :]) for k in keys if k[len(PREFIX) :].isdigit()]
-            if ids:
-                yield ids
-            if int(cursor) == 0:
-                return
+        """The user ids of every feed, in batches (SCAN, never KEYS: Redis keeps serving meanwhile). Raises
+        FeedsUnavailable if Redis is away (the job is run again)."""
+        if not self.link.up:
+            raise FeedsUnavailable
+        try:
+            async for keys in scan_keys(self.link.client, match=f"{PREFIX}*", count=batch):
+                ids = [u for u in map(_user_of, keys) if u is not None]
+                earlier = [k for k in keys if k[len(PREFIX) :].isdigit()]  # the layout before hash tags: unused
+                if earlier:
+                    await self._run(lambda r, old=earlier: delete_many(r, old))
+                if ids:
+                    yield ids
+        except FAILURES as exc:
+            self.link.down(exc)
+            raise FeedsUnavailable from exc
 
     async def _run(self, work: Any) -> Any:
         result = await self.link.run(work)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -255,6 +255,47 @@ async def delete_many(client: Any, names: list[str]) -> None:
         for name in names:
             pipe.delete(name)
         await pipe.execute()
+
+
+async def scan_keys(client: Any, *, match: str | None = None, count: int = 500) -> AsyncIterator[list[bytes]]:
+    """Every key (matching ``match``), in batches by SCAN (never KEYS: Redis keeps serving meanwhile); on a cluster,
+    each primary's in turn."""
+    nodes = await _primaries(client) if is_cluster(client) else [None]
+    for node in nodes:
+        cursor: Any = 0
+        while True:
+            if node is None:
+                cursor, keys = await client.scan(cursor, match=match, count=count)
+            else:
+                command = ["SCAN", cursor, *(("MATCH", match) if match else ()), "COUNT", count]
+                cursor, keys = await client.execute_command(*command, target_nodes=node)
+                cursor = cursor[node.name] if isinstance(cursor, dict) else cursor  # as the cluster's SCAN says it
+            if keys:
+                yield list(keys)
+            if int(cursor) == 0:
+                break
+
+
+async def on_each_node(client: Any, *command: Any) -> list[Any]:
+    """``command``'s answer from each primary (on one Redis: its one answer)."""
+    if not is_cluster(client):
+        return [await client.execute_command(*command)]
+    nodes = await _primaries(client)
+    return list(await asyncio.gather(*(client.execute_command(*command, target_nodes=node) for node in nodes)))
+
+
+async def _primaries(client: Any) -> list[Any]:
+    await client.initialize()  # the slot map (once; a no-op after)
+    return list(client.get_primaries())
+
+
+async def subscribers(client: Any, channel: str) -> int:
+    """How many connections listen on ``channel`` (on a cluster, on every node together)."""
+    if is_cluster(client):
+        found = await client.execute_command("PUBSUB NUMSUB", channel, target_nodes=client.ALL_NODES)
+    else:
+        found = await client.pubsub_numsub(channel)
+    return sum(int(n) for _, n in found)
 
 
 class Scripts:

@@ -196,7 +196,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         if role != "cli" and link is not None:  # answers `cipherfeed audit` about its L1
             from feed.audit.l1 import answer_requests
 
-            listener = asyncio.get_running_loop().create_task(answer_requests(link.client, cache, role))
+            listener = asyncio.get_running_loop().create_task(answer_requests(link, cache, role))
             stack.push_async_callback(_cancel, listener)
         if role != "cli":  # callback gauges written for the processes a scrape does not reach (feed.metrics)
             refresh = asyncio.get_running_loop().create_task(metrics.run_refresh())

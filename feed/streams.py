@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from feed.events import HOME, NOTE, USER_KINDS, VISIBILITY_CODES, Event
-from feed.redis_link import RedisLink, close_client
+from feed.redis_link import RedisLink, Scripts, close_client
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +222,15 @@ class LocalStreams:
         return stream[-1].id if stream else None
 
 
-# KEYS: user streams.  ARGV: the event's fields as k1, v1, k2, v2 ..., then maxlen, retention ms, channel, post,
-# author, committed ms.  Appends to each stream that exists (unless its newest entry is this same event: a retried
-# fan-out), then announces what it wrote on the push channel in one message.
+# K: user streams.  A: the event's fields as k1, v1, k2, v2 ..., then maxlen.  Appends to each stream that exists
+# (unless its newest entry is this same event: a retried fan-out); returns the streams written and their entry ids.
 _APPEND_HOME = """
-local nfields = tonumber(ARGV[1])
+local nfields = tonumber(A[1])
 local fields = {}
-for i = 1, nfields do fields[i] = ARGV[1 + i] end
-local base = 1 + nfields
-local maxlen, channel = ARGV[base + 1], ARGV[base + 2]
+for i = 1, nfields do fields[i] = A[1 + i] end
+local maxlen = A[nfields + 2]
 local written = {}
-for _, key in ipairs(KEYS) do
+for _, key in ipairs(K) do
   if redis.call('EXISTS', key) == 1 then
     local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
     local same = false
@@ -268,7 +266,7 @@ class RedisStreams:
 
     def __init__(self, link: RedisLink) -> None:
         self.link = link
-        self._append_script: Any = None
+        self._scripts = Scripts()
         self._open_script: Any = None
         self._on_posts: list[PostsHandler] = []
         self._on_push: list[PushHandler] = []
@@ -332,10 +330,10 @@ class RedisStreams:
         fields = [x for pair in event.fields().items() for x in pair]
 
         async def append(r: Any) -> list[Any]:
-            if self._append_script is None:
-                self._append_script = r.register_script(_APPEND_HOME)
             keys = [user_stream(u) for u in user_ids]
-            return list(await self._append_script(keys=keys, args=[len(fields), *fields, USER_KEPT, PUSH_CHANNEL]))
+            args = [len(fields), *fields, USER_KEPT]
+            done = await self._scripts.per_node(r, "append", _APPEND_HOME, keys, lambda some: (some, args))
+            return [x for written in done for x in written]
 
         written = await self.link.run(append)
         if written is None:

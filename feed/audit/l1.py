@@ -22,6 +22,7 @@ from feed.audit.detect import Needle, find_canaries
 from feed.audit.report import Report
 from feed.cache import Cache
 from feed.records import CACHEABLE, encode
+from feed.redis_link import RedisLink, is_cluster, subscribers
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ANSWER_SECONDS = 3.0
 
 
 def channel(client: Any) -> str:
-    database = client.connection_pool.connection_kwargs.get("db", 0)
+    database = 0 if is_cluster(client) else client.connection_pool.connection_kwargs.get("db", 0)
     return f"cf:audit:{database}"
 
 
@@ -57,12 +58,13 @@ def inspect(cache: Cache, found: Sequence[Needle], who: str) -> dict[str, Any]:
     return {"process": who, "values": values, "bytes": total, "findings": findings}
 
 
-async def answer_requests(client: Any, cache: Cache, role: str) -> None:
+async def answer_requests(link: RedisLink, cache: Cache, role: str) -> None:
     """Answer audit requests until cancelled (and through Redis outages)."""
     who = f"{role} {os.getpid()}"
+    client = link.client
     while True:
         try:
-            async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            async with link.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel(client))
                 while True:
                     message = await pubsub.get_message(timeout=5.0)  # (as the bus reads: the socket's timeout is short)
@@ -74,7 +76,7 @@ async def answer_requests(client: Any, cache: Cache, role: str) -> None:
                         reply = str(request["reply"])
                     except (ValueError, KeyError, TypeError):
                         continue
-                    await client.publish(reply, json.dumps(inspect(cache, found, who)))
+                    await link.publish(client, reply, json.dumps(inspect(cache, found, who)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis away: listen again once it is back
@@ -82,15 +84,16 @@ async def answer_requests(client: Any, cache: Cache, role: str) -> None:
             await asyncio.sleep(1.0)
 
 
-async def scan_l1(client: Any, found: Sequence[Needle], report: Report) -> None:
+async def scan_l1(link: RedisLink, found: Sequence[Needle], report: Report) -> None:
     """Ask every listening process to audit its L1; their answers into ``report``."""
     place = report.place("l1")
     reply = f"cf:audit:reply:{secrets.token_hex(8)}"
-    async with client.pubsub() as pubsub:
+    client = link.client
+    async with link.pubsub() as pubsub:
         await pubsub.subscribe(reply)
-        expected = int((await client.pubsub_numsub(channel(client)))[0][1])
+        expected = await subscribers(client, channel(client))
         request = {"reply": reply, "needles": [[n.canary, n.encoding, n.pattern.hex()] for n in found]}
-        await client.publish(channel(client), json.dumps(request))
+        await link.publish(client, channel(client), json.dumps(request))
         answers: list[dict[str, Any]] = []
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ANSWER_SECONDS):

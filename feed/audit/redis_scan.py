@@ -1,7 +1,7 @@
-"""Redis: every key by SCAN (never KEYS), its name and its value read as its type holds it (strings, hashes,
-lists, sets, sorted sets, streams), and the slow log (which keeps commands' arguments). A cache value that decodes
-as one of ``feed.records``' types is declared metadata and sealed blobs by construction; anything else that looks
-like text is reported."""
+"""Redis: every key by SCAN (never KEYS; on a cluster, on each primary), its name and its value read as its type
+holds it (strings, hashes, lists, sets, sorted sets, streams), and each node's slow log (which keeps commands'
+arguments). A cache value that decodes as one of ``feed.records``' types is declared metadata and sealed blobs by
+construction; anything else that looks like text is reported."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from feed.audit.detect import Needle, looks_like_text
 from feed.audit.report import Progress, Report
 from feed.cache import PREFIX
 from feed.records import CorruptValue, decode
+from feed.redis_link import on_each_node, scan_keys
 
 SCAN_COUNT = 1000
 STREAM_PAGE = 1000
@@ -20,30 +21,25 @@ STREAM_PAGE = 1000
 
 async def scan_redis(client: Any, needles: Sequence[Needle], report: Report, progress: Progress) -> None:
     place = report.place("redis")
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor=cursor, count=SCAN_COUNT)
-        if keys:
-            async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.type(key)
-                kinds = await pipe.execute()
-            batch: list[tuple[str, bytes]] = []
-            for key, kind in zip(keys, kinds, strict=True):
-                name = key.decode("utf-8", "replace")
-                batch.append((f"key name {name}", key))
-                if reason := looks_like_text(key):
-                    report.find("redis", f"key name {name}", "looks like text", reason)
-                for label, value in await _values(client, key, kind.decode() if isinstance(kind, bytes) else kind):
-                    place.bytes += len(value)
-                    batch.append((f"{name} {label}", value))
-                    _judge(report, name, label, value)
-            place.items += len(keys)
-            _search(report, "redis", batch, needles)
-            progress.update("redis", place.items)
-        if cursor == 0:
-            break
-    slow = await client.slowlog_get(128)
+    async for keys in scan_keys(client, count=SCAN_COUNT):
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            kinds = await pipe.execute()
+        batch: list[tuple[str, bytes]] = []
+        for key, kind in zip(keys, kinds, strict=True):
+            name = key.decode("utf-8", "replace")
+            batch.append((f"key name {name}", key))
+            if reason := looks_like_text(key):
+                report.find("redis", f"key name {name}", "looks like text", reason)
+            for label, value in await _values(client, key, kind.decode() if isinstance(kind, bytes) else kind):
+                place.bytes += len(value)
+                batch.append((f"{name} {label}", value))
+                _judge(report, name, label, value)
+        place.items += len(keys)
+        _search(report, "redis", batch, needles)
+        progress.update("redis", place.items)
+    slow = [entry for node in await on_each_node(client, "SLOWLOG GET", 128) for entry in node]
     slow_batch = []
     for entry in slow:
         for arg in entry.get("command", b"").split() if isinstance(entry.get("command"), bytes) else []:

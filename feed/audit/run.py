@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from obstore.exceptions import BaseError as ObstoreError
-from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,7 +21,7 @@ from feed.audit.media_scan import scan_media
 from feed.audit.redis_scan import scan_redis
 from feed.audit.report import PLACES, Progress, Report
 from feed.media.store import MediaStore
-from feed.redis_link import make_client
+from feed.redis_link import FAILURES, RedisLink, close_client, make_client
 from feed.settings import Settings
 
 
@@ -69,10 +68,10 @@ async def _redis(settings: Settings, found: Sequence[Needle], report: Report, pr
     client = make_client(settings.redis_url)
     try:
         await scan_redis(client, found, report, progress)
-    except (RedisError, OSError) as exc:
+    except FAILURES as exc:
         report.unchecked["redis"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 async def _media(settings: Settings, found: Sequence[Needle], report: Report, progress: Progress) -> None:
@@ -86,13 +85,13 @@ async def _l1(settings: Settings, found: Sequence[Needle], report: Report) -> No
     if settings.redis_url is None:
         report.place("l1").note = "the embedded server's own: not reachable from another process"
         return
-    client = make_client(settings.redis_url)
+    link = RedisLink.connect(settings.redis_url)
     try:
-        await scan_l1(client, found, report)
-    except (RedisError, OSError) as exc:
+        await scan_l1(link, found, report)
+    except FAILURES as exc:
         report.unchecked["l1"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     finally:
-        await client.aclose()
+        await link.close()
 
 
 def check_config(settings: Settings, report: Report) -> None:
