@@ -69,6 +69,16 @@ class Entry(NamedTuple):
     event: Event
 
 
+class Pushed(NamedTuple):
+    """A home entry as announced: the user's, and the id of the entry before it in their stream (None if unknown).
+    A connection whose position is older than ``prev`` missed something (an announcement lost while a node was
+    away) and catches up from the stream instead."""
+
+    user: int
+    entry: Entry
+    prev: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     """What a stream holds after a client's position: ``entries`` in order, or ``complete`` False when something
@@ -78,10 +88,10 @@ class Replay:
     complete: bool
 
 
-# Handlers the listener calls: an entry of the posts stream; a batch of home entries (user id, entry) with the
-# counts that changed (post id -> (likes, replies)); a reset (lost=True: Redis lost its data).
+# Handlers the listener calls: an entry of the posts stream; a batch of home entries with the counts that changed
+# (post id -> (likes, replies)); a reset (lost=True: Redis lost its data).
 PostsHandler = Callable[[Entry], None]
-PushHandler = Callable[[list[tuple[int, Entry]], dict[int, tuple[int, int]]], None]
+PushHandler = Callable[[list[Pushed], dict[int, tuple[int, int]]], None]
 ResetHandler = Callable[[bool], None]
 
 
@@ -95,10 +105,11 @@ def _decode_entries(raw: Iterable[Any]) -> list[Entry]:
     return out
 
 
-def _push_message(home: list[tuple[int, str]], event: Event | None, counts: dict[int, tuple[int, int]]) -> str:
+def _push_message(home: list[tuple[int, str, str]], event: Event | None, counts: dict[int, tuple[int, int]]) -> str:
+    """``home``: (user id, entry id, previous entry id) of each stream the event was written to."""
     data: dict[str, Any] = {}
     if event is not None and home:
-        data["h"] = [event.post, event.author, event.committed_ms, [[u, i] for u, i in home], event.kind]
+        data["h"] = [event.post, event.author, event.committed_ms, [list(written) for written in home], event.kind]
         if event.boost:
             data["h"] += [event.boost, event.booster, event.visibility]
     if counts:
@@ -106,9 +117,9 @@ def _push_message(home: list[tuple[int, str]], event: Event | None, counts: dict
     return json.dumps(data, separators=(",", ":"))
 
 
-def _read_push(raw: bytes | str) -> tuple[list[tuple[int, Entry]], dict[int, tuple[int, int]]]:
+def _read_push(raw: bytes | str) -> tuple[list[Pushed], dict[int, tuple[int, int]]]:
     data = json.loads(raw)
-    home: list[tuple[int, Entry]] = []
+    home: list[Pushed] = []
     if "h" in data:
         post, author, committed, pairs, *rest = data["h"]
         kind = rest[0] if rest and rest[0] in USER_KINDS else HOME
@@ -118,7 +129,7 @@ def _read_push(raw: bytes | str) -> tuple[list[tuple[int, Entry]], dict[int, tup
         else:
             visibility = "direct" if kind == NOTE else "public"
             event = Event(kind, int(post), int(author), visibility, committed_ms=int(committed))
-        home = [(int(u), Entry(str(i), event)) for u, i in pairs]
+        home = [Pushed(int(u), Entry(str(i), event), str(rest[0]) if rest else None) for u, i, *rest in pairs]
     counts = {int(p): (int(likes), int(replies)) for p, likes, replies in data.get("c", ())}
     return home, counts
 
@@ -177,7 +188,8 @@ class LocalStreams:
             stream = self._streams.get(key)
             if stream is None or (stream and stream[-1].event == event):
                 continue  # no client of theirs was here lately; or a retried fan-out wrote it already
-            home.append((user_id, Entry(self._add(key, event, USER_KEPT), event)))
+            prev = stream[-1].id if stream else None
+            home.append(Pushed(user_id, Entry(self._add(key, event, USER_KEPT), event), prev))
         if home:
             for handler in self._on_push:
                 handler(home, {})
@@ -223,7 +235,8 @@ class LocalStreams:
 
 
 # K: user streams.  A: the event's fields as k1, v1, k2, v2 ..., then maxlen.  Appends to each stream that exists
-# (unless its newest entry is this same event: a retried fan-out); returns the streams written and their entry ids.
+# (unless its newest entry is this same event: a retried fan-out, whose announcement may have been lost); returns,
+# for each stream that holds the event now, the stream, the event's entry id and the id of the entry before it.
 _APPEND_HOME = """
 local nfields = tonumber(A[1])
 local fields = {}
@@ -232,17 +245,20 @@ local maxlen = A[nfields + 2]
 local written = {}
 for _, key in ipairs(K) do
   if redis.call('EXISTS', key) == 1 then
-    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 2)
     local same = false
-    if #last == 1 then
+    if #last >= 1 then
       local f = last[1][2]
       same = #f == nfields
       for i = 1, nfields do if f[i] ~= fields[i] then same = false end end
     end
-    if not same then
-      local id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-      written[#written + 1] = key
-      written[#written + 1] = id
+    written[#written + 1] = key
+    if same then
+      written[#written + 1] = last[1][1]
+      written[#written + 1] = last[2] and last[2][1] or '0-0'
+    else
+      written[#written + 1] = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+      written[#written + 1] = last[1] and last[1][1] or '0-0'
     end
   end
 end
@@ -324,7 +340,8 @@ class RedisStreams:
 
     async def append_home(self, event: Event, user_ids: Sequence[int]) -> int:
         """Add "this post joined your home" to the streams of ``user_ids`` that exist, and announce it; how many
-        streams took it. Raises ConnectionError while Redis is down (the caller's job is retried)."""
+        streams hold it. Raises ConnectionError if Redis did not take it or the announcement (the caller's job is
+        retried: the streams that have it already are announced again)."""
         if not user_ids:
             return 0
         fields = [x for pair in event.fields().items() for x in pair]
@@ -339,10 +356,12 @@ class RedisStreams:
         if written is None:
             raise ConnectionError("Redis unavailable")
         by_key = {user_stream(u): u for u in user_ids}
-        home = [(by_key[k.decode()], i.decode()) for k, i in zip(written[::2], written[1::2], strict=True)]
+        triples = zip(written[::3], written[1::3], written[2::3], strict=True)
+        home = [(by_key[key.decode()], at.decode(), prev.decode()) for key, at, prev in triples]
         if home:
             message = _push_message(home, event, {})
-            await self.link.run(lambda r: self.link.publish(r, PUSH_CHANNEL, message))
+            if await self.link.run(lambda r: self.link.publish(r, PUSH_CHANNEL, message)) is None:
+                raise ConnectionError("Redis unavailable")
         return len(home)
 
     async def open_user(self, user_id: int) -> bool | None:

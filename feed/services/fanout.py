@@ -150,10 +150,9 @@ async def _deliver(svc: Services, event: Event, user_ids: Sequence[int]) -> int:
     """Into the feeds of ``user_ids`` that exist, and the live streams of those of them who watch."""
     written = 0
     if svc.feeds is not None:
-        try:
-            written = await svc.feeds.add(event.boost or event.post, user_ids)
-        except FeedsUnavailable:
-            pass  # rebuilt from the database once Redis is back and readers find their feeds missing
+        # FeedsUnavailable (a ConnectionError) goes up: the job is tried again, as a Redis that keeps its data (or a
+        # cluster node that comes back) still has the feeds, which must not miss the post.
+        written = await svc.feeds.add(event.boost or event.post, user_ids)
     await lookup.invalidate(svc, *((HOME, uid) for uid in user_ids))
     if svc.streams is not None:
         await svc.streams.append_home(event, user_ids)

@@ -31,7 +31,7 @@ from feed.events import NEW
 from feed.services.context import Services
 from feed.services.fanout import popular_authors
 from feed.services.models import User
-from feed.streams import POSTS_STREAM, Entry, Replay, Streams, parse_id, user_stream
+from feed.streams import POSTS_STREAM, Entry, Pushed, Replay, Streams, parse_id, user_stream
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ class Hub:
         self.by_topic: dict[str, set[Connection]] = {}
         self.posts_at = ""  # the last entry of the posts stream dispatched here
         self.catching: set[Connection] = set()  # connections catching up (they hold what comes meanwhile)
+        # Connections whose catch-up found Redis away, and from which of their streams: tried again shortly.
+        self.behind: dict[Connection, tuple[str, ...]] = {}
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.closing = False
@@ -242,7 +244,8 @@ class Hub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._dispatch()), loop.create_task(self._beat())]
+        self._tasks = [loop.create_task(self._dispatch()), loop.create_task(self._beat()),
+                       loop.create_task(self._catch_up_behind())]  # fmt: skip
 
     async def stop(self) -> None:
         self.close_all()
@@ -288,6 +291,7 @@ class Hub:
         conn.closed = True
         self.connections.discard(conn)
         self.catching.discard(conn)
+        self.behind.pop(conn, None)
         if conn.user is not None:
             _discard(self.by_user, conn.user.id, conn)
         if conn.auth is not None:
@@ -411,8 +415,9 @@ class Hub:
                 wanted.append(("posts", POSTS_STREAM, conn.posts_cursor))
             for source, key, after in wanted:
                 replay: Replay | None = await self.streams.replay(key, after)
-                if replay is None:
-                    return  # Redis is down: live delivery goes on from here once it is back (a reset catches up)
+                if replay is None:  # Redis (or the stream's node) is away: again in a moment
+                    self.behind[conn] = tuple(sorted({*self.behind.get(conn, ()), *sources}))
+                    return
                 if not replay.complete and strict:
                     await self.resync(conn)
                     return
@@ -470,7 +475,7 @@ class Hub:
     def _on_posts(self, entry: Entry) -> None:
         self._inbox.put_nowait(("posts", entry))
 
-    def _on_push(self, home: list[tuple[int, Entry]], counts: dict[int, tuple[int, int]]) -> None:
+    def _on_push(self, home: list[Pushed], counts: dict[int, tuple[int, int]]) -> None:
         if home:
             self._inbox.put_nowait(("home", home))
         if counts:
@@ -517,13 +522,17 @@ class Hub:
                     await self._deliver(conn, "posts", entry, memo)
         self.posts_at = entry.id
 
-    async def _dispatch_home(self, pairs: list[tuple[int, Entry]]) -> None:
+    async def _dispatch_home(self, pushed: list[Pushed]) -> None:
         memo: dict[Any, Any] = {}
-        for user_id, entry in pairs:
+        for user_id, entry, prev in pushed:
             for conn in list(self.by_user.get(user_id, ())):
                 if conn.sink.wants_home and not conn.closed:
+                    cursor = conn.home_cursor
                     if conn.catching_up:
                         conn.held.append(("home", entry))
+                    elif prev is not None and cursor is not None and parse_id(prev) > parse_id(cursor):
+                        # An entry before this one was not announced here: read them from the stream.
+                        await self.catch_up(conn, strict=True, sources=("home",))
                     else:
                         await self._deliver(conn, "home", entry, memo)
 
@@ -565,6 +574,18 @@ class Hub:
                 await self.resync(conn)
             else:  # the posts stream is read apart, and missed nothing: only home entries were announced here
                 await self.catch_up(conn, strict=True, sources=("home",))
+
+    async def _catch_up_behind(self, every: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every)
+            for conn, sources in list(self.behind.items()):
+                del self.behind[conn]
+                if not conn.closed:
+                    try:
+                        await self.catch_up(conn, strict=True, sources=sources)
+                    except Exception as exc:  # the next round tries again
+                        self.behind[conn] = sources
+                        log.warning("could not catch a stream up (%s)", type(exc).__name__)
 
     async def _beat(self) -> None:
         touched = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,16 @@ async def cluster(
     """Processes A and B on a database of their own (emptied) and the test's Redis."""
     await empty_tables(processes_engine)
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, redis_server.url)
-    procs = {name: AppProcess(name, settings, tmp_path) for name in ("a", "b")}
-    worker = AppProcess("worker", settings, tmp_path, ["worker"])
-    cluster = Cluster(redis_server, procs, [worker])
+    async with deployment(settings, redis_server, tmp_path) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def deployment(settings: dict[str, str], redis: Any, workdir: Path) -> AsyncIterator[Cluster]:
+    """Web processes A and B and a worker with ``settings``; on the way out, none of them logged a traceback."""
+    procs = {name: AppProcess(name, settings, workdir) for name in ("a", "b")}
+    worker = AppProcess("worker", settings, workdir, ["worker"])
+    cluster = Cluster(redis, procs, [worker])
     try:
         for proc in (*procs.values(), worker):
             proc.wait_ready()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -150,6 +151,20 @@ class RedisClusterNodes:
         while any(self.state(port) != "ok" for port in self.ports):
             assert time.monotonic() < deadline, {port: self.state(port) for port in self.ports}
             time.sleep(0.1)
+
+    def client(self) -> Any:
+        """A (synchronous) cluster client, for a test to look at the keys."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", port) for port in self.ports])
+
+    def port_of(self, key: str) -> int:
+        """The port of the node that holds ``key``'s slot."""
+        client = self.client()
+        try:
+            return int(client.get_node_from_key(key).port)
+        finally:
+            client.close()
 
     def kill_node(self, port: int) -> None:
         proc = self.procs.get(port)
@@ -422,7 +437,7 @@ HITS = "cipherfeed_cache_hits_total"
 
 @dataclass
 class Cluster:
-    redis: RedisServer
+    redis: RedisServer | RedisClusterNodes
     procs: dict[str, AppProcess]
     workers: list[AppProcess] = field(default_factory=list)
     stopped: list[AppProcess] = field(default_factory=list)  # replaced by a restart
