@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 HOST = "127.0.0.1"
 
 
-def build_request(path: str, headers: Mapping[str, str] | None = None) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", "Accept: */*"]
+def build_request(
+    path: str, headers: Mapping[str, str] | None = None, *, method: str = "GET", form: Mapping[str, str] | None = None
+) -> bytes:
+    """A request's bytes; with ``form``, a form-encoded body."""
+    body = urlencode(dict(form)).encode() if form is not None else b""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", "Accept: */*"]
+    if form is not None:
+        lines += ["Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 @dataclass(frozen=True, slots=True)

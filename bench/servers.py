@@ -133,9 +133,11 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def uvicorn(self, name: str, factory: str, env: Mapping[str, str], *, code: Path = REPO) -> Proc:
+    def uvicorn(
+        self, name: str, factory: str, env: Mapping[str, str], *, code: Path = REPO, cpus: Sequence[int] | None = None
+    ) -> Proc:
         """``factory`` served as users serve cipherfeed: uvloop, httptools, one worker, no access log; ``code``: the
-        checkout it is imported from (another one for the baseline)."""
+        checkout it is imported from (another one for the baseline); ``cpus``: the server cores unless said."""
         port = free_port()
         argv = [
             sys.executable,
@@ -157,28 +159,24 @@ class Processes:
         ]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CIPHERFEED_", "BENCH_"))}
         return self.start(
-            name, argv, env=base | {"PYTHONPATH": str(code)} | dict(env), port=port, cpus=self.cores.server, cwd=code
+            name,
+            argv,
+            env=base | {"PYTHONPATH": str(code)} | dict(env),
+            port=port,
+            cpus=cpus or self.cores.server,
+            cwd=code,
         )
 
-    def redis(self, name: str) -> Proc:
+    def redis(self, name: str, *options: str, port: int | None = None) -> Proc:
         """A private redis-server without persistence: its command counts are this run's alone."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise StartFailed("redis-server is not installed (apt-get install redis-server)")
-        port = free_port()
-        argv = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            http.HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
+        port = port or free_port()
+        where = self.workdir / name
+        where.mkdir(exist_ok=True)
+        argv = [binary, "--port", str(port), "--bind", http.HOST, "--save", "", "--appendonly", "no", "--dir",
+                str(where), *options]  # fmt: skip
         proc = self.start(name, argv, env=os.environ, port=port, cpus=self.cores.everything)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -191,6 +189,44 @@ class Processes:
             except OSError:
                 time.sleep(0.05)
         raise StartFailed(f"{name} did not answer PING")
+
+
+def cluster_port() -> int:
+    """A free port whose Redis Cluster bus port (10000 more) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port <= 55535:
+            with socket.socket() as sock:
+                try:
+                    sock.bind((http.HOST, port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise StartFailed("no free port pair for a Redis Cluster node")
+
+
+def redis_cluster(procs: Processes, name: str, size: int = 3) -> str:
+    """``size`` redis-server primaries made into a Redis Cluster; its ``redis+cluster://`` URL."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise StartFailed("redis-cli is not installed (apt-get install redis-tools)")
+    nodes = [procs.redis(f"{name}-{n}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         port=cluster_port()) for n in range(size)]  # fmt: skip
+    where = [f"{http.HOST}:{node.port}" for node in nodes]
+    made = subprocess.run(  # noqa: S603 - our own argv
+        [cli, "--cluster", "create", *where, "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise StartFailed(f"redis-cli --cluster create failed: {made.stdout[-300:]}{made.stderr[-300:]}")
+    deadline = time.monotonic() + 30
+    for node in nodes:
+        ask = [cli, "-p", str(node.port), "cluster", "info"]
+        while "cluster_state:ok" not in subprocess.run(ask, capture_output=True, text=True, check=False).stdout:  # noqa: S603
+            if time.monotonic() > deadline:
+                raise StartFailed("the Redis Cluster did not come up")
+            time.sleep(0.1)
+    return "redis+cluster://" + ",".join(where)
 
 
 async def wait_ready(proc: Proc, path: str = "/healthz", within: float = 60.0) -> None:

@@ -70,6 +70,7 @@ from feed.web.middleware import (
     BodyLimit,
     CrossSiteGuard,
     DirectSend,
+    ReadYourWrites,
     SecurityHeaders,
     cookieless,
 )
@@ -148,14 +149,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready while the database answers: a balancer stops sending traffic here during an outage."""
+    """Ready while the database answers: a balancer stops sending traffic here during an outage. The body says how
+    each replica and Redis server is (neither decides readiness: without them, the primary serves)."""
     try:
         async with request.app.state.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         request.app.state.runtime.outage.down(exc)  # logged once per outage, not once per probe
         return PlainTextResponse("database unreachable", status_code=503, headers={"Retry-After": "5"})
-    return PlainTextResponse("ready")
+    lines = ["ready"]
+    replicas = request.app.state.services.db.replicas
+    if replicas is not None:
+        lines += replicas.state()
+    link = request.app.state.runtime.link
+    if link is not None:
+        lines += [f"redis {name}: {'up' if up else 'down'}" for name, up in sorted(link.nodes.items())]
+    return PlainTextResponse("\n".join(lines))
 
 
 async def favicon(request: Request) -> Response:
@@ -389,6 +398,8 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
         Middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.media_max_bytes + 64 * 1024),
         Middleware(CrossSiteGuard),
     ]
+    if settings.replica_urls:
+        middleware.append(Middleware(ReadYourWrites))
     handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error}
     return Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
 

@@ -127,6 +127,11 @@ class RedisLink:
             if metrics is not None
             else None
         )
+        self.nodes: dict[str, bool] = {}  # each server's (a cluster's primaries') answer to the last ping
+        if metrics is not None:
+            metrics.gauge_callback("cipherfeed_redis_node_up", "1 while a Redis server (each cluster primary) answers",
+                                   lambda: {(name,): float(up) for name, up in self.nodes.items()}, ("node",),
+                                   mode="livemin")  # fmt: skip
 
     @classmethod
     def connect(cls, url: str, **options: Any) -> RedisLink:
@@ -160,6 +165,39 @@ class RedisLink:
         if is_cluster(client):
             return await client.execute_command("PUBLISH", channel, message)
         return await client.publish(channel, message)
+
+    async def watch_nodes(self, every: float = 5.0) -> None:
+        """Ping each server every ``every`` seconds (until cancelled): ``nodes``, for /readyz and the metrics."""
+        while True:
+            self.nodes = await self.ping_nodes()
+            await asyncio.sleep(every)
+
+    async def ping_nodes(self) -> dict[str, bool]:
+        client = self.client
+        if not is_cluster(client):
+            target = parse_redis_url(self.url) if self.url else None
+            name = "redis"
+            if target is not None:
+                where = ",".join(f"{host}:{port}" for host, port in target.nodes)
+                name = f"{target.service} via {where}" if target.kind == "sentinel" else where
+            try:
+                return {name: bool(await client.ping())}
+            except FAILURES:
+                return {name: False}
+        try:
+            await client.initialize()
+        except FAILURES:
+            return dict.fromkeys(self.nodes, False)
+
+        async def ping(node: Any) -> bool:
+            try:
+                return bool(await client.execute_command("PING", target_nodes=node))
+            except FAILURES:
+                return False
+
+        primaries = client.get_primaries()
+        answers = await asyncio.gather(*(ping(node) for node in primaries))
+        return {node.name: up for node, up in zip(primaries, answers, strict=True)}
 
     def on_recovery(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` (in registration order) each time Redis answers again after an outage."""

@@ -37,6 +37,7 @@ from feed.metrics import Registry
 from feed.queue import ArqQueue, JobMetrics, LocalQueue
 from feed.redis_link import RedisLink
 from feed.relay import Relay
+from feed.replicas import Replicas
 from feed.services.context import Database, Secrets, Services, ThrottleRules
 from feed.services.jobs import run_cron
 from feed.services.keys import KeyStore
@@ -143,9 +144,15 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         if role != "cli" and streams is not None:
             relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams, forget=keys.forget, link=link,
                           metrics=metrics)  # fmt: skip
+        replicas = None
+        if settings.replica_urls and role == "web":  # the pages' reads; jobs read what they are about to change
+            replicas = Replicas.open(engine, settings.replica_urls, max_lag=settings.replica_max_lag_seconds,
+                                     link=link, metrics=metrics)  # fmt: skip
+            stack.push_async_callback(replicas.close)
+            await replicas.start()
         hasher = PasswordHasher()
         services = Services(
-            db=Database(engine),
+            db=Database(engine, replicas),
             cache=cache,
             bus=bus,
             keys=keys,
@@ -198,6 +205,9 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
 
             listener = asyncio.get_running_loop().create_task(answer_requests(link, cache, role))
             stack.push_async_callback(_cancel, listener)
+        if role != "cli" and link is not None:
+            watcher = asyncio.get_running_loop().create_task(link.watch_nodes())
+            stack.push_async_callback(_cancel, watcher)
         if role != "cli":  # callback gauges written for the processes a scrape does not reach (feed.metrics)
             refresh = asyncio.get_running_loop().create_task(metrics.run_refresh())
             stack.push_async_callback(_cancel, refresh)

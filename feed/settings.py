@@ -79,6 +79,10 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     # The job queue's Redis (arq): CIPHERFEED_QUEUE_REDIS_URL, else CIPHERFEED_REDIS_URL (one server or Sentinel).
     queue_redis_url: str | None = field(default=None, repr=False)
+    # PostgreSQL streaming replicas for reads that tolerate a short lag (CIPHERFEED_DATABASE_REPLICA_URLS), and
+    # how far behind one may be and still be read (CIPHERFEED_REPLICA_MAX_LAG_SECONDS).
+    replica_urls: tuple[str, ...] = field(default=(), repr=False)
+    replica_max_lag_seconds: float = 5.0
     root_key_file: Path | None = None
     root_key: Secret | None = field(default=None)
     secret_key: Secret | None = field(default=None)
@@ -182,19 +186,42 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
-def _database_url(raw: str) -> str:
+def _replica_urls(env: Mapping[str, str], database_url: str) -> tuple[str, ...]:
+    raw = [part.strip() for part in (env.get("CIPHERFEED_DATABASE_REPLICA_URLS") or "").split(",") if part.strip()]
+    if raw and not database_url.startswith("postgresql"):
+        raise ConfigError("CIPHERFEED_DATABASE_REPLICA_URLS needs a PostgreSQL CIPHERFEED_DATABASE_URL")
+    urls = tuple(_database_url(url, "CIPHERFEED_DATABASE_REPLICA_URLS") for url in raw)
+    if any(not url.startswith("postgresql") for url in urls):
+        raise ConfigError("CIPHERFEED_DATABASE_REPLICA_URLS: each replica is a postgresql:// URL")
+    return urls
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{name} must be more than 0 and at most 3600")
+    return value
+
+
+def _database_url(raw: str, name: str = "CIPHERFEED_DATABASE_URL") -> str:
     """Accept the usual spellings and pin the async drivers we ship."""
     try:
         url = make_url(raw)
     except ArgumentError:
-        raise ConfigError("CIPHERFEED_DATABASE_URL is not a database URL") from None
+        raise ConfigError(f"{name} is not a database URL") from None
     backend = url.get_backend_name()
     if backend == "postgresql":
         url = url.set(drivername="postgresql+asyncpg")
     elif backend == "sqlite":
         url = url.set(drivername="sqlite+aiosqlite")
     else:
-        raise ConfigError("CIPHERFEED_DATABASE_URL must be a postgresql:// or sqlite:// URL")
+        raise ConfigError(f"{name} must be a postgresql:// or sqlite:// URL")
     return url.render_as_string(hide_password=False)
 
 
@@ -218,6 +245,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         redis_url=_redis_url(env.get("CIPHERFEED_REDIS_URL") or None),
         queue_redis_url=_queue_redis_url(env),
+        replica_urls=_replica_urls(env, database_url),
+        replica_max_lag_seconds=_seconds(env, "CIPHERFEED_REPLICA_MAX_LAG_SECONDS", 5.0),
         root_key_file=Path(key_file).expanduser().absolute() if key_file else None,
         root_key=Secret(root_key) if root_key else None,
         secret_key=Secret(secret) if secret else None,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio import CapacityLimiter
 from argon2 import PasswordHasher
@@ -15,8 +16,11 @@ from feed.bus import Bus
 from feed.cache import Cache
 from feed.home_feeds import RedisFeeds
 from feed.queue import JobMetrics, Queue
+from feed.replicas import Replicas
 from feed.services.keys import KeyStore
 from feed.streams import Streams
+
+T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -31,13 +35,22 @@ class Database:
     ``feed.db``): a transaction that reads and then writes is atomic there, as it is on PostgreSQL.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, replicas: Replicas | None = None) -> None:
         # Reads run in autocommit: no BEGIN/ROLLBACK round trips around every page's queries.
         self._read = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
         self._write = async_sessionmaker(engine.execution_options(cipherfeed_write=True), expire_on_commit=False)
+        self.replicas = replicas
 
     def __call__(self) -> AsyncSession:
         return self._read()
+
+    async def lagged(self, reader: int | None, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``work(session)`` for a read that may lag a little and that no cache keeps: on a replica that holds what
+        ``reader`` (None: a visitor) wrote, if there is one (``feed.replicas``), else on the primary."""
+        if self.replicas is None:
+            async with self._read() as session:
+                return await work(session)
+        return await self.replicas.read(reader, work, self._read)
 
     def begin(self) -> Any:
         return self._write.begin()

@@ -18,6 +18,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, seal_beside
 from feed.cache import FRAMES, HOME, TIMELINES
 from feed.errors import Forbidden, NotFound
@@ -398,9 +400,12 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         marks = await lookup.marks_among(svc, viewer.id, found_marks, [ref.id for ref in refs])
         found = await views(svc, refs, viewer, marks, recheck=True, style=style, hide_muted=True)
         return _page(found, refs, page)
-    async with svc.db() as session:  # one connection for the page's ids and the viewer's marks among them
+
+    async def read(session: AsyncSession) -> tuple[list[Any], Any]:  # the page's ids and the viewer's marks
         refs = await fanout.home_refs(session, viewer.id, page)
-        marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+        return refs, await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+
+    refs, marks = await svc.db.lagged(viewer.id, read)
     return _page(await views(svc, refs, viewer, marks, style=style, hide_muted=True), refs, page)
 
 
@@ -419,9 +424,12 @@ async def _boosts_seen(
 
 async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | None = None) -> TimelinePage:
     """The posts the viewer liked and may still read, newest post first."""
-    async with svc.db() as session:
+
+    async def read(session: AsyncSession) -> tuple[list[Any], Any]:
         refs = await like_store.liked_page(session, viewer.id, page)
-        marks = await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+        return refs, await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
+
+    refs, marks = await svc.db.lagged(viewer.id, read)
     return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 
@@ -437,8 +445,11 @@ async def public(
 
         refs: Sequence[Any] = (await lookup.timeline_refs(svc, TIMELINES, "public", load))[: page.limit]
         return _page(await views(svc, refs, viewer, recheck=True, style=style, hide_muted=True), refs, page)
-    async with svc.db() as session:
-        refs = await store.public(session, page, only_media=only_media)
+
+    async def read(session: AsyncSession) -> list[Any]:
+        return list(await store.public(session, page, only_media=only_media))
+
+    refs = await svc.db.lagged(viewer.id if viewer else None, read)
     return _page(await views(svc, refs, viewer, style=style, hide_muted=True), refs, page)
 
 
@@ -452,12 +463,14 @@ async def by_author(
     only_media: bool = False,
     style: FrameStyle | None = None,
 ) -> TimelinePage:
-    async with svc.db() as session:
-        refs = await store.by_author(
-            session, author.id, viewer.id if viewer else None, page, exclude_replies=exclude_replies,
-            only_media=only_media,
-        )  # fmt: skip
-        marks = await lookup.marks_in(session, viewer.id if viewer else None, [ref.id for ref in refs])
+    reader = viewer.id if viewer else None
+
+    async def read(session: AsyncSession) -> tuple[list[Any], Any]:
+        refs = await store.by_author(session, author.id, reader, page, exclude_replies=exclude_replies,
+                                     only_media=only_media)  # fmt: skip
+        return refs, await lookup.marks_in(session, reader, [ref.id for ref in refs])
+
+    refs, marks = await svc.db.lagged(reader, read)
     return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
 
 

@@ -1,8 +1,10 @@
-"""Pure ASGI middleware: security headers, the request body limit, and the cross-site request check."""
+"""Pure ASGI middleware: security headers, the request body limit, the cross-site request check, and the write
+marks that keep a person's reads off replicas that lack their writes."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +23,7 @@ CSP = "; ".join(
     ]
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+log = logging.getLogger(__name__)
 _APP_ENDPOINTS = frozenset({"/oauth/token", "/oauth/revoke"})
 
 
@@ -199,6 +202,34 @@ class DirectSend:
         if scope["type"] == "http":
             scope[DIRECT_SEND] = send
         await self.app(scope, receive, send)
+
+
+class ReadYourWrites:
+    """After a request that may have written (not GET or HEAD) by a signed-in person or with their token, and before
+    its answer goes out, tells the replicas (``feed.replicas``) that this person's next reads need what the primary
+    holds now. In the app only when it has replicas."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+
+        async def marking_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                state = scope.get("state") or {}
+                grant = state.get("grant")
+                who = state.get("viewer") or (grant.user if grant is not None else None)
+                if who is not None:
+                    try:
+                        await scope["app"].state.services.db.replicas.wrote(who.id)
+                    except Exception as exc:  # the primary went away after the write: nothing to wait for there
+                        log.debug("write not noted for the replicas (%s)", type(exc).__name__)
+            await send(message)
+
+        await self.app(scope, receive, marking_send)
 
 
 class ApiTrailingSlash:

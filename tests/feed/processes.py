@@ -370,9 +370,11 @@ async def register(urls: dict[str, str], name: str, clients: list[httpx.AsyncCli
 
 class PostgresServer:
     """A PostgreSQL cluster of the test's own (``initdb`` in a temporary directory, run as the ``postgres`` user on
-    its own port), so that the test can stop it, kill it and start it again. fsync is off: a test's data."""
+    its own port), so that the test can stop it, kill it and start it again. fsync is off: a test's data. With
+    ``replica_of``, a streaming replica of that (running) server, made with ``pg_basebackup``; the primary needs
+    ``full_page_writes`` on for that."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica_of: PostgresServer | None = None) -> None:
         found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not found:
             raise AssertionError("PostgreSQL's initdb is not installed (apt-get install postgresql)")
@@ -382,9 +384,15 @@ class PostgresServer:
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.log = self.dir / "postgres.log"
+        # Server settings for ``start`` (a test's data: no fsync).
+        self.settings = {"fsync": "off", "full_page_writes": "off", "listen_addresses": "127.0.0.1"}
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        if replica_of is None:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        else:  # a streaming replica: a base backup of the running primary, set to follow it (-R)
+            self._run("pg_basebackup", "-D", str(self.data), "-h", "127.0.0.1", "-p", str(replica_of.port), "-U",
+                      "postgres", "-R", "-X", "stream", "--no-sync")  # fmt: skip
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.bin / tool), *args]
@@ -396,7 +404,7 @@ class PostgresServer:
         return done
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        options = " ".join([f"-p {self.port} -k {self.dir}", *(f"-c {k}={v}" for k, v in self.settings.items())])
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
