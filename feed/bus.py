@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from feed.redis_link import RedisLink
+from feed.redis_link import FAILURES, RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class RedisBus(_Handlers):
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except FAILURES as exc:
                 if self._stopping:
                     return
                 # Back off while Redis stays away; a connection that had subscribed starts the count again.

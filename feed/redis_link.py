@@ -5,6 +5,7 @@ answers again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,6 +103,20 @@ def make_client(url: str, *, timeout: float = TIMEOUTS["socket_timeout"]) -> Any
         socket_connect_timeout=TIMEOUTS["socket_connect_timeout"],
     )  # fmt: skip
     return client
+
+
+def reseed(client: Any, url: str | None) -> None:
+    """On a cluster client, the nodes to start from again: redis-py forgets a node as a starting point each time a
+    call to it fails to connect, so once every node has failed it knows none to start from and never reconnects.
+    Gives it back the URL's nodes and every node it has seen."""
+    if not is_cluster(client):
+        return
+    manager = client.nodes_manager
+    known = [(node.host, node.port) for node in manager.nodes_cache.values()]
+    for host, port in [*(parse_redis_url(url).nodes if url else ()), *known]:
+        name = f"{host}:{port}"
+        if name not in manager.startup_nodes:
+            manager.startup_nodes[name] = ClusterNode(host, port, **manager.connection_kwargs)
 
 
 async def reset_connections(client: Any) -> None:
@@ -227,31 +242,38 @@ class RedisLink:
 
     async def _wait_for_redis(self) -> None:
         # Pooled connections opened before the outage may look open but be dead; start afresh after it.
-        await reset_connections(self.client)
+        with contextlib.suppress(Exception):
+            await reset_connections(self.client)
         while True:
             await asyncio.sleep(self._probe_every)
             try:
-                await self.client.ping()
-            except FAILURES:
-                continue
-            try:
+                if not await self._serving():
+                    continue
                 for step in self._recovery:
                     await step()
+                if not await self._serving():
+                    continue
             except FAILURES:
                 continue  # went away again during recovery: keep probing
-            if not await self._still_up():
+            except Exception as exc:  # whatever it is, the probe must outlive it, or the link stays down for good
+                log.warning("Redis recovery step failed (%s); trying again", type(exc).__name__)
                 continue
             self.up = True
             self._probe = None
             log.warning("Redis is back; caches were flushed and missed invalidations replayed")
             return
 
-    async def _still_up(self) -> bool:
+    async def _serving(self) -> bool:
+        """Whether Redis serves again: it answers PING; a cluster, once every primary says that every slot is served
+        (a restarted node answers PING before the cluster has agreed that it is back, and refuses keys till then)."""
         try:
-            await self.client.ping()
+            if not is_cluster(self.client):
+                return bool(await self.client.ping())
+            reseed(self.client, self.url)
+            answers = await on_each_node(self.client, "CLUSTER INFO")
         except FAILURES:
             return False
-        return True
+        return all(_cluster_ok(answer) for answer in answers)
 
     async def close(self) -> None:
         if self._probe is not None:
@@ -334,6 +356,13 @@ async def subscribers(client: Any, channel: str) -> int:
     else:
         found = await client.pubsub_numsub(channel)
     return sum(int(n) for _, n in found)
+
+
+def _cluster_ok(info: Any) -> bool:
+    if isinstance(info, dict):  # as redis-py parses CLUSTER INFO
+        return str(info.get("cluster_state")) == "ok"
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
 
 
 class Scripts:

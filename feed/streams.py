@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from feed.events import HOME, NOTE, USER_KINDS, VISIBILITY_CODES, Event
-from feed.redis_link import RedisLink, Scripts, close_client
+from feed.redis_link import FAILURES, RedisLink, Scripts, close_client, reseed
 
 log = logging.getLogger(__name__)
 
@@ -444,8 +444,10 @@ class RedisStreams:
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except FAILURES as exc:
                 self.link.down(exc)
+                if self._blocking is not None:
+                    reseed(self._blocking, self.link.url)
                 delay = min(delay * 2, 2.0)
             await asyncio.sleep(delay)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import empty_tables
-from tests.feed.processes import AppProcess, Cluster, RedisServer, process_env
+from tests.feed.processes import AppProcess, Cluster, ClusterRedis, RedisServer, process_env
 
 
 @pytest.fixture
@@ -27,12 +27,15 @@ async def cluster(
     processes_engine: Any,
     processes_database_url: str,
     env: dict[str, str],
-    redis_server: RedisServer,
+    redis_server: RedisServer | ClusterRedis,
     tmp_path: Path,
 ) -> AsyncIterator[Cluster]:
-    """Processes A and B on a database of their own (emptied) and the test's Redis."""
+    """Processes A and B on a database of their own (emptied) and the test's Redis (a module may give a
+    :class:`ClusterRedis` as ``redis_server``)."""
     await empty_tables(processes_engine)
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, redis_server.url)
+    if isinstance(redis_server, ClusterRedis):
+        settings["CIPHERFEED_QUEUE_REDIS_URL"] = redis_server.queue_url
     async with deployment(settings, redis_server, tmp_path) as made:
         yield made
 

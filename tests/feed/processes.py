@@ -177,6 +177,35 @@ class RedisClusterNodes:
             self.kill_node(port)
 
 
+class ClusterRedis:
+    """A Redis Cluster in place of a :class:`RedisServer` (the same ``url``, ``start`` and ``kill``: every node at
+    once), with the job queue on a server of its own (``queue_url``: arq cannot run on a cluster)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = RedisClusterNodes(workdir / "cluster")
+        self.queue = RedisServer(workdir)
+        self.url = self.nodes.url
+        self.queue_url = self.queue.url
+        self.made = False
+
+    def start(self) -> None:
+        if not self.made:
+            self.queue.start()
+            self.nodes.start()
+            self.made = True
+            return
+        for port in self.nodes.ports:
+            self.nodes.start_node(port)
+        self.nodes.wait_ok()
+
+    def kill(self) -> None:
+        self.nodes.stop()
+
+    def stop(self) -> None:
+        self.nodes.stop()
+        self.queue.kill()
+
+
 class RedisSentinels:
     """A primary ``redis-server``, one replica of it, and three Sentinels watching it as ``service`` (two must agree
     that it is down; it is down after 1 s without an answer)."""
@@ -445,7 +474,7 @@ HITS = "cipherfeed_cache_hits_total"
 
 @dataclass
 class Cluster:
-    redis: RedisServer | RedisClusterNodes
+    redis: RedisServer | RedisClusterNodes | ClusterRedis
     procs: dict[str, AppProcess]
     workers: list[AppProcess] = field(default_factory=list)
     stopped: list[AppProcess] = field(default_factory=list)  # replaced by a restart

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,11 +23,14 @@ from feed.bus import Invalidation, RedisBus
 from feed.cache import POSTS, Cache
 from feed.redis_link import RedisLink, make_client
 from feed.storage.tables import likes, posts
+from tests.conftest import BACKEND
 from tests.feed.processes import (
     HITS,
     MISSES,
     Account,
     Cluster,
+    ClusterRedis,
+    RedisServer,
     like_count,
     metric,
     within,
@@ -33,6 +38,20 @@ from tests.feed.processes import (
 
 pytestmark = pytest.mark.anyio
 APPLIED = "cipherfeed_invalidations_applied_total"
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer | ClusterRedis]:
+    """Each test on one Redis server, and (in the PostgreSQL pass) on a Redis Cluster of three primaries."""
+    if request.param == "redis-cluster" and BACKEND != "postgresql":
+        pytest.skip("the Redis Cluster runs once, in the PostgreSQL pass")
+    server = RedisServer(tmp_path) if request.param == "redis" else ClusterRedis(tmp_path)
+    server.start()
+    yield server
+    if isinstance(server, ClusterRedis):
+        server.stop()
+    else:
+        server.kill()
 
 
 async def db_likes(engine: Any, post_id: int) -> tuple[int, int]:
@@ -263,7 +282,7 @@ async def test_redis_crash_costs_no_request_and_leaves_nothing_stale(cluster: Cl
 
 async def invalidate_from_outside(redis_url: str, post_id: int) -> None:
     """What a third process's write does: drop the post from Redis (generation bumped) and tell every process."""
-    link = RedisLink(make_client(redis_url))
+    link = RedisLink(make_client(redis_url), url=redis_url)
     try:
         cache, bus = Cache(link), RedisBus(link)
 
