@@ -200,13 +200,14 @@ class RedisLink:
             except FAILURES:
                 return {name: False}
         try:
+            reseed(client, self.url)
             await client.initialize()
         except FAILURES:
             return dict.fromkeys(self.nodes, False)
 
         async def ping(node: Any) -> bool:
-            try:
-                return bool(await client.execute_command("PING", target_nodes=node))
+            try:  # the node's own connection: a failure here must not make the client drop its state
+                return bool(await node.execute_command("PING"))
             except FAILURES:
                 return False
 

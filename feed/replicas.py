@@ -16,7 +16,8 @@ that may be read has it anyway. While Redis is away, a signed-in person's reads 
 written through another process); a visitor's go to a replica.
 
 A read sent to a replica that fails because the replica went away is run again on the primary (the replica is left
-out until it answers again): stopping a replica costs no request.
+out until it answers again): stopping a replica costs no request. So is one the replica cancelled for a conflict
+with the changes it replays.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def lsn(raw: str | None) -> int | None:
         return None
     high, _, low = str(raw).partition("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+def _recovery_conflict(exc: BaseException) -> bool:
+    """A replica cancelled the query because the WAL it must replay conflicts with it (SQLSTATE 40001, or a
+    deadlock with recovery, 40P01): the primary answers instead, and the replica stays in use."""
+    cause = getattr(exc, "orig", None)
+    for found in (cause, getattr(cause, "__cause__", None)):
+        state = getattr(found, "sqlstate", None) or getattr(found, "pgcode", None)
+        if state in ("40001", "40P01"):
+            return True
+    return False
 
 
 def wrote_key(user_id: int) -> str:
@@ -219,9 +231,10 @@ class Replicas:
                 self._count("replica")
                 return found
             except Exception as exc:
-                if not db.unreachable(exc):
+                if db.unreachable(exc):
+                    self._down(replica, exc)
+                elif not _recovery_conflict(exc):
                     raise
-                self._down(replica, exc)
         async with primary() as session:
             found = await work(session)
         self._count("primary")

@@ -22,7 +22,7 @@ from feed.home_feeds import feed_key
 from feed.streams import user_stream
 from tests.conftest import BACKEND, empty_tables
 from tests.feed.conftest import deployment
-from tests.feed.processes import Account, Cluster, RedisClusterNodes, RedisServer, like_count, process_env
+from tests.feed.processes import Account, Cluster, RedisClusterNodes, RedisServer, like_count, metric, process_env
 from tests.feed.sse import open_stream, post_id_of
 
 pytestmark = [
@@ -120,6 +120,11 @@ async def test_feeds_caches_push_and_jobs_work_on_three_primaries(on_cluster: Cl
         finally:
             await home.close()
 
+        # /readyz and the metrics report every primary.
+        ready = (await on_cluster.anonymous["a"].get("/readyz")).text.splitlines()
+        assert ready[0] == "ready" and sorted(ready[1:]) == sorted(f"redis 127.0.0.1:{p}: up" for p in nodes.ports)
+        assert metric(await on_cluster.metrics("a"), "cipherfeed_redis_node_up") == len(nodes.ports)
+
         # A maintenance job scans every node: feeds over their size are cut back wherever they are.
         oversized = {str(post - n - 1): 1 + n for n in range(900)}
         for uid in followers:
@@ -153,6 +158,12 @@ async def test_a_node_killed_and_restarted_mid_stream_loses_no_post_and_no_event
         for n in range(30):
             if n == 10:
                 await asyncio.to_thread(nodes.kill_node, victim)
+
+                async def reported_down() -> bool:  # /readyz names the node that is down (the page is still ready)
+                    body = (await on_cluster.anonymous["a"].get("/readyz")).text
+                    return body.startswith("ready") and f"redis 127.0.0.1:{victim}: down" in body
+
+                await until(reported_down, "/readyz did not report the node down", 10)
             if n == 20:
                 await asyncio.to_thread(nodes.start_node, victim)
             acknowledged.append(await alice.compose("a", f"through a node crash {n}"))
