@@ -25,7 +25,13 @@ CONNECT_TIMEOUT = 5  # seconds to open a connection: a database that does not an
 _DOWN_STATES = ("08", "57P", "53300")
 
 
-def make_engine(database_url: str, *, pool_size: int = 10, connect_timeout: float = CONNECT_TIMEOUT) -> AsyncEngine:
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float | None = None,
+) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         _private_files(database_url)
         engine = create_async_engine(database_url, connect_args={"timeout": 30}, hide_parameters=True)
@@ -41,7 +47,7 @@ def make_engine(database_url: str, *, pool_size: int = 10, connect_timeout: floa
         pool_recycle=1800,
         pool_timeout=connect_timeout,
         hide_parameters=True,
-        connect_args={"timeout": connect_timeout},
+        connect_args={"timeout": connect_timeout, "command_timeout": command_timeout},
     )
 
 

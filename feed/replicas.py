@@ -43,6 +43,9 @@ T = TypeVar("T")
 
 POLL_SECONDS = 0.5
 CONNECT_TIMEOUT = 2  # seconds: a replica that does not answer is skipped, not waited for
+# Seconds a statement on a replica may take (its pooled connections' pre-ping included): a replica that stopped
+# answering without closing its connections is left out after this, instead of holding requests and the poll.
+QUERY_TIMEOUT = 5
 _NOTES = 64  # the primary's positions kept (at POLL_SECONDS each: half a minute)
 
 
@@ -99,7 +102,7 @@ class Replicas:
         replicas = []
         for url in urls:
             parsed = make_url(url)
-            engine = db.make_engine(url, pool_size=5, connect_timeout=CONNECT_TIMEOUT)
+            engine = db.make_engine(url, pool_size=5, connect_timeout=CONNECT_TIMEOUT, command_timeout=QUERY_TIMEOUT)
             read = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
             name = f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
             replicas.append(Replica(name, engine, read))
@@ -187,6 +190,9 @@ class Replicas:
             position = lsn((await conn.execute(text("SELECT pg_current_wal_lsn()::text"))).scalar())
         if position is None:
             return
+        earlier = self._wrote.get(user_id)
+        if earlier is not None and earlier[0] > position:
+            position = earlier[0]  # a write that answered later but read the position first must not lower it
         self._wrote[user_id] = (position, time.monotonic() + self.max_lag)
         if len(self._wrote) > 10_000:
             now = time.monotonic()
@@ -221,15 +227,16 @@ class Replicas:
         return random.choice(usable) if usable else None
 
     async def read(self, reader: int | None, work: Callable[[AsyncSession], Awaitable[T]],
-                   primary: Callable[[], AsyncSession]) -> T:  # fmt: skip
-        """``work(session)`` on a replica ``reader`` may read from, else (or if the replica fails) on the primary."""
+                   primary: Callable[[], AsyncSession]) -> tuple[T, bool]:  # fmt: skip
+        """``work(session)`` on a replica ``reader`` may read from, else (or if the replica fails) on the primary;
+        with True if a replica answered."""
         replica = await self.choose(reader)
         if replica is not None:
             try:
                 async with replica.sessions() as session:
                     found = await work(session)
                 self._count("replica")
-                return found
+                return found, True
             except Exception as exc:
                 if db.unreachable(exc):
                     self._down(replica, exc)
@@ -238,7 +245,7 @@ class Replicas:
         async with primary() as session:
             found = await work(session)
         self._count("primary")
-        return found
+        return found, False
 
     def _count(self, target: str) -> None:
         if self._reads is not None:

@@ -44,12 +44,14 @@ class Database:
     def __call__(self) -> AsyncSession:
         return self._read()
 
-    async def lagged(self, reader: int | None, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def lagged(self, reader: int | None, work: Callable[[AsyncSession], Awaitable[T]]) -> tuple[T, bool]:
         """``work(session)`` for a read that may lag a little and that no cache keeps: on a replica that holds what
-        ``reader`` (None: a visitor) wrote, if there is one (``feed.replicas``), else on the primary."""
+        ``reader`` (None: a visitor) wrote, if there is one (``feed.replicas``), else on the primary. With whether
+        it came from a replica: then rows about others (a block, a post's visibility) may be seconds old, and the
+        caller checks them again against the caches, which the primary fills."""
         if self.replicas is None:
             async with self._read() as session:
-                return await work(session)
+                return await work(session), False
         return await self.replicas.read(reader, work, self._read)
 
     def begin(self) -> Any:

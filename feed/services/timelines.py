@@ -405,8 +405,9 @@ async def home(svc: Services, viewer: User, page: Page, style: FrameStyle | None
         refs = await fanout.home_refs(session, viewer.id, page)
         return refs, await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
 
-    refs, marks = await svc.db.lagged(viewer.id, read)
-    return _page(await views(svc, refs, viewer, marks, style=style, hide_muted=True), refs, page)
+    (refs, marks), stale = await svc.db.lagged(viewer.id, read)
+    found = await views(svc, refs, viewer, None if stale else marks, recheck=stale, style=style, hide_muted=True)
+    return _page(found, refs, page)
 
 
 async def _boosts_seen(
@@ -429,8 +430,8 @@ async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | Non
         refs = await like_store.liked_page(session, viewer.id, page)
         return refs, await lookup.marks_in(session, viewer.id, [ref.id for ref in refs])
 
-    refs, marks = await svc.db.lagged(viewer.id, read)
-    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
+    (refs, marks), stale = await svc.db.lagged(viewer.id, read)
+    return _page(await views(svc, refs, viewer, None if stale else marks, recheck=stale, style=style), refs, page)
 
 
 async def public(
@@ -449,8 +450,8 @@ async def public(
     async def read(session: AsyncSession) -> list[Any]:
         return list(await store.public(session, page, only_media=only_media))
 
-    refs = await svc.db.lagged(viewer.id if viewer else None, read)
-    return _page(await views(svc, refs, viewer, style=style, hide_muted=True), refs, page)
+    refs, stale = await svc.db.lagged(viewer.id if viewer else None, read)
+    return _page(await views(svc, refs, viewer, recheck=stale, style=style, hide_muted=True), refs, page)
 
 
 async def by_author(
@@ -470,8 +471,8 @@ async def by_author(
                                      only_media=only_media)  # fmt: skip
         return refs, await lookup.marks_in(session, reader, [ref.id for ref in refs])
 
-    refs, marks = await svc.db.lagged(reader, read)
-    return _page(await views(svc, refs, viewer, marks, style=style), refs, page)
+    (refs, marks), stale = await svc.db.lagged(reader, read)
+    return _page(await views(svc, refs, viewer, None if stale else marks, recheck=stale, style=style), refs, page)
 
 
 async def thread(

@@ -93,6 +93,7 @@ class Connection:
     closed: bool = False
     probe: bool = False  # the handler should write a heartbeat and check its client is still there
     catching_up: bool = False
+    replaying: bool = False  # a catch-up of this connection is under way
     held: list[tuple[str, Any]] = field(default_factory=list)  # live items that came during a catch-up
     _wake: asyncio.Future[None] | None = None
     hub: Hub | None = None
@@ -403,6 +404,10 @@ class Hub:
     ) -> None:
         """Send what the connection missed since its position, then what came meanwhile. ``home_floor``: an entry of
         its home stream read before the replay, which its position may move up to once the replay is sent."""
+        if conn.replaying:  # another catch-up of it is under way (a reset and a retry at once): once more after it
+            self.behind[conn] = tuple(sorted({*self.behind.get(conn, ()), *sources}))
+            return
+        conn.replaying = True
         conn.catching_up = True
         if conn in self.connections:
             self.catching.add(conn)
@@ -432,6 +437,7 @@ class Hub:
                 source, entry = conn.held.pop(0)
                 await self._deliver(conn, source, entry, memo)
         finally:
+            conn.replaying = False
             conn.catching_up = False
             conn.held.clear()
             self.catching.discard(conn)

@@ -94,6 +94,8 @@ async def test_a_replica_serves_timeline_reads_the_author_reads_their_writes_and
     visitor = {where: httpx.AsyncClient(base_url=url, timeout=30) for where, url in (("a", a), ("b", b))}
     try:
         alice = await register({"a": a, "b": b}, "alice", clients)
+        carol = await register({"a": a, "b": b}, "carol", clients)
+        assert (await carol.post("a", f"/@{alice.name}/follow")).status_code == 303
         before = await alice.compose("a", "an older post")
 
         async def replica_ready() -> bool:
@@ -120,6 +122,17 @@ async def test_a_replica_serves_timeline_reads_the_author_reads_their_writes_and
         await asyncio.sleep(max(0.0, written + 2.0 - time.monotonic()))
         assert f'id="post-{post}"' in (await visitor["b"].get("/@alice")).text, "B skips a replica 2 s behind"
         assert time.monotonic() - written < APPLY_DELAY, "the checks ran before the replica replayed the post"
+
+        # A block is another person's write: the replica lacks it for 5 s, and carol's home page from it must not
+        # show alice's posts meanwhile (what the replica's rows say about others is checked again against the caches).
+        older = f"/?max_id={post + 1}"
+        assert f'id="post-{before}"' in (await carol.on["a"].get(older)).text
+        assert (await alice.post("a", f"/@{carol.name}/block")).status_code == 303
+        blocked_at = time.monotonic()
+        reads = metric((await visitor["a"].get("/metrics")).text, "cipherfeed_db_reads_total", target="replica")
+        assert f'id="post-{before}"' not in (await carol.on["a"].get(older)).text, "a blocked reader saw the post"
+        after = metric((await visitor["a"].get("/metrics")).text, "cipherfeed_db_reads_total", target="replica")
+        assert after > reads and time.monotonic() - blocked_at < APPLY_DELAY, "that page came from the replica"
 
         # Through the API, with alice's token: her new status is in her account's statuses at once.
         made_token = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "feed", "users", "token", "alice"],
