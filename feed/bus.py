@@ -8,6 +8,7 @@ jump (a message was lost) or whose connection drops flushes its whole L1: it can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "cf:bus"
 SEQUENCE = "cf:bus:seq"
+LISTEN_SECONDS = 2.0  # how long a recovery waits for the listener to subscribe again before it tries once more
 _PUBLISH = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], seq .. '|' .. ARGV[2])
@@ -57,6 +59,8 @@ class Bus(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def listening(self) -> None: ...
+
 
 class _Handlers:
     """Who to tell: the part every bus shares."""
@@ -81,6 +85,9 @@ class LocalBus(_Handlers):
     async def start(self) -> None:
         pass
 
+    async def listening(self) -> None:
+        pass
+
     async def stop(self) -> None:
         pass
 
@@ -96,6 +103,7 @@ class RedisBus(_Handlers):
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._retry = asyncio.Event()  # cuts the listener's back-off short
         self._script: Any = None
         self._sent = self._applied = self._lag = None
         if metrics is not None:
@@ -133,6 +141,18 @@ class RedisBus(_Handlers):
             # A listener cancelled mid-subscribe can take a moment to let go of its connection; do not wait long.
             await asyncio.wait({self._task}, timeout=2.0)
 
+    async def listening(self) -> None:
+        """Return once this process is subscribed again (raises ConnectionError after a while): a recovery step,
+        so that Redis counts as back, and L1 is filled from it again, only once invalidations reach this process.
+        Without it, a value read from a Redis that kept its data (a cluster node's append-only file) before the
+        relay invalidated it would stay in L1, its invalidation published before this process listened."""
+        self._retry.set()
+        try:
+            async with asyncio.timeout(LISTEN_SECONDS):
+                await self.ready.wait()
+        except TimeoutError:
+            raise ConnectionError("not subscribed to invalidations yet") from None
+
     def _reset(self, why: str) -> None:
         log.info("flushing this process's cache: %s", why)
         for handler in self._resets:
@@ -152,10 +172,12 @@ class RedisBus(_Handlers):
                 delay = 0.1 if self.ready.is_set() else min(delay * 2, 2.0)
                 self.ready.clear()
                 self.link.down(exc)
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), delay)
+            self._retry.clear()
 
     async def _listen(self) -> None:
-        pubsub = self.link.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.link.pubsub(near=SEQUENCE, ignore_subscribe_messages=True)  # the node that publishes
         try:
             await pubsub.subscribe(CHANNEL)
             # Subscribed first, then read the counter: anything published after this point reaches us.

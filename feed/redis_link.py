@@ -160,16 +160,22 @@ class RedisLink:
         kwargs.update(socket_timeout=timeout, socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])
         return Redis(**kwargs)
 
-    def pubsub(self, **options: Any) -> Any:
+    def pubsub(self, near: str | None = None, **options: Any) -> Any:
         """A pub/sub connection: the client's own on one Redis (a Sentinel-watched primary follows a failover by
-        itself). On a cluster, one node's: a message published on any node reaches every node. Each call takes the
-        next node, so a listener that lost its node resubscribes on another."""
+        itself). On a cluster, one node's: a message published on any node reaches every node, once the cluster's
+        links between nodes are up. ``near`` names a key whose node to use, for messages published there (by a
+        script on that key): they then never depend on those links. Otherwise each call takes the next node, so a
+        listener that lost its node resubscribes on another."""
         if not is_cluster(self.client):
             return self.client.pubsub(**options)
         target = parse_redis_url(self.url) if self.url else None
         nodes = [(node.host, node.port) for node in self.client.get_nodes()] or list(target.nodes if target else ())
         host, port = nodes[self._pubsub_turn % len(nodes)]
         self._pubsub_turn += 1
+        if near is not None:
+            with contextlib.suppress(Exception):  # the slot's owner is not known yet: any node will do meanwhile
+                home = self.client.get_node_from_key(near)
+                host, port = home.host, home.port
         plain = Redis(host=host, port=port, ssl=bool(target and target.tls),
                       username=target.username if target else None, password=target.password if target else None,
                       socket_connect_timeout=TIMEOUTS["socket_connect_timeout"])  # fmt: skip

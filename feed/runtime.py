@@ -83,7 +83,7 @@ def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQu
 def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: RedisLink | None) -> None:
     """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
     unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
-    invalidations it missed, then flushes L1."""
+    invalidations it missed, waits for the bus to listen again, then flushes L1."""
 
     async def publish(names: list[str]) -> None:
         await bus.publish(Invalidation(keys=names))
@@ -101,6 +101,7 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
     bus.on_reset(cache.flush)
     if link is not None:
         link.on_recovery(cache.replay_pending)
+        link.on_recovery(bus.listening)
         link.on_recovery(flush)
     metrics.gauge_callback("cipherfeed_cache_l1_bytes", "Bytes held in this process's L1 cache", lambda: cache.l1_bytes)
     metrics.gauge_callback(

@@ -11,10 +11,12 @@ import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from crypto import RootKeyRing, UserKey, seal_fields
+from feed.bus import RedisBus
 from feed.cache import POSTS, TIMELINES, Cache, Space, redis_key
 from feed.metrics import Registry
 from feed.records import (
@@ -31,8 +33,11 @@ from feed.records import (
     encode,
 )
 from feed.redis_link import RedisLink, make_client
+from feed.runtime import _wire
+from feed.services.keys import KeyStore
 from tests.conftest import TEST_REDIS_DB_URL
 from tests.feed.test_metrics import parse, series
+from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -353,3 +358,33 @@ async def test_a_hit_keeps_its_key_from_eviction() -> None:
     await cache.get(POSTS, 3, loader)
     assert sorted(cache.cached_many(POSTS, range(4))) == [0, 2, 3]
     assert cache.l1_evictions == 1
+
+
+async def test_redis_counts_as_back_only_once_invalidations_reach_this_process_again() -> None:
+    """A Redis that kept its data may hold a value that another process's relay is about to invalidate: this
+    process must be listening on the bus before it reads Redis again, however long its listener has backed off."""
+    redis_db = urlsplit(TEST_REDIS_DB_URL)
+    proxy = TcpProxy(redis_db.port or 6379).start()
+    link = RedisLink(make_client(f"redis://127.0.0.1:{proxy.port}{redis_db.path}"), probe_every=0.02)
+    cache, bus = Cache(link), RedisBus(link)
+    _wire(Registry(), cache, bus, KeyStore(RootKeyRing.generate()), link)
+    back = asyncio.get_running_loop().create_future()
+
+    async def listening_when_back() -> None:  # the last recovery step: how things stand when the link is up
+        if not back.done():
+            back.set_result(bus.ready.is_set())
+
+    link.on_recovery(listening_when_back)
+    await bus.start()
+    try:
+        await asyncio.wait_for(bus.ready.wait(), 5)
+        proxy.cut()
+        await cache.get(POSTS, 1, Loader({1: post_record(1)}))  # notices the outage
+        assert not link.up
+        await asyncio.sleep(2.5)  # the listener's back-off has grown past a second
+        proxy.restore()
+        assert await asyncio.wait_for(back, 5), "Redis counted as back before this process listened for invalidations"
+    finally:
+        await bus.stop()
+        await link.close()
+        proxy.stop()
