@@ -207,6 +207,24 @@ class SealedFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedPage:
+    """A viewer's first page of a timeline, drawn whole with holes for what differs per request, and sealed under the
+    viewer's own key (``feed.web.page_blobs``). Beside the sealed text, ids only, and the names the page shows (as
+    public as a ``UserRecord``): what it must be checked against when read."""
+
+    variant: str  # what it was drawn for: the timeline, the templates' version, the composer's audience
+    key_version: int  # the version of the viewer's key that sealed it
+    expires: int  # epoch seconds: drawn again from then on (a mute that ends by itself)
+    posts: tuple[tuple[int, int, int], ...]  # (post id, revision, booster id or 0) of each entry, in order
+    people: tuple[tuple[int, str, str], ...]  # (id, username, display name) of each person whose name it shows
+    sealed: Sealed
+
+    @property
+    def size(self) -> int:
+        return 120 + len(self.variant) + len(self.sealed) + 40 * len(self.posts) + 60 * len(self.people)
+
+
+@dataclass(frozen=True, slots=True)
 class WrappedKey:
     """A user key as stored: wrapped by a root key version. Useless without the root key."""
 
@@ -227,6 +245,7 @@ CACHEABLE = (
     IdSet,
     RefList,
     SealedFrame,
+    SealedPage,
     WrappedKey,
 )
 Cacheable = (
@@ -239,6 +258,7 @@ Cacheable = (
     | IdSet
     | RefList
     | SealedFrame
+    | SealedPage
     | WrappedKey
 )
 
@@ -338,6 +358,10 @@ def encode(value: Cacheable) -> bytes:
         return _pack(b"R", {"r": [list(ref) for ref in value.refs]})
     if isinstance(value, SealedFrame):
         return _pack(b"F", {"r": value.revision, "s": value.stamp}, value.sealed.data)
+    if isinstance(value, SealedPage):
+        header = {"v": value.variant, "k": value.key_version, "x": value.expires, "p": [list(p) for p in value.posts],
+                  "u": [list(u) for u in value.people]}  # fmt: skip
+        return _pack(b"G", header, value.sealed.data)
     return _pack(b"K", {}, value.blob)
 
 
@@ -404,6 +428,12 @@ def _decode(data: bytes) -> Cacheable:
         (sealed,) = blobs
         assert sealed is not None
         return SealedFrame(int(h["r"]), int(h["s"]), Sealed(sealed))
+    if tag == b"G":
+        (sealed,) = blobs
+        assert sealed is not None
+        posts = tuple((int(i), int(r), int(b)) for i, r, b in h["p"])
+        people = tuple((int(i), str(u), str(d)) for i, u, d in h["u"])
+        return SealedPage(str(h["v"]), int(h["k"]), int(h["x"]), posts, people, Sealed(sealed))
     if tag == b"K":
         (blob,) = blobs
         assert blob is not None

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from feed import db
 from feed.bus import Bus, Invalidation, LocalBus, RedisBus
-from feed.cache import Cache
+from feed.cache import PAGES, Cache
 from feed.home_feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
 from feed.media.store import MediaStore
@@ -92,6 +92,8 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
         cache.drop(message.keys)
         for user_id in message.users:
             keys.forget(user_id)
+        if message.users:  # an erasure or a key change: any viewer's page blob may hold that person's words
+            cache.drop_space(PAGES)
 
     async def flush() -> None:
         cache.flush()

@@ -51,6 +51,10 @@ UNREAD = Space("n", l1_ttl=60, l2_ttl=600)
 # itself, so its list lives a minute at most), dropped by each block, mute and their undoing.
 BLOCKED = Space("x", l1_ttl=120, l2_ttl=600)
 MUTED = Space("m", l1_ttl=60, l2_ttl=60)
+# A viewer's first page of a timeline, drawn whole and sealed under their own key, with holes for what changes per
+# request (feed.web.page_blobs). Keyed by the viewer; dropped with any of the viewer's keys in DERIVED below (what
+# the page's choice of posts depends on), and checked, when read, against the records of the posts and people on it.
+PAGES = Space("w", l1_ttl=300, l2_ttl=600)
 SPACES = (
     POSTS,
     USERS,
@@ -69,7 +73,11 @@ SPACES = (
     UNREAD,
     BLOCKED,
     MUTED,
+    PAGES,
 )
+# An invalidation of a key of one of these spaces drops the same key of the spaces it names too: a viewer's home
+# page blob goes with their home refs, whom they block, mute and follow, and their own profile.
+DERIVED: dict[str, tuple[Space, ...]] = {space.name: (PAGES,) for space in (HOME, BLOCKED, MUTED, FOLLOWING, USERS)}
 
 
 # A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter

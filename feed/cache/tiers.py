@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from feed.cache.l1 import _L1, _Entry
-from feed.cache.spaces import Key, Space, generation_key, generation_of, lock_key, redis_key
+from feed.cache.spaces import DERIVED, Key, Space, generation_key, generation_of, lock_key, redis_key
 from feed.cache.stamps import _INVALIDATE, _STORE_IF_UNCHANGED, _stamp, _unstamp
 from feed.cache.stats import _Stats
 from feed.records import Cacheable, CorruptValue, check
@@ -320,6 +320,8 @@ class Cache:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return
+        if derived := [(also, key) for space, key in keys for also in DERIVED.get(space.name, ())]:
+            keys = list(dict.fromkeys([*keys, *derived]))
         names = [redis_key(space, key) for space, key in keys]
         self.drop(names)
         shared = [(space, key) for space, key in keys if space.l2_ttl]
@@ -357,6 +359,10 @@ class Cache:
             # Only the counts of keys being refilled right now matter; a fresh start makes refills in flight
             # look raced, and they simply do not keep their value.
             self._generations = {name: 1 for name in self._inflight}
+
+    def drop_space(self, space: Space) -> None:
+        """Forget every key of ``space`` in this process (an erased account's words may be in any page blob)."""
+        self.drop([name for name in list(self._l1.recent) if name.startswith(space.key_prefix)])
 
     def flush(self) -> None:
         """Forget everything in L1 (the bus lost messages, or Redis came back)."""

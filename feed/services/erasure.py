@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from feed.cache import PAGES
 from feed.errors import Conflict, NotFound
 from feed.events import merge
 from feed.home_feeds import FeedsUnavailable
 from feed.queue import Queue
+from feed.redis_link import scan_keys
 from feed.services import effects, lookup
 from feed.services.context import Services, now
 from feed.services.text import USERNAME_RE
@@ -145,8 +147,29 @@ async def erase(svc: Services, user_id: int) -> Receipt:
             await svc.feeds.drop([user_id])
         except FeedsUnavailable:
             pass  # vacuum_feeds drops it once the account row is purged
+    await drop_page_blobs(svc)
     dropped = await drop_user_jobs(svc.queue, user_id)
     return Receipt(receipt_id, user_id, row.username, keys, when, len(ended), len(revoked), dropped)
+
+
+async def drop_page_blobs(svc: Services) -> int:
+    """Every viewer's page blob (``feed.web.page_blobs``), in this process and in Redis: the erased person's words
+    may be in anyone's, sealed under the viewer's key. (The other processes drop theirs when the erasure's outbox
+    row tells them to forget the person.) How many were in Redis."""
+    svc.cache.drop_space(PAGES)
+    link = svc.cache.link
+    if link is None:
+        return 0
+    dropped = 0
+
+    async def drop_all(r: Any) -> None:
+        nonlocal dropped
+        async for names in scan_keys(r, match=f"{PAGES.key_prefix}*"):
+            for name in names:
+                dropped += int(await r.delete(name))
+
+    await link.run(drop_all)
+    return dropped
 
 
 async def drop_user_jobs(queue: Queue, user_id: int) -> int:

@@ -78,6 +78,10 @@ class KeyStore:
             out[pair] = key
         return out
 
+    def held(self, user_id: int, version: int) -> UserKey | None:
+        """The key if this process holds it unwrapped now (no lookup, no unwrap)."""
+        return self._memory.get((user_id, version))
+
     def forget_all(self) -> None:
         """Drop every unwrapped key (they are unwrapped again from the database when next needed)."""
         self._memory.clear()

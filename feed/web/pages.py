@@ -11,11 +11,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from feed.errors import Conflict, Invalid, NotFound
 from feed.services import accounts, bookmarks, boosts, follows, media, posts, relations, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
+from feed.web import page_blobs
 from feed.web.auth import require_user, services, viewer
 from feed.web.forms import parse_id, path_id, read_form
 from feed.web.live import live_url
@@ -40,13 +41,17 @@ def _page(request: Request) -> Page:
     return Page(limit=PAGE_SIZE, max_id=parse_id(raw, "max_id") if raw else None)
 
 
+def _more_url(request: Request, page: TimelinePage) -> str | None:
+    return f"{request.url.path}?{urlencode({'max_id': page.next_max_id})}" if page.next_max_id else None
+
+
 def _timeline(
     request: Request, template: str, page: TimelinePage, live: str | None = None, **context: object
 ) -> Response:
     """A timeline page; with htmx, an older page (``max_id``) or the first page again (``fragment=timeline``, after
     the live stream said "resync") as a fragment. ``live``: the stream's timeline, for first pages."""
-    more_url = f"{request.url.path}?{urlencode({'max_id': page.next_max_id})}" if page.next_max_id else None
-    ctx: dict[str, object] = {"page": page, "more_url": more_url, "live": None, "refresh": None, **context}
+    ctx: dict[str, object] = {"page": page, "more_url": _more_url(request, page), "live": None, "refresh": None,
+                              **context}  # fmt: skip
     if is_htmx(request) and (request.query_params.get("max_id") or request.query_params.get("fragment") == "timeline"):
         return render(request, "_partials/timeline_page.html", ctx)
     if live is not None and not request.query_params.get("max_id"):
@@ -59,8 +64,19 @@ async def home(request: Request) -> Response:
     user = await viewer(request)
     if user is None:
         return render(request, "welcome.html")
-    page = await timelines.home(services(request), user, _page(request), frame_style(request))
-    return _timeline(request, "home.html", page, "home", composer={"visibility": _last_visibility(request)})
+    svc = services(request)
+    composer = {"visibility": _last_visibility(request)}
+    if not request.url.query and not is_htmx(request):  # the first page, whole: the viewer's sealed blob
+
+        async def draw() -> tuple[TimelinePage, dict[str, object]]:
+            page = await timelines.home(svc, user, _page(request), frame_style(request))
+            return page, {"page": page, "more_url": _more_url(request, page), "composer": composer}
+
+        body = await page_blobs.serve(request, svc, user, "home", "home.html", draw, composer["visibility"])
+        if body is not None:
+            return HTMLResponse(body)
+    page = await timelines.home(svc, user, _page(request), frame_style(request))
+    return _timeline(request, "home.html", page, "home", composer=composer)
 
 
 async def public(request: Request) -> Response:

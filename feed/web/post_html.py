@@ -80,9 +80,13 @@ class PostHtml:
         drawing the post does)."""
         return Markup("".join([f"<li>{self._html(post)}</li>\n" for post in posts]))  # noqa: S704 - our markup only
 
-    def _html(self, post: PostView, is_focus: bool = False) -> str:
+    def _pieces(self, post: PostView) -> tuple[str, ...]:
         pieces = post.frame or split_frame(render_frame(self._env, post))
         assert pieces is not None, "the frame template must have exactly four slots"
+        return pieces
+
+    def _html(self, post: PostView, is_focus: bool = False) -> str:
+        pieces = self._pieces(post)
         return "".join(
             (
                 self._boosted_by(post),
@@ -91,7 +95,7 @@ class PostHtml:
                 pieces[1],
                 reltime(post.created_at, self._now),
                 pieces[2],
-                self._reply_count(post.replies_count),
+                self.reply_count(post.replies_count),
                 pieces[3],
                 self._actions(post),
                 pieces[4],
@@ -107,7 +111,7 @@ class PostHtml:
             line = self._boosters[post.booster.id] = str(self._macros.boosted_by(post.booster))
         return line
 
-    def _reply_count(self, count: int) -> str:
+    def reply_count(self, count: int) -> str:
         if not count:
             return ""
         if self._replies is None:
@@ -115,17 +119,27 @@ class PostHtml:
         return self._replies.replace(_COUNT, str(count))
 
     def _actions(self, post: PostView) -> str:
-        own = self._viewer is not None and self._viewer.id == post.author.id
-        which = (
-            post.liked,
-            post.bookmarked,
-            own,
-            post.reblogged,
-            post.visibility in BOOSTABLE,
-            self._viewer is not None,
-        )
+        return self.actions_of(post.id, post.author.id, post.visibility, post.likes_count, post.reblogs_count,
+                               post.liked, post.bookmarked, post.reblogged)  # fmt: skip
+
+    def actions_of(
+        self,
+        post_id: int,
+        author_id: int,
+        visibility: str,
+        likes: int,
+        reblogs: int,
+        liked: bool,
+        bookmarked: bool,
+        reblogged: bool,
+    ) -> str:
+        """A post's controls, from its ids, counts and the viewer's marks (without a ``PostView``: a page blob's
+        holes are filled from cached records)."""
+        viewer = self._viewer
+        which = (liked, bookmarked, viewer is not None and viewer.id == author_id, reblogged,
+                 visibility in BOOSTABLE, viewer is not None)  # fmt: skip
         literals, fields = actions_parts(self._env, which)
-        values = (str(post.id), str(post.likes_count), str(post.reblogs_count), self._csrf, self._here)
+        values = (str(post_id), str(likes), str(reblogs), self._csrf, self._here)
         out = [literals[0]]
         for field, literal in zip(fields, literals[1:], strict=True):
             out.append(values[field])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from functools import lru_cache
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -42,9 +44,20 @@ def make_environment() -> jinja2.Environment:
     )
     env.filters.update(reltime=reltime, isotime=isotime, fulltime=fulltime, bio=render_html, chars_left=chars_left,
                        srcset=srcset)  # fmt: skip
-    env.globals["draft_key"] = _draft_key  # the composer's idempotency key: a new one for each new draft
+    env.globals["draft_key"] = draft_key  # the composer's idempotency key: a new one for each new draft
     env.globals["password_hint"] = PASSWORD_HINT
+    env.globals["unread_badge"] = unread_badge
     return env
+
+
+@lru_cache(maxsize=128)
+def unread_badge(unread: int) -> Markup:
+    """The number of unread notifications in the navigation (hidden at 0; a page blob fills it per request)."""
+    shown = "99+" if unread > 99 else str(unread)
+    return Markup(  # noqa: S704 - digits only
+        f'<span class="unread-count" id="unread-count"{"" if unread else " hidden"}><span class="visually-hidden">, '
+        f'</span>{shown}<span class="visually-hidden"> unread</span></span>'
+    )
 
 
 def srcset(media: Media) -> str:
@@ -56,7 +69,7 @@ def srcset(media: Media) -> str:
     return ", ".join(by_width.values())
 
 
-def _draft_key() -> str:
+def draft_key() -> str:
     return secrets.token_urlsafe(16)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from feed.services import timelines
+from feed.web import page_blobs
 
 pytestmark = pytest.mark.anyio
 
@@ -22,6 +23,7 @@ async def test_unexpected_error_is_a_500_without_its_message_in_the_log(
         raise KeyError(canary)  # as if a lookup failed on a key that was post text
 
     monkeypatch.setattr(timelines, "home", broken_home)
+    monkeypatch.setattr(page_blobs, "serve", broken_home)  # the page's blob may be cached already
     caplog.set_level(logging.DEBUG)
     response = await alice.get("/")
     assert response.status_code == 500

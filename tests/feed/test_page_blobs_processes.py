@@ -1,0 +1,107 @@
+"""A viewer's home page blob stays as fresh as a page drawn each time, across processes: alice reads her home on B
+(from her sealed blob, in B's L1 and in Redis) while everything that changes it happens on A."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.feed.processes import HITS, Cluster, like_count, metric, within
+from tests.feed.test_cache_processes import article_ids
+
+pytestmark = pytest.mark.anyio
+BLOB = {"space": "w"}
+
+
+async def test_each_kind_of_change_made_on_a_reaches_the_home_blob_read_on_b(cluster: Cluster) -> None:
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    carol = await cluster.account("carol")
+    dave = await cluster.account("dave")
+    erin = await cluster.account("erin")
+    for name in ("bob", "carol", "erin"):
+        assert (await alice.post("a", f"/@{name}/follow")).status_code == 303
+    first = await bob.compose("a", "bob's first words")
+    home = alice.on["b"]
+
+    async def shows(ids: list[int]) -> bool:
+        return article_ids((await home.get("/")).text) == ids
+
+    async def reaches(ids: list[int], what: str) -> None:
+        assert await within(1.5, lambda: shows(ids)) is not None, f"B's home blob misses {what}"
+
+    await reaches([first], "a followee's post")
+
+    async def from_blob() -> bool:  # B serves the page from alice's blob in its L1, drawn before
+        before = await cluster.metrics("b")
+        assert article_ids((await home.get("/")).text) == [first]
+        after = await cluster.metrics("b")
+        return metric(after, HITS, tier="l1", **BLOB) > metric(before, HITS, tier="l1", **BLOB)
+
+    assert await within(2.0, from_blob) is not None, "B does not serve alice's home from her blob"
+
+    # Holes: a like made on A shows in the count at once, from the blob B holds.
+    assert (await bob.post("a", f"/posts/{first}/like")).status_code == 303
+
+    async def counted() -> bool:
+        return like_count((await home.get("/")).text, first) == 1
+
+    assert await within(1.0, counted) is not None, "B's home blob shows an old like count"
+
+    second = await bob.compose("a", "bob's second words")
+    await reaches([second, first], "a new post")
+
+    edited = await bob.post("a", f"/posts/{first}/edit", {"status": "bob's first words, edited", "revision": "1"})
+    assert edited.status_code == 303
+
+    async def shows_edit() -> bool:
+        text = (await home.get("/")).text
+        return "first words, edited" in text and "bob&#39;s first words<" not in text
+
+    assert await within(1.0, shows_edit) is not None, "B's home blob shows a post's old text after its edit"
+
+    assert (await bob.post("a", f"/posts/{second}/delete", {"confirm": "yes"})).status_code == 303
+    await reaches([first], "a delete")
+
+    # A boost by a followee of a post by someone alice does not follow.
+    daves = await dave.compose("a", "dave's words")
+    assert (await carol.post("a", f"/posts/{daves}/boost")).status_code == 303
+    await reaches([daves, first], "a boost")
+    page = (await home.get("/")).text
+    assert re.search(r"carol</a>\s*boosted", page) or "carol boosted" in page.replace("\n", " ")
+
+    # A mute of the booster takes the boost away.
+    assert (await alice.post("a", "/@carol/mute")).status_code == 303
+    await reaches([first], "a mute")
+
+    # Someone alice follows blocks her: their posts go.
+    erins = await erin.compose("a", "erin's words")
+    await reaches([erins, first], "a followee's post")
+    assert (await erin.post("a", "/@alice/block")).status_code == 303
+    await reaches([first], "a block")
+
+    # A followers-only post, then an unfollow: it goes.
+    private = await bob.compose("a", "for bob's followers", visibility="followers")
+    await reaches([private, first], "a followers-only post")
+    assert (await alice.post("a", "/@bob/unfollow")).status_code == 303
+    await reaches([], "an unfollow")
+
+
+async def test_a_blob_in_redis_is_checked_before_another_process_serves_it(cluster: Cluster, env: Any) -> None:
+    """A draws alice's blob and keeps it in Redis; bob edits his post on A; B, which never held the blob, reads it
+    from Redis and must not serve the old text."""
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    assert (await alice.post("a", "/@bob/follow")).status_code == 303
+    post = await bob.compose("a", "words as first written")
+
+    async def on_a() -> bool:
+        return article_ids((await alice.on["a"].get("/")).text) == [post]
+
+    assert await within(1.5, on_a) is not None
+    edited = await bob.post("a", f"/posts/{post}/edit", {"status": "words as edited", "revision": "1"})
+    assert edited.status_code == 303
+    page = (await alice.on["b"].get("/")).text
+    assert "words as edited" in page and "words as first written" not in page
