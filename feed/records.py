@@ -217,11 +217,13 @@ class SealedPage:
     expires: int  # epoch seconds: drawn again from then on (a mute that ends by itself)
     posts: tuple[tuple[int, int, int], ...]  # (post id, revision, booster id or 0) of each entry, in order
     people: tuple[tuple[int, str, str], ...]  # (id, username, display name) of each person whose name it shows
+    holes: str  # what fills each of its holes, in order: one letter each ("p": a post's three)
     sealed: Sealed
 
     @property
     def size(self) -> int:
-        return 120 + len(self.variant) + len(self.sealed) + 40 * len(self.posts) + 60 * len(self.people)
+        size = 120 + len(self.variant) + len(self.holes) + len(self.sealed)
+        return size + 40 * len(self.posts) + 60 * len(self.people)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +362,7 @@ def encode(value: Cacheable) -> bytes:
         return _pack(b"F", {"r": value.revision, "s": value.stamp}, value.sealed.data)
     if isinstance(value, SealedPage):
         header = {"v": value.variant, "k": value.key_version, "x": value.expires, "p": [list(p) for p in value.posts],
-                  "u": [list(u) for u in value.people]}  # fmt: skip
+                  "u": [list(u) for u in value.people], "h": value.holes}  # fmt: skip
         return _pack(b"G", header, value.sealed.data)
     return _pack(b"K", {}, value.blob)
 
@@ -433,7 +435,7 @@ def _decode(data: bytes) -> Cacheable:
         assert sealed is not None
         posts = tuple((int(i), int(r), int(b)) for i, r, b in h["p"])
         people = tuple((int(i), str(u), str(d)) for i, u, d in h["u"])
-        return SealedPage(str(h["v"]), int(h["k"]), int(h["x"]), posts, people, Sealed(sealed))
+        return SealedPage(str(h["v"]), int(h["k"]), int(h["x"]), posts, people, str(h["h"]), Sealed(sealed))
     if tag == b"K":
         (blob,) = blobs
         assert blob is not None

@@ -76,8 +76,10 @@ SPACES = (
     PAGES,
 )
 # An invalidation of a key of one of these spaces drops the same key of the spaces it names too: a viewer's home
-# page blob goes with their home refs, whom they block, mute and follow, and their own profile.
-DERIVED: dict[str, tuple[Space, ...]] = {space.name: (PAGES,) for space in (HOME, BLOCKED, MUTED, FOLLOWING, USERS)}
+# page blob goes with their home refs, whom they block, mute and follow, their own profile, and what they liked,
+# bookmarked and boosted.
+_PAGE_INPUTS = (HOME, BLOCKED, MUTED, FOLLOWING, USERS, LIKED, BOOKMARKED, BOOSTED)
+DERIVED: dict[str, tuple[Space, ...]] = {space.name: (PAGES,) for space in _PAGE_INPUTS}
 
 
 # A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter

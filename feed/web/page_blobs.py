@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -39,19 +39,19 @@ from starlette.requests import Request
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
 from feed.cache import HOME, PAGES, POSTS, USERS
-from feed.records import IdSet, PostRecord, SealedPage, UserRecord, WrappedKey
+from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey
 from feed.services import fanout, lookup
 from feed.services.context import Services
-from feed.services.lookup import MARK_KINDS
 from feed.services.models import PostView, TimelinePage, User
 from feed.storage.erasure import ERASED
 from feed.web.auth import csrf_token
-from feed.web.post_html import PostHtml
+from feed.web.post_html import PostHtml, reply_count_html
 from feed.web.templating import draft_key, unread_badge
 from feed.web.times import reltime
 
 HOLE = "\x02"  # no post text, name or count can hold it: normalisation refuses control characters
 _CSRF, _UNREAD, _SINCE, _DRAFT = (Markup(f"{HOLE}{code}{HOLE}") for code in "culd")  # noqa: S704 - constants
+_TIME, _REPLIES, _LIKES, _BOOSTS = (f"{HOLE}{code}{HOLE}" for code in "prkb")  # a post's
 _UNSHOWN = "\x00"  # a person named on a page by username only
 LONGEST = 600  # seconds a blob is kept at most (PAGES.l2_ttl)
 
@@ -73,20 +73,27 @@ def variant(env: jinja2.Environment, timeline: str, audience: str) -> str:
 
 
 class _Holes(PostHtml):
-    """Posts drawn with holes where :class:`PostHtml` puts what differs per request: the ``i``-th post's relative
-    time (``t<i>``), reply count (``r<i>``) and controls (``a<i>``)."""
+    """Posts drawn with holes where :class:`PostHtml` puts what changes by the minute or with others' actions: each
+    post's relative time (``p``, which starts a post), reply count (``r``), like count (``k``) and boost count
+    (``b``); the CSRF token in the viewer's own posts' controls (``c``). The viewer's own marks (liked, bookmarked,
+    boosted) are drawn in: a change of theirs drops the blob."""
 
     def __init__(self, env: jinja2.Environment, viewer: User, here: str) -> None:
-        super().__init__(env, viewer, "", here)
+        super().__init__(env, viewer, str(_CSRF), here)
         self.shown: list[PostView] = []
 
     def _html(self, post: PostView, is_focus: bool = False) -> str:
-        i = len(self.shown)
         self.shown.append(post)
         pieces = self._pieces(post)
-        return "".join((self._boosted_by(post), pieces[0], " thread-focus" if is_focus else "", pieces[1],
-                        f"{HOLE}t{i}{HOLE}", pieces[2], f"{HOLE}r{i}{HOLE}", pieces[3], f"{HOLE}a{i}{HOLE}",
-                        pieces[4]))  # fmt: skip
+        actions = self.actions_of(post.id, post.author.id, post.visibility, _LIKES, _BOOSTS, post.liked,  # type: ignore[arg-type]
+                                  post.bookmarked, post.reblogged)  # fmt: skip
+        return "".join((self._boosted_by(post), pieces[0], " thread-focus" if is_focus else "", pieces[1], _TIME,
+                        pieces[2], _REPLIES, pieces[3], actions, pieces[4]))  # fmt: skip
+
+
+def _holes_of(html: str) -> str:
+    """The letters of the page's holes, in order."""
+    return "".join(html.split(HOLE)[1::2])
 
 
 def _context(timeline: str, viewer: User) -> FieldContext:
@@ -156,8 +163,9 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
             parent = post.in_reply_to_author_id
             people.setdefault(parent, (parent, post.reply_to_username or "", _UNSHOWN))
     posts = tuple((p.id, p.revision, p.booster.id if p.booster else 0) for p in holes.shown)
+    codes = _holes_of(html)
     sealed = seal_fields(key, {f"page:{timeline}": html}, object_id=viewer.id, owner_id=viewer.id, revision=0)
-    return SealedPage(variant(env, timeline, audience), key.version, expires, posts, tuple(people.values()),
+    return SealedPage(variant(env, timeline, audience), key.version, expires, posts, tuple(people.values()), codes,
                       sealed[f"page:{timeline}"])  # fmt: skip
 
 
@@ -207,7 +215,6 @@ async def _open(request: Request, svc: Services, viewer: User, timeline: str, bl
             return None  # erased or renamed since
         if display_name != _UNSHOWN and person.display_name != display_name:
             return None
-    marked = await _marks(svc, viewer.id, ids)
     key = await _viewer_key(svc, viewer, blob.key_version)
     if key is None:
         return None
@@ -215,52 +222,33 @@ async def _open(request: Request, svc: Services, viewer: User, timeline: str, bl
         text = open_field(key, blob.sealed, _context(timeline, viewer))
     except InvalidToken:
         return None
-    return _fill(request, viewer, text, shown, marked)
+    return _fill(request, viewer, text, blob.holes, shown)
 
 
-async def _marks(svc: Services, viewer_id: int, ids: list[int]) -> tuple[Set[int], Set[int], Set[int]]:
-    """Which of ``ids`` the viewer liked, bookmarked and boosted: from L1 when it holds their newest marks and those
-    reach back far enough, else through the cache (and the database for older posts)."""
-    if ids:
-        lowest = min(ids)
-        sets = []
-        for kind in MARK_KINDS:
-            newest = svc.cache.cached(kind.space, viewer_id)
-            if not isinstance(newest, IdSet) or lowest < newest.floor:
-                break
-            sets.append(newest.ids.intersection(ids))
-        else:
-            return sets[0], sets[1], sets[2]
-    marks = await lookup.marks(svc, viewer_id, ids)
-    return marks.liked, marks.bookmarked, marks.boosted
-
-
-def _fill(
-    request: Request, viewer: User, text: str, shown: list[PostRecord], marked: tuple[Set[int], Set[int], Set[int]]
-) -> str:
+def _fill(request: Request, viewer: User, text: str, holes: str, shown: list[PostRecord]) -> str | None:
+    """The page: ``text`` with its holes filled for this request (``holes`` names them in order)."""
     env: jinja2.Environment = request.app.state.templates
     csrf = csrf_token(request)
-    draw = PostHtml(env, viewer, csrf, request.url.path)
-    liked, bookmarked, boosted = marked
     now = datetime.now(UTC)
+    shell = {"c": csrf, "u": unread_badge(request.state._state.get("unread", 0)),
+             "l": str(int(now.timestamp() * 1000)), "d": draft_key()}  # fmt: skip
+    posts = iter(shown)
+    r: PostRecord | None = None
+    values: list[str] = []
+    for code in holes:
+        if code == "p":
+            r = next(posts)
+            values.append(reltime(r.created_at, now))
+        elif r is not None and code == "k":
+            values.append(str(r.likes_count))
+        elif r is not None and code == "b":
+            values.append(str(r.reblogs_count))
+        elif r is not None and code == "r":
+            values.append(reply_count_html(env, r.replies_count))
+        else:
+            values.append(shell[code])
     parts = text.split(HOLE)
-    for n in range(1, len(parts), 2):
-        code = parts[n]
-        kind = code[0]
-        if kind == "t":
-            parts[n] = reltime(shown[int(code[1:])].created_at, now)
-        elif kind == "r":
-            parts[n] = draw.reply_count(shown[int(code[1:])].replies_count)
-        elif kind == "a":
-            r = shown[int(code[1:])]
-            parts[n] = draw.actions_of(r.id, r.author_id, r.visibility, r.likes_count, r.reblogs_count,
-                                       r.id in liked, r.id in bookmarked, r.id in boosted)  # fmt: skip
-        elif kind == "c":
-            parts[n] = csrf
-        elif kind == "u":
-            parts[n] = unread_badge(request.state._state.get("unread", 0))
-        elif kind == "l":
-            parts[n] = str(int(now.timestamp() * 1000))
-        elif kind == "d":
-            parts[n] = draft_key()
+    if len(parts) != 2 * len(values) + 1:
+        return None  # drawn by another release: drawn again
+    parts[1::2] = values
     return "".join(parts)

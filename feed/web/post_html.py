@@ -30,7 +30,7 @@ SLOT = "\x00"  # no post text, name or count can hold it: normalisation refuses 
 SLOTS = 4  # the article's extra class, the relative time, the reply count, the actions
 _ID, _COUNT, _BOOSTS, _CSRF, _HERE = "\x01id\x01", "\x01count\x01", "\x01boosts\x01", "\x01csrf\x01", "\x01here\x01"
 # Constant placeholders handed to the templates as markup, so that autoescaping leaves them for us to find.
-_SLOT_MARK, _COUNT_MARK = Markup(SLOT), Markup(_COUNT)  # noqa: S704
+_SLOT_MARK = Markup(SLOT)  # noqa: S704
 _ACTION_FIELDS = (_ID, _COUNT, _BOOSTS, _CSRF, _HERE)  # the values a post's controls are filled with, in order
 _ACTION_FIELD = re.compile("\x01(id|count|boosts|csrf|here)\x01")
 BOOSTABLE = ("public", "unlisted")
@@ -69,7 +69,6 @@ class PostHtml:
         self._here = str(escape(here))
         self._now = datetime.now(UTC)
         self._boosters: dict[int, str] = {}
-        self._replies: str | None = None
 
     def __call__(self, post: PostView, is_focus: bool = False) -> Markup:
         # Pieces of our templates' output, and values we format (a time, counts): all markup already.
@@ -112,11 +111,7 @@ class PostHtml:
         return line
 
     def reply_count(self, count: int) -> str:
-        if not count:
-            return ""
-        if self._replies is None:
-            self._replies = str(self._macros.reply_count(_COUNT_MARK))
-        return self._replies.replace(_COUNT, str(count))
+        return reply_count_html(self._env, count)
 
     def _actions(self, post: PostView) -> str:
         return self.actions_of(post.id, post.author.id, post.visibility, post.likes_count, post.reblogs_count,
@@ -138,13 +133,27 @@ class PostHtml:
         viewer = self._viewer
         which = (liked, bookmarked, viewer is not None and viewer.id == author_id, reblogged,
                  visibility in BOOSTABLE, viewer is not None)  # fmt: skip
-        literals, fields = actions_parts(self._env, which)
+        template, fields = actions_format(self._env, which)
         values = (str(post_id), str(likes), str(reblogs), self._csrf, self._here)
-        out = [literals[0]]
-        for field, literal in zip(fields, literals[1:], strict=True):
-            out.append(values[field])
-            out.append(literal)
-        return "".join(out)
+        return template % tuple([values[field] for field in fields])
+
+
+@lru_cache(maxsize=1024)
+def reply_count_html(env: jinja2.Environment, count: int) -> str:
+    """A post's reply count as its frame shows it (nothing for none)."""
+    if not count:
+        return ""
+    return str(env.get_template("_partials/posts.html").module.reply_count(count))  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=256)
+def actions_format(
+    env: jinja2.Environment, which: tuple[bool, bool, bool, bool, bool, bool]
+) -> tuple[str, tuple[int, ...]]:
+    """:func:`actions_parts` as one ``%`` template and which value goes in each ``%s`` (an index into the post's id,
+    like count, boost count, CSRF token and way back): a post's controls in one ``%``."""
+    literals, fields = actions_parts(env, which)
+    return "%s".join(literal.replace("%", "%%") for literal in literals), fields
 
 
 @lru_cache(maxsize=256)
