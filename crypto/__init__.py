@@ -10,7 +10,7 @@ from .context import FieldContext
 from .errors import InvalidKeyMaterial, InvalidToken
 from .keyring import RootKeyRing
 from .sealed import Sealed
-from .sealing import open_field, open_fields, rewrap, seal_beside, seal_fields
+from .sealing import open_field, open_field_utf8, open_fields, rewrap, seal_beside, seal_fields
 from .user_key import UserKey
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "UserKey",
     "blind_index",
     "open_field",
+    "open_field_utf8",
     "open_fields",
     "rewrap",
     "seal_beside",

@@ -37,7 +37,7 @@ import jinja2
 from markupsafe import Markup
 from starlette.requests import Request
 
-from crypto import FieldContext, InvalidToken, UserKey, open_field, seal_fields
+from crypto import FieldContext, InvalidToken, UserKey, open_field_utf8, seal_fields
 from feed.cache import HOME, PAGES, POSTS, USERS
 from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey
 from feed.services import fanout, lookup
@@ -50,6 +50,7 @@ from feed.web.templating import draft_key, unread_badge
 from feed.web.times import reltime
 
 HOLE = "\x02"  # no post text, name or count can hold it: normalisation refuses control characters
+_HOLE_BYTE = HOLE.encode()
 _CSRF, _UNREAD, _SINCE, _DRAFT = (Markup(f"{HOLE}{code}{HOLE}") for code in "culd")  # noqa: S704 - constants
 _TIME, _REPLIES, _LIKES, _BOOSTS = (f"{HOLE}{code}{HOLE}" for code in "prkb")  # a post's
 _UNSHOWN = "\x00"  # a person named on a page by username only
@@ -170,7 +171,7 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
 
 
 async def serve(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw,
-                audience: str) -> str | None:  # fmt: skip
+                audience: str) -> bytes | None:  # fmt: skip
     """The viewer's first page of ``timeline``: from their blob, drawn first if there is none or it is stale (None
     when it cannot be: the caller draws the page the ordinary way)."""
     env: jinja2.Environment = request.app.state.templates
@@ -195,7 +196,7 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
     return None
 
 
-async def _open(request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage) -> str | None:
+async def _open(request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage) -> bytes | None:
     ids = [entry[0] for entry in blob.posts]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
     if len(records) < len(ids):
@@ -219,36 +220,36 @@ async def _open(request: Request, svc: Services, viewer: User, timeline: str, bl
     if key is None:
         return None
     try:
-        text = open_field(key, blob.sealed, _context(timeline, viewer))
+        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer))
     except InvalidToken:
         return None
-    return _fill(request, viewer, text, blob.holes, shown)
+    return _fill(request, text, blob.holes, shown)
 
 
-def _fill(request: Request, viewer: User, text: str, holes: str, shown: list[PostRecord]) -> str | None:
-    """The page: ``text`` with its holes filled for this request (``holes`` names them in order)."""
+def _fill(request: Request, text: bytes, holes: str, shown: list[PostRecord]) -> bytes | None:
+    """The page: ``text`` (UTF-8) with its holes filled for this request (``holes`` names them in order)."""
     env: jinja2.Environment = request.app.state.templates
-    csrf = csrf_token(request)
+    csrf = csrf_token(request).encode()
     now = datetime.now(UTC)
-    shell = {"c": csrf, "u": unread_badge(request.state._state.get("unread", 0)),
-             "l": str(int(now.timestamp() * 1000)), "d": draft_key()}  # fmt: skip
+    shell = {"c": csrf, "u": unread_badge(request.state._state.get("unread", 0)).encode(),
+             "l": b"%d" % int(now.timestamp() * 1000), "d": draft_key().encode()}  # fmt: skip
     posts = iter(shown)
     r: PostRecord | None = None
-    values: list[str] = []
+    values: list[bytes] = []
     for code in holes:
         if code == "p":
             r = next(posts)
-            values.append(reltime(r.created_at, now))
+            values.append(reltime(r.created_at, now).encode())
         elif r is not None and code == "k":
-            values.append(str(r.likes_count))
+            values.append(b"%d" % r.likes_count)
         elif r is not None and code == "b":
-            values.append(str(r.reblogs_count))
+            values.append(b"%d" % r.reblogs_count)
         elif r is not None and code == "r":
-            values.append(reply_count_html(env, r.replies_count))
+            values.append(reply_count_html(env, r.replies_count).encode())
         else:
             values.append(shell[code])
-    parts = text.split(HOLE)
+    parts = text.split(_HOLE_BYTE)
     if len(parts) != 2 * len(values) + 1:
         return None  # drawn by another release: drawn again
     parts[1::2] = values
-    return "".join(parts)
+    return b"".join(parts)
