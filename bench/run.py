@@ -190,6 +190,7 @@ async def _measure(
     print("latency at 80% (open loop)", file=sys.stderr)
     await bench.latency_at_80()
     redis_warm = await bench.redis_per_page("home")
+    await bench.page_blobs("home")
     counted: dict[str, Any] = {}
 
     async def while_idle() -> None:

@@ -148,6 +148,24 @@ class Bench:
         trips = sum(v for k, v in delta.items() if k not in INNER) + delta.get("multi", 0.0)
         return sum(delta.values()), trips, delta
 
+    async def page_blobs(self, name: str) -> None:
+        """Rows for the page blobs of the ``name`` server after its runs: the bytes each viewer who has one costs
+        (its L1 of page blobs over the blobs in it), and the share of page reads one of them served."""
+        text = (await http.get(self.targets[name].proc.port, "/metrics")).body.decode()
+
+        def value(pattern: str) -> float:
+            return sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.M))
+
+        blobs = value("cipherfeed_page_blobs")
+        hits = value(r'cipherfeed_cache_hits_total\{[^}]*space="w"[^}]*\}')  # from L1 or Redis
+        misses = value(r'cipherfeed_cache_misses_total\{space="w"\}')
+        per_viewer = value("cipherfeed_page_blobs_bytes") / blobs / 1024 if blobs else 0.0
+        self.rows += [
+            Row("1", "page blob memory per active viewer (L1)", "KiB", per_viewer, note=f"{blobs:.0f} viewers"),
+            Row("1", "page reads served by a blob", "share", hits / (hits + misses) if hits + misses else 0.0,
+                note=f"{misses:.0f} drawn"),
+        ]  # fmt: skip
+
     async def _misses(self, proc: Proc) -> dict[str, float]:
         text = (await http.get(proc.port, "/metrics")).body.decode()
         return {space: float(value) for space, value in MISSES_RE.findall(text)}

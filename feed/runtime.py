@@ -110,6 +110,14 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
         "cipherfeed_cache_l1_evictions", "Values evicted from L1 to stay within its size", lambda: cache.l1_evictions
     )
     metrics.gauge_callback("cipherfeed_cache_l1_flushes", "Whole-L1 flushes", lambda: cache.stats.flushes)
+    metrics.gauge_callback(
+        "cipherfeed_page_blobs_bytes",
+        "Bytes of viewers' page blobs in this process's L1",
+        lambda: cache.l1_space(PAGES)[0],
+    )
+    metrics.gauge_callback(
+        "cipherfeed_page_blobs", "Viewers' page blobs in this process's L1", lambda: cache.l1_space(PAGES)[1]
+    )
 
 
 @contextlib.asynccontextmanager
@@ -134,7 +142,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         link = RedisLink.connect(settings.redis_url, metrics=metrics) if settings.redis_url else None
         if link is not None:
             stack.push_async_callback(link.close)
-        cache = Cache(link, l1_bytes=settings.cache_l1_bytes, metrics=metrics)
+        cache = Cache(link, l1_bytes=settings.cache_l1_bytes, budgets={PAGES: settings.cache_pages_bytes},
+                      metrics=metrics)  # fmt: skip
         bus: Bus = RedisBus(link, metrics=metrics) if link else LocalBus()
         keys = KeyStore(ring)
         streams: Streams | None = None

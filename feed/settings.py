@@ -88,6 +88,7 @@ class Settings:
     secret_key: Secret | None = field(default=None)
     max_body_bytes: int = 64 * 1024
     cache_l1_bytes: int = 64 * 1024 * 1024
+    cache_pages_bytes: int = 32 * 1024 * 1024  # viewers' page blobs, in an L1 of their own (0: none kept)
     session_days: int = 30
     login_attempts_per_account: int = 5
     login_attempts_per_ip: int = 20
@@ -252,6 +253,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=Secret(secret) if secret else None,
         max_body_bytes=_int(env, "CIPHERFEED_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
         cache_l1_bytes=_int(env, "CIPHERFEED_CACHE_L1_BYTES", 64 * 1024 * 1024, minimum=0),
+        cache_pages_bytes=_int(env, "CIPHERFEED_CACHE_PAGES_BYTES", 32 * 1024 * 1024, minimum=0),
         session_days=_int(env, "CIPHERFEED_SESSION_DAYS", 30),
         login_attempts_per_account=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT", 5),
         login_attempts_per_ip=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP", 20),

@@ -34,9 +34,20 @@ class Request(NamedTuple):
 
 
 class Cache:
-    def __init__(self, link: RedisLink | None, *, l1_bytes: int = 64 * 1024 * 1024, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        link: RedisLink | None,
+        *,
+        l1_bytes: int = 64 * 1024 * 1024,
+        budgets: Mapping[Space, int] | None = None,
+        metrics: Any = None,
+    ) -> None:
         self.link = link
         self._l1 = _L1(l1_bytes)
+        # Spaces with an L1 of their own (``budgets``: its bytes), so that their large values (page blobs) never
+        # push the small ones everything else reads out of the shared one. Least recently read goes first in each.
+        self._own = {space.name: _L1(size) for space, size in (budgets or {}).items()}
+        self._stores = [self._l1, *self._own.values()]
         # Per key, how many invalidations this process has seen: a refill keeps its value only if unchanged.
         self._generations: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
@@ -102,7 +113,8 @@ class Cache:
         and returns the others, each with its Redis name and, if it is only due for early refresh (not expired,
         no refresh under way), its entry; ``None`` if L1 does not hold it (an expired entry is removed here)."""
         now = time.monotonic()
-        recent, refreshing, prefix = self._l1.recent, self._refreshing, space.key_prefix
+        store = self._own.get(space.name, self._l1)
+        recent, refreshing, prefix = store.recent, self._refreshing, space.key_prefix
         rest: list[tuple[Key, str, _Entry | None]] = []
         hits = 0
         for key in keys:
@@ -111,7 +123,7 @@ class Cache:
             if entry is None:
                 rest.append((key, name, None))
             elif now >= entry.expires:
-                self._l1.discard(name)
+                store.discard(name)
                 rest.append((key, name, None))
             else:
                 recent.move_to_end(name)
@@ -265,26 +277,28 @@ class Cache:
         return [item for item in missing if item[3] not in found]
 
     def _keep(self, space: Space, name: str, value: Cacheable, generation_seen: int) -> None:
-        if self._l1.maxsize == 0:
-            return  # L1 switched off (CIPHERFEED_CACHE_L1_BYTES=0)
+        store = self._own.get(space.name, self._l1)
+        if store.maxsize == 0 or value.size > store.maxsize:
+            return  # L1 switched off (CIPHERFEED_CACHE_L1_BYTES=0), or the value is larger than all of it
         if self._generations.get(name, 0) != generation_seen:
             return  # invalidated while we were reading: the value may be stale
         now = time.monotonic()
         ttl = space.l1_ttl * random.uniform(0.9, 1.0)  # spread expiries of keys filled together
-        self._l1[name] = _Entry(value, now + ttl, now + ttl * space.refresh_after, value.size)
+        store[name] = _Entry(value, now + ttl, now + ttl * space.refresh_after, value.size)
 
     def _refresh_soon(self, request: Request, key: Key, name: str) -> None:
         """Early refresh of a hot key: one background refill while readers keep the current value."""
         self._refreshing.add(name)
 
         async def refresh() -> None:
+            store = self._own.get(request.space.name, self._l1)
             try:
-                entry = self._l1.pop(name, None)
+                entry = store.pop(name, None)
                 try:
                     await self._fill([request], [(0, request.space, key, name)], [{}])
                 except Exception:
-                    if entry is not None and name not in self._l1:
-                        self._l1[name] = entry
+                    if entry is not None and name not in store:
+                        store[name] = entry
                     log.warning("background refresh failed in space %s", request.space.name)
             finally:
                 self._refreshing.discard(name)
@@ -354,7 +368,8 @@ class Cache:
         """Forget these keys in this process (a local write, or an invalidation from the bus)."""
         for name in names:
             self._generations[name] = self._generations.get(name, 0) + 1
-            self._l1.discard(name)
+            for store in self._stores:
+                store.discard(name)
         if len(self._generations) > 100_000:
             # Only the counts of keys being refilled right now matter; a fresh start makes refills in flight
             # look raced, and they simply do not keep their value.
@@ -362,13 +377,15 @@ class Cache:
 
     def drop_space(self, space: Space) -> None:
         """Forget every key of ``space`` in this process (an erased account's words may be in any page blob)."""
-        self.drop([name for name in list(self._l1.recent) if name.startswith(space.key_prefix)])
+        store = self._own.get(space.name, self._l1)
+        self.drop([name for name in list(store.recent) if name.startswith(space.key_prefix)])
 
     def flush(self) -> None:
         """Forget everything in L1 (the bus lost messages, or Redis came back)."""
         for name in list(self._inflight):
             self._generations[name] = self._generations.get(name, 0) + 1
-        self._l1.clear()
+        for store in self._stores:
+            store.clear()
         self.stats.flushes += 1
 
     async def replay_pending(self) -> None:
@@ -415,16 +432,21 @@ class Cache:
 
     @property
     def l1_bytes(self) -> int:
-        return int(self._l1.currsize)
+        return sum(int(store.currsize) for store in self._stores)
 
     @property
     def l1_evictions(self) -> int:
-        return self._l1.evictions
+        return sum(store.evictions for store in self._stores)
+
+    def l1_space(self, space: Space) -> tuple[int, int]:
+        """(bytes, values) held in L1 for ``space``, if it has an L1 of its own (else the shared one's)."""
+        store = self._own.get(space.name, self._l1)
+        return int(store.currsize), len(store.recent)
 
     def l1_items(self) -> list[tuple[str, Cacheable]]:
         """Every key and value in L1 (for the audit of a running process: ``feed.audit.l1``)."""
-        return [(name, entry.value) for name, entry in list(self._l1.recent.items())]
+        return [(name, entry.value) for store in self._stores for name, entry in list(store.recent.items())]
 
     def l1_values(self) -> list[Cacheable]:
         """Everything in L1, expired entries not yet removed included (for the privacy audit and its test)."""
-        return [entry.value for entry in self._l1.recent.values()]
+        return [entry.value for store in self._stores for entry in store.recent.values()]

@@ -198,18 +198,22 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
 
 async def _open(request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage) -> bytes | None:
     ids = [entry[0] for entry in blob.posts]
+    people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
-    if len(records) < len(ids):
-        records.update(await lookup.posts(svc, [i for i in ids if i not in records]))
+    people: dict[Any, Any] = svc.cache.cached_many(USERS, people_ids)
+    if len(records) < len(ids) or len(people) < len(people_ids):  # both in one round trip
+        more_records, more_people = await svc.cache.get_multi(
+            [lookup.posts_request(svc, [i for i in ids if i not in records]),
+             lookup.users_request(svc, [i for i in people_ids if i not in people])]
+        )  # fmt: skip
+        records.update(more_records)
+        people.update(more_people)
     shown: list[PostRecord] = []
     for post_id, revision, _ in blob.posts:
         record = records.get(post_id)
         if record is None or record.revision != revision:
             return None  # edited or deleted since
         shown.append(record)
-    people: dict[Any, Any] = svc.cache.cached_many(USERS, [person[0] for person in blob.people])
-    if len(people) < len(blob.people):
-        people.update(await lookup.users(svc, [p[0] for p in blob.people if p[0] not in people]))
     for user_id, username, display_name in blob.people:
         person: UserRecord | None = people.get(user_id)
         if person is None or person.key_version == ERASED or person.username != username:

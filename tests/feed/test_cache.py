@@ -17,7 +17,7 @@ import pytest
 
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.bus import RedisBus
-from feed.cache import POSTS, TIMELINES, Cache, Space, redis_key
+from feed.cache import PAGES, POSTS, TIMELINES, Cache, Space, redis_key
 from feed.metrics import Registry
 from feed.records import (
     IdList,
@@ -26,6 +26,7 @@ from feed.records import (
     PostRecord,
     RefList,
     SealedFrame,
+    SealedPage,
     SessionRecord,
     UserRecord,
     WrappedKey,
@@ -388,3 +389,23 @@ async def test_redis_counts_as_back_only_once_invalidations_reach_this_process_a
         await bus.stop()
         await link.close()
         proxy.stop()
+
+
+async def test_page_blobs_have_an_l1_of_their_own_that_keeps_the_viewers_who_read() -> None:
+    """Page blobs are large: in their own bounded L1 they never push out the small values every page reads, and of
+    themselves the least recently read go first (active viewers keep theirs)."""
+    sealed = seal_fields(UserKey.generate(1, 1), {"page:home": "x" * 20_000}, object_id=1, owner_id=1, revision=0)
+    blob = SealedPage("home|v|public", 1, 2**31, ((1, 1, 0),), ((1, "alice", ""),), "p", sealed["page:home"])
+    cache = Cache(None, l1_bytes=100_000, budgets={PAGES: blob.size * 4})
+    posts = Loader({i: post_record(i) for i in range(10)})
+    await cache.get_many(POSTS, list(range(10)), posts)
+    for viewer in range(4):
+        await cache.get(PAGES, viewer, Loader({viewer: blob}))
+    for _ in range(3):  # viewers 0 and 1 keep reading
+        assert cache.cached(PAGES, 0) is blob and cache.cached(PAGES, 1) is blob
+    for viewer in range(4, 6):
+        await cache.get(PAGES, viewer, Loader({viewer: blob}))
+    held = {viewer for viewer in range(6) if cache.cached(PAGES, viewer) is not None}
+    assert held == {0, 1, 4, 5}, held
+    assert cache.l1_space(PAGES) == (4 * blob.size, 4)
+    assert len(cache.cached_many(POSTS, range(10))) == 10, "a page blob pushed a post out of the shared L1"
