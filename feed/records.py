@@ -10,6 +10,7 @@ read back from Redis is data, not code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -206,6 +207,12 @@ class SealedFrame:
         return 80 + len(self.sealed)
 
 
+def page_digest(*fields: Any) -> int:
+    """:meth:`SealedPage.header_digest` of a page's clear fields, in their order."""
+    head = json.dumps(list(fields), separators=(",", ":"))
+    return int.from_bytes(hashlib.blake2b(head.encode(), digest_size=8).digest(), "big")
+
+
 @dataclass(frozen=True, slots=True)
 class SealedPage:
     """A viewer's first page of a timeline, drawn whole with holes for what differs per request, and sealed under the
@@ -217,8 +224,20 @@ class SealedPage:
     expires: int  # epoch seconds: drawn again from then on (a mute that ends by itself)
     posts: tuple[tuple[int, int, int], ...]  # (post id, revision, booster id or 0) of each entry, in order
     people: tuple[tuple[int, str, str], ...]  # (id, username, display name) of each person whose name it shows
-    holes: str  # what fills each of its holes, in order: one letter each ("p": a post's three)
+    holes: str  # what fills each of its holes, in order: one letter each
+    drawn_ms: int  # when it was drawn (epoch milliseconds): where its live stream starts
     sealed: Sealed
+    # A digest of everything above, made when first asked for (feed.web.page_blobs binds the seal to it).
+    digest: Any = field(default=None, init=False, compare=False, repr=False)
+
+    def header_digest(self) -> int:
+        """A 64-bit digest of every field but the sealed text: the seal's context holds it, so that a sealed page
+        never opens under another page's ids, names, holes or expiry."""
+        if self.digest is None:
+            value = page_digest(self.variant, self.key_version, self.expires, self.posts, self.people, self.holes,
+                                self.drawn_ms)  # fmt: skip
+            object.__setattr__(self, "digest", value)
+        return int(self.digest)
 
     @property
     def size(self) -> int:
@@ -362,7 +381,7 @@ def encode(value: Cacheable) -> bytes:
         return _pack(b"F", {"r": value.revision, "s": value.stamp}, value.sealed.data)
     if isinstance(value, SealedPage):
         header = {"v": value.variant, "k": value.key_version, "x": value.expires, "p": [list(p) for p in value.posts],
-                  "u": [list(u) for u in value.people], "h": value.holes}  # fmt: skip
+                  "u": [list(u) for u in value.people], "h": value.holes, "d": value.drawn_ms}  # fmt: skip
         return _pack(b"G", header, value.sealed.data)
     return _pack(b"K", {}, value.blob)
 
@@ -435,7 +454,9 @@ def _decode(data: bytes) -> Cacheable:
         assert sealed is not None
         posts = tuple((int(i), int(r), int(b)) for i, r, b in h["p"])
         people = tuple((int(i), str(u), str(d)) for i, u, d in h["u"])
-        return SealedPage(str(h["v"]), int(h["k"]), int(h["x"]), posts, people, str(h["h"]), Sealed(sealed))
+        return SealedPage(
+            str(h["v"]), int(h["k"]), int(h["x"]), posts, people, str(h["h"]), int(h["d"]), Sealed(sealed)
+        )
     if tag == b"K":
         (blob,) = blobs
         assert blob is not None

@@ -20,6 +20,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from alembic.script import ScriptDirectory
@@ -80,6 +81,13 @@ def make_queue(settings: Settings, link: RedisLink | None) -> ArqQueue | LocalQu
     return ArqQueue.from_url(settings.queue_redis_url, link if same else None)
 
 
+def forget_user(keys: KeyStore, cache: Cache, user_id: int) -> None:
+    """A person's keys changed or were destroyed: no unwrapped key of theirs stays here, nor any viewer's page blob
+    (an erasure: any of them may hold that person's words)."""
+    keys.forget(user_id)
+    cache.drop_space(PAGES)
+
+
 def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: RedisLink | None) -> None:
     """Who tells whom: the cache publishes its invalidations on the bus; the bus drops keys from this L1 and
     unwrapped keys from memory, and flushes L1 when it may have missed something; Redis coming back replays the
@@ -91,9 +99,7 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
     def apply(message: Invalidation) -> None:
         cache.drop(message.keys)
         for user_id in message.users:
-            keys.forget(user_id)
-        if message.users:  # an erasure or a key change: any viewer's page blob may hold that person's words
-            cache.drop_space(PAGES)
+            forget_user(keys, cache, user_id)
 
     async def flush() -> None:
         cache.flush()
@@ -154,8 +160,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         queue = make_queue(settings, link)
         relay = None
         if role != "cli" and streams is not None:
-            relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams, forget=keys.forget, link=link,
-                          metrics=metrics)  # fmt: skip
+            relay = Relay(engine, cache=cache, bus=bus, queue=queue, streams=streams,
+                          forget=partial(forget_user, keys, cache), link=link, metrics=metrics)  # fmt: skip
         replicas = None
         if settings.replica_urls and role == "web":  # the pages' reads; jobs read what they are about to change
             replicas = Replicas.open(engine, settings.replica_urls, max_lag=settings.replica_max_lag_seconds,

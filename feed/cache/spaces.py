@@ -54,7 +54,7 @@ MUTED = Space("m", l1_ttl=60, l2_ttl=60)
 # A viewer's first page of a timeline, drawn whole and sealed under their own key, with holes for what changes per
 # request (feed.web.page_blobs). Keyed by the viewer; dropped with any of the viewer's keys in DERIVED below (what
 # the page's choice of posts depends on), and checked, when read, against the records of the posts and people on it.
-PAGES = Space("w", l1_ttl=300, l2_ttl=600)
+PAGES = Space("w", l1_ttl=60, l2_ttl=120)  # a blob lives a minute at most (feed.web.page_blobs)
 SPACES = (
     POSTS,
     USERS,

@@ -378,7 +378,8 @@ class Cache:
     def drop_space(self, space: Space) -> None:
         """Forget every key of ``space`` in this process (an erased account's words may be in any page blob)."""
         store = self._own.get(space.name, self._l1)
-        self.drop([name for name in list(store.recent) if name.startswith(space.key_prefix)])
+        held = [name for name in list(store.recent) if name.startswith(space.key_prefix)]
+        self.drop([*held, *(name for name in self._inflight if name.startswith(space.key_prefix))])  # fills too
 
     def flush(self) -> None:
         """Forget everything in L1 (the bus lost messages, or Redis came back)."""

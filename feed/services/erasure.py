@@ -154,22 +154,26 @@ async def erase(svc: Services, user_id: int) -> Receipt:
 
 async def drop_page_blobs(svc: Services) -> int:
     """Every viewer's page blob (``feed.web.page_blobs``), in this process and in Redis: the erased person's words
-    may be in anyone's, sealed under the viewer's key. (The other processes drop theirs when the erasure's outbox
-    row tells them to forget the person.) How many were in Redis."""
+    may be in anyone's, sealed under the viewer's key. Each is invalidated (its generation counter raised), so a
+    blob drawn before the erasure and stored after it is refused too. The other processes drop theirs when the
+    erasure's outbox row tells them to forget the person. How many were in Redis."""
     svc.cache.drop_space(PAGES)
     link = svc.cache.link
     if link is None:
         return 0
-    dropped = 0
+    viewers: list[int] = []
 
-    async def drop_all(r: Any) -> None:
-        nonlocal dropped
+    async def find(r: Any) -> None:
         async for names in scan_keys(r, match=f"{PAGES.key_prefix}*"):
             for name in names:
-                dropped += int(await r.delete(name))
+                key = (name.decode() if isinstance(name, bytes) else str(name))[len(PAGES.key_prefix) : -1]
+                if key.isdigit():
+                    viewers.append(int(key))
 
-    await link.run(drop_all)
-    return dropped
+    await link.run(find)
+    for start in range(0, len(viewers), 500):
+        await svc.cache.invalidate([(PAGES, viewer) for viewer in viewers[start : start + 500]], broadcast=False)
+    return len(viewers)
 
 
 async def drop_user_jobs(queue: Queue, user_id: int) -> int:

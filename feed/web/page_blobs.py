@@ -3,30 +3,33 @@
 Drawing a home page takes a dozen cached values, twenty sealed frames (two AES-GCM operations each) and a template,
 while what the page shows changes far less often than it is read. So the page is drawn once with holes where a
 request's own parts go, sealed under a data key wrapped by the viewer's user key (nobody else's key opens it, and
-erasing the viewer shreds it), and cached in L1 and Redis (space ``PAGES``, keyed by the viewer). A request then
-costs its session, the blob, one decryption and the holes:
+erasing the viewer shreds it; the seal's context holds a digest of the blob's clear fields, so its text never opens
+beside another page's), and cached in an L1 of its own and in Redis (space ``PAGES``, keyed by the viewer). A request
+then costs its session, the blob, one decryption and the holes:
 
-- the CSRF token, the unread count, the moment the live stream starts from, the composer's idempotency key;
-- per post: its relative time, its reply count and its controls (like and boost counts; the viewer's likes,
-  bookmarks and boosts), from the cached post records and the viewer's cached marks.
+- the CSRF token, the unread count, the composer's audience and idempotency key;
+- per post: its relative time and its reply, like and boost counts, from the cached post records. The viewer's own
+  likes, bookmarks and boosts are drawn in (a change of theirs drops the blob).
 
 Freshness, as strong as a page drawn each time:
 
 - What decides which posts the page shows is keyed by the viewer: their home refs, whom they block (either way),
-  mute and follow, and their own profile. Every invalidation of one of those drops the blob too
+  mute and follow, their own profile and marks. Every invalidation of one of those drops the blob too
   (``feed.cache.DERIVED``): in this process, in Redis and, over the bus, in every other, through the outbox and
-  the fan-out that feed live push (a new post, a boost, a delete, a follow, a block, a mute).
+  the fan-out that feed live push (a new post, a boost, a delete, a follow, a block, a mute). A blob is drawn from
+  Redis and the database, not from this process's copies of those inputs, which the bus may not have dropped yet.
 - What the posts and the people on it look like is checked at each read against their cached records: a post's
   revision (an edit; a deleted post has no record), a person's names, and erasure. A blob that fails is drawn again.
-- A blob is drawn again when a mute on it ends, when the templates change (its variant), and at most a minute
-  after it was drawn when its viewer follows a popular author (whose posts are merged into homes when read, not
-  fanned out).
+- A blob ends when a mute on it ends, a minute after it was drawn (as a home timeline's first page is kept: popular
+  authors' posts join homes when read, not by a fan-out), and with a release whose templates or code differ.
 - An erased account's words may be in anyone's page: an erasure drops every blob, in every L1 and in Redis.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -38,9 +41,9 @@ from markupsafe import Markup
 from starlette.requests import Request
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field_utf8, seal_fields
-from feed.cache import HOME, PAGES, POSTS, USERS
-from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey
-from feed.services import fanout, lookup
+from feed.cache import BLOCKED, BOOKMARKED, BOOSTED, FOLLOWING, HOME, LIKED, MUTED, PAGES, POSTS, USERS, redis_key
+from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey, page_digest
+from feed.services import lookup
 from feed.services.context import Services
 from feed.services.models import PostView, TimelinePage, User
 from feed.storage.erasure import ERASED
@@ -53,24 +56,34 @@ HOLE = "\x02"  # no post text, name or count can hold it: normalisation refuses 
 _HOLE_BYTE = HOLE.encode()
 _CSRF, _UNREAD, _SINCE, _DRAFT = (Markup(f"{HOLE}{code}{HOLE}") for code in "culd")  # noqa: S704 - constants
 _TIME, _REPLIES, _LIKES, _BOOSTS = (f"{HOLE}{code}{HOLE}" for code in "prkb")  # a post's
+_AUDIENCES = {"public": "P", "unlisted": "U", "followers": "F", "direct": "D"}  # the composer's options
+_CODES = frozenset("culdprkb" + "".join(_AUDIENCES.values()))
 _UNSHOWN = "\x00"  # a person named on a page by username only
-LONGEST = 600  # seconds a blob is kept at most (PAGES.l2_ttl)
+# What chose a page's posts, keyed by its viewer (each one's invalidation drops the blob: feed.cache.DERIVED).
+_INPUTS = (HOME, FOLLOWING, BLOCKED, MUTED, LIKED, BOOKMARKED, BOOSTED)
 
 Draw = Callable[[], Awaitable[tuple[TimelinePage, dict[str, Any]]]]
 
 
+_DRAWING_CODE = ("feed.web.page_blobs", "feed.web.post_html", "feed.web.templating", "feed.web.times",
+                 "feed.web.pages", "feed.web.live", "feed.services.timelines", "feed.services.fanout")  # fmt: skip
+
+
 @cache
-def templates_version(env: jinja2.Environment) -> str:
-    """Changes with any template, so that a deploy never serves pages of the old markup."""
+def release(env: jinja2.Environment) -> str:
+    """Changes with any template and with the code that draws pages, so that a deploy never serves pages drawn by
+    the release before it (nor two releases each other's, while both run)."""
     assert env.loader is not None
     digest = hashlib.blake2b(digest_size=8)
     for name in sorted(env.list_templates()):
         digest.update(name.encode() + b"\x00" + env.loader.get_source(env, name)[0].encode() + b"\x00")
+    for module in _DRAWING_CODE:
+        digest.update(inspect.getsource(sys.modules[module]).encode() if module in sys.modules else module.encode())
     return digest.hexdigest()
 
 
-def variant(env: jinja2.Environment, timeline: str, audience: str) -> str:
-    return f"{timeline}|{templates_version(env)}|{audience}"
+def variant(env: jinja2.Environment, timeline: str) -> str:
+    return f"{timeline}|{release(env)}"
 
 
 class _Holes(PostHtml):
@@ -92,13 +105,16 @@ class _Holes(PostHtml):
                         pieces[2], _REPLIES, pieces[3], actions, pieces[4]))  # fmt: skip
 
 
-def _holes_of(html: str) -> str:
-    """The letters of the page's holes, in order."""
-    return "".join(html.split(HOLE)[1::2])
+def _holes_of(html: str) -> str | None:
+    """The letters of the page's holes, in order (None if a page text held the hole mark: no blob is kept then)."""
+    codes = html.split(HOLE)[1::2]
+    return "".join(codes) if all(len(code) == 1 and code in _CODES for code in codes) else None
 
 
-def _context(timeline: str, viewer: User) -> FieldContext:
-    return FieldContext(f"page:{timeline}", viewer.id, viewer.id, 0)
+def _context(timeline: str, viewer: User, blob: SealedPage) -> FieldContext:
+    """The seal's context: the viewer, and a digest of the blob's clear fields, so that its text opens only beside
+    the ids, names, holes and expiry it was drawn with."""
+    return FieldContext(f"page:{timeline}", viewer.id, viewer.id, blob.header_digest())
 
 
 async def _viewer_key(svc: Services, viewer: User, version: int) -> UserKey | None:
@@ -113,26 +129,25 @@ async def _viewer_key(svc: Services, viewer: User, version: int) -> UserKey | No
 
 
 async def _expires(svc: Services, viewer: User) -> int:
-    """When a blob drawn now must be drawn again: when the first of the viewer's mutes ends; within a minute if they
-    follow a popular author (whose new posts reach homes when read); else at the end of its time in the caches."""
+    """When a blob drawn now must be drawn again: when the first of the viewer's mutes ends, and a minute from now at
+    the latest, as a home timeline's first page is kept (popular authors' posts join homes when read, not by a
+    fan-out that would drop the blob)."""
     now = time.time()
-    longest = now + LONGEST
     found = (await svc.cache.get_multi([lookup.muted_request(svc, viewer.id)]))[0].get(viewer.id)
     ids = getattr(found, "ids", ())
-    ends = [until for until in ids[1::2] if until > now]
-    if ends:
-        longest = min(longest, min(ends))
-    if await fanout.popular_authors(svc) & await lookup.following(svc, viewer.id):
-        longest = min(longest, now + HOME.l1_ttl)
-    return int(longest)
+    return int(min([now + HOME.l1_ttl, *(until for until in ids[1::2] if until > now)]))
 
 
 async def _draw(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw,
-                audience: str) -> SealedPage | None:  # fmt: skip
+                ) -> SealedPage | None:  # fmt: skip
     """Draw the page with holes and seal it (None: the viewer's key cannot be had)."""
     key = await _viewer_key(svc, viewer, viewer.key_version)
     if key is None:
         return None
+    # From Redis and the database, not this process's copies: those are dropped by the relay's message, which may
+    # come after the write's own invalidation of the blob in Redis, and a blob drawn from them would be shared.
+    svc.cache.drop([redis_key(space, viewer.id) for space in _INPUTS])
+    drawn_ms = int(time.time() * 1000)
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
     page, context = await draw()
     env: jinja2.Environment = request.app.state.templates
@@ -145,6 +160,7 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
         "unread": 0,
         "unread_badge": lambda _: _UNREAD,
         "draft_key": lambda: _DRAFT,
+        "chosen": _chosen_hole,
         "csrf": _CSRF,
         "path": here,
         "here": here,
@@ -165,20 +181,28 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
             people.setdefault(parent, (parent, post.reply_to_username or "", _UNSHOWN))
     posts = tuple((p.id, p.revision, p.booster.id if p.booster else 0) for p in holes.shown)
     codes = _holes_of(html)
-    sealed = seal_fields(key, {f"page:{timeline}": html}, object_id=viewer.id, owner_id=viewer.id, revision=0)
-    return SealedPage(variant(env, timeline, audience), key.version, expires, posts, tuple(people.values()), codes,
-                      sealed[f"page:{timeline}"])  # fmt: skip
+    if codes is None:
+        return None
+    fields = (variant(env, timeline), key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
+    sealed = seal_fields(key, {f"page:{timeline}": html}, object_id=viewer.id, owner_id=viewer.id,
+                         revision=page_digest(*fields))[f"page:{timeline}"]  # fmt: skip
+    return SealedPage(*fields, sealed)
+
+
+def _chosen_hole(current: str, value: str) -> Markup:
+    """Where the composer's audience is marked chosen: a hole for each option (the browser's last audience)."""
+    return Markup(f"{HOLE}{_AUDIENCES[value]}{HOLE}")  # noqa: S704 - a constant letter
 
 
 async def serve(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw,
                 audience: str) -> bytes | None:  # fmt: skip
     """The viewer's first page of ``timeline``: from their blob, drawn first if there is none or it is stale (None
-    when it cannot be: the caller draws the page the ordinary way)."""
+    when it cannot be: the caller draws the page the ordinary way). ``audience``: the composer's, chosen."""
     env: jinja2.Environment = request.app.state.templates
-    wanted = variant(env, timeline, audience)
+    wanted = variant(env, timeline)
 
     async def load(_: list[int]) -> Mapping[int, SealedPage]:
-        drawn = await _draw(request, svc, viewer, timeline, template, draw, audience)
+        drawn = await _draw(request, svc, viewer, timeline, template, draw)
         return {viewer.id: drawn} if drawn is not None else {}
 
     for attempt in range(2):
@@ -188,7 +212,7 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
         if not isinstance(blob, SealedPage):
             return None
         if blob.variant == wanted and blob.expires > time.time():
-            body = await _open(request, svc, viewer, timeline, blob)
+            body = await _open(request, svc, viewer, timeline, blob, audience)
             if body is not None:
                 return body
         if attempt == 0:  # stale: drawn again (here, in Redis; the other processes check theirs when read)
@@ -196,7 +220,9 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
     return None
 
 
-async def _open(request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage) -> bytes | None:
+async def _open(
+    request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage, audience: str
+) -> bytes | None:
     ids = [entry[0] for entry in blob.posts]
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
@@ -216,33 +242,45 @@ async def _open(request: Request, svc: Services, viewer: User, timeline: str, bl
         shown.append(record)
     for user_id, username, display_name in blob.people:
         person: UserRecord | None = people.get(user_id)
-        if person is None or person.key_version == ERASED or person.username != username:
+        if display_name == _UNSHOWN:  # named by username only, as the page was drawn (also one erased or gone)
+            if (person.username if person is not None else "") != username:
+                return None
+        elif (
+            person is None
+            or person.key_version == ERASED
+            or (person.username, person.display_name)
+            != (
+                username,
+                display_name,
+            )
+        ):
             return None  # erased or renamed since
-        if display_name != _UNSHOWN and person.display_name != display_name:
-            return None
     key = await _viewer_key(svc, viewer, blob.key_version)
     if key is None:
         return None
     try:
-        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer))
+        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer, blob))
     except InvalidToken:
         return None
-    return _fill(request, text, blob.holes, shown)
+    return _fill(request, text, blob, shown, audience)
 
 
-def _fill(request: Request, text: bytes, holes: str, shown: list[PostRecord]) -> bytes | None:
-    """The page: ``text`` (UTF-8) with its holes filled for this request (``holes`` names them in order)."""
+def _fill(request: Request, text: bytes, blob: SealedPage, shown: list[PostRecord], audience: str) -> bytes | None:
+    """The page: ``text`` (UTF-8) with its holes filled for this request (None if they do not match the text)."""
     env: jinja2.Environment = request.app.state.templates
-    csrf = csrf_token(request).encode()
     now = datetime.now(UTC)
-    shell = {"c": csrf, "u": unread_badge(request.state._state.get("unread", 0)).encode(),
-             "l": b"%d" % int(now.timestamp() * 1000), "d": draft_key().encode()}  # fmt: skip
+    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
+             "l": b"%d" % blob.drawn_ms, "d": draft_key().encode()}  # fmt: skip
+    for option, code in _AUDIENCES.items():
+        shell[code] = b" selected" if option == audience else b""
     posts = iter(shown)
     r: PostRecord | None = None
     values: list[bytes] = []
-    for code in holes:
+    for code in blob.holes:
         if code == "p":
-            r = next(posts)
+            r = next(posts, None)
+            if r is None:
+                return None
             values.append(reltime(r.created_at, now).encode())
         elif r is not None and code == "k":
             values.append(b"%d" % r.likes_count)
@@ -250,10 +288,12 @@ def _fill(request: Request, text: bytes, holes: str, shown: list[PostRecord]) ->
             values.append(b"%d" % r.reblogs_count)
         elif r is not None and code == "r":
             values.append(reply_count_html(env, r.replies_count).encode())
+        elif (filled := shell.get(code)) is not None:
+            values.append(filled)
         else:
-            values.append(shell[code])
+            return None
     parts = text.split(_HOLE_BYTE)
     if len(parts) != 2 * len(values) + 1:
-        return None  # drawn by another release: drawn again
+        return None
     parts[1::2] = values
     return b"".join(parts)

@@ -47,6 +47,7 @@ def make_environment() -> jinja2.Environment:
     env.globals["draft_key"] = draft_key  # the composer's idempotency key: a new one for each new draft
     env.globals["password_hint"] = PASSWORD_HINT
     env.globals["unread_badge"] = unread_badge
+    env.globals["chosen"] = chosen
     return env
 
 
@@ -58,6 +59,11 @@ def unread_badge(unread: int) -> Markup:
         f'<span class="unread-count" id="unread-count"{"" if unread else " hidden"}><span class="visually-hidden">, '
         f'</span>{shown}<span class="visually-hidden"> unread</span></span>'
     )
+
+
+def chosen(current: str, value: str) -> Markup:
+    """`` selected`` for the option of a select whose value is the current one."""
+    return Markup(" selected" if current == value else "")  # noqa: S704 - a constant
 
 
 def srcset(media: Media) -> str:

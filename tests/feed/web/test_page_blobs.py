@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,19 @@ from tests.feed.web.test_frames import article
 pytestmark = pytest.mark.anyio
 CANARY = "blob-canary-5e1d"
 MOMENT = re.compile(r'since=\d+|name="idempotency_key" value="[^"]+"')
+
+
+def count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times a home page is drawn from here on (the one item of the list returned)."""
+    draws = [0]
+    real_home = timelines.home
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        draws[0] += 1
+        return await real_home(*args, **kwargs)
+
+    monkeypatch.setattr(timelines, "home", counted)
+    return draws
 
 
 async def _user(app: Any, name: str) -> Any:
@@ -51,19 +65,11 @@ async def test_the_home_page_comes_from_the_viewers_sealed_blob(make_redis_brows
     stored = await redis_app.state.cache.link.client.get(redis_key(PAGES, bob_user.id))
     assert stored and CANARY.encode() not in stored and b"markup" not in stored
 
-    draws = 0
-    real_home = timelines.home
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal draws
-        draws += 1
-        return await real_home(*args, **kwargs)
-
-    monkeypatch.setattr(timelines, "home", counted)
+    draws = count_draws(monkeypatch)
     for _ in range(10):
         served = (await bob.get("/")).text
         assert MOMENT.sub("", served) == MOMENT.sub("", drawn)
-    assert draws <= 1, f"the page was drawn {draws} times in 10 reads"  # once if the worker's fan-out came late
+    assert draws[0] <= 1, f"the page was drawn {draws[0]} times in 10 reads"  # once if the worker's fan-out came late
 
     # The holes follow each request: a like and a reply by others, bob's own like, the time.
     await alice.post(f"/posts/{post}/like")
@@ -82,13 +88,34 @@ async def test_no_other_viewers_key_opens_a_blob(make_redis_browser: Any, redis_
     alice_user, bob_user = await _user(redis_app, "alice"), await _user(redis_app, "bob")
     blob = redis_app.state.cache.cached(PAGES, alice_user.id)
     assert isinstance(blob, SealedPage)
-    opened = open_field(await _key(redis_app, alice_user), blob.sealed,
-                        FieldContext("page:home", alice_user.id, alice_user.id, 0))  # fmt: skip
-    assert CANARY in opened
-    bob_key = await _key(redis_app, bob_user)
+    alice_key, bob_key = await _key(redis_app, alice_user), await _key(redis_app, bob_user)
+    digest = blob.header_digest()
+    assert CANARY in open_field(alice_key, blob.sealed, FieldContext("page:home", alice_user.id, alice_user.id, digest))
     for owner in (alice_user.id, bob_user.id):
         with pytest.raises(InvalidToken):
-            open_field(bob_key, blob.sealed, FieldContext("page:home", owner, owner, 0))
+            open_field(bob_key, blob.sealed, FieldContext("page:home", owner, owner, digest))
+    # The sealed text opens only beside the clear fields it was drawn with: another page's posts, names, holes or
+    # expiry put beside it (by whoever can write to Redis) do not open.
+    for changed in (replace(blob, posts=()), replace(blob, expires=blob.expires + 60), replace(blob, holes="")):
+        with pytest.raises(InvalidToken):
+            open_field(alice_key, blob.sealed, FieldContext("page:home", alice_user.id, alice_user.id,
+                                                            changed.header_digest()))  # fmt: skip
+
+
+async def test_two_browsers_with_different_audiences_share_one_blob(
+    make_redis_browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The composer starts with each browser's last audience (a cookie): a hole of the blob, not a blob each."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("for everyone", visibility="followers")  # this browser's last audience: followers
+    await alice.get("/")
+    draws = count_draws(monkeypatch)
+    for cookie in ("public", "followers", "direct", "followers"):
+        alice.http.cookies.delete("cf_visibility")
+        alice.http.cookies.set("cf_visibility", cookie)
+        page = (await alice.get("/")).text
+        assert re.findall(r'<option value="(\w+)" selected>', page) == [cookie]
+    assert draws[0] <= 1  # once if the worker's fan-out of the post came late
 
 
 async def test_an_erasure_leaves_no_blob_behind(make_redis_browser: Any, redis_app: Any) -> None:
