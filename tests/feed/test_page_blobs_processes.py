@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import PASSWORD
 from tests.feed.processes import HITS, Cluster, like_count, metric, within
 from tests.feed.test_cache_processes import article_ids
 
@@ -105,3 +106,35 @@ async def test_a_blob_in_redis_is_checked_before_another_process_serves_it(clust
     assert edited.status_code == 303
     page = (await alice.on["b"].get("/")).text
     assert "words as edited" in page and "words as first written" not in page
+
+
+async def test_an_erasure_on_either_process_empties_every_processs_page_blobs(cluster: Cluster) -> None:
+    """An erased person's words may be in anyone's blob: every process drops all of its own, whichever process the
+    erasure ran on and whichever one's outbox relay carried it out (once on A, once on B: on one of the two, the
+    relay is in the other process, which the bus does not tell about its own message)."""
+    readers = [await cluster.account("alice"), await cluster.account("dave")]
+    bob = await cluster.account("bob")
+    for reader in readers:
+        assert (await reader.post("a", "/@bob/follow")).status_code == 303
+    await bob.compose("a", "words of bob")
+    # Whom nobody follows: only the rule that an erasure drops every blob empties the readers' (nothing they see
+    # changes, so no invalidation of theirs would).
+    erased = {"a": await cluster.account("erin"), "b": await cluster.account("frank")}
+
+    async def blobs(where: str) -> float:
+        return metric(await cluster.metrics(where), "cipherfeed_page_blobs")
+
+    async def held() -> bool:  # read again until no fan-out still to come drops a blob
+        for reader in readers:
+            for process in ("a", "b"):
+                assert (await reader.on[process].get("/")).status_code == 200
+        return await blobs("a") == await blobs("b") == 2
+
+    for where, person in erased.items():
+        assert await within(3.0, held, every=0.2) is not None, "each process holds both readers' blobs"
+        assert (await person.post(where, "/settings/delete", {"password": PASSWORD})).status_code in (200, 303)
+
+        async def emptied() -> bool:
+            return await blobs("a") == await blobs("b") == 0
+
+        assert await within(2.0, emptied) is not None, f"a process kept page blobs after an erasure made on {where}"
