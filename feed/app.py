@@ -75,6 +75,7 @@ from feed.web.middleware import (
     cookieless,
 )
 from feed.web.post_html import make_frame_style
+from feed.web.routing import IndexedRouter
 from feed.web.templating import is_htmx, make_environment, render
 
 log = logging.getLogger("feed")
@@ -401,7 +402,9 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
     if settings.replica_urls:
         middleware.append(Middleware(ReadYourWrites))
     handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error}
-    return Starlette(routes=routes(), middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(middleware=middleware, exception_handlers=handlers)
+    app.router = IndexedRouter(routes(), lifespan=lifespan)  # Starlette's, trying only the routes a path can match
+    return app
 
 
 def asgi_factory() -> Starlette:

@@ -66,6 +66,7 @@ class Registry:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
         self._callbacks: list[tuple[Any, Read, set[tuple[str, ...]]]] = []
+        self._publishers: list[Callable[[], None]] = []
 
     @staticmethod
     def _check(name: str, labelnames: Sequence[str]) -> None:
@@ -104,8 +105,14 @@ class Registry:
         self._callbacks.append((gauge, fn, set()))
         return gauge
 
+    def before_reading(self, publish: Callable[[], None]) -> None:
+        """``publish`` adds what its owner counted in plain numbers to its metrics, on each :meth:`refresh`."""
+        self._publishers.append(publish)
+
     def refresh(self) -> None:
-        """Write every callback gauge's current value."""
+        """Write every callback gauge's current value, and what was counted outside the metrics."""
+        for publish in self._publishers:
+            publish()
         for gauge, fn, seen in self._callbacks:
             result = fn()
             if not isinstance(result, dict):

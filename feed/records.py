@@ -229,6 +229,8 @@ class SealedPage:
     sealed: Sealed
     # A digest of everything above, made when first asked for (feed.web.page_blobs binds the seal to it).
     digest: Any = field(default=None, init=False, compare=False, repr=False)
+    # This process's last check of it against the posts and people it shows (feed.web.page_blobs), never stored.
+    checked: Any = field(default=None, init=False, compare=False, repr=False)
 
     def header_digest(self) -> int:
         """A 64-bit digest of every field but the sealed text: the seal's context holds it, so that a sealed page

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from feed.cache.l1 import _L1, _Entry
-from feed.cache.spaces import DERIVED, Key, Space, generation_key, generation_of, lock_key, redis_key
+from feed.cache.spaces import DERIVED, PREFIX, Key, Space, generation_key, generation_of, lock_key, redis_key
 from feed.cache.stamps import _INVALIDATE, _STORE_IF_UNCHANGED, _stamp, _unstamp
 from feed.cache.stats import _Stats
 from feed.records import Cacheable, CorruptValue, check
@@ -23,6 +23,7 @@ log = logging.getLogger("feed.cache")  # the package's name, which log configura
 
 Loader = Callable[[list[Any]], Awaitable[Mapping[Any, Cacheable]]]
 REFILL_LOCK_SECONDS = 1.0
+_SPACE_AT = len(PREFIX) + 2  # where a Redis name's space begins: cf:{p:123}
 
 
 class Request(NamedTuple):
@@ -53,6 +54,9 @@ class Cache:
         self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
         self._refreshing: set[str] = set()
         self._pending: set[tuple[Space, Key]] = set()  # invalidations Redis missed while it was down
+        # Per space name, how many of its keys this process has dropped, and how many flushes: see changes().
+        self._changes: dict[str, int] = {}
+        self._flushes = 0
         self._scripts = Scripts()
         self.stats = _Stats(metrics)
         self.on_invalidate: Callable[[list[str]], Awaitable[None]] | None = None
@@ -76,6 +80,11 @@ class Cache:
         found: dict[Any, Cacheable] = {}
         self._from_l1(space, dict.fromkeys(keys), found)
         return found
+
+    def changes(self, space: Space) -> tuple[int, int]:
+        """A stamp that moves whenever this process may have learnt that a value of ``space`` changed (a key of it
+        dropped, or L1 flushed): what was read from ``space`` and checked while the stamp stood is still current."""
+        return self._flushes, self._changes.get(space.name, 0)
 
     async def get(self, space: Space, key: Key, load: Loader) -> Cacheable | None:
         found: dict[Any, Cacheable] = {}
@@ -366,8 +375,11 @@ class Cache:
 
     def drop(self, names: Iterable[str]) -> None:
         """Forget these keys in this process (a local write, or an invalidation from the bus)."""
+        changes = self._changes
         for name in names:
             self._generations[name] = self._generations.get(name, 0) + 1
+            space = name[_SPACE_AT : name.find(":", _SPACE_AT)]
+            changes[space] = changes.get(space, 0) + 1
             for store in self._stores:
                 store.discard(name)
         if len(self._generations) > 100_000:
@@ -387,6 +399,7 @@ class Cache:
             self._generations[name] = self._generations.get(name, 0) + 1
         for store in self._stores:
             store.clear()
+        self._flushes += 1
         self.stats.flushes += 1
 
     async def replay_pending(self) -> None:

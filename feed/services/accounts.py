@@ -6,7 +6,6 @@ as absent.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -59,7 +58,7 @@ class Session:
 
 def token_hash(svc: Services, token: str) -> bytes:
     """What is stored for a session id or API token: keyed, so a database copy cannot even confirm one."""
-    return hmac.new(svc.secrets.token_key, token.encode(), hashlib.sha256).digest()
+    return hmac.digest(svc.secrets.token_key, token.encode(), "sha256")
 
 
 async def _password_guess(svc: Services, user: User) -> list[tuple[str, int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 from functools import partial
@@ -28,7 +27,7 @@ def services(request: Request) -> Services:
 
 
 def _https(request: Request) -> bool:
-    return request.url.scheme == "https"
+    return request.scope.get("scheme") == "https"  # request.url.scheme, without making the URL
 
 
 def _cookie_name(request: Request, base: str) -> str:
@@ -109,7 +108,7 @@ def _csrf_base(request: Request) -> str | None:
 
 def _mac(request: Request, base: str) -> str:
     key: bytes = request.app.state.csrf_key
-    digest = hmac.new(key, base.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key, base.encode(), "sha256")
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 from markupsafe import Markup
@@ -50,14 +50,14 @@ from feed.storage.erasure import ERASED
 from feed.web.auth import csrf_token
 from feed.web.post_html import PostHtml, reply_count_html
 from feed.web.templating import draft_key, unread_badge
-from feed.web.times import reltime
+from feed.web.times import WEEK, date_shown, short_age
 
 HOLE = "\x02"  # no post text, name or count can hold it: normalisation refuses control characters
-_HOLE_BYTE = HOLE.encode()
 _CSRF, _UNREAD, _SINCE, _DRAFT = (Markup(f"{HOLE}{code}{HOLE}") for code in "culd")  # noqa: S704 - constants
 _TIME, _REPLIES, _LIKES, _BOOSTS = (f"{HOLE}{code}{HOLE}" for code in "prkb")  # a post's
 _AUDIENCES = {"public": "P", "unlisted": "U", "followers": "F", "direct": "D"}  # the composer's options
-_CODES = frozenset("culdprkb" + "".join(_AUDIENCES.values()))
+_SHELL = frozenset("cud" + "".join(_AUDIENCES.values()))  # filled per request
+_CODES = frozenset("lprkb") | _SHELL
 _UNSHOWN = "\x00"  # a person named on a page by username only
 # What chose a page's posts, keyed by its viewer (each one's invalidation drops the blob: feed.cache.DERIVED).
 _INPUTS = (HOME, FOLLOWING, BLOCKED, MUTED, LIKED, BOOKMARKED, BOOSTED)
@@ -109,6 +109,14 @@ def _holes_of(html: str) -> str | None:
     """The letters of the page's holes, in order (None if a page text held the hole mark: no blob is kept then)."""
     codes = html.split(HOLE)[1::2]
     return "".join(codes) if all(len(code) == 1 and code in _CODES for code in codes) else None
+
+
+def _format_of(html: str) -> str:
+    """The page as a ``%`` format whose fields are its holes, in order: filled in one pass (``bytes % values``)."""
+    parts = html.split(HOLE)
+    parts[0::2] = [text.replace("%", "%%") for text in parts[0::2]]
+    parts[1::2] = ["%b"] * (len(parts) // 2)
+    return "".join(parts)
 
 
 def _context(timeline: str, viewer: User, blob: SealedPage) -> FieldContext:
@@ -184,7 +192,7 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
     if codes is None:
         return None
     fields = (variant(env, timeline), key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
-    sealed = seal_fields(key, {f"page:{timeline}": html}, object_id=viewer.id, owner_id=viewer.id,
+    sealed = seal_fields(key, {f"page:{timeline}": _format_of(html)}, object_id=viewer.id, owner_id=viewer.id,
                          revision=page_digest(*fields))[f"page:{timeline}"]  # fmt: skip
     return SealedPage(*fields, sealed)
 
@@ -220,9 +228,40 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
     return None
 
 
+class _Checked(NamedTuple):
+    """A blob checked against the posts and people it shows, while the cache's stamp of both spaces stood: until it
+    moves, nothing the check read has changed, and a read of the blob skips the check (``SealedPage.checked``)."""
+
+    stamp: tuple[tuple[int, int], tuple[int, int]]
+    values: list[bytes]  # each hole's filling, as far as it is the same for every request until the stamp moves
+    ages: list[tuple[int, float, bytes]]  # (hole, when its post was made in epoch seconds, its date from a week on)
+    shell: list[tuple[int, str]]  # (hole, letter) of what each request fills: its token, its unread count...
+    aged: list[Any]  # [second, values with the posts' ages then]: the ages change once a second at most
+
+
 async def _open(
     request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage, audience: str
 ) -> bytes | None:
+    stamp = (svc.cache.changes(POSTS), svc.cache.changes(USERS))  # before the reads it vouches for
+    checked: _Checked | None = blob.checked
+    if checked is None or checked.stamp != stamp:
+        checked = await _check(request.app.state.templates, svc, blob, stamp)
+        if checked is None:
+            return None
+        object.__setattr__(blob, "checked", checked)
+    key = await _viewer_key(svc, viewer, blob.key_version)
+    if key is None:
+        return None
+    try:
+        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer, blob))
+    except InvalidToken:
+        return None
+    return _fill(request, text, checked, audience)
+
+
+async def _check(env: jinja2.Environment, svc: Services, blob: SealedPage, stamp: Any) -> _Checked | None:
+    """Whether each post on the blob is at the revision it was drawn at and each person has the names it shows and
+    is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again)."""
     ids = [entry[0] for entry in blob.posts]
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
@@ -248,52 +287,59 @@ async def _open(
         elif (
             person is None
             or person.key_version == ERASED
-            or (person.username, person.display_name)
-            != (
-                username,
-                display_name,
-            )
+            or (person.username, person.display_name) != (username, display_name)
         ):
             return None  # erased or renamed since
-    key = await _viewer_key(svc, viewer, blob.key_version)
-    if key is None:
-        return None
-    try:
-        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer, blob))
-    except InvalidToken:
-        return None
-    return _fill(request, text, blob, shown, audience)
+    return _fillings(env, blob, shown, stamp)
 
 
-def _fill(request: Request, text: bytes, blob: SealedPage, shown: list[PostRecord], audience: str) -> bytes | None:
-    """The page: ``text`` (UTF-8) with its holes filled for this request (None if they do not match the text)."""
-    env: jinja2.Environment = request.app.state.templates
-    now = datetime.now(UTC)
-    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
-             "l": b"%d" % blob.drawn_ms, "d": draft_key().encode()}  # fmt: skip
-    for option, code in _AUDIENCES.items():
-        shell[code] = b" selected" if option == audience else b""
+def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord], stamp: Any) -> _Checked | None:
+    year = datetime.now(UTC).year
+    values: list[bytes] = []
+    ages: list[tuple[int, float, bytes]] = []
+    shell: list[tuple[int, str]] = []
     posts = iter(shown)
     r: PostRecord | None = None
-    values: list[bytes] = []
-    for code in blob.holes:
+    for index, code in enumerate(blob.holes):
+        filled = b""
         if code == "p":
             r = next(posts, None)
             if r is None:
                 return None
-            values.append(reltime(r.created_at, now).encode())
-        elif r is not None and code == "k":
-            values.append(b"%d" % r.likes_count)
-        elif r is not None and code == "b":
-            values.append(b"%d" % r.reblogs_count)
-        elif r is not None and code == "r":
-            values.append(reply_count_html(env, r.replies_count).encode())
-        elif (filled := shell.get(code)) is not None:
-            values.append(filled)
-        else:
+            ages.append((index, r.created_at.timestamp(), date_shown(r.created_at, year).encode()))
+        elif code == "l":
+            filled = b"%d" % blob.drawn_ms
+        elif code in _SHELL:
+            shell.append((index, code))
+        elif r is None:
             return None
-    parts = text.split(_HOLE_BYTE)
-    if len(parts) != 2 * len(values) + 1:
+        elif code == "k":
+            filled = b"%d" % r.likes_count
+        elif code == "b":
+            filled = b"%d" % r.reblogs_count
+        else:  # "r": _holes_of() let no other letter in
+            filled = reply_count_html(env, r.replies_count).encode()
+        values.append(filled)
+    return _Checked(stamp, values, ages, shell, [None, values])
+
+
+def _fill(request: Request, text: bytes, checked: _Checked, audience: str) -> bytes | None:
+    """The page: ``text`` (UTF-8, :func:`_format_of`) with its holes filled for this request (None if they do not
+    match the text)."""
+    now = int(time.time())
+    aged = checked.aged
+    if aged[0] != now:  # the posts' ages, once a second
+        values = checked.values.copy()
+        for index, created, date in checked.ages:
+            seconds = int(now - created)
+            values[index] = date if seconds >= WEEK else short_age(seconds).encode()
+        aged[:] = now, values
+    values = aged[1].copy()
+    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
+             "d": draft_key().encode(), _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
+    for index, code in checked.shell:
+        values[index] = shell.get(code, b"")
+    try:
+        return text % tuple(values)
+    except (TypeError, ValueError):  # not as many holes as the page was drawn with
         return None
-    parts[1::2] = values
-    return b"".join(parts)

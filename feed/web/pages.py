@@ -66,7 +66,7 @@ async def home(request: Request) -> Response:
         return render(request, "welcome.html")
     svc = services(request)
     composer = {"visibility": _last_visibility(request)}
-    if not request.url.query and not is_htmx(request):  # the first page, whole: the viewer's sealed blob
+    if not request.scope["query_string"] and not is_htmx(request):  # the first page, whole: the viewer's blob
 
         async def draw() -> tuple[TimelinePage, dict[str, object]]:
             page = await timelines.home(svc, user, _page(request), frame_style(request))
