@@ -1,7 +1,8 @@
 """The stack's ceilings, served by uvicorn with the same settings as cipherfeed:
 
 - ``asgi_factory``: a bare Starlette route that answers with the bytes of the real page (the harness fetches the
-  real page once and passes the file holding it in ``BENCH_PAGE_FILE``).
+  real page once and passes the file holding it in ``BENCH_PAGE_FILE``), and another with those of the API's home
+  timeline (``BENCH_API_FILE``).
 - ``sse_factory``: a bare Starlette server-sent events broadcaster: ``GET /events`` holds a stream open,
   ``POST /publish`` writes its body to every open stream (the bytes of a real cipherfeed event, in scenario 8).
 """
@@ -29,7 +30,15 @@ def asgi_factory() -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    return Starlette(routes=[Route("/", page), Route("/healthz", healthz)])
+    found = [Route("/", page), Route("/healthz", healthz)]
+    if api_file := os.environ.get("BENCH_API_FILE"):  # the API's home timeline, at its own path
+        statuses = Path(api_file).read_bytes()
+
+        async def api(request: Request) -> Response:
+            return Response(statuses, media_type="application/json")
+
+        found.append(Route("/api/v1/timelines/home", api))
+    return Starlette(routes=found)
 
 
 def sse_factory() -> Starlette:

@@ -140,7 +140,14 @@ async def _measure(
     page = await _page(cf.port, cookie, "cipherfeed")
     page_file = procs.workdir / "page.html"
     page_file.write_bytes(page.body)
-    page_env = {"BENCH_PAGE_FILE": str(page_file), "BENCH_PAGE_TYPE": page.headers["content-type"]}
+    api_headers = {"Authorization": f"Bearer {ds.api_token}"}
+    statuses = await http.get(cf.port, "/api/v1/timelines/home", api_headers)
+    if statuses.status != 200 or statuses.body.count(b'"favourites_count"') < PAGE_POSTS:
+        raise StartFailed(f"the API's home timeline answered {statuses.status} without {PAGE_POSTS} statuses")
+    api_file = procs.workdir / "statuses.json"
+    api_file.write_bytes(statuses.body)
+    page_env = {"BENCH_PAGE_FILE": str(page_file), "BENCH_PAGE_TYPE": page.headers["content-type"],
+                "BENCH_API_FILE": str(api_file)}  # fmt: skip
     bare = procs.uvicorn("bare", "bench.peers:asgi_factory", page_env)
     await wait_ready(bare)
     naive_page = await _page(naive.port, cookie, "naive")
@@ -150,7 +157,8 @@ async def _measure(
         Load("naive", naive, "/", cookie),
         Load("l1cold", cold, "/", cookie),
         Load("public", cf, "/public", cookie),
-        Load("api", cf, "/api/v1/timelines/home", {"Authorization": f"Bearer {ds.api_token}"}),
+        Load("api", cf, "/api/v1/timelines/home", api_headers),
+        Load("bare_api", bare, "/api/v1/timelines/home", api_headers),
     ]
     if baseline is not None:
         loads.append(Load("baseline", base, "/", {"Cookie": f"cf_session={baseline.session_token}"}))
@@ -159,7 +167,8 @@ async def _measure(
         if answer.status != 200:
             raise StartFailed(f"{load.name} answered {answer.status} for {load.path}")
     bench = Bench(config, cores, loads, {"home": redis_main.port, "public": redis_main.port, "l1cold": redis_cold.port})
-    bench.notes["page_bytes"] = {"cipherfeed": len(page.body), "naive": len(naive_page.body)}
+    bench.notes["page_bytes"] = {"cipherfeed": len(page.body), "naive": len(naive_page.body),
+                                 "api": len(statuses.body)}  # fmt: skip
 
     print("warming up", file=sys.stderr)
     # Workers build the viewer's home feeds (queued by the first pages) while the servers warm up, then stop, so

@@ -63,6 +63,7 @@ from feed.web.auth import session_state
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
+from feed.web.hot_path import BlobPages
 from feed.web.hub import Hub
 from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
 from feed.web.middleware import (
@@ -392,6 +393,7 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
         Middleware(DirectSend),  # live streams write their body chunks past the layers below (feed.web.sse)
         Middleware(ApiTrailingSlash),  # every layer below sees the path as routed
         Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it
+        Middleware(BlobPages),  # home pages from their blobs, past every layer below (feed.web.hot_path)
         Middleware(SecurityHeaders),
         Middleware(CatchAll),
         Middleware(ApiCors),

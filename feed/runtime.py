@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from feed import db
 from feed.bus import Bus, Invalidation, LocalBus, RedisBus
-from feed.cache import PAGES, Cache
+from feed.cache import PAGE_SPACES, Cache
 from feed.home_feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
 from feed.media.store import MediaStore
@@ -85,7 +85,8 @@ def forget_user(keys: KeyStore, cache: Cache, user_id: int) -> None:
     """A person's keys changed or were destroyed: no unwrapped key of theirs stays here, nor any viewer's page blob
     (an erasure: any of them may hold that person's words)."""
     keys.forget(user_id)
-    cache.drop_space(PAGES)
+    for space in PAGE_SPACES:
+        cache.drop_space(space)
 
 
 def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: RedisLink | None) -> None:
@@ -119,10 +120,12 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
     metrics.gauge_callback(
         "cipherfeed_page_blobs_bytes",
         "Bytes of viewers' page blobs in this process's L1",
-        lambda: cache.l1_space(PAGES)[0],
+        lambda: sum(cache.l1_space(space)[0] for space in PAGE_SPACES),
     )
     metrics.gauge_callback(
-        "cipherfeed_page_blobs", "Viewers' page blobs in this process's L1", lambda: cache.l1_space(PAGES)[1]
+        "cipherfeed_page_blobs",
+        "Viewers' page blobs in this process's L1",
+        lambda: sum(cache.l1_space(space)[1] for space in PAGE_SPACES),
     )
 
 
@@ -148,8 +151,8 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
         link = RedisLink.connect(settings.redis_url, metrics=metrics) if settings.redis_url else None
         if link is not None:
             stack.push_async_callback(link.close)
-        cache = Cache(link, l1_bytes=settings.cache_l1_bytes, budgets={PAGES: settings.cache_pages_bytes},
-                      metrics=metrics)  # fmt: skip
+        budgets = dict.fromkeys(PAGE_SPACES, settings.cache_pages_bytes)  # each kind of page blob its own
+        cache = Cache(link, l1_bytes=settings.cache_l1_bytes, budgets=budgets, metrics=metrics)
         bus: Bus = RedisBus(link, metrics=metrics) if link else LocalBus()
         keys = KeyStore(ring)
         streams: Streams | None = None

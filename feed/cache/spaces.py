@@ -55,6 +55,8 @@ MUTED = Space("m", l1_ttl=60, l2_ttl=60)
 # request (feed.web.page_blobs). Keyed by the viewer; dropped with any of the viewer's keys in DERIVED below (what
 # the page's choice of posts depends on), and checked, when read, against the records of the posts and people on it.
 PAGES = Space("w", l1_ttl=60, l2_ttl=120)  # a blob lives a minute at most (feed.web.page_blobs)
+STATUS_PAGES = Space("v", l1_ttl=60, l2_ttl=120)  # the same for the API's JSON
+PAGE_SPACES = (PAGES, STATUS_PAGES)
 SPACES = (
     POSTS,
     USERS,
@@ -74,12 +76,13 @@ SPACES = (
     BLOCKED,
     MUTED,
     PAGES,
+    STATUS_PAGES,
 )
 # An invalidation of a key of one of these spaces drops the same key of the spaces it names too: a viewer's home
 # page blob goes with their home refs, whom they block, mute and follow, their own profile, and what they liked,
 # bookmarked and boosted.
 _PAGE_INPUTS = (HOME, BLOCKED, MUTED, FOLLOWING, USERS, LIKED, BOOKMARKED, BOOSTED)
-DERIVED: dict[str, tuple[Space, ...]] = {space.name: (PAGES,) for space in _PAGE_INPUTS}
+DERIVED: dict[str, tuple[Space, ...]] = {space.name: PAGE_SPACES for space in _PAGE_INPUTS}
 
 
 # A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter

@@ -312,7 +312,7 @@ async def token_grant(svc: Services, token: str) -> Grant | None:
     found = await lookup.user(svc, record.user_id)
     if found is None or erasure.is_erased(found):
         return None
-    return Grant(User.from_row(found), record.app_id, scopes)
+    return Grant(User.of(found), record.app_id, scopes)
 
 
 async def token_user(svc: Services, token: str) -> User | None:

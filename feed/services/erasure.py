@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from feed.cache import PAGES
+from feed.cache import PAGE_SPACES, Space
 from feed.errors import Conflict, NotFound
 from feed.events import merge
 from feed.home_feeds import FeedsUnavailable
@@ -157,22 +157,24 @@ async def drop_page_blobs(svc: Services) -> int:
     may be in anyone's, sealed under the viewer's key. Each is invalidated (its generation counter raised), so a
     blob drawn before the erasure and stored after it is refused too. The other processes drop theirs when the
     erasure's outbox row tells them to forget the person. How many were in Redis."""
-    svc.cache.drop_space(PAGES)
+    for space in PAGE_SPACES:
+        svc.cache.drop_space(space)
     link = svc.cache.link
     if link is None:
         return 0
-    viewers: list[int] = []
+    viewers: list[tuple[Space, int]] = []
 
     async def find(r: Any) -> None:
-        async for names in scan_keys(r, match=f"{PAGES.key_prefix}*"):
-            for name in names:
-                key = (name.decode() if isinstance(name, bytes) else str(name))[len(PAGES.key_prefix) : -1]
-                if key.isdigit():
-                    viewers.append(int(key))
+        for space in PAGE_SPACES:
+            async for names in scan_keys(r, match=f"{space.key_prefix}*"):
+                for name in names:
+                    key = (name.decode() if isinstance(name, bytes) else str(name))[len(space.key_prefix) : -1]
+                    if key.isdigit():
+                        viewers.append((space, int(key)))
 
     await link.run(find)
     for start in range(0, len(viewers), 500):
-        await svc.cache.invalidate([(PAGES, viewer) for viewer in viewers[start : start + 500]], broadcast=False)
+        await svc.cache.invalidate(viewers[start : start + 500], broadcast=False)
     return len(viewers)
 
 

@@ -16,7 +16,7 @@ from feed.media import images
 from feed.services import accounts, bookmarks, boosts, follows, media, oauth, posts, relations, site, timelines
 from feed.services.models import Page, PostView, TimelinePage, User
 from feed.services.text import MAX_POST_CHARS
-from feed.web import mastodon
+from feed.web import mastodon, page_blobs
 from feed.web.auth import api_user, services
 from feed.web.forms import BadRequest, parse_count, parse_id, path_id, read_body
 from feed.web.openapi import BOOLEAN, ID, PAGING, STATUS_FORM, STRING, VISIBILITY, array, operation, ref
@@ -428,7 +428,25 @@ async def home_timeline(request: Request) -> Response:
     assert user is not None
     page = _page(request)
     style = mastodon.status_style(request)
-    return await _timeline_response(request, page, await timelines.home(services(request), user, page, style))
+    svc = services(request)
+    if request.query_params.keys() <= {"limit"}:  # the first page: the viewer's sealed blob
+
+        async def draw() -> TimelinePage:
+            return await timelines.home(svc, user, page, style)
+
+        found = await page_blobs.serve_statuses(request, svc, user, "home", page.limit, draw)
+        if found is not None:
+            body, links = found
+            return Response(body, media_type="application/json", headers={"Link": links.decode()} if links else None)
+    return await _timeline_response(request, page, await timelines.home(svc, user, page, style))
+
+
+async def home_timeline_from_blob(request: Request) -> tuple[bytes, bytes] | None:
+    """The home timeline's first page (a request without a query) if the viewer's blob is in L1 or Redis and good
+    now (``feed.web.hot_path``): its JSON and its Link header."""
+    user = await api_user(request, "read:statuses")
+    assert user is not None
+    return await page_blobs.serve_statuses(request, services(request), user, "home", _page(request).limit, None)
 
 
 @operation(

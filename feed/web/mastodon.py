@@ -23,8 +23,20 @@ from feed.services.timelines import Revision
 VISIBILITY_OUT = {"public": "public", "unlisted": "unlisted", "followers": "private", "direct": "direct"}
 
 
-def _base(request: HTTPConnection) -> str:
-    return str(request.base_url).rstrip("/")
+def base_url(request: HTTPConnection) -> str:
+    """The server's address as the client asked for it (made once per address: ``request.base_url`` builds a URL)."""
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+    key = (scope.get("scheme"), host, scope.get("server"), scope.get("root_path"), scope.get("app_root_path"))
+    found = _bases.get(key)
+    if found is None:
+        if len(_bases) >= 64:
+            _bases.clear()
+        found = _bases[key] = str(request.base_url).rstrip("/")
+    return found
+
+
+_bases: dict[tuple[Any, ...], str] = {}
 
 
 def _absolute(base: str, html: str) -> str:
@@ -43,7 +55,7 @@ def account(
     request: HTTPConnection, profile: Profile, *, with_source: bool = False, follow_requests: int = 0
 ) -> dict[str, Any]:
     user = profile.user
-    base = _base(request)
+    base = base_url(request)
     url = f"{base}/@{user.username}"
     avatar = f"{base}/static/avatar.svg"
     out: dict[str, Any] = {
@@ -100,7 +112,7 @@ def status(
     with_source: bool = False,
 ) -> dict[str, Any]:
     """Mastodon's Status entity; ``apps``: the apps of the statuses (``oauth.applications``)."""
-    out = _static(_base(request), post)
+    out = _static(base_url(request), post)
     out |= {
         "account": account(request, profiles[post.author.id]),
         "application": _application(apps, post.app_id),
@@ -194,7 +206,7 @@ def dumps(value: Any) -> str:
 
 def status_style(request: HTTPConnection) -> FrameStyle:
     """How statuses are framed for this server address (their links carry it, so each address has its own)."""
-    base = _base(request)
+    base = base_url(request)
     style = _styles.get(base)
     if style is None:
         if len(_styles) >= 16:
@@ -204,7 +216,7 @@ def status_style(request: HTTPConnection) -> FrameStyle:
     return style
 
 
-def _account_text(request: HTTPConnection, base: str, profile: Profile) -> str:
+def account_text(request: HTTPConnection, base: str, profile: Profile) -> str:
     key = (base, profile)
     text = _accounts.get(key)
     if text is None:
@@ -221,24 +233,39 @@ def _whole(frame: str) -> tuple[str, ...] | None:
 
 
 def statuses_text(
-    request: HTTPConnection, posts: Sequence[PostView], profiles: dict[int, Profile], apps: Mapping[int, Application]
+    request: HTTPConnection,
+    posts: Sequence[PostView],
+    profiles: dict[int, Profile],
+    apps: Mapping[int, Application],
+    *,
+    holes: Mapping[str, str] | None = None,
 ) -> str:
-    """A JSON array of statuses, from their frames where they have one (the same JSON as :func:`status` gives)."""
-    base = _base(request)
-    accounts = {uid: _account_text(request, base, profile) for uid, profile in profiles.items()}
+    """A JSON array of statuses, from their frames where they have one (the same JSON as :func:`status` gives).
+    ``holes``: marks to write in place of the accounts and the counts, for a page blob (``feed.web.page_blobs``),
+    which fills them when read; ``profiles`` is not read then."""
+    base = base_url(request)
+    if holes is None:
+        accounts = {uid: account_text(request, base, profile) for uid, profile in profiles.items()}
     items = []
     for post in posts:
         frame = post.frame[0] if post.frame else _frame(base, post)
         application = dumps(_application(apps, post.app_id))
+        if holes is None:
+            account = accounts[post.author.id]
+            likes, replies, boosts = str(post.likes_count), str(post.replies_count), str(post.reblogs_count)
+            booster = accounts.get(post.booster.id) if post.booster is not None else None
+        else:
+            account, likes, replies, boosts = holes["account"], holes["likes"], holes["replies"], holes["boosts"]
+            booster = holes["booster"] if post.booster is not None else None
         item = (
-            f'{frame},"account":{accounts[post.author.id]},"application":{application},'
-            f'"favourites_count":{post.likes_count},"replies_count":{post.replies_count},'
+            f'{frame},"account":{account},"application":{application},'
+            f'"favourites_count":{likes},"replies_count":{replies},'
             f'"favourited":{_bool(post.liked)},"bookmarked":{_bool(post.bookmarked)},'
-            f'"reblogs_count":{post.reblogs_count},"reblogged":{_bool(post.reblogged)}}}'
+            f'"reblogs_count":{boosts},"reblogged":{_bool(post.reblogged)}}}'
         )
-        if post.booster is not None and post.booster.id in accounts:
-            item = _reblog_text(request, post, item, accounts[post.booster.id])
-        items.append(item)
+        if booster is not None:
+            item = _reblog_text(request, post, item, booster)
+        items.append(item if holes is None else holes["start"] + item)
     return "[" + ",".join(items) + "]"
 
 
@@ -246,7 +273,7 @@ def _reblog_text(request: HTTPConnection, post: PostView, original: str, booster
     """The reblog status of a boost (Mastodon's shape: a status of the booster's whose ``reblog`` is the post), as
     JSON text around the post's own."""
     assert post.booster is not None
-    base = _base(request)
+    base = base_url(request)
     when = iso(datetime.fromtimestamp((post.boost_id >> 16) / 1000, UTC))
     head: dict[str, Any] = {
         "id": str(post.boost_id),
@@ -290,7 +317,7 @@ def status_edit(
 ) -> dict[str, Any]:
     """Mastodon's StatusEdit entity: one version of a status."""
     return {
-        "content": _absolute(_base(request), str(version.content.html)),
+        "content": _absolute(base_url(request), str(version.content.html)),
         "spoiler_text": version.content.cw or "",
         "sensitive": version.sensitive or bool(version.content.cw),
         "created_at": iso(version.created_at),

@@ -34,7 +34,7 @@ def cookieless(path: str) -> bool:
     return path.startswith(("/api/", "/.well-known/", "/nodeinfo/")) or path in _APP_ENDPOINTS
 
 
-_SECURITY_HEADERS = [
+SECURITY_HEADERS = [
     (name.lower().encode("latin-1"), value.encode("latin-1"))
     for name, value in (
         ("Content-Security-Policy", CSP),
@@ -46,7 +46,7 @@ _SECURITY_HEADERS = [
         ("Cache-Control", "no-store"),
     )
 ]
-_HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
 
 class SecurityHeaders:
@@ -60,7 +60,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        wanted = [*_SECURITY_HEADERS, _HSTS] if scope.get("scheme") == "https" else _SECURITY_HEADERS
+        wanted = [*SECURITY_HEADERS, HSTS] if scope.get("scheme") == "https" else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

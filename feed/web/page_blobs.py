@@ -32,21 +32,40 @@ import inspect
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 import jinja2
 from markupsafe import Markup
 from starlette.requests import Request
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field_utf8, seal_fields
-from feed.cache import BLOCKED, BOOKMARKED, BOOSTED, FOLLOWING, HOME, LIKED, MUTED, PAGES, POSTS, USERS, redis_key
+from feed.cache import (
+    BLOCKED,
+    BOOKMARKED,
+    BOOSTED,
+    COUNTS,
+    FOLLOWING,
+    HOME,
+    LIKED,
+    MUTED,
+    PAGES,
+    POSTS,
+    STATUS_PAGES,
+    USERS,
+    Space,
+    redis_key,
+)
 from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey, page_digest
-from feed.services import lookup
+from feed.services import accounts as accounts_service
+from feed.services import lookup, oauth
 from feed.services.context import Services
 from feed.services.models import PostView, TimelinePage, User
 from feed.storage.erasure import ERASED
+from feed.web import mastodon
 from feed.web.auth import csrf_token
 from feed.web.post_html import PostHtml, reply_count_html
 from feed.web.templating import draft_key, unread_badge
@@ -56,17 +75,35 @@ HOLE = "\x02"  # no post text, name or count can hold it: normalisation refuses 
 _CSRF, _UNREAD, _SINCE, _DRAFT = (Markup(f"{HOLE}{code}{HOLE}") for code in "culd")  # noqa: S704 - constants
 _TIME, _REPLIES, _LIKES, _BOOSTS = (f"{HOLE}{code}{HOLE}" for code in "prkb")  # a post's
 _AUDIENCES = {"public": "P", "unlisted": "U", "followers": "F", "direct": "D"}  # the composer's options
-_SHELL = frozenset("cud" + "".join(_AUDIENCES.values()))  # filled per request
-_CODES = frozenset("lprkb") | _SHELL
+_SHELL = frozenset("cudh" + "".join(_AUDIENCES.values()))  # filled per request (h: the API's server address)
+# A status in the API: where each starts (s), its author's and its booster's accounts (a, A), its reply count (y).
+_START, _ACCOUNT, _BOOSTER, _REPLY_COUNT, _BASE = (f"{HOLE}{code}{HOLE}" for code in "saAyh")
+_CODES = frozenset("lprkbsaAy") | _SHELL
 _UNSHOWN = "\x00"  # a person named on a page by username only
 # What chose a page's posts, keyed by its viewer (each one's invalidation drops the blob: feed.cache.DERIVED).
 _INPUTS = (HOME, FOLLOWING, BLOCKED, MUTED, LIKED, BOOKMARKED, BOOSTED)
 
 Draw = Callable[[], Awaitable[tuple[TimelinePage, dict[str, Any]]]]
+# A blob's text with its holes, and the posts it shows, in the order of their holes.
+Paint = Callable[[], Awaitable[tuple[str, list[PostView]]]]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A kind of blob: its seal's field name, its cache space, and the spaces whose changes its check follows."""
+
+    name: str
+    space: Space
+    checked: tuple[Space, ...]
+
+
+_HOME_PAGE = _Kind("page:home", PAGES, (POSTS, USERS))
+_HOME_STATUSES = _Kind("page:api:home", STATUS_PAGES, (POSTS, USERS, COUNTS))  # its accounts show their counts
 
 
 _DRAWING_CODE = ("feed.web.page_blobs", "feed.web.post_html", "feed.web.templating", "feed.web.times",
-                 "feed.web.pages", "feed.web.live", "feed.services.timelines", "feed.services.fanout")  # fmt: skip
+                 "feed.web.pages", "feed.web.live", "feed.services.timelines", "feed.services.fanout",
+                 "feed.web.mastodon", "feed.web.api")  # fmt: skip
 
 
 @cache
@@ -105,24 +142,24 @@ class _Holes(PostHtml):
                         pieces[2], _REPLIES, pieces[3], actions, pieces[4]))  # fmt: skip
 
 
-def _holes_of(html: str) -> str | None:
-    """The letters of the page's holes, in order (None if a page text held the hole mark: no blob is kept then)."""
-    codes = html.split(HOLE)[1::2]
+def _holes_of(text: str) -> str | None:
+    """The letters of the text's holes, in order (None if a post's text held the hole mark: no blob is kept then)."""
+    codes = text.split(HOLE)[1::2]
     return "".join(codes) if all(len(code) == 1 and code in _CODES for code in codes) else None
 
 
-def _format_of(html: str) -> str:
-    """The page as a ``%`` format whose fields are its holes, in order: filled in one pass (``bytes % values``)."""
-    parts = html.split(HOLE)
-    parts[0::2] = [text.replace("%", "%%") for text in parts[0::2]]
+def _format_of(text: str) -> str:
+    """The text as a ``%`` format whose fields are its holes, in order: filled in one pass (``bytes % values``)."""
+    parts = text.split(HOLE)
+    parts[0::2] = [part.replace("%", "%%") for part in parts[0::2]]
     parts[1::2] = ["%b"] * (len(parts) // 2)
     return "".join(parts)
 
 
-def _context(timeline: str, viewer: User, blob: SealedPage) -> FieldContext:
-    """The seal's context: the viewer, and a digest of the blob's clear fields, so that its text opens only beside
-    the ids, names, holes and expiry it was drawn with."""
-    return FieldContext(f"page:{timeline}", viewer.id, viewer.id, blob.header_digest())
+def _context(kind: _Kind, viewer: User, blob: SealedPage) -> FieldContext:
+    """The seal's context: the kind, the viewer, and a digest of the blob's clear fields, so that its text opens
+    only beside the ids, names, holes and expiry it was drawn with."""
+    return FieldContext(kind.name, viewer.id, viewer.id, blob.header_digest())
 
 
 async def _viewer_key(svc: Services, viewer: User, version: int) -> UserKey | None:
@@ -146,9 +183,8 @@ async def _expires(svc: Services, viewer: User) -> int:
     return int(min([now + HOME.l1_ttl, *(until for until in ids[1::2] if until > now)]))
 
 
-async def _draw(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw,
-                ) -> SealedPage | None:  # fmt: skip
-    """Draw the page with holes and seal it (None: the viewer's key cannot be had)."""
+async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Paint) -> SealedPage | None:
+    """Paint the blob's text with holes and seal it (None: the viewer's key cannot be had)."""
     key = await _viewer_key(svc, viewer, viewer.key_version)
     if key is None:
         return None
@@ -157,43 +193,22 @@ async def _draw(request: Request, svc: Services, viewer: User, timeline: str, te
     svc.cache.drop([redis_key(space, viewer.id) for space in _INPUTS])
     drawn_ms = int(time.time() * 1000)
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
-    page, context = await draw()
-    env: jinja2.Environment = request.app.state.templates
-    here = request.url.path
-    holes = _Holes(env, viewer, here)
-    ids = ",".join(str(post.id) for post in page.posts[:100])
-    ctx: dict[str, Any] = {
-        "request": request,
-        "viewer": viewer,
-        "unread": 0,
-        "unread_badge": lambda _: _UNREAD,
-        "draft_key": lambda: _DRAFT,
-        "chosen": _chosen_hole,
-        "csrf": _CSRF,
-        "path": here,
-        "here": here,
-        "notice": "",
-        "render_post": holes,
-        "live": Markup(f"/events?timeline={timeline}&amp;since={_SINCE}&amp;posts={ids}"),  # noqa: S704 - ids
-        "refresh": f"{here}?fragment=timeline",
-        **context,
-    }
-    html = env.get_template(template).render(ctx)
+    text, shown = await paint()
     people: dict[int, tuple[int, str, str]] = {}
-    for post in holes.shown:
+    for post in shown:
         for person in (post.author, post.booster):
             if person is not None:
                 people[person.id] = (person.id, person.username, person.display_name)
         if post.in_reply_to_author_id:  # shown by username only ("replying to")
             parent = post.in_reply_to_author_id
             people.setdefault(parent, (parent, post.reply_to_username or "", _UNSHOWN))
-    posts = tuple((p.id, p.revision, p.booster.id if p.booster else 0) for p in holes.shown)
-    codes = _holes_of(html)
+    posts = tuple((p.id, p.revision, p.booster.id if p.booster else 0) for p in shown)
+    codes = _holes_of(text)
     if codes is None:
         return None
-    fields = (variant(env, timeline), key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
-    sealed = seal_fields(key, {f"page:{timeline}": _format_of(html)}, object_id=viewer.id, owner_id=viewer.id,
-                         revision=page_digest(*fields))[f"page:{timeline}"]  # fmt: skip
+    fields = (wanted, key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
+    sealed = seal_fields(key, {kind.name: _format_of(text)}, object_id=viewer.id, owner_id=viewer.id,
+                         revision=page_digest(*fields))[kind.name]  # fmt: skip
     return SealedPage(*fields, sealed)
 
 
@@ -202,50 +217,120 @@ def _chosen_hole(current: str, value: str) -> Markup:
     return Markup(f"{HOLE}{_AUDIENCES[value]}{HOLE}")  # noqa: S704 - a constant letter
 
 
-async def serve(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw,
+async def serve(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw | None,
                 audience: str) -> bytes | None:  # fmt: skip
     """The viewer's first page of ``timeline``: from their blob, drawn first if there is none or it is stale (None
-    when it cannot be: the caller draws the page the ordinary way). ``audience``: the composer's, chosen."""
+    when it cannot be: the caller draws the page the ordinary way). ``audience``: the composer's, chosen. Without
+    ``draw``: only from a blob in L1 or Redis that is good now."""
     env: jinja2.Environment = request.app.state.templates
-    wanted = variant(env, timeline)
+
+    async def paint() -> tuple[str, list[PostView]]:
+        assert draw is not None
+        page, context = await draw()
+        here = request.url.path
+        holes = _Holes(env, viewer, here)
+        ids = ",".join(str(post.id) for post in page.posts[:100])
+        ctx: dict[str, Any] = {
+            "request": request,
+            "viewer": viewer,
+            "unread": 0,
+            "unread_badge": lambda _: _UNREAD,
+            "draft_key": lambda: _DRAFT,
+            "chosen": _chosen_hole,
+            "csrf": _CSRF,
+            "path": here,
+            "here": here,
+            "notice": "",
+            "render_post": holes,
+            "live": Markup(f"/events?timeline={timeline}&amp;since={_SINCE}&amp;posts={ids}"),  # noqa: S704 - ids
+            "refresh": f"{here}?fragment=timeline",
+            **context,
+        }
+        return env.get_template(template).render(ctx), holes.shown
+
+    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
+             "d": draft_key().encode(), _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
+    return await _serve(request, svc, viewer, _HOME_PAGE, variant(env, timeline), paint if draw else None, shell)
+
+
+async def serve_statuses(request: Request, svc: Services, viewer: User, timeline: str, limit: int,
+                         draw: Callable[[], Awaitable[TimelinePage]] | None) -> tuple[bytes, bytes] | None:  # fmt: skip
+    """The API's first page of ``timeline`` (``limit`` statuses) for the viewer, as :func:`serve` does the HTML
+    page: the JSON array and its Link header (None when it cannot be had: the caller writes the page itself)."""
+    env: jinja2.Environment = request.app.state.templates
+    base = mastodon.base_url(request)
+    path = request.url.path
+
+    async def paint() -> tuple[str, list[PostView]]:
+        assert draw is not None
+        page = await draw()
+        links = []
+        if page.next_max_id:
+            links.append(f'<{_BASE}{path}?{urlencode({"limit": limit, "max_id": page.next_max_id})}>; rel="next"')
+        if page.posts and page.prev_min_id:
+            links.append(f'<{_BASE}{path}?{urlencode({"limit": limit, "min_id": page.prev_min_id})}>; rel="prev"')
+        apps = await oauth.applications(svc, {p.app_id for p in page.posts})
+        body = mastodon.statuses_text(request, page.posts, {}, apps, holes=_STATUS_HOLES)
+        return f"{', '.join(links)}\n{body}", list(page.posts)
+
+    wanted = f"{variant(env, f'api:{timeline}')}|{limit}|{base}"
+    found = await _serve(request, svc, viewer, _HOME_STATUSES, wanted, paint if draw else None, {"h": base.encode()})
+    if found is None:
+        return None
+    links, _, body = found.partition(b"\n")
+    return body, links
+
+
+# What mastodon.statuses_text writes in place of what an API blob fills per request or when checked.
+_STATUS_HOLES = {"start": _START, "account": _ACCOUNT, "booster": _BOOSTER, "likes": _LIKES,
+                 "replies": _REPLY_COUNT, "boosts": _BOOSTS}  # fmt: skip
+
+
+async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Paint | None,
+                 shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
+    """The blob of ``kind`` for ``viewer``, opened and filled; drawn with ``paint`` if there is none or it is stale.
+    Without ``paint``, only a blob that is in L1 or Redis and good now (else None): ``feed.web.hot_path``."""
 
     async def load(_: list[int]) -> Mapping[int, SealedPage]:
-        drawn = await _draw(request, svc, viewer, timeline, template, draw)
+        if paint is None:
+            return {}
+        drawn = await _draw(svc, viewer, kind, wanted, paint)
         return {viewer.id: drawn} if drawn is not None else {}
 
     for attempt in range(2):
-        blob = svc.cache.cached(PAGES, viewer.id)
+        blob = svc.cache.cached(kind.space, viewer.id)
         if blob is None:
-            blob = await svc.cache.get(PAGES, viewer.id, load)
+            blob = await svc.cache.get(kind.space, viewer.id, load)
         if not isinstance(blob, SealedPage):
             return None
         if blob.variant == wanted and blob.expires > time.time():
-            body = await _open(request, svc, viewer, timeline, blob, audience)
+            body = await _open(request, svc, viewer, kind, blob, shell)
             if body is not None:
                 return body
+        if paint is None:
+            return None
         if attempt == 0:  # stale: drawn again (here, in Redis; the other processes check theirs when read)
-            await svc.cache.invalidate([(PAGES, viewer.id)], broadcast=False)
+            await svc.cache.invalidate([(kind.space, viewer.id)], broadcast=False)
     return None
 
 
 class _Checked(NamedTuple):
-    """A blob checked against the posts and people it shows, while the cache's stamp of both spaces stood: until it
+    """A blob checked against the posts and people it shows, while the cache's stamp of their spaces stood: until it
     moves, nothing the check read has changed, and a read of the blob skips the check (``SealedPage.checked``)."""
 
-    stamp: tuple[tuple[int, int], tuple[int, int]]
+    stamp: tuple[tuple[int, int], ...]
     values: list[bytes]  # each hole's filling, as far as it is the same for every request until the stamp moves
     ages: list[tuple[int, float, bytes]]  # (hole, when its post was made in epoch seconds, its date from a week on)
     shell: list[tuple[int, str]]  # (hole, letter) of what each request fills: its token, its unread count...
     aged: list[Any]  # [second, values with the posts' ages then]: the ages change once a second at most
 
 
-async def _open(
-    request: Request, svc: Services, viewer: User, timeline: str, blob: SealedPage, audience: str
-) -> bytes | None:
-    stamp = (svc.cache.changes(POSTS), svc.cache.changes(USERS))  # before the reads it vouches for
+async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob: SealedPage,
+                shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
+    stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
     if checked is None or checked.stamp != stamp:
-        checked = await _check(request.app.state.templates, svc, blob, stamp)
+        checked = await _check(request, svc, blob, stamp)
         if checked is None:
             return None
         object.__setattr__(blob, "checked", checked)
@@ -253,13 +338,13 @@ async def _open(
     if key is None:
         return None
     try:
-        text = open_field_utf8(key, blob.sealed, _context(timeline, viewer, blob))
+        text = open_field_utf8(key, blob.sealed, _context(kind, viewer, blob))
     except InvalidToken:
         return None
-    return _fill(request, text, checked, audience)
+    return _fill(text, checked, shell)
 
 
-async def _check(env: jinja2.Environment, svc: Services, blob: SealedPage, stamp: Any) -> _Checked | None:
+async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) -> _Checked | None:
     """Whether each post on the blob is at the revision it was drawn at and each person has the names it shows and
     is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again)."""
     ids = [entry[0] for entry in blob.posts]
@@ -290,23 +375,32 @@ async def _check(env: jinja2.Environment, svc: Services, blob: SealedPage, stamp
             or (person.username, person.display_name) != (username, display_name)
         ):
             return None  # erased or renamed since
-    return _fillings(env, blob, shown, stamp)
+    accounts: dict[int, bytes] = {}
+    if "a" in blob.holes:  # the API's: each author's and booster's account, with their counts
+        base = mastodon.base_url(request)  # the blob's own: its variant holds it
+        shown_people = [User.of(people[user_id]) for user_id, _, name in blob.people if name != _UNSHOWN]
+        profiles = await accounts_service.profiles(svc, shown_people)
+        accounts = {uid: mastodon.account_text(request, base, profile).encode() for uid, profile in profiles.items()}
+    return _fillings(request.app.state.templates, blob, shown, accounts, stamp)
 
 
-def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord], stamp: Any) -> _Checked | None:
+def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord], accounts: dict[int, bytes],
+              stamp: Any) -> _Checked | None:  # fmt: skip
     year = datetime.now(UTC).year
     values: list[bytes] = []
     ages: list[tuple[int, float, bytes]] = []
     shell: list[tuple[int, str]] = []
-    posts = iter(shown)
+    posts = iter(zip(shown, blob.posts, strict=True))
     r: PostRecord | None = None
+    booster = 0
     for index, code in enumerate(blob.holes):
         filled = b""
-        if code == "p":
-            r = next(posts, None)
+        if code in "ps":  # a post starts: its relative time (the page), nothing (the API)
+            r, (_, _, booster) = next(posts, (None, (0, 0, 0)))
             if r is None:
                 return None
-            ages.append((index, r.created_at.timestamp(), date_shown(r.created_at, year).encode()))
+            if code == "p":
+                ages.append((index, r.created_at.timestamp(), date_shown(r.created_at, year).encode()))
         elif code == "l":
             filled = b"%d" % blob.drawn_ms
         elif code in _SHELL:
@@ -317,13 +411,20 @@ def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord]
             filled = b"%d" % r.likes_count
         elif code == "b":
             filled = b"%d" % r.reblogs_count
-        else:  # "r": _holes_of() let no other letter in
+        elif code == "y":
+            filled = b"%d" % r.replies_count
+        elif code == "r":
             filled = reply_count_html(env, r.replies_count).encode()
+        else:  # "a", "A": _holes_of() let no other letter in
+            found = accounts.get(r.author_id if code == "a" else booster)
+            if found is None:
+                return None
+            filled = found
         values.append(filled)
     return _Checked(stamp, values, ages, shell, [None, values])
 
 
-def _fill(request: Request, text: bytes, checked: _Checked, audience: str) -> bytes | None:
+def _fill(text: bytes, checked: _Checked, shell: dict[str, bytes]) -> bytes | None:
     """The page: ``text`` (UTF-8, :func:`_format_of`) with its holes filled for this request (None if they do not
     match the text)."""
     now = int(time.time())
@@ -335,8 +436,6 @@ def _fill(request: Request, text: bytes, checked: _Checked, audience: str) -> by
             values[index] = date if seconds >= WEEK else short_age(seconds).encode()
         aged[:] = now, values
     values = aged[1].copy()
-    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
-             "d": draft_key().encode(), _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
     for index, code in checked.shell:
         values[index] = shell.get(code, b"")
     try:

@@ -79,6 +79,17 @@ async def home(request: Request) -> Response:
     return _timeline(request, "home.html", page, "home", composer=composer)
 
 
+async def home_from_blob(request: Request) -> bytes | None:
+    """The home page if the viewer's blob is in L1 or Redis and good now (``feed.web.hot_path``)."""
+    if is_htmx(request):
+        return None
+    user = await viewer(request)
+    if user is None:
+        return None
+    return await page_blobs.serve(request, services(request), user, "home", "home.html", None,
+                                  _last_visibility(request))  # fmt: skip
+
+
 async def public(request: Request) -> Response:
     user = await viewer(request)
     page = await timelines.public(services(request), user, _page(request), frame_style(request))

@@ -511,6 +511,19 @@ class Cluster:
     async def account(self, name: str) -> Account:
         return await register(self.urls, name, self.clients)
 
+    async def api(self, where: str, name: str) -> httpx.AsyncClient:
+        """An API client on process ``where`` with a new token of ``name`` (made with the CLI)."""
+        argv = [sys.executable, "-m", "feed", "users", "token", name]
+        env = self.procs["a"].env
+        made = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(argv, env=env, text=True, capture_output=True, check=True, timeout=60)
+        )
+        token = made.stdout.strip()
+        client = httpx.AsyncClient(base_url=self.urls[where], headers={"Authorization": f"Bearer {token}"},
+                                   limits=LIMITS, timeout=30)  # fmt: skip
+        self.clients.append(client)
+        return client
+
     async def metrics(self, where: str) -> str:
         response = await self.anonymous[where].get("/metrics")
         assert response.status_code == 200

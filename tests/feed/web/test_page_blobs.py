@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from crypto import FieldContext, InvalidToken, open_field
-from feed.cache import PAGES, redis_key
+from feed.cache import PAGES, STATUS_PAGES, redis_key
 from feed.records import SealedPage
 from feed.services import accounts, erasure, timelines
 from feed.web import page_blobs
+from tests.conftest import client_for
 from tests.feed.web.test_frames import article
 
 pytestmark = pytest.mark.anyio
@@ -143,3 +144,103 @@ async def test_an_erasure_leaves_no_blob_behind(make_redis_browser: Any, redis_a
     assert not await redis.exists(redis_key(PAGES, bob_user.id))
     page = (await bob.get("/")).text
     assert CANARY not in page
+
+
+async def _api_client(app: Any, username: str) -> Any:
+    token = await accounts.create_token(app.state.services, username)
+    return client_for(app, headers={"Authorization": f"Bearer {token}"})
+
+
+async def _blob_settled(app: Any, read: Any, space: Any, user_id: int) -> Any:
+    """What ``read()`` answers once the viewer's blob stays (the worker's fan-out, which drops it, has run)."""
+    blob = None
+    for _ in range(50):
+        answer = await read()
+        if blob is not None and app.state.cache.cached(space, user_id) is blob:
+            return answer
+        blob = app.state.cache.cached(space, user_id)
+        await asyncio.sleep(0.1)
+    raise AssertionError("the blob never settled")
+
+
+async def test_the_api_home_timeline_comes_from_the_viewers_sealed_blob(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    carol = await make_redis_browser("carol")
+    await bob.post("/@alice/follow")
+    carols = await carol.compose("carol's, boosted by alice")
+    await alice.post(f"/posts/{carols}/boost")
+    post = await alice.compose(f"{CANARY} with 100% <b>markup</b>")
+    await alice.compose("a reply to it", in_reply_to_id=str(post))
+    bob_user = await _user(redis_app, "bob")
+    async with await _api_client(redis_app, "bob") as api:
+        home = "/api/v1/timelines/home"
+        served = await _blob_settled(redis_app, lambda: api.get(home), STATUS_PAGES, bob_user.id)
+        blob = redis_app.state.cache.cached(STATUS_PAGES, bob_user.id)
+        assert isinstance(blob, SealedPage) and blob.posts[0][0] != carols
+        stored = await redis_app.state.cache.link.client.get(redis_key(STATUS_PAGES, bob_user.id))
+        assert stored and CANARY.encode() not in stored and b"markup" not in stored and b"carol's" not in stored
+
+        # The same JSON and Link header as the timeline written the ordinary way.
+        async def ordinary() -> Any:
+            with monkeypatch.context() as patched:
+                patched.setattr(page_blobs, "serve_statuses", _none)
+                return await api.get(home)
+
+        def same(answer: Any, wanted: Any) -> None:
+            assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+            assert answer.json() == wanted.json() and answer.headers.get("link") == wanted.headers.get("link")
+
+        same(served, await ordinary())
+        statuses = served.json()
+        assert [s["reblog"]["id"] if s["reblog"] else s["id"] for s in statuses][1:3] == [str(post), str(carols)]
+        assert statuses[1]["content"].count(CANARY) == 1 and statuses[2]["account"]["username"] == "alice"
+        assert 'rel="next"' not in served.headers.get("link", "") or "max_id" in served.headers["link"]
+
+        # Counts and accounts are holes: others' likes, follows and replies show without drawing the blob again.
+        draws = count_draws(monkeypatch)
+        await carol.post("/@alice/follow")  # alice's account counts, and nothing else
+        answer = await api.get(home)
+        assert [s["account"]["followers_count"] for s in answer.json()][1:3] == [2, 2]
+        await carol.post(f"/posts/{post}/like")
+        await carol.compose("another reply", in_reply_to_id=str(post))
+        answer = await api.get(home)
+        mine = next(s for s in answer.json() if s["id"] == str(post))
+        assert (mine["favourites_count"], mine["replies_count"], mine["account"]["followers_count"]) == (1, 2, 2)
+        assert mine["favourited"] is False
+        assert draws[0] == 0, "a count changed the blob"
+        same(answer, await ordinary())
+
+        # The viewer's own like is drawn in: it draws the blob again.
+        await bob.post(f"/posts/{post}/like")
+        mine = next(s for s in (await api.get(home)).json() if s["id"] == str(post))
+        assert (mine["favourited"], mine["favourites_count"]) == (True, 2)
+
+        # Another viewer's key opens none of it.
+        blob = redis_app.state.cache.cached(STATUS_PAGES, bob_user.id)
+        alice_user = await _user(redis_app, "alice")
+        bob_key, alice_key = await _key(redis_app, bob_user), await _key(redis_app, alice_user)
+        context = FieldContext("page:api:home", bob_user.id, bob_user.id, blob.header_digest())
+        assert CANARY in open_field(bob_key, blob.sealed, context)
+        with pytest.raises(InvalidToken):
+            open_field(alice_key, blob.sealed, context)
+
+
+async def _none(*args: Any) -> None:
+    return None
+
+
+async def test_an_api_blob_follows_the_host_and_the_limit(make_redis_browser: Any, redis_app: Any) -> None:
+    """Statuses link to the address they were asked at, and a page holds as many as asked: each its own blob."""
+    alice = await make_redis_browser("alice")
+    for n in range(3):
+        await alice.compose(f"post {n}")
+    async with await _api_client(redis_app, "alice") as api:
+        first = (await api.get("/api/v1/timelines/home")).json()
+        other = (await api.get("/api/v1/timelines/home", headers={"Host": "other.example"})).json()
+        assert first[0]["url"].startswith("http://testserver/") and other[0]["url"].startswith("http://other.example/")
+        two = await api.get("/api/v1/timelines/home?limit=2")
+        assert len(two.json()) == 2 and "limit=2" in two.headers["link"]
+        assert len((await api.get("/api/v1/timelines/home")).json()) == 3

@@ -1,0 +1,101 @@
+"""The hot path (``feed.web.hot_path``): a home page or an app's home timeline served from the blob this process
+holds answers what the whole stack would, headers and all, and anything it cannot serve goes down the stack."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from feed.services import accounts
+from feed.web.hot_path import BlobPages
+from tests.conftest import client_for
+from tests.feed.test_metrics import parse, series
+
+pytestmark = pytest.mark.anyio
+MOMENT = re.compile(rb'since=\d+|name="idempotency_key" value="[^"]+"|\d+[smhd]</time>|now</time>')
+HOME = "/api/v1/timelines/home"
+
+
+class Below:
+    """Counts the requests that went past the hot path, down the rest of the stack."""
+
+    def __init__(self, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        if app.middleware_stack is None:
+            app.middleware_stack = app.build_middleware_stack()
+        layer = app.middleware_stack
+        while not isinstance(layer, BlobPages):
+            layer = layer.app
+        self.calls = 0
+        inner = layer.app
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:
+            self.calls += 1
+            await inner(scope, receive, send)
+
+        monkeypatch.setattr(layer, "app", counted)
+
+
+def _headers(response: Any) -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in response.headers.items() if k != "content-length")
+
+
+async def test_a_home_page_from_the_hot_path_is_the_page_the_stack_serves(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await bob.post("/@alice/follow")
+    await alice.compose("100% hot <b>words</b>")
+    below = Below(redis_app, monkeypatch)
+    stack = await bob.get("/")  # draws the blob, down the stack
+    assert below.calls == 1
+    for _ in range(30):  # until the worker's fan-out (which drops bob's blob) has come and gone
+        hot = await bob.get("/")
+        if below.calls == 1:
+            break
+        below.calls = 1
+    assert below.calls == 1, "the hot path never served the page"
+    assert hot.status_code == stack.status_code == 200
+    assert _headers(hot) == _headers(stack) and "no-store" in hot.headers["cache-control"]
+    assert MOMENT.sub(b"", hot.content) == MOMENT.sub(b"", stack.content)
+    assert b"100% hot &lt;b&gt;words&lt;/b&gt;" in hot.content
+
+    # Counted by the request metrics as the route it stands for.
+    text = (await client_for(redis_app).get("/metrics")).text
+    assert parse(text)[series("cipherfeed_http_requests_total", method="GET", route="/", status="200")] >= 2
+
+    # What it cannot serve goes down the stack: a fragment, a query, another method, no session.
+    calls = below.calls
+    assert (await bob.get("/", headers={"HX-Request": "true"})).status_code == 200
+    assert (await bob.get("/?max_id=1")).status_code == 200
+    assert (await bob.http.head("/")).status_code in (200, 405)
+    welcome = await client_for(redis_app).get("/")
+    assert welcome.status_code == 200 and "cf_anon" in welcome.headers.get("set-cookie", "")
+    assert below.calls == calls + 4
+
+
+async def test_an_apps_home_timeline_from_the_hot_path_is_the_one_the_stack_serves(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_redis_browser("alice")
+    for n in range(3):
+        await alice.compose(f"post {n}")
+    token = await accounts.create_token(redis_app.state.services, "alice")
+    below = Below(redis_app, monkeypatch)
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with client_for(redis_app, base_url="https://testserver", headers=bearer) as api:
+        stack = await api.get(HOME)
+        assert below.calls == 1
+        hot = await api.get(HOME)
+        assert below.calls == 1, "the hot path did not serve the timeline"
+        assert hot.status_code == 200 and hot.content == stack.content and _headers(hot) == _headers(stack)
+        assert hot.headers["access-control-allow-origin"] == "*" and "strict-transport-security" in hot.headers
+        assert 'rel="prev"' in hot.headers["link"]
+
+        # A bad token, a token without the scope, a body: the stack answers, as it always has.
+        bad = await api.get(HOME, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]
+        assert (await api.request("GET", HOME, content=b"x")).status_code == 200
+        assert below.calls == 3
