@@ -245,10 +245,13 @@ async def session_user(svc: Services, token: str) -> User | None:
 
 
 async def session_user_with(
-    svc: Services, token: str, also: Callable[[int], Request] | None = None
+    svc: Services,
+    token: str,
+    also: Callable[[int], Request] | None = None,
+    prefetch: Callable[[int], Request] | None = None,
 ) -> tuple[User | None, Cacheable | None]:
     """The user of a session, and what the cache holds for ``also(their id)`` (a page's other per-person value),
-    read in the same cache round trip as the user."""
+    read in the same cache round trip as the user; so is ``prefetch(their id)``, only into L1 (the page's blob)."""
     if not token or len(token) > 100:
         return None, None
     record = await lookup.session(svc, token_hash(svc, token))
@@ -257,6 +260,8 @@ async def session_user_with(
     requests = [lookup.users_request(svc, [record.user_id])]
     if also is not None:
         requests.append(also(record.user_id))
+    if prefetch is not None:
+        requests.append(prefetch(record.user_id))
     found_user, *found_also = await svc.cache.get_multi(requests)
     found = found_user.get(record.user_id)
     if not isinstance(found, UserRecord) or erasure.is_erased(found):

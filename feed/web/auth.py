@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from feed.cache import Request as CacheRequest
 from feed.errors import Forbidden, NeedsUser, SessionEnded, Unauthorized
 from feed.services import accounts, notifications, oauth, throttle
 from feed.services.accounts import Grant
@@ -39,8 +41,8 @@ def session_token(request: Request) -> str | None:
     return request.cookies.get(_cookie_name(request, _SESSION))
 
 
-async def viewer(request: Request) -> User | None:
-    """The logged-in user of this request, looked up once."""
+async def viewer(request: Request, prefetch: Callable[[int], CacheRequest] | None = None) -> User | None:
+    """The logged-in user of this request, looked up once; ``prefetch(their id)`` read into L1 with them."""
     if "viewer" not in request.state._state:
         token = session_token(request)
         if not token:
@@ -48,7 +50,8 @@ async def viewer(request: Request) -> User | None:
         elif request.method == "GET" and "hx-request" not in request.headers:
             # A whole page: its navigation shows how many notifications wait (cached per person, read with the user).
             svc = services(request)
-            found, unread = await accounts.session_user_with(svc, token, partial(notifications.unread_request, svc))
+            found, unread = await accounts.session_user_with(svc, token, partial(notifications.unread_request, svc),
+                                                             prefetch)  # fmt: skip
             request.state.viewer, request.state.unread = found, notifications.unread_of(unread)
         else:
             request.state.viewer = await accounts.session_user(services(request), token)

@@ -59,6 +59,7 @@ from feed.cache import (
     Space,
     redis_key,
 )
+from feed.cache import Request as CacheRequest
 from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey, page_digest
 from feed.services import accounts as accounts_service
 from feed.services import lookup, oauth
@@ -312,6 +313,15 @@ async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wan
         if attempt == 0:  # stale: drawn again (here, in Redis; the other processes check theirs when read)
             await svc.cache.invalidate([(kind.space, viewer.id)], broadcast=False)
     return None
+
+
+def prefetch(svc: Services) -> Callable[[int], CacheRequest]:
+    """For ``feed.web.auth.viewer``: the viewer's home page blob, read into L1 with their own record (never drawn)."""
+
+    async def nothing(_: list[int]) -> Mapping[int, SealedPage]:
+        return {}
+
+    return lambda viewer_id: CacheRequest(PAGES, (viewer_id,), nothing)
 
 
 class _Checked(NamedTuple):

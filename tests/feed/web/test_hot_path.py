@@ -99,3 +99,29 @@ async def test_an_apps_home_timeline_from_the_hot_path_is_the_one_the_stack_serv
         assert bad.status_code == 401 and bad.json()["error"]
         assert (await api.request("GET", HOME, content=b"x")).status_code == 200
         assert below.calls == 3
+
+
+async def test_with_l1_cold_the_blob_comes_with_the_viewers_record(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis round trips of a home page from a blob in Redis only: the session; the viewer, their unread count and
+    the blob together; the posts and people the blob is checked against."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("words")
+    for _ in range(3):
+        await alice.get("/")
+    cache = redis_app.state.cache
+    reads: list[list[str]] = []
+    real = cache._l2_read
+
+    async def counted(names: list[str]) -> Any:
+        reads.append(names)
+        return await real(names)
+
+    monkeypatch.setattr(cache, "_l2_read", counted)
+    cache.flush()
+    below = Below(redis_app, monkeypatch)
+    page = await alice.get("/")
+    assert page.status_code == 200 and "words" in page.text and below.calls == 0
+    assert len(reads) == 3, reads
+    assert any(name.startswith("cf:{w:") for name in reads[1]), "the blob is read with the viewer's record"
