@@ -19,7 +19,7 @@ from feed.services.accounts import Grant
 from feed.services.context import Services
 from feed.services.models import User
 
-_SESSION = "cf_session"
+SESSION_COOKIE = "cf_session"
 _ANON = "cf_anon"
 
 
@@ -38,7 +38,7 @@ def _cookie_name(request: Request, base: str) -> str:
 
 
 def session_token(request: Request) -> str | None:
-    return request.cookies.get(_cookie_name(request, _SESSION))
+    return request.cookies.get(_cookie_name(request, SESSION_COOKIE))
 
 
 async def viewer(request: Request, prefetch: Callable[[int], CacheRequest] | None = None) -> User | None:
@@ -79,7 +79,7 @@ def _set_cookie(request: Request, response: Response, base: str, value: str, max
 
 
 def start_session(request: Request, response: Response, token: str, max_age: int) -> None:
-    _set_cookie(request, response, _SESSION, token, max_age)
+    _set_cookie(request, response, SESSION_COOKIE, token, max_age)
     response.delete_cookie(_cookie_name(request, _ANON), path="/", secure=_https(request), httponly=True)
 
 
@@ -99,7 +99,7 @@ def remember_device(request: Request, response: Response, token: str, replaced: 
 
 
 def end_session(request: Request, response: Response) -> None:
-    response.delete_cookie(_cookie_name(request, _SESSION), path="/", secure=_https(request), httponly=True)
+    response.delete_cookie(_cookie_name(request, SESSION_COOKIE), path="/", secure=_https(request), httponly=True)
 
 
 # -- CSRF: the token is an HMAC of the cookie that identifies the browser (session, or an anonymous id).
@@ -110,9 +110,12 @@ def _csrf_base(request: Request) -> str | None:
 
 
 def _mac(request: Request, base: str) -> str:
-    key: bytes = request.app.state.csrf_key
-    digest = hmac.digest(key, base.encode(), "sha256")
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    return csrf_of(request.app.state.csrf_key, base)
+
+
+def csrf_of(key: bytes, base: str) -> str:
+    """The CSRF token of the browser whose session (or anonymous) cookie is ``base``."""
+    return base64.urlsafe_b64encode(hmac.digest(key, base.encode(), "sha256")).decode().rstrip("=")
 
 
 def csrf_token(request: Request) -> str:

@@ -7,6 +7,11 @@ inside the request metrics only, answers a ``GET /`` or ``GET /api/v1/timelines/
 when the blob is there and good, with the very headers the layers below would add (the security headers; CORS for
 the API). Anything else (no session, a bad token, no blob or a stale one, an htmx request, an error) goes down the
 whole stack as before, which answers it as it always has: nothing was sent by then.
+
+First from this process's memory alone, without awaiting anything (``held``): the session or token, the person, the
+unread count and the blob from L1, each as the cache would give it (never a value due for a refresh), the blob's
+last check still standing (``page_blobs.held``). Failing that, the same through the cache's ordinary reads, which
+go to Redis (``answer``): the blob comes in the round trip of the viewer's own record.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-from starlette.requests import Request
+from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from feed.web import api, pages
+from feed.cache import API_TOKENS, SESSIONS, UNREAD, USERS, Space
+from feed.records import SessionRecord, UserRecord
+from feed.services import accounts, erasure, notifications, oauth
+from feed.services.accounts import CLI_SCOPES
+from feed.services.context import Services, now
+from feed.services.models import User
+from feed.web import api, mastodon, page_blobs, pages
+from feed.web.api import DEFAULT_LIMIT
+from feed.web.auth import SESSION_COOKIE, csrf_of
 from feed.web.middleware import HSTS, SECURITY_HEADERS
+from feed.web.pages import VISIBILITY_COOKIE, audience_of
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +49,9 @@ class _Route(NamedTuple):
 class _Hot(NamedTuple):
     route: _Route
     content_type: bytes
-    answer: Callable[[Request], Awaitable[Any]]  # the body, or (body, Link header), or None
+    held: Callable[[Scope, _Headers], Any]  # from this process's memory alone: the body, or (body, Link), or None
+    answer: Callable[[Request], Awaitable[Any]]  # the same, from Redis too
     extra: list[tuple[bytes, bytes]]  # headers of the path, beside the security headers
-
-
-_HOT = {
-    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", pages.home_from_blob, []),
-    "/api/v1/timelines/home": _Hot(
-        _Route("/api/v1/timelines/home"), b"application/json", api.home_timeline_from_blob, _CORS
-    ),
-}
 
 
 class BlobPages:
@@ -53,11 +60,18 @@ class BlobPages:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = _HOT.get(scope["path"]) if scope["type"] == "http" else None
-        if hot is None or scope["method"] != "GET" or scope["query_string"] or _has_body(scope):
+        if hot is None or scope["method"] != "GET" or scope["query_string"]:
             await self.app(scope, receive, send)
             return
+        asked = _Headers(scope)
+        if asked.body:
+            await self.app(scope, receive, send)
+            return
+        found: Any = None
         try:
-            found = await hot.answer(Request(scope, receive))
+            found = hot.held(scope, asked)  # from this process's memory alone
+            if found is None:
+                found = await hot.answer(Request(scope, receive))
         except Exception as exc:  # a bad token, an outage...: the whole stack answers it as it always does
             log.debug("hot path declined (%s)", type(exc).__name__)
             found = None
@@ -65,7 +79,8 @@ class BlobPages:
             await self.app(scope, receive, send)
             return
         body, links = found if isinstance(found, tuple) else (found, b"")
-        headers = [(b"content-length", b"%d" % len(body)), (b"content-type", hot.content_type)]
+        headers: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body)),
+                                              (b"content-type", hot.content_type)]  # fmt: skip
         if links:
             headers.append((b"link", links))
         headers += hot.extra
@@ -77,5 +92,77 @@ class BlobPages:
         await send({"type": "http.response.body", "body": body})
 
 
-def _has_body(scope: Scope) -> bool:
-    return any(name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"])
+class _Headers:
+    """The few request headers the hot path reads, in one pass."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.cookie = self.authorization = b""
+        self.body = self.htmx = False
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                self.cookie = value
+            elif name == b"authorization":
+                self.authorization = value
+            elif name in (b"content-length", b"transfer-encoding"):
+                self.body = True
+            elif name == b"hx-request":
+                self.htmx = True
+
+
+def _viewer(svc: Services, space: Space, token: str, limit: int) -> tuple[User, SessionRecord] | None:
+    """``session_user_with`` and ``token_grant`` from L1 alone: the person whose session or token it is, if L1
+    holds its record and theirs (not due for a refresh), it has not expired and they are not erased."""
+    if not token or len(token) > limit:
+        return None
+    record = svc.cache.cached(space, accounts.token_hash(svc, token).hex())
+    if not isinstance(record, SessionRecord) or not record.user_id or record.expires_at <= now():
+        return None
+    found = svc.cache.cached(USERS, record.user_id)
+    if not isinstance(found, UserRecord) or erasure.is_erased(found):
+        return None
+    return User.of(found), record
+
+
+def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
+    if headers.htmx or not headers.cookie:
+        return None
+    state = scope["app"].state
+    svc: Services = state.services
+    https = scope.get("scheme") == "https"
+    cookies = cookie_parser(headers.cookie.decode("latin-1"))
+    token = cookies.get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
+    found = _viewer(svc, SESSIONS, token, 100)
+    if found is None:
+        return None
+    viewer, _ = found
+    unread = svc.cache.cached(UNREAD, viewer.id)
+    if unread is None:
+        return None
+    shell = page_blobs.page_shell(csrf_of(state.csrf_key, token), notifications.unread_of(unread),
+                                  audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip
+    return page_blobs.held(svc, state.templates, viewer, shell)
+
+
+def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | None:
+    scheme, _, token = headers.authorization.decode("latin-1").partition(" ")
+    base = mastodon.known_base(scope)
+    if scheme.lower() != "bearer" or base is None:
+        return None
+    state = scope["app"].state
+    svc: Services = state.services
+    found = _viewer(svc, API_TOKENS, token.strip(), 200)
+    if found is None or not oauth.covers(tuple((found[1].scopes or CLI_SCOPES).split()), "read:statuses"):
+        return None
+    blob = page_blobs.held(svc, state.templates, found[0], {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)
+    if blob is None:
+        return None
+    links, _, body = blob.partition(b"\n")
+    return body, links
+
+
+_HOT = {
+    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_page, pages.home_from_blob, []),
+    "/api/v1/timelines/home": _Hot(
+        _Route("/api/v1/timelines/home"), b"application/json", _held_statuses, api.home_timeline_from_blob, _CORS
+    ),
+}

@@ -11,6 +11,7 @@ from typing import Any
 
 from cachetools import LRUCache
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from feed.cache import STATUS_FRAMES
 from feed.services.follows import Relationship
@@ -25,15 +26,23 @@ VISIBILITY_OUT = {"public": "public", "unlisted": "unlisted", "followers": "priv
 
 def base_url(request: HTTPConnection) -> str:
     """The server's address as the client asked for it (made once per address: ``request.base_url`` builds a URL)."""
-    scope = request.scope
-    host = next((value for name, value in scope["headers"] if name == b"host"), b"")
-    key = (scope.get("scheme"), host, scope.get("server"), scope.get("root_path"), scope.get("app_root_path"))
+    key = _base_key(request.scope)
     found = _bases.get(key)
     if found is None:
         if len(_bases) >= 64:
             _bases.clear()
         found = _bases[key] = str(request.base_url).rstrip("/")
     return found
+
+
+def known_base(scope: Scope) -> str | None:
+    """:func:`base_url` of a request to an address asked for before (None: not yet)."""
+    return _bases.get(_base_key(scope))
+
+
+def _base_key(scope: Scope) -> tuple[Any, ...]:
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+    return scope.get("scheme"), host, scope.get("server"), scope.get("root_path"), scope.get("app_root_path")
 
 
 _bases: dict[tuple[Any, ...], str] = {}

@@ -249,8 +249,7 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
         }
         return env.get_template(template).render(ctx), holes.shown
 
-    shell = {"c": csrf_token(request).encode(), "u": unread_badge(request.state._state.get("unread", 0)).encode(),
-             "d": draft_key().encode(), _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
+    shell = page_shell(csrf_token(request), request.state._state.get("unread", 0), audience)
     return await _serve(request, svc, viewer, _HOME_PAGE, variant(env, timeline), paint if draw else None, shell)
 
 
@@ -345,13 +344,39 @@ async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob
             return None
         object.__setattr__(blob, "checked", checked)
     key = await _viewer_key(svc, viewer, blob.key_version)
-    if key is None:
-        return None
+    return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
+
+
+def _opened(key: UserKey, viewer: User, kind: _Kind, blob: SealedPage, checked: _Checked,
+            shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
     try:
         text = open_field_utf8(key, blob.sealed, _context(kind, viewer, blob))
     except InvalidToken:
         return None
     return _fill(text, checked, shell)
+
+
+def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, bytes], *, limit: int = 0,
+         base: str = "") -> bytes | None:  # fmt: skip
+    """Without awaiting anything: the viewer's home page (or, with ``limit`` and the server's ``base``, their app's
+    home timeline: its Link header, a newline, its JSON) from a blob this process holds, good now and checked since
+    the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses` then)."""
+    kind = _HOME_STATUSES if limit else _HOME_PAGE
+    wanted = f"{variant(env, 'api:home')}|{limit}|{base}" if limit else variant(env, "home")
+    blob = svc.cache.cached(kind.space, viewer.id)
+    if not isinstance(blob, SealedPage) or blob.variant != wanted or blob.expires <= time.time():
+        return None
+    checked: _Checked | None = blob.checked
+    if checked is None or checked.stamp != tuple(svc.cache.changes(space) for space in kind.checked):
+        return None
+    key = svc.keys.held(viewer.id, blob.key_version)
+    return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
+
+
+def page_shell(csrf: str, unread: int, audience: str) -> dict[str, bytes]:
+    """What a home page's request fills: its CSRF token, the unread count, a new draft key, the chosen audience."""
+    return {"c": csrf.encode(), "u": unread_badge(unread).encode(), "d": draft_key().encode(),
+            _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
 
 
 async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) -> _Checked | None:

@@ -209,8 +209,12 @@ _VISIBILITIES = frozenset({"public", "unlisted", "followers", "direct"})
 
 def _last_visibility(request: Request) -> str:
     """The audience of this browser's last new post (not a reply): the composer starts with it."""
-    chosen = request.cookies.get(VISIBILITY_COOKIE, "")
-    return chosen if chosen in _VISIBILITIES else "public"
+    return audience_of(request.cookies.get(VISIBILITY_COOKIE, ""))
+
+
+def audience_of(cookie: str) -> str:
+    """The composer's first audience, from this browser's cookie of its last one."""
+    return cookie if cookie in _VISIBILITIES else "public"
 
 
 async def edit_form(request: Request) -> Response:

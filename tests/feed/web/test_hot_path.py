@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from feed.services import accounts
+from feed.web import hot_path
 from feed.web.hot_path import BlobPages
 from tests.conftest import client_for
 from tests.feed.test_metrics import parse, series
@@ -37,6 +38,10 @@ class Below:
         monkeypatch.setattr(layer, "app", counted)
 
 
+async def _refuse(request: Any) -> None:
+    raise AssertionError("the hot path awaited what this process holds")
+
+
 def _headers(response: Any) -> list[tuple[str, str]]:
     return sorted((k, v) for k, v in response.headers.items() if k != "content-length")
 
@@ -57,6 +62,15 @@ async def test_a_home_page_from_the_hot_path_is_the_page_the_stack_serves(
             break
         below.calls = 1
     assert below.calls == 1, "the hot path never served the page"
+    # From this process's memory alone: nothing awaited.
+    monkeypatch.setitem(hot_path._HOT, "/", hot_path._HOT["/"]._replace(answer=_refuse))
+    for _ in range(3):
+        again = await bob.get("/")
+        assert again.status_code == 200 and b"hot &lt;b&gt;words" in again.content
+    assert below.calls == 1
+    monkeypatch.undo()
+    below = Below(redis_app, monkeypatch)
+    below.calls = 1
     assert hot.status_code == stack.status_code == 200
     assert _headers(hot) == _headers(stack) and "no-store" in hot.headers["cache-control"]
     assert MOMENT.sub(b"", hot.content) == MOMENT.sub(b"", stack.content)
@@ -90,6 +104,9 @@ async def test_an_apps_home_timeline_from_the_hot_path_is_the_one_the_stack_serv
         assert below.calls == 1
         hot = await api.get(HOME)
         assert below.calls == 1, "the hot path did not serve the timeline"
+        with monkeypatch.context() as patched:  # from this process's memory alone
+            patched.setitem(hot_path._HOT, HOME, hot_path._HOT[HOME]._replace(answer=_refuse))
+            assert (await api.get(HOME)).content == hot.content and below.calls == 1
         assert hot.status_code == 200 and hot.content == stack.content and _headers(hot) == _headers(stack)
         assert hot.headers["access-control-allow-origin"] == "*" and "strict-transport-security" in hot.headers
         assert 'rel="prev"' in hot.headers["link"]

@@ -126,24 +126,31 @@ async def test_an_erasure_leaves_no_blob_behind(make_redis_browser: Any, redis_a
     await bob.post("/@alice/follow")
     await alice.compose(f"{CANARY} by alice")
     await carol.compose("carol's own")
-    for reader in (bob, carol):
+    bob_api = await _api_client(redis_app, "bob")
+    carol_api = await _api_client(redis_app, "carol")
+    for reader, api in ((bob, bob_api), (carol, carol_api)):
         await reader.get("/")
+        await api.get("/api/v1/timelines/home")
     cache, svc = redis_app.state.cache, redis_app.state.services
     bob_user, carol_user = await _user(redis_app, "bob"), await _user(redis_app, "carol")
     redis = cache.link.client
     assert await redis.exists(redis_key(PAGES, bob_user.id), redis_key(PAGES, carol_user.id)) == 2
+    assert cache.cached(STATUS_PAGES, bob_user.id) and cache.cached(STATUS_PAGES, carol_user.id)
 
-    # Erasing a viewer: their blob goes (and their key, so no copy of it anywhere could be opened).
+    # Erasing a viewer: their blobs go (and their key, so no copy of them anywhere could be opened).
     await erasure.erase_user(svc, "carol")
-    assert cache.cached(PAGES, carol_user.id) is None
+    assert cache.cached(PAGES, carol_user.id) is None and cache.cached(STATUS_PAGES, carol_user.id) is None
     assert not await redis.exists(redis_key(PAGES, carol_user.id))
 
     # Erasing an author: their words may be in anyone's blob, so every blob goes.
     await erasure.erase_user(svc, "alice")
-    assert cache.cached(PAGES, bob_user.id) is None
+    assert cache.cached(PAGES, bob_user.id) is None and cache.cached(STATUS_PAGES, bob_user.id) is None
     assert not await redis.exists(redis_key(PAGES, bob_user.id))
     page = (await bob.get("/")).text
     assert CANARY not in page
+    assert CANARY not in (await bob_api.get("/api/v1/timelines/home")).text
+    await bob_api.aclose()
+    await carol_api.aclose()
 
 
 async def _api_client(app: Any, username: str) -> Any:
