@@ -82,8 +82,9 @@ class Cache:
         return found
 
     def changes(self, space: Space) -> tuple[int, int]:
-        """A stamp that moves whenever this process may have learnt that a value of ``space`` changed (a key of it
-        dropped, or L1 flushed): what was read from ``space`` and checked while the stamp stood is still current."""
+        """A stamp that moves whenever what L1 holds for ``space`` may change: a key of it dropped, a value of it
+        kept (a refill, after an expiry too), L1 flushed. While it stands, the values L1 held for ``space`` are the
+        ones it holds (what was checked against them then, and found there, is checked against them now)."""
         return self._flushes, self._changes.get(space.name, 0)
 
     async def get(self, space: Space, key: Key, load: Loader) -> Cacheable | None:
@@ -294,6 +295,7 @@ class Cache:
         now = time.monotonic()
         ttl = space.l1_ttl * random.uniform(0.9, 1.0)  # spread expiries of keys filled together
         store[name] = _Entry(value, now + ttl, now + ttl * space.refresh_after, value.size)
+        self._changes[space.name] = self._changes.get(space.name, 0) + 1  # a value in L1 anew: see changes()
 
     def _refresh_soon(self, request: Request, key: Key, name: str) -> None:
         """Early refresh of a hot key: one background refill while readers keep the current value."""

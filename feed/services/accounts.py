@@ -10,7 +10,7 @@ import hmac
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -476,7 +476,11 @@ async def search(
 
 async def profiles(svc: Services, users: list[User]) -> dict[int, Profile]:
     """Counts for several accounts at once (the API embeds them in every status), from the cache."""
-    counts = await lookup.counts(svc, [u.id for u in users])
+    return profiles_of(users, await lookup.counts(svc, [u.id for u in users]))
+
+
+def profiles_of(users: list[User], counts: Mapping[int, AccountCounts]) -> dict[int, Profile]:
+    """:func:`profiles` of counts read already."""
     none = AccountCounts(0, 0, 0, None)
     return {
         u.id: Profile(u, c.followers, c.following, c.posts, c.last_post_at)

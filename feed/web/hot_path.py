@@ -98,11 +98,11 @@ class _Headers:
     def __init__(self, scope: Scope) -> None:
         self.cookie = self.authorization = b""
         self.body = self.htmx = False
-        for name, value in scope["headers"]:
+        for name, value in scope["headers"]:  # the first of a repeated one, as Starlette's Headers read it
             if name == b"cookie":
-                self.cookie = value
+                self.cookie = self.cookie or value
             elif name == b"authorization":
-                self.authorization = value
+                self.authorization = self.authorization or value
             elif name in (b"content-length", b"transfer-encoding"):
                 self.body = True
             elif name == b"hx-request":

@@ -40,6 +40,7 @@ from urllib.parse import urlencode
 
 import jinja2
 from markupsafe import Markup
+from starlette._utils import get_route_path
 from starlette.requests import Request
 
 from crypto import FieldContext, InvalidToken, UserKey, open_field_utf8, seal_fields
@@ -258,8 +259,8 @@ async def serve_statuses(request: Request, svc: Services, viewer: User, timeline
     """The API's first page of ``timeline`` (``limit`` statuses) for the viewer, as :func:`serve` does the HTML
     page: the JSON array and its Link header (None when it cannot be had: the caller writes the page itself)."""
     env: jinja2.Environment = request.app.state.templates
-    base = mastodon.base_url(request)
-    path = request.url.path
+    base = mastodon.base_url(request)  # with the root path, if any
+    path = get_route_path(request.scope)
 
     async def paint() -> tuple[str, list[PostView]]:
         assert draw is not None
@@ -339,10 +340,11 @@ async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob
     stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
     if checked is None or checked.stamp != stamp:
-        checked = await _check(request, svc, blob, stamp)
+        checked, lasting = await _check(request, svc, blob, stamp)
         if checked is None:
             return None
-        object.__setattr__(blob, "checked", checked)
+        if lasting:
+            object.__setattr__(blob, "checked", checked)
     key = await _viewer_key(svc, viewer, blob.key_version)
     return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
 
@@ -379,9 +381,11 @@ def page_shell(csrf: str, unread: int, audience: str) -> dict[str, bytes]:
             _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
 
 
-async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) -> _Checked | None:
+async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) -> tuple[_Checked | None, bool]:
     """Whether each post on the blob is at the revision it was drawn at and each person has the names it shows and
-    is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again)."""
+    is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again).
+    And whether the check may be kept: only if each value it read is the one L1 holds now (a read that joined a
+    refill begun before an invalidation gets a value L1 then refuses to keep)."""
     ids = [entry[0] for entry in blob.posts]
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
@@ -397,26 +401,35 @@ async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) 
     for post_id, revision, _ in blob.posts:
         record = records.get(post_id)
         if record is None or record.revision != revision:
-            return None  # edited or deleted since
+            return None, False  # edited or deleted since
         shown.append(record)
     for user_id, username, display_name in blob.people:
         person: UserRecord | None = people.get(user_id)
         if display_name == _UNSHOWN:  # named by username only, as the page was drawn (also one erased or gone)
             if (person.username if person is not None else "") != username:
-                return None
+                return None, False
         elif (
             person is None
             or person.key_version == ERASED
             or (person.username, person.display_name) != (username, display_name)
         ):
-            return None  # erased or renamed since
+            return None, False  # erased or renamed since
     accounts: dict[int, bytes] = {}
+    lasting = _held_now(svc, POSTS, records) and _held_now(svc, USERS, people)
     if "a" in blob.holes:  # the API's: each author's and booster's account, with their counts
         base = mastodon.base_url(request)  # the blob's own: its variant holds it
         shown_people = [User.of(people[user_id]) for user_id, _, name in blob.people if name != _UNSHOWN]
-        profiles = await accounts_service.profiles(svc, shown_people)
+        counts = await lookup.counts(svc, [user.id for user in shown_people])
+        profiles = accounts_service.profiles_of(shown_people, counts)
         accounts = {uid: mastodon.account_text(request, base, profile).encode() for uid, profile in profiles.items()}
-    return _fillings(request.app.state.templates, blob, shown, accounts, stamp)
+        lasting = lasting and _held_now(svc, COUNTS, counts)
+    return _fillings(request.app.state.templates, blob, shown, accounts, stamp), lasting
+
+
+def _held_now(svc: Services, space: Space, read: Mapping[Any, Any]) -> bool:
+    """Whether L1 holds each of these values of ``space`` now, the very objects that were read."""
+    held = svc.cache.cached_many(space, read)
+    return len(held) == len(read) and all(held[key] is value for key, value in read.items())
 
 
 def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord], accounts: dict[int, bytes],

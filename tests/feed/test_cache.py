@@ -146,6 +146,24 @@ async def test_a_refill_that_raced_an_invalidation_is_not_kept(cache: Cache) -> 
     assert (await cache.get(POSTS, 7, loader)).likes_count == 2  # type: ignore[union-attr]
 
 
+async def test_the_changes_stamp_moves_with_whatever_l1_may_hold_anew(cache: Cache) -> None:
+    """``Cache.changes``: a check of what L1 held is still good while it stands (``feed.web.page_blobs``)."""
+    loader = Loader({7: post_record(likes=1)})
+    stamps = [cache.changes(POSTS)]
+    await cache.get(POSTS, 7, loader)  # kept in L1
+    stamps.append(cache.changes(POSTS))
+    assert cache.cached(POSTS, 7) is not None and cache.changes(POSTS) == stamps[-1]  # a read moves nothing
+    await cache.get(TIMELINES, "public", Loader({"public": post_record()}))
+    assert cache.changes(POSTS) == stamps[-1]  # nor does another space
+    await cache.invalidate([(POSTS, 7)])
+    stamps.append(cache.changes(POSTS))
+    await cache.get(POSTS, 7, loader)  # from Redis or the database again: kept anew
+    stamps.append(cache.changes(POSTS))
+    cache.flush()
+    stamps.append(cache.changes(POSTS))
+    assert len(set(stamps)) == len(stamps), stamps
+
+
 async def test_invalidation_from_another_process_reaches_redis_and_the_bus(cache: Cache) -> None:
     loader = Loader({7: post_record()})
     await cache.get(POSTS, 7, loader)
