@@ -340,7 +340,7 @@ async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob
     stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
     if checked is None or checked.stamp != stamp:
-        checked, lasting = await _check(request, svc, blob, stamp)
+        checked, lasting = await _check(request, svc, kind, blob, stamp)
         if checked is None:
             return None
         if lasting:
@@ -381,7 +381,8 @@ def page_shell(csrf: str, unread: int, audience: str) -> dict[str, bytes]:
             _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
 
 
-async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) -> tuple[_Checked | None, bool]:
+async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
+                 stamp: Any) -> tuple[_Checked | None, bool]:  # fmt: skip
     """Whether each post on the blob is at the revision it was drawn at and each person has the names it shows and
     is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again).
     And whether the check may be kept: only if each value it read is the one L1 holds now (a read that joined a
@@ -390,6 +391,8 @@ async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) 
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
     people: dict[Any, Any] = svc.cache.cached_many(USERS, people_ids)
+    more_records: Mapping[Any, Any] = {}
+    more_people: Mapping[Any, Any] = {}
     if len(records) < len(ids) or len(people) < len(people_ids):  # both in one round trip
         more_records, more_people = await svc.cache.get_multi(
             [lookup.posts_request(svc, [i for i in ids if i not in records]),
@@ -415,14 +418,16 @@ async def _check(request: Request, svc: Services, blob: SealedPage, stamp: Any) 
         ):
             return None, False  # erased or renamed since
     accounts: dict[int, bytes] = {}
-    lasting = _held_now(svc, POSTS, records) and _held_now(svc, USERS, people)
+    # What came from L1 was L1's at the stamp; what came from further may not be (a joined refill's).
+    lasting = _held_now(svc, POSTS, more_records) and _held_now(svc, USERS, more_people)
     if "a" in blob.holes:  # the API's: each author's and booster's account, with their counts
         base = mastodon.base_url(request)  # the blob's own: its variant holds it
         shown_people = [User.of(people[user_id]) for user_id, _, name in blob.people if name != _UNSHOWN]
-        counts = await lookup.counts(svc, [user.id for user in shown_people])
+        counts = await lookup.counts(svc, [user.id for user in shown_people])  # mostly from L1, checked whole
         profiles = accounts_service.profiles_of(shown_people, counts)
         accounts = {uid: mastodon.account_text(request, base, profile).encode() for uid, profile in profiles.items()}
         lasting = lasting and _held_now(svc, COUNTS, counts)
+    lasting = lasting and tuple(svc.cache.changes(space) for space in kind.checked) == stamp  # none came meanwhile
     return _fillings(request.app.state.templates, blob, shown, accounts, stamp), lasting
 
 
