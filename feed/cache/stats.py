@@ -37,8 +37,8 @@ class _Stats:
         counted[labels] = counted.get(labels, 0) + 1
 
     def publish(self) -> None:
-        """Add the counts made since the last call to the registry's counters (also from the worker's metrics
-        thread: the totals are copied in one step, and only ever grow)."""
+        """Add the counts made since the last call to the registry's counters (when the registry is read or
+        refreshed, in the event loop; the totals are copied in one step and only ever grow)."""
         for labels, total in list(self._counted.items()):
             count = total - self._published.get(labels, 0)
             if not count:

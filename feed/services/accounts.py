@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, open_field, seal_fields
-from feed.cache import Request
+from feed.cache import API_TOKENS, SESSIONS, USERS, Request
 from feed.errors import Conflict, Invalid, NotFound, Unauthorized
 from feed.ids import new_id
-from feed.records import AccountCounts, Cacheable, UserRecord
+from feed.records import AccountCounts, Cacheable, SessionRecord, UserRecord
 from feed.services import effects, erasure, lookup, throttle
 from feed.services import email_index as emails
 from feed.services.context import Services, now
@@ -252,21 +252,49 @@ async def session_user_with(
 ) -> tuple[User | None, Cacheable | None]:
     """The user of a session, and what the cache holds for ``also(their id)`` (a page's other per-person value),
     read in the same cache round trip as the user; so is ``prefetch(their id)``, only into L1 (the page's blob)."""
-    if not token or len(token) > 100:
+    if not _may_be(token, SESSION_TOKEN_MOST):
         return None, None
     record = await lookup.session(svc, token_hash(svc, token))
-    if record is None or record.expires_at <= now():
+    if not _live(record):
         return None, None
+    assert record is not None
     requests = [lookup.users_request(svc, [record.user_id])]
     if also is not None:
         requests.append(also(record.user_id))
     if prefetch is not None:
         requests.append(prefetch(record.user_id))
     found_user, *found_also = await svc.cache.get_multi(requests)
-    found = found_user.get(record.user_id)
-    if not isinstance(found, UserRecord) or erasure.is_erased(found):
+    user = _person(found_user.get(record.user_id))
+    if user is None:
         return None, None
-    return User.of(found), found_also[0].get(record.user_id) if found_also else None
+    return user, found_also[0].get(record.user_id) if found_also else None
+
+
+def held_session_user(svc: Services, token: str) -> User | None:
+    """:func:`session_user` from this process's L1 alone, awaiting nothing (None also when L1 lacks a record, or
+    holds one due for a refresh): for ``feed.web.hot_path``."""
+    if not _may_be(token, SESSION_TOKEN_MOST):
+        return None
+    record = svc.cache.cached(SESSIONS, token_hash(svc, token).hex())
+    if not isinstance(record, SessionRecord) or not _live(record):
+        return None
+    return _person(svc.cache.cached(USERS, record.user_id))
+
+
+SESSION_TOKEN_MOST, API_TOKEN_MOST = 100, 200  # characters: anything longer is no token of ours
+
+
+def _may_be(token: str, most: int) -> bool:
+    return bool(token) and len(token) <= most
+
+
+def _live(record: SessionRecord | None) -> bool:
+    return record is not None and record.expires_at > now()
+
+
+def _person(found: object) -> User | None:
+    """The person of a cached user record, unless it is missing or an erased account's."""
+    return User.of(found) if isinstance(found, UserRecord) and not erasure.is_erased(found) else None
 
 
 async def logout(svc: Services, token: str) -> None:
@@ -306,18 +334,31 @@ class Grant:
 
 async def token_grant(svc: Services, token: str) -> Grant | None:
     """The token's grant; None if it is unknown, expired, revoked, or its account is gone."""
-    if not token or len(token) > 200:
+    if not _may_be(token, API_TOKEN_MOST):
         return None
     record = await lookup.api_token(svc, token_hash(svc, token))
-    if record is None or record.expires_at <= now():
+    if record is None or not _live(record):
         return None
-    scopes = tuple((record.scopes or CLI_SCOPES).split())
     if not record.user_id:
-        return Grant(None, record.app_id, scopes)
-    found = await lookup.user(svc, record.user_id)
-    if found is None or erasure.is_erased(found):
+        return Grant(None, record.app_id, _scopes(record))
+    user = _person(await lookup.user(svc, record.user_id))
+    return None if user is None else Grant(user, record.app_id, _scopes(record))
+
+
+def held_token_grant(svc: Services, token: str) -> Grant | None:
+    """:func:`token_grant` from this process's L1 alone, awaiting nothing (None also when L1 lacks a record, or
+    holds one due for a refresh), and only for a token of a person: for ``feed.web.hot_path``."""
+    if not _may_be(token, API_TOKEN_MOST):
         return None
-    return Grant(User.of(found), record.app_id, scopes)
+    record = svc.cache.cached(API_TOKENS, token_hash(svc, token).hex())
+    if not isinstance(record, SessionRecord) or not _live(record) or not record.user_id:
+        return None
+    user = _person(svc.cache.cached(USERS, record.user_id))
+    return None if user is None else Grant(user, record.app_id, _scopes(record))
+
+
+def _scopes(record: SessionRecord) -> tuple[str, ...]:
+    return tuple((record.scopes or CLI_SCOPES).split())
 
 
 async def token_user(svc: Services, token: str) -> User | None:

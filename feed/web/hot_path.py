@@ -23,12 +23,9 @@ from typing import Any, NamedTuple
 from starlette.requests import Request, cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from feed.cache import API_TOKENS, SESSIONS, UNREAD, USERS, Space
-from feed.records import SessionRecord, UserRecord
-from feed.services import accounts, erasure, notifications, oauth
-from feed.services.accounts import CLI_SCOPES
-from feed.services.context import Services, now
-from feed.services.models import User
+from feed.cache import UNREAD
+from feed.services import accounts, notifications, oauth
+from feed.services.context import Services
 from feed.web import api, mastodon, page_blobs, pages
 from feed.web.api import DEFAULT_LIMIT
 from feed.web.auth import SESSION_COOKIE, csrf_of
@@ -109,20 +106,6 @@ class _Headers:
                 self.htmx = True
 
 
-def _viewer(svc: Services, space: Space, token: str, limit: int) -> tuple[User, SessionRecord] | None:
-    """``session_user_with`` and ``token_grant`` from L1 alone: the person whose session or token it is, if L1
-    holds its record and theirs (not due for a refresh), it has not expired and they are not erased."""
-    if not token or len(token) > limit:
-        return None
-    record = svc.cache.cached(space, accounts.token_hash(svc, token).hex())
-    if not isinstance(record, SessionRecord) or not record.user_id or record.expires_at <= now():
-        return None
-    found = svc.cache.cached(USERS, record.user_id)
-    if not isinstance(found, UserRecord) or erasure.is_erased(found):
-        return None
-    return User.of(found), record
-
-
 def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
     if headers.htmx or not headers.cookie:
         return None
@@ -131,10 +114,9 @@ def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
     https = scope.get("scheme") == "https"
     cookies = cookie_parser(headers.cookie.decode("latin-1"))
     token = cookies.get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
-    found = _viewer(svc, SESSIONS, token, 100)
-    if found is None:
+    viewer = accounts.held_session_user(svc, token)
+    if viewer is None:
         return None
-    viewer, _ = found
     unread = svc.cache.cached(UNREAD, viewer.id)
     if unread is None:
         return None
@@ -150,10 +132,10 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
         return None
     state = scope["app"].state
     svc: Services = state.services
-    found = _viewer(svc, API_TOKENS, token.strip(), 200)
-    if found is None or not oauth.covers(tuple((found[1].scopes or CLI_SCOPES).split()), "read:statuses"):
+    grant = accounts.held_token_grant(svc, token.strip())
+    if grant is None or grant.user is None or not oauth.covers(grant.scopes, "read:statuses"):
         return None
-    blob = page_blobs.held(svc, state.templates, found[0], {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)
+    blob = page_blobs.held(svc, state.templates, grant.user, {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)
     if blob is None:
         return None
     links, _, body = blob.partition(b"\n")

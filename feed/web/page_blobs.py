@@ -125,6 +125,11 @@ def variant(env: jinja2.Environment, timeline: str) -> str:
     return f"{timeline}|{release(env)}"
 
 
+def _statuses_variant(env: jinja2.Environment, timeline: str, limit: int, base: str) -> str:
+    """An API blob's: statuses link to the server's address they were asked at, and a page holds ``limit``."""
+    return f"{variant(env, f'api:{timeline}')}|{limit}|{base}"
+
+
 class _Holes(PostHtml):
     """Posts drawn with holes where :class:`PostHtml` puts what changes by the minute or with others' actions: each
     post's relative time (``p``, which starts a post), reply count (``r``), like count (``k``) and boost count
@@ -274,7 +279,7 @@ async def serve_statuses(request: Request, svc: Services, viewer: User, timeline
         body = mastodon.statuses_text(request, page.posts, {}, apps, holes=_STATUS_HOLES)
         return f"{', '.join(links)}\n{body}", list(page.posts)
 
-    wanted = f"{variant(env, f'api:{timeline}')}|{limit}|{base}"
+    wanted = _statuses_variant(env, timeline, limit, base)
     found = await _serve(request, svc, viewer, _HOME_STATUSES, wanted, paint if draw else None, {"h": base.encode()})
     if found is None:
         return None
@@ -364,7 +369,7 @@ def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, 
     home timeline: its Link header, a newline, its JSON) from a blob this process holds, good now and checked since
     the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses` then)."""
     kind = _HOME_STATUSES if limit else _HOME_PAGE
-    wanted = f"{variant(env, 'api:home')}|{limit}|{base}" if limit else variant(env, "home")
+    wanted = _statuses_variant(env, "home", limit, base) if limit else variant(env, "home")
     blob = svc.cache.cached(kind.space, viewer.id)
     if not isinstance(blob, SealedPage) or blob.variant != wanted or blob.expires <= time.time():
         return None

@@ -89,6 +89,13 @@ async def test_a_home_page_from_the_hot_path_is_the_page_the_stack_serves(
     assert welcome.status_code == 200 and "cf_anon" in welcome.headers.get("set-cookie", "")
     assert below.calls == calls + 4
 
+    # A session that ended is never served from the blob still held: the stack answers with the welcome page.
+    token = bob.http.cookies["cf_session"]
+    assert (await bob.post("/logout")).status_code == 303
+    calls = below.calls
+    ended = await client_for(redis_app, cookies={"cf_session": token}).get("/")
+    assert ended.status_code == 200 and b"hot &lt;b&gt;words" not in ended.content and below.calls == calls + 1
+
 
 async def test_an_apps_home_timeline_from_the_hot_path_is_the_one_the_stack_serves(
     make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
