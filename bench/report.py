@@ -111,5 +111,8 @@ def write(out: Path, rows: list[Row], meta: dict[str, Any]) -> tuple[Path, Path]
     head = [f"# cipherfeed benchmark ({meta['mode']})", ""]
     head += [f"- {k}: {v}" for k, v in meta.get("summary", {}).items()]
     scenario_lines = [f"{n}. {t}" for n, t in TITLES.items()]
-    md_path.write_text("\n".join([*head, "", *scenario_lines, "", markdown(rows), ""]))
+    profile = meta.get("notes", {}).get("profile_table")
+    if profile:  # --profile: where the server spends its time on the home page
+        profile = f"## Where the cipherfeed server spends its time on the home page (py-spy)\n\n{profile}\n"
+    md_path.write_text("\n".join([*head, "", *scenario_lines, "", markdown(rows), "", *([profile] if profile else [])]))
     return json_path, md_path
