@@ -12,7 +12,7 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 
 
-def decrypt_or_none(aead: AESGCM, nonce: bytes, data: bytes, aad: bytes) -> bytes | None:
+def decrypt_or_none(aead: AESGCM, nonce: bytes, data: bytes | memoryview, aad: bytes) -> bytes | None:
     """The plaintext, or None if the tag does not verify.
 
     Callers raise InvalidToken themselves, outside any ``except`` block and after the plaintext or key is

@@ -114,7 +114,9 @@ def open_field_utf8(user_key: UserKey, blob: Sealed | bytes, ctx: FieldContext) 
     data_aead = _data_key(user_key, data, context)
     if data_aead is None:
         raise InvalidToken
-    plaintext = decrypt_or_none(data_aead, data[DATA_NONCE], data[CIPHERTEXT], _data_aad(data, context))
+    # A view, not a slice: a page is tens of kilobytes, and a slice would copy them once more.
+    ciphertext = memoryview(data)[CIPHERTEXT]
+    plaintext = decrypt_or_none(data_aead, data[DATA_NONCE], ciphertext, _data_aad(data, context))
     if plaintext is None:
         raise InvalidToken
     return plaintext

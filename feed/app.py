@@ -63,9 +63,9 @@ from feed.web.auth import session_state
 from feed.web.cors import ApiCors
 from feed.web.crash import CatchAll
 from feed.web.forms import BadRequest
-from feed.web.hot_path import BlobPages
+from feed.web.hot_path import HotApp
 from feed.web.hub import Hub
-from feed.web.metrics import RequestMetrics, metrics_endpoint, outbox_gauges
+from feed.web.metrics import RequestMetrics, RouteTimings, metrics_endpoint, outbox_gauges
 from feed.web.middleware import (
     ApiTrailingSlash,
     BodyLimit,
@@ -389,11 +389,12 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
                 await hub.stop()
                 await streams.stop()
 
+    timings = RouteTimings()
     middleware = [
         Middleware(DirectSend),  # live streams write their body chunks past the layers below (feed.web.sse)
         Middleware(ApiTrailingSlash),  # every layer below sees the path as routed
-        Middleware(RequestMetrics),  # outermost of ours, so it also counts the 500s, 413s and 403s made below it
-        Middleware(BlobPages),  # home pages from their blobs, past every layer below (feed.web.hot_path)
+        # Outermost of ours but the hot path, so it also counts the 500s, 413s and 403s made below it.
+        Middleware(RequestMetrics, timings=timings),
         Middleware(SecurityHeaders),
         Middleware(CatchAll),
         Middleware(ApiCors),
@@ -404,7 +405,8 @@ def create_app(settings: Settings, *, role: str = "web") -> Starlette:
     if settings.replica_urls:
         middleware.append(Middleware(ReadYourWrites))
     handlers: dict[Any, Any] = {DomainError: domain_error, HTTPException: http_error}
-    app = Starlette(middleware=middleware, exception_handlers=handlers)
+    # Home pages from their blobs, in front of every layer above (feed.web.hot_path).
+    app = HotApp(middleware=middleware, exception_handlers=handlers, timings=timings)
     app.router = IndexedRouter(routes(), lifespan=lifespan)  # Starlette's, trying only the routes a path can match
     return app
 

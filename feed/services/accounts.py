@@ -270,15 +270,18 @@ async def session_user_with(
     return user, found_also[0].get(record.user_id) if found_also else None
 
 
-def held_session_user(svc: Services, token: str) -> User | None:
-    """:func:`session_user` from this process's L1 alone, awaiting nothing (None also when L1 lacks a record, or
-    holds one due for a refresh): for ``feed.web.hot_path``."""
-    if not _may_be(token, SESSION_TOKEN_MOST):
-        return None
-    record = svc.cache.cached(SESSIONS, token_hash(svc, token).hex())
+def held_session_named(svc: Services, name: str) -> User | None:
+    """:func:`session_user` of the token whose :func:`token_name` is ``name``, from this process's L1 alone,
+    awaiting nothing (None also when L1 lacks a record, or holds one due for a refresh): for ``feed.web.hot_path``."""
+    record = svc.cache.cached(SESSIONS, name)
     if not isinstance(record, SessionRecord) or not _live(record):
         return None
     return _person(svc.cache.cached(USERS, record.user_id))
+
+
+def token_name(svc: Services, token: str) -> str:
+    """What a session's or API token's record is cached under: its keyed hash, in hex."""
+    return token_hash(svc, token).hex()
 
 
 SESSION_TOKEN_MOST, API_TOKEN_MOST = 100, 200  # characters: anything longer is no token of ours
@@ -286,6 +289,15 @@ SESSION_TOKEN_MOST, API_TOKEN_MOST = 100, 200  # characters: anything longer is 
 
 def _may_be(token: str, most: int) -> bool:
     return bool(token) and len(token) <= most
+
+
+def may_be_session(token: str) -> bool:
+    """Whether ``token`` may be a session cookie of ours (by its length): not, and it is not looked up."""
+    return _may_be(token, SESSION_TOKEN_MOST)
+
+
+def may_be_api_token(token: str) -> bool:
+    return _may_be(token, API_TOKEN_MOST)
 
 
 def _live(record: SessionRecord | None) -> bool:
@@ -345,12 +357,11 @@ async def token_grant(svc: Services, token: str) -> Grant | None:
     return None if user is None else Grant(user, record.app_id, _scopes(record))
 
 
-def held_token_grant(svc: Services, token: str) -> Grant | None:
-    """:func:`token_grant` from this process's L1 alone, awaiting nothing (None also when L1 lacks a record, or
-    holds one due for a refresh), and only for a token of a person: for ``feed.web.hot_path``."""
-    if not _may_be(token, API_TOKEN_MOST):
-        return None
-    record = svc.cache.cached(API_TOKENS, token_hash(svc, token).hex())
+def held_token_grant_named(svc: Services, name: str) -> Grant | None:
+    """:func:`token_grant` of the token whose :func:`token_name` is ``name``, from this process's L1 alone, awaiting
+    nothing (None also when L1 lacks a record, or holds one due for a refresh), and only for a token of a person:
+    for ``feed.web.hot_path``."""
+    record = svc.cache.cached(API_TOKENS, name)
     if not isinstance(record, SessionRecord) or not _live(record) or not record.user_id:
         return None
     user = _person(svc.cache.cached(USERS, record.user_id))

@@ -17,18 +17,22 @@ go to Redis (``answer``): the blob comes in the round trip of the viewer's own r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from starlette.applications import Starlette
 from starlette.requests import Request, cookie_parser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from feed.cache import UNREAD
+from feed.metrics import Registry
 from feed.services import accounts, notifications, oauth
 from feed.services.context import Services
 from feed.web import api, mastodon, page_blobs, pages
 from feed.web.api import DEFAULT_LIMIT
 from feed.web.auth import SESSION_COOKIE, csrf_of
+from feed.web.metrics import RouteTimings
 from feed.web.middleware import HSTS, SECURITY_HEADERS
 from feed.web.pages import VISIBILITY_COOKIE, audience_of
 
@@ -51,19 +55,35 @@ class _Hot(NamedTuple):
     extra: list[tuple[bytes, bytes]]  # headers of the path, beside the security headers
 
 
-class BlobPages:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class HotApp(Starlette):
+    """The app: Starlette, with the hot path in front of its whole middleware stack. A request it answers is timed
+    as the request metrics time the rest (``feed.web.metrics``)."""
+
+    def __init__(self, *args: Any, timings: RouteTimings, **kwargs: Any) -> None:
+        """``timings``: the request metrics' (one registry holds one of each series)."""
+        super().__init__(*args, **kwargs)
+        self.timings = timings
+        self.tokens = _Tokens()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
         hot = _HOT.get(scope["path"]) if scope["type"] == "http" else None
-        if hot is None or scope["method"] != "GET" or scope["query_string"]:
-            await self.app(scope, receive, send)
-            return
+        if (
+            hot is None
+            or scope["method"] != "GET"
+            or scope["query_string"]
+            or not await self._answer(hot, scope, receive, send)
+        ):
+            await self.middleware_stack(scope, receive, send)
+
+    async def _answer(self, hot: _Hot, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Whether the blob answered: False if nothing was sent, for the stack to answer."""
+        start = time.perf_counter()
         asked = _Headers(scope)
         if asked.body:
-            await self.app(scope, receive, send)
-            return
+            return False
         found: Any = None
         try:
             found = hot.held(scope, asked)  # from this process's memory alone
@@ -73,8 +93,7 @@ class BlobPages:
             log.debug("hot path declined (%s)", type(exc).__name__)
             found = None
         if found is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         body, links = found if isinstance(found, tuple) else (found, b"")
         headers: list[tuple[bytes, bytes]] = [(b"content-length", b"%d" % len(body)),
                                               (b"content-type", hot.content_type)]  # fmt: skip
@@ -85,8 +104,14 @@ class BlobPages:
         if scope.get("scheme") == "https":
             headers.append(HSTS)
         scope["route"] = hot.route
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            registry = getattr(self.state, "metrics", None)
+            if isinstance(registry, Registry):
+                self.timings.observe(registry, scope, "200", time.perf_counter() - start)
+        return True
 
 
 class _Headers:
@@ -106,21 +131,64 @@ class _Headers:
                 self.htmx = True
 
 
+class _Seen(NamedTuple):
+    """What the server derives from a token by keyed hashes: pure functions of it and the server's secrets."""
+
+    name: str  # its session's or grant's cache key (accounts.token_name)
+    csrf: str  # the CSRF token of a browser with it as its session cookie
+
+
+class _Tokens:
+    """The session cookies and API tokens this process found live lately, each with its :class:`_Seen`: two HMACs
+    fewer per request. Nothing here says a token is good (its record in L1 does, per request), so nothing here goes
+    stale; a token not found live is not remembered, so made-up ones push no real one out. At most ``most``, the
+    oldest forgotten first; all forgotten if the services (and so the secrets) change."""
+
+    def __init__(self, most: int = 4096) -> None:
+        self.most = most
+        self._svc: Services | None = None
+        self._seen: dict[str, _Seen] = {}
+
+    def seen(self, svc: Services, token: str) -> _Seen | None:
+        if svc is not self._svc:
+            self._svc, self._seen = svc, {}
+        return self._seen.get(token)
+
+    def derive(self, svc: Services, csrf_key: bytes, token: str) -> _Seen:
+        return _Seen(accounts.token_name(svc, token), csrf_of(csrf_key, token))
+
+    def remember(self, token: str, seen: _Seen) -> None:
+        if len(self._seen) >= self.most:
+            del self._seen[next(iter(self._seen))]
+        self._seen[token] = seen
+
+
 def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
     if headers.htmx or not headers.cookie:
         return None
-    state = scope["app"].state
+    app = scope["app"]
+    state = app.state
     svc: Services = state.services
     https = scope.get("scheme") == "https"
     cookies = cookie_parser(headers.cookie.decode("latin-1"))
     token = cookies.get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
-    viewer = accounts.held_session_user(svc, token)
+    tokens: _Tokens = app.tokens
+    seen = tokens.seen(svc, token)
+    if seen is None:
+        if not accounts.may_be_session(token):
+            return None
+        seen = tokens.derive(svc, state.csrf_key, token)
+        viewer = accounts.held_session_named(svc, seen.name)
+        if viewer is not None:
+            tokens.remember(token, seen)
+    else:
+        viewer = accounts.held_session_named(svc, seen.name)
     if viewer is None:
         return None
     unread = svc.cache.cached(UNREAD, viewer.id)
     if unread is None:
         return None
-    shell = page_blobs.page_shell(csrf_of(state.csrf_key, token), notifications.unread_of(unread),
+    shell = page_blobs.page_shell(seen.csrf, notifications.unread_of(unread),
                                   audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip
     return page_blobs.held(svc, state.templates, viewer, shell)
 
@@ -130,9 +198,21 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
     base = mastodon.known_base(scope)
     if scheme.lower() != "bearer" or base is None:
         return None
-    state = scope["app"].state
+    app = scope["app"]
+    state = app.state
     svc: Services = state.services
-    grant = accounts.held_token_grant(svc, token.strip())
+    token = token.strip()
+    tokens: _Tokens = app.tokens
+    seen = tokens.seen(svc, token)
+    if seen is None:
+        if not accounts.may_be_api_token(token):
+            return None
+        seen = _Seen(accounts.token_name(svc, token), "")
+        grant = accounts.held_token_grant_named(svc, seen.name)
+        if grant is not None:
+            tokens.remember(token, seen)
+    else:
+        grant = accounts.held_token_grant_named(svc, seen.name)
     if grant is None or grant.user is None or not oauth.covers(grant.scopes, "read:statuses"):
         return None
     blob = page_blobs.held(svc, state.templates, grant.user, {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)

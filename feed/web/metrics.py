@@ -25,18 +25,11 @@ def _route_template(scope: Scope) -> str:
     return template if isinstance(template, str) else "unmatched"
 
 
-class RequestMetrics:
-    """Times every HTTP request by method, route template and status.
+class RouteTimings:
+    """The request duration and count series of one registry by (method, route template, status): what
+    :class:`RequestMetrics` records of each request, and the hot path (``feed.web.hot_path``) of those it answers."""
 
-    Without a ``registry`` argument it is looked up per request in ``app.state.metrics`` (made in the lifespan, after
-    the middleware stack is built); if there is none, nothing is recorded. Methods outside ``METHODS`` count as
-    ``other``. Messages pass through untouched, so streaming responses still stream; the duration runs until the app
-    returns, which for a stream is its whole life.
-    """
-
-    def __init__(self, app: ASGIApp, registry: Registry | None = None) -> None:
-        self.app = app
-        self.registry = registry
+    def __init__(self) -> None:
         self._bound: tuple[Registry, Any, Any] | None = None
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # closed sets: methods, routes, statuses
 
@@ -54,13 +47,31 @@ class RequestMetrics:
             self._children.clear()
         return self._bound[1], self._bound[2]
 
-    def _series(self, registry: Registry, labels: tuple[str, str, str]) -> tuple[Any, Any]:
-        """The duration and count series of one (method, route, status): ``.labels()`` is too dear per request."""
+    def observe(self, registry: Registry, scope: Scope, status: str, elapsed: float) -> None:
+        """One request of ``scope``, answered with ``status`` in ``elapsed`` seconds. Methods outside ``METHODS``
+        count as ``other``."""
         duration, requests = self._families(registry)
-        found = self._children.get(labels)
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        labels = (method, _route_template(scope), status)
+        found = self._children.get(labels)  # .labels() is too dear per request
         if found is None:
             found = self._children[labels] = (duration.labels(*labels), requests.labels(*labels))
-        return found
+        found[0].observe(elapsed)
+        found[1].inc()
+
+
+class RequestMetrics:
+    """Times every HTTP request by method, route template and status (:class:`RouteTimings`).
+
+    Without a ``registry`` argument it is looked up per request in ``app.state.metrics`` (made in the lifespan, after
+    the middleware stack is built); if there is none, nothing is recorded. Messages pass through untouched, so
+    streaming responses still stream; the duration runs until the app returns, which for a stream is its whole life.
+    """
+
+    def __init__(self, app: ASGIApp, registry: Registry | None = None, timings: RouteTimings | None = None) -> None:
+        self.app = app
+        self.registry = registry
+        self.timings = timings or RouteTimings()  # shared with the hot path, if the app has one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         registry = self.registry or getattr(getattr(scope.get("app"), "state", None), "metrics", None)
@@ -79,11 +90,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            elapsed = time.perf_counter() - start
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            duration, requests = self._series(registry, (method, _route_template(scope), status))
-            duration.observe(elapsed)
-            requests.inc()
+            self.timings.observe(registry, scope, status, time.perf_counter() - start)
 
 
 def outbox_gauges(registry: Registry) -> tuple[Any, Any]:

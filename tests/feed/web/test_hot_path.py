@@ -10,7 +10,6 @@ import pytest
 
 from feed.services import accounts
 from feed.web import hot_path
-from feed.web.hot_path import BlobPages
 from tests.conftest import client_for
 from tests.feed.test_metrics import parse, series
 
@@ -25,17 +24,14 @@ class Below:
     def __init__(self, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         if app.middleware_stack is None:
             app.middleware_stack = app.build_middleware_stack()
-        layer = app.middleware_stack
-        while not isinstance(layer, BlobPages):
-            layer = layer.app
         self.calls = 0
-        inner = layer.app
+        inner = app.middleware_stack
 
         async def counted(scope: Any, receive: Any, send: Any) -> None:
             self.calls += 1
             await inner(scope, receive, send)
 
-        monkeypatch.setattr(layer, "app", counted)
+        monkeypatch.setattr(app, "middleware_stack", counted)
 
 
 async def _refuse(request: Any) -> None:
