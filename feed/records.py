@@ -227,6 +227,7 @@ class SealedPage:
     holes: str  # what fills each of its holes, in order: one letter each
     drawn_ms: int  # when it was drawn (epoch milliseconds): where its live stream starts
     sealed: Sealed
+    source: str = ""  # a digest of the shared list it was drawn from ("" if none): the public timeline's refs
     # A digest of everything above, made when first asked for (feed.web.page_blobs binds the seal to it).
     digest: Any = field(default=None, init=False, compare=False, repr=False)
     # This process's last check of it against the posts and people it shows (feed.web.page_blobs), never stored.
@@ -237,7 +238,7 @@ class SealedPage:
         never opens under another page's ids, names, holes or expiry."""
         if self.digest is None:
             value = page_digest(self.variant, self.key_version, self.expires, self.posts, self.people, self.holes,
-                                self.drawn_ms)  # fmt: skip
+                                self.drawn_ms, self.source)  # fmt: skip
             object.__setattr__(self, "digest", value)
         return int(self.digest)
 
@@ -384,6 +385,8 @@ def encode(value: Cacheable) -> bytes:
     if isinstance(value, SealedPage):
         header = {"v": value.variant, "k": value.key_version, "x": value.expires, "p": [list(p) for p in value.posts],
                   "u": [list(u) for u in value.people], "h": value.holes, "d": value.drawn_ms}  # fmt: skip
+        if value.source:
+            header["s"] = value.source
         return _pack(b"G", header, value.sealed.data)
     return _pack(b"K", {}, value.blob)
 
@@ -457,7 +460,15 @@ def _decode(data: bytes) -> Cacheable:
         posts = tuple((int(i), int(r), int(b)) for i, r, b in h["p"])
         people = tuple((int(i), str(u), str(d)) for i, u, d in h["u"])
         return SealedPage(
-            str(h["v"]), int(h["k"]), int(h["x"]), posts, people, str(h["h"]), int(h["d"]), Sealed(sealed)
+            str(h["v"]),
+            int(h["k"]),
+            int(h["x"]),
+            posts,
+            people,
+            str(h["h"]),
+            int(h["d"]),
+            Sealed(sealed),
+            str(h.get("s", "")),
         )
     if tag == b"K":
         (blob,) = blobs

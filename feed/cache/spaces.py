@@ -58,7 +58,10 @@ PAGES = Space("w", l1_ttl=60, l2_ttl=120)  # a blob lives a minute at most (feed
 # The same for the API's JSON, in L1 only (as HOME, which the bus drops in every process): a fan-out drops it in
 # every follower's entry without one more Redis write each.
 STATUS_PAGES = Space("v", l1_ttl=60, l2_ttl=0)
-PAGE_SPACES = (PAGES, STATUS_PAGES)
+# The public timeline's first page, per viewer (their blocks, mutes and marks), in L1 only: checked, when read, also
+# against the public timeline's refs it was drawn from.
+PUBLIC_PAGES = Space("q", l1_ttl=60, l2_ttl=0)
+PAGE_SPACES = (PAGES, STATUS_PAGES, PUBLIC_PAGES)
 SPACES = (
     POSTS,
     USERS,
@@ -79,6 +82,7 @@ SPACES = (
     MUTED,
     PAGES,
     STATUS_PAGES,
+    PUBLIC_PAGES,
 )
 # An invalidation of a key of one of these spaces drops the same key of the spaces it names too: a viewer's home
 # page blob goes with their home refs, whom they block, mute and follow, their own profile, and what they liked,

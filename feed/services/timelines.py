@@ -434,17 +434,22 @@ async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | Non
     return _page(await views(svc, refs, viewer, None if stale else marks, recheck=stale, style=style), refs, page)
 
 
+async def public_refs(svc: Services) -> list[lookup.Ref]:
+    """The public timeline's newest refs (its first pages' worth), as everyone shares them in the cache."""
+
+    async def load() -> list[Any]:
+        async with svc.db() as session:
+            return await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))
+
+    return await lookup.timeline_refs(svc, TIMELINES, "public", load)
+
+
 async def public(
     svc: Services, viewer: User | None, page: Page, style: FrameStyle | None = None, *, only_media: bool = False
 ) -> TimelinePage:
     """Public posts, newest first (``only_media``: those with images)."""
     if _first(page, PUBLIC_FIRST_PAGE) and not only_media:
-
-        async def load() -> list[Any]:
-            async with svc.db() as session:
-                return await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))
-
-        refs: Sequence[Any] = (await lookup.timeline_refs(svc, TIMELINES, "public", load))[: page.limit]
+        refs: Sequence[Any] = (await public_refs(svc))[: page.limit]
         return _page(await views(svc, refs, viewer, recheck=True, style=style, hide_muted=True), refs, page)
 
     async def read(session: AsyncSession) -> list[Any]:

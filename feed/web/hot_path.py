@@ -1,12 +1,17 @@
-"""The hot path: a viewer's home page, and their app's home timeline, served from their sealed blob (in this process
-or in Redis: ``feed.web.page_blobs``) before the rest of the middleware and the router.
+"""The hot path: a viewer's home and public pages, and their app's home timeline, served from their sealed blob (in
+this process, or in Redis for the home page: ``feed.web.page_blobs``) before the middleware and the router.
 
-Those two reads are most of a timeline server's traffic, and a blob makes each a session lookup, one decryption and
-its holes: the layers between, each a call and a wrapped ``send``, would cost more than the page. So this layer,
-inside the request metrics only, answers a ``GET /`` or ``GET /api/v1/timelines/home`` without a query or a body
-when the blob is there and good, with the very headers the layers below would add (the security headers; CORS for
-the API). Anything else (no session, a bad token, no blob or a stale one, an htmx request, an error) goes down the
-whole stack as before, which answers it as it always has: nothing was sent by then.
+Those reads are most of a timeline server's traffic, and a blob makes each a session lookup, one decryption and its
+holes: the layers between, each a call and a wrapped ``send``, would cost more than the page. So the app itself
+(``HotApp``), in front of its whole middleware stack, answers a ``GET /``, ``GET /public`` or
+``GET /api/v1/timelines/home`` without a query or a body when the blob is there and good, with the very headers the
+layers would add (the security headers; CORS for the API), timed in the request metrics as they time the rest.
+Anything else (no session, a bad token, no blob or a stale one, an htmx request, an error) goes down the whole stack
+as before, which answers it as it always has: nothing was sent by then.
+
+A session cookie or API token found live is remembered with what the server derives from it by keyed hashes (its
+record's cache key, its CSRF token), so that a read makes no HMAC. The process holds every active person's key
+anyway; these tokens add nothing that its memory did not already give away.
 
 First from this process's memory alone, without awaiting anything (``held``): the session or token, the person, the
 unread count and the blob from L1, each as the cache would give it (never a value due for a refresh), the blob's
@@ -163,7 +168,15 @@ class _Tokens:
         self._seen[token] = seen
 
 
-def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
+def _held_home(scope: Scope, headers: _Headers) -> bytes | None:
+    return _held_page(scope, headers, "home")
+
+
+def _held_public(scope: Scope, headers: _Headers) -> bytes | None:
+    return _held_page(scope, headers, "public")
+
+
+def _held_page(scope: Scope, headers: _Headers, timeline: str) -> bytes | None:
     if headers.htmx or not headers.cookie:
         return None
     app = scope["app"]
@@ -190,7 +203,7 @@ def _held_page(scope: Scope, headers: _Headers) -> bytes | None:
         return None
     shell = page_blobs.page_shell(seen.csrf, notifications.unread_of(unread),
                                   audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip
-    return page_blobs.held(svc, state.templates, viewer, shell)
+    return page_blobs.held(svc, state.templates, viewer, shell, timeline=timeline)
 
 
 def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | None:
@@ -223,7 +236,8 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
 
 
 _HOT = {
-    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_page, pages.home_from_blob, []),
+    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_home, pages.home_from_blob, []),
+    "/public": _Hot(_Route("/public"), b"text/html; charset=utf-8", _held_public, pages.public_from_blob, []),
     "/api/v1/timelines/home": _Hot(
         _Route("/api/v1/timelines/home"), b"application/json", _held_statuses, api.home_timeline_from_blob, _CORS
     ),

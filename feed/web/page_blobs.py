@@ -55,7 +55,9 @@ from feed.cache import (
     MUTED,
     PAGES,
     POSTS,
+    PUBLIC_PAGES,
     STATUS_PAGES,
+    TIMELINES,
     USERS,
     Space,
     redis_key,
@@ -63,7 +65,7 @@ from feed.cache import (
 from feed.cache import Request as CacheRequest
 from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey, page_digest
 from feed.services import accounts as accounts_service
-from feed.services import lookup, oauth
+from feed.services import lookup, oauth, timelines
 from feed.services.context import Services
 from feed.services.models import PostView, TimelinePage, User
 from feed.storage.erasure import ERASED
@@ -92,15 +94,24 @@ Paint = Callable[[], Awaitable[tuple[str, list[PostView]]]]
 
 @dataclass(frozen=True)
 class _Kind:
-    """A kind of blob: its seal's field name, its cache space, and the spaces whose changes its check follows."""
+    """A kind of blob: its seal's field name, its cache space, and the spaces whose changes its check follows; and
+    for a page drawn from a list everyone shares (not dropped by a viewer's own keys), that list's digest now."""
 
     name: str
     space: Space
     checked: tuple[Space, ...]
+    source: Callable[[Services], Awaitable[str]] | None = None
+
+
+async def _public_source(svc: Services) -> str:
+    """The public timeline's refs now, as a digest: a public page drawn from others is drawn again."""
+    return format(page_digest(*(tuple(ref) for ref in await timelines.public_refs(svc))), "x")
 
 
 _HOME_PAGE = _Kind("page:home", PAGES, (POSTS, USERS))
 _HOME_STATUSES = _Kind("page:api:home", STATUS_PAGES, (POSTS, USERS, COUNTS))  # its accounts show their counts
+_PUBLIC_PAGE = _Kind("page:public", PUBLIC_PAGES, (POSTS, USERS, TIMELINES), _public_source)
+_PAGE_KINDS = {"home": _HOME_PAGE, "public": _PUBLIC_PAGE}
 
 
 _DRAWING_CODE = ("feed.web.page_blobs", "feed.web.post_html", "feed.web.templating", "feed.web.times",
@@ -200,6 +211,7 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
     svc.cache.drop([redis_key(space, viewer.id) for space in _INPUTS])
     drawn_ms = int(time.time() * 1000)
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
+    source = await kind.source(svc) if kind.source else ""  # before the page too: a change meanwhile redraws it
     text, shown = await paint()
     people: dict[int, tuple[int, str, str]] = {}
     for post in shown:
@@ -215,8 +227,8 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
         return None
     fields = (wanted, key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
     sealed = seal_fields(key, {kind.name: _format_of(text)}, object_id=viewer.id, owner_id=viewer.id,
-                         revision=page_digest(*fields))[kind.name]  # fmt: skip
-    return SealedPage(*fields, sealed)
+                         revision=page_digest(*fields, source))[kind.name]  # fmt: skip
+    return SealedPage(*fields, sealed, source)
 
 
 def _chosen_hole(current: str, value: str) -> Markup:
@@ -256,7 +268,8 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
         return env.get_template(template).render(ctx), holes.shown
 
     shell = page_shell(csrf_token(request), request.state._state.get("unread", 0), audience)
-    return await _serve(request, svc, viewer, _HOME_PAGE, variant(env, timeline), paint if draw else None, shell)
+    kind = _PAGE_KINDS[timeline]
+    return await _serve(request, svc, viewer, kind, variant(env, timeline), paint if draw else None, shell)
 
 
 async def serve_statuses(request: Request, svc: Services, viewer: User, timeline: str, limit: int,
@@ -364,12 +377,13 @@ def _opened(key: UserKey, viewer: User, kind: _Kind, blob: SealedPage, checked: 
 
 
 def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, bytes], *, limit: int = 0,
-         base: str = "") -> bytes | None:  # fmt: skip
-    """Without awaiting anything: the viewer's home page (or, with ``limit`` and the server's ``base``, their app's
-    home timeline: its Link header, a newline, its JSON) from a blob this process holds, good now and checked since
-    the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses` then)."""
-    kind = _HOME_STATUSES if limit else _HOME_PAGE
-    wanted = _statuses_variant(env, "home", limit, base) if limit else variant(env, "home")
+         base: str = "", timeline: str = "home") -> bytes | None:  # fmt: skip
+    """Without awaiting anything: the viewer's page of ``timeline`` (or, with ``limit`` and the server's ``base``,
+    their app's home timeline: its Link header, a newline, its JSON) from a blob this process holds, good now and
+    checked since the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses`
+    then)."""
+    kind = _HOME_STATUSES if limit else _PAGE_KINDS[timeline]
+    wanted = _statuses_variant(env, "home", limit, base) if limit else variant(env, timeline)
     blob = svc.cache.cached(kind.space, viewer.id)
     if not isinstance(blob, SealedPage) or blob.variant != wanted or blob.expires <= time.time():
         return None
@@ -392,6 +406,8 @@ async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
     is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again).
     And whether the check may be kept: only if each value it read is the one L1 holds now (a read that joined a
     refill begun before an invalidation gets a value L1 then refuses to keep)."""
+    if kind.source is not None and await kind.source(svc) != blob.source:
+        return None, False  # the list it was drawn from has changed
     ids = [entry[0] for entry in blob.posts]
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)

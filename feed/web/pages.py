@@ -90,9 +90,29 @@ async def home_from_blob(request: Request) -> bytes | None:
     return await page_blobs.serve(request, svc, user, "home", "home.html", None, _last_visibility(request))
 
 
+async def public_from_blob(request: Request) -> bytes | None:
+    """The public page if the viewer's blob is in L1 and good now (``feed.web.hot_path``)."""
+    if is_htmx(request):
+        return None
+    user = await viewer(request)
+    if user is None:
+        return None
+    return await page_blobs.serve(request, services(request), user, "public", "public.html", None, "")
+
+
 async def public(request: Request) -> Response:
     user = await viewer(request)
-    page = await timelines.public(services(request), user, _page(request), frame_style(request))
+    svc = services(request)
+    if user is not None and not request.scope["query_string"] and not is_htmx(request):  # the viewer's blob
+
+        async def draw() -> tuple[TimelinePage, dict[str, object]]:
+            page = await timelines.public(svc, user, _page(request), frame_style(request))
+            return page, {"page": page, "more_url": _more_url(request, page)}
+
+        body = await page_blobs.serve(request, svc, user, "public", "public.html", draw, "")
+        if body is not None:
+            return HTMLResponse(body)
+    page = await timelines.public(svc, user, _page(request), frame_style(request))
     return _timeline(request, "public.html", page, "public")
 
 

@@ -167,3 +167,45 @@ async def test_an_erasure_on_either_process_empties_every_processs_page_blobs(cl
             return await blobs("a") == await blobs("b") == 0
 
         assert await within(2.0, emptied) is not None, f"a process kept page blobs after an erasure made on {where}"
+
+
+async def test_changes_made_on_a_reach_the_public_blob_read_on_b(cluster: Cluster) -> None:
+    """Alice's public page on B comes from her blob in B's memory: a post, an edit and a delete by someone she does
+    not follow, made on A, reach it (the public timeline's refs, dropped in every process, redraw it)."""
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    first = await bob.compose("a", "public words")
+    space = {"space": "q"}
+
+    async def public() -> str:
+        response = await alice.on["b"].get("/public")
+        assert response.status_code == 200
+        return response.text
+
+    async def shows(ids: list[int]) -> bool:
+        return article_ids(await public()) == ids
+
+    async def reaches(ids: list[int], what: str) -> None:
+        assert await within(1.5, lambda: shows(ids)) is not None, f"B's public blob misses {what}"
+
+    await reaches([first], "a post")
+
+    async def from_blob() -> bool:
+        before = await cluster.metrics("b")
+        assert article_ids(await public()) == [first]
+        after = await cluster.metrics("b")
+        return metric(after, HITS, tier="l1", **space) > metric(before, HITS, tier="l1", **space)
+
+    assert await within(2.0, from_blob) is not None, "B does not serve alice's public page from her blob"
+    second = await bob.compose("a", "a second post")
+    await reaches([second, first], "a new post")
+    edited = await bob.post("a", f"/posts/{first}/edit", {"status": "public words, edited", "revision": "1"})
+    assert edited.status_code == 303
+
+    async def shows_edit() -> bool:
+        text = await public()
+        return "public words, edited" in text and "public words<" not in text
+
+    assert await within(1.0, shows_edit) is not None, "B's public blob shows a post's old text after its edit"
+    assert (await bob.post("a", f"/posts/{second}/delete", {"confirm": "yes"})).status_code == 303
+    await reaches([first], "a delete")

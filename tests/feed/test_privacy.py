@@ -167,6 +167,7 @@ async def test_canary_is_in_no_redis_key_value_bus_message_or_l1_value(make_redi
     checked = [b"".join(v.checked.values) for v in l1 if isinstance(v, SealedPage) and v.checked is not None]
     assert len(checked) >= 4 and find_leaks(b"\n".join(checked), texts) == []  # pages and apps' timelines
     assert any(name.startswith("cf:{v:") for name, _ in redis_app.state.cache.l1_items())
+    assert any(name.startswith("cf:{q:") for name, _ in redis_app.state.cache.l1_items()), "and public pages"
     messages = []
     for _ in range(200):  # drain; a None is also what the subscribe confirmation gives
         message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.01)

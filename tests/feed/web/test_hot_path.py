@@ -145,3 +145,66 @@ async def test_with_l1_cold_the_blob_comes_with_the_viewers_record(
     assert page.status_code == 200 and "words" in page.text and below.calls == 0
     assert len(reads) == 3, reads
     assert any(name.startswith("cf:{w:") for name in reads[1]), "the blob is read with the viewer's record"
+
+
+async def test_only_live_tokens_are_remembered_and_a_remembered_one_still_needs_its_session(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path remembers a live token's keyed hashes (``_Tokens``): made-up cookies and tokens are not
+    remembered, the oldest goes first when it is full, and a remembered token whose session ended gets no page."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("remembered")
+    tokens: Any = redis_app.tokens
+    monkeypatch.setattr(tokens, "_seen", {})
+    for _ in range(3):
+        await alice.get("/")
+    token = alice.http.cookies["cf_session"]
+    assert tokens.seen(redis_app.state.services, token) is not None
+
+    monkeypatch.setattr(tokens, "most", 2)
+    for n in range(5):  # made up: looked up, not remembered, nothing pushed out
+        made_up = await client_for(redis_app, cookies={"cf_session": f"made-up-{n}"}).get("/")
+        assert made_up.status_code == 200 and "remembered" not in made_up.text
+        api = await client_for(redis_app, headers={"Authorization": f"Bearer made-up-{n}"}).get(HOME)
+        assert api.status_code == 401
+    assert list(tokens._seen) == [token]
+    bearer = await accounts.create_token(redis_app.state.services, "alice")
+    other = await make_redis_browser("bob")
+    for client in (client_for(redis_app, headers={"Authorization": f"Bearer {bearer}"}), other.http):
+        await client.get(HOME if client is not other.http else "/")
+        await client.get(HOME if client is not other.http else "/")
+    assert token not in tokens._seen and len(tokens._seen) == 2, "the oldest was not forgotten first"
+
+    for _ in range(2):
+        assert "remembered" in (await alice.get("/")).text
+    assert token in tokens._seen
+    assert (await alice.post("/logout")).status_code == 303
+    ended = await client_for(redis_app, cookies={"cf_session": token}).get("/")
+    assert ended.status_code == 200 and "remembered" not in ended.text
+
+
+async def test_a_public_page_from_the_hot_path_is_the_page_the_stack_serves(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await alice.compose("public and hot")
+    below = Below(redis_app, monkeypatch)
+    stack = await bob.get("/public")  # draws the blob, down the stack
+    assert below.calls == 1
+    with monkeypatch.context() as patched:  # from this process's memory alone: nothing awaited
+        patched.setitem(hot_path._HOT, "/public", hot_path._HOT["/public"]._replace(answer=_refuse))
+        hot = await bob.get("/public")
+    assert below.calls == 1, "the hot path did not serve the public page"
+    assert hot.status_code == stack.status_code == 200 and _headers(hot) == _headers(stack)
+    assert MOMENT.sub(b"", hot.content) == MOMENT.sub(b"", stack.content) and b"public and hot" in hot.content
+
+    # A new public post by anyone: the blob held is stale, so the stack draws the page again.
+    await alice.compose("newer public words")
+    below.calls = 0
+    fresh = await bob.get("/public")
+    assert b"newer public words" in fresh.content and below.calls == 1
+    # With L1 cold the blob is gone with it (it is kept in this process only): drawn again, down the stack.
+    redis_app.state.cache.flush()
+    assert b"newer public words" in (await bob.get("/public")).content and below.calls == 2
+    assert b"newer public words" in (await bob.get("/public")).content and below.calls == 2

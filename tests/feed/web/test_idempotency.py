@@ -4,6 +4,7 @@ same key from the same user within an hour returns the first result), and the pa
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from feed.services.context import now
 from feed.services.jobs import run_maintenance
 from feed.storage.tables import idempotency_keys
+from feed.web.templating import draft_key
 from jobs.registry import maintenance
 from tests.feed.web.mastodon_checks import row_counts
 
@@ -89,3 +91,20 @@ async def test_the_composer_sends_one_key_per_draft(make_browser: Any, app: Any)
     refused = await alice.htmx_post("/posts", {"status": " ", "idempotency_key": "kept-key"})
     assert refused.status_code == 422 and 'value="kept-key"' in refused.text
     assert (await row_counts(app))["posts"] == 1
+
+
+def test_draft_keys_are_random_across_batches_and_a_forked_child_reads_its_own() -> None:
+    """Draft keys come from the OS's randomness read in batches: never repeated across a batch's end, and a
+    forked child (a worker of ``serve``) never hands out the bytes its parent holds."""
+    keys = [draft_key() for _ in range(2 * 4096 // 16 + 3)]
+    assert len(set(keys)) == len(keys) and all(re.fullmatch(r"[A-Za-z0-9_-]{22}", key) for key in keys)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next key, to the parent
+        os.write(write, draft_key().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert child != draft_key(), "the child handed out the parent's next key"

@@ -1,0 +1,132 @@
+"""A signed-in viewer's public timeline page as one sealed blob: the page the stack draws, drawn once, checked when
+read against the public timeline it was drawn from (anyone's new post, edit or delete redraws it), and against the
+viewer's own blocks, mutes and marks, as the home page's blob is."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from feed.cache import PUBLIC_PAGES
+from feed.records import SealedPage
+from feed.services import accounts, erasure, timelines
+from feed.web import page_blobs
+from tests.conftest import client_for
+from tests.feed.web.test_frames import article
+
+pytestmark = pytest.mark.anyio
+CANARY = "public-canary-7c2e"
+MOMENT = re.compile(r'since=\d+|name="idempotency_key" value="[^"]+"|\d+[smhd]</time>|now</time>')
+
+
+def count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    draws = [0]
+    real = timelines.public
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        draws[0] += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(timelines, "public", counted)
+    return draws
+
+
+async def _ids(browser: Any) -> list[int]:
+    page = await browser.get("/public")
+    assert page.status_code == 200
+    return [int(found) for found in re.findall(r'<article class="post[^"]*" id="post-(\d+)"', page.text)]
+
+
+async def test_the_public_page_comes_from_the_viewers_blob_as_the_stack_draws_it(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    post = await alice.compose(f"{CANARY} and <b>markup</b>")
+    drawn = (await bob.get("/public")).text
+    bob_user = await accounts.find_user(redis_app.state.services, "bob")
+    blob = redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id)
+    assert isinstance(blob, SealedPage) and blob.posts[0][0] == post and blob.source
+    assert CANARY.encode() not in blob.sealed.data and page_blobs.HOLE not in drawn
+
+    draws = count_draws(monkeypatch)
+    for _ in range(5):
+        served = (await bob.get("/public")).text
+        assert MOMENT.sub("", served) == MOMENT.sub("", drawn)
+    assert draws[0] == 0, f"drawn {draws[0]} times in 5 reads"
+
+    # The stack's own page (no blob) is the same page.
+    with monkeypatch.context() as patched:
+        patched.setattr(page_blobs, "serve", _none)
+        patched.setattr(page_blobs, "held", lambda *args, **kwargs: None)  # the hot path's
+        stack = (await bob.get("/public")).text
+    assert MOMENT.sub("", stack) == MOMENT.sub("", drawn)
+    assert f"{CANARY} and &lt;b&gt;markup&lt;/b&gt;" in stack
+
+    # Nobody signed in, an older page, a fragment: no blob, as before.
+    anonymous = await client_for(redis_app).get("/public")
+    assert anonymous.status_code == 200 and CANARY in anonymous.text
+    assert (await bob.get(f"/public?max_id={post + 1}")).status_code == 200
+    assert (await bob.get("/public", headers={"HX-Request": "true"})).status_code == 200
+    assert draws[0] == 4  # the stack's page above, and these three
+
+
+async def _none(*args: Any) -> None:
+    return None
+
+
+async def test_each_kind_of_change_reaches_the_public_blob(make_redis_browser: Any, redis_app: Any) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    carol = await make_redis_browser("carol")
+    dave = await make_redis_browser("dave")
+    first = await alice.compose("alice's first words")
+    assert await _ids(bob) == [first]
+
+    # Anyone's new public post (the blob is not bob's to drop: the public timeline's refs differ).
+    second = await carol.compose("carol's public words")
+    assert await _ids(bob) == [second, first]
+    # A followers-only post is never on it; an unlisted one neither.
+    await carol.compose("for carol's followers", visibility="followers")
+    await carol.compose("unlisted words", visibility="unlisted")
+    assert await _ids(bob) == [second, first]
+
+    # An edit, by its text; a like by someone else, by its count; bob's own like, by its mark.
+    edited = await alice.post(f"/posts/{first}/edit", {"status": "first words, edited", "revision": "1"})
+    assert edited.status_code == 303
+    assert "first words, edited" in (await bob.get("/public")).text
+    await dave.post(f"/posts/{first}/like")
+    assert '<span class="count">1</span>' in article((await bob.get("/public")).text, first)
+    await bob.post(f"/posts/{first}/like")
+    mine = article((await bob.get("/public")).text, first)
+    assert 'aria-pressed="true"' in mine and '<span class="count">2</span>' in mine
+
+    # A mute and a block by bob; a block of bob by someone.
+    assert (await bob.post("/@carol/mute")).status_code == 303
+    assert await _ids(bob) == [first]
+    assert (await bob.post("/@carol/unmute")).status_code == 303
+    assert await _ids(bob) == [second, first]
+    assert (await alice.post("/@bob/block")).status_code == 303
+    assert await _ids(bob) == [second]
+    assert (await alice.post("/@bob/unblock")).status_code == 303
+    assert await _ids(bob) == [second, first]
+
+    # A delete; a renamed author.
+    assert (await carol.post(f"/posts/{second}/delete", {"confirm": "yes"})).status_code == 303
+    assert await _ids(bob) == [first]
+    renamed = await alice.post("/settings", {"display_name": "Alice Renamed", "bio": "", "email": ""})
+    assert renamed.status_code == 303
+    assert "Alice Renamed" in (await bob.get("/public")).text
+
+    # An erased author takes their posts away; an erased viewer's blob goes with them.
+    svc, cache = redis_app.state.services, redis_app.state.cache
+    bob_user = await accounts.find_user(svc, "bob")
+    await erasure.erase_user(svc, "alice")
+    assert cache.cached(PUBLIC_PAGES, bob_user.id) is None
+    assert await _ids(bob) == []
+    third = await dave.compose("dave's words")
+    assert await _ids(bob) == [third] and cache.cached(PUBLIC_PAGES, bob_user.id) is not None
+    await erasure.erase_user(svc, "bob")
+    assert cache.cached(PUBLIC_PAGES, bob_user.id) is None
