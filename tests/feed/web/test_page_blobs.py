@@ -23,16 +23,16 @@ CANARY = "blob-canary-5e1d"
 MOMENT = re.compile(r'since=\d+|name="idempotency_key" value="[^"]+"')
 
 
-def count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times a home page is drawn from here on (the one item of the list returned)."""
+def count_draws(monkeypatch: pytest.MonkeyPatch, timeline: str = "home") -> list[int]:
+    """How many times a page of ``timeline`` is drawn from here on (the one item of the list returned)."""
     draws = [0]
-    real_home = timelines.home
+    real = getattr(timelines, timeline)
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
         draws[0] += 1
-        return await real_home(*args, **kwargs)
+        return await real(*args, **kwargs)
 
-    monkeypatch.setattr(timelines, "home", counted)
+    monkeypatch.setattr(timelines, timeline, counted)
     return draws
 
 

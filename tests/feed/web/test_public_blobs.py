@@ -11,26 +11,15 @@ import pytest
 
 from feed.cache import PUBLIC_PAGES
 from feed.records import SealedPage
-from feed.services import accounts, erasure, timelines
+from feed.services import accounts, erasure
 from feed.web import page_blobs
 from tests.conftest import client_for
 from tests.feed.web.test_frames import article
+from tests.feed.web.test_page_blobs import count_draws
 
 pytestmark = pytest.mark.anyio
 CANARY = "public-canary-7c2e"
 MOMENT = re.compile(r'since=\d+|name="idempotency_key" value="[^"]+"|\d+[smhd]</time>|now</time>')
-
-
-def count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    draws = [0]
-    real = timelines.public
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        draws[0] += 1
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(timelines, "public", counted)
-    return draws
 
 
 async def _ids(browser: Any) -> list[int]:
@@ -51,7 +40,7 @@ async def test_the_public_page_comes_from_the_viewers_blob_as_the_stack_draws_it
     assert isinstance(blob, SealedPage) and blob.posts[0][0] == post and blob.source
     assert CANARY.encode() not in blob.sealed.data and page_blobs.HOLE not in drawn
 
-    draws = count_draws(monkeypatch)
+    draws = count_draws(monkeypatch, "public")
     for _ in range(5):
         served = (await bob.get("/public")).text
         assert MOMENT.sub("", served) == MOMENT.sub("", drawn)
