@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crypto import FieldContext, InvalidToken, Sealed, UserKey, open_field, seal_beside
 from feed.cache import FRAMES, HOME, TIMELINES
+from feed.cache import Request as CacheRequest
 from feed.errors import Forbidden, NotFound
 from feed.records import Cacheable, PostRecord, SealedFrame, UserRecord, WrappedKey
 from feed.services import fanout, lookup
@@ -434,14 +435,22 @@ async def liked(svc: Services, viewer: User, page: Page, style: FrameStyle | Non
     return _page(await views(svc, refs, viewer, None if stale else marks, recheck=stale, style=style), refs, page)
 
 
-async def public_refs(svc: Services) -> list[lookup.Ref]:
-    """The public timeline's newest refs (its first pages' worth), as everyone shares them in the cache."""
+PUBLIC = "public"  # the public timeline's key in TIMELINES
+
+
+def public_request(svc: Services) -> CacheRequest:
+    """The public timeline's newest refs (its first pages' worth), as everyone shares them in the cache (read them
+    with ``lookup.refs_of``)."""
 
     async def load() -> list[Any]:
         async with svc.db() as session:
             return await store.public(session, Page(limit=PUBLIC_FIRST_PAGE))
 
-    return await lookup.timeline_refs(svc, TIMELINES, "public", load)
+    return lookup.timeline_request(TIMELINES, PUBLIC, load)
+
+
+async def public_refs(svc: Services) -> list[lookup.Ref]:
+    return lookup.refs_of((await svc.cache.get_multi([public_request(svc)]))[0].get(PUBLIC))
 
 
 async def public(

@@ -100,12 +100,15 @@ class _Kind:
     name: str
     space: Space
     checked: tuple[Space, ...]
-    source: Callable[[Services], Awaitable[str]] | None = None
+    # The digest of that list now, and whether the value read is the one L1 holds (as _held_now tells).
+    source: Callable[[Services], Awaitable[tuple[str, bool]]] | None = None
 
 
-async def _public_source(svc: Services) -> str:
+async def _public_source(svc: Services) -> tuple[str, bool]:
     """The public timeline's refs now, as a digest: a public page drawn from others is drawn again."""
-    return format(page_digest(*(tuple(ref) for ref in await timelines.public_refs(svc))), "x")
+    found = (await svc.cache.get_multi([timelines.public_request(svc)]))[0].get(timelines.PUBLIC)
+    digest = format(page_digest(*(tuple(ref) for ref in lookup.refs_of(found))), "x")
+    return digest, found is not None and _held_now(svc, TIMELINES, {timelines.PUBLIC: found})
 
 
 _HOME_PAGE = _Kind("page:home", PAGES, (POSTS, USERS))
@@ -211,7 +214,7 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
     svc.cache.drop([redis_key(space, viewer.id) for space in _INPUTS])
     drawn_ms = int(time.time() * 1000)
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
-    source = await kind.source(svc) if kind.source else ""  # before the page too: a change meanwhile redraws it
+    source = (await kind.source(svc))[0] if kind.source else ""  # before the page too: a change meanwhile redraws it
     text, shown = await paint()
     people: dict[int, tuple[int, str, str]] = {}
     for post in shown:
@@ -406,8 +409,11 @@ async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
     is not erased; if so, the holes' fillings that stay until one of them changes (None: it must be drawn again).
     And whether the check may be kept: only if each value it read is the one L1 holds now (a read that joined a
     refill begun before an invalidation gets a value L1 then refuses to keep)."""
-    if kind.source is not None and await kind.source(svc) != blob.source:
-        return None, False  # the list it was drawn from has changed
+    source_held = True
+    if kind.source is not None:
+        source, source_held = await kind.source(svc)
+        if source != blob.source:
+            return None, False  # the list it was drawn from has changed
     ids = [entry[0] for entry in blob.posts]
     people_ids = [person[0] for person in blob.people]
     records: dict[Any, Any] = svc.cache.cached_many(POSTS, ids)
@@ -440,7 +446,7 @@ async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
             return None, False  # erased or renamed since
     accounts: dict[int, bytes] = {}
     # What came from L1 was L1's at the stamp; what came from further may not be (a joined refill's).
-    lasting = _held_now(svc, POSTS, more_records) and _held_now(svc, USERS, more_people)
+    lasting = source_held and _held_now(svc, POSTS, more_records) and _held_now(svc, USERS, more_people)
     if "a" in blob.holes:  # the API's: each author's and booster's account, with their counts
         base = mastodon.base_url(request)  # the blob's own: its variant holds it
         shown_people = [User.of(people[user_id]) for user_id, _, name in blob.people if name != _UNSHOWN]
