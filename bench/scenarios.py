@@ -157,11 +157,13 @@ class Bench:
             return sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.M))
 
         blobs = value("cipherfeed_page_blobs")
+        viewers = value("cipherfeed_page_blob_viewers")
         hits = value(r'cipherfeed_cache_hits_total\{[^}]*space="w"[^}]*\}')  # from L1 or Redis
         misses = value(r'cipherfeed_cache_misses_total\{space="w"\}')
-        per_viewer = value("cipherfeed_page_blobs_bytes") / blobs / 1024 if blobs else 0.0
+        per_viewer = value("cipherfeed_page_blobs_bytes") / viewers / 1024 if viewers else 0.0
         self.rows += [
-            Row("1", "page blob memory per active viewer (L1)", "KiB", per_viewer, note=f"{blobs:.0f} viewers"),
+            Row("1", "page blob memory per active viewer (L1)", "KiB", per_viewer,
+                note=f"{viewers:.0f} viewers, {blobs:.0f} blobs"),
             Row("1", "page reads served by a blob", "share", hits / (hits + misses) if hits + misses else 0.0,
                 note=f"{misses:.0f} drawn"),
         ]  # fmt: skip

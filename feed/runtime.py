@@ -127,6 +127,11 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
         "Viewers' page blobs in this process's L1",
         lambda: sum(cache.l1_space(space)[1] for space in PAGE_SPACES),
     )
+    metrics.gauge_callback(
+        "cipherfeed_page_blob_viewers",
+        "Viewers with at least one page blob in this process's L1",
+        lambda: len({viewer for space in PAGE_SPACES for viewer in cache.l1_keys(space)}),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -459,6 +459,11 @@ class Cache:
         store = self._own.get(space.name, self._l1)
         return int(store.currsize), len(store.recent)
 
+    def l1_keys(self, space: Space) -> list[str]:
+        """The keys of ``space`` (as given to :meth:`get`, in their text form) whose values L1 holds."""
+        store, prefix = self._own.get(space.name, self._l1), space.key_prefix
+        return [name[len(prefix) : -1] for name in list(store.recent) if name.startswith(prefix)]
+
     def l1_items(self) -> list[tuple[str, Cacheable]]:
         """Every key and value in L1 (for the audit of a running process: ``feed.audit.l1``)."""
         return [(name, entry.value) for store in self._stores for name, entry in list(store.recent.items())]

@@ -14,6 +14,7 @@ from feed.records import SealedPage
 from feed.services import accounts, erasure
 from feed.web import page_blobs
 from tests.conftest import client_for
+from tests.feed.test_metrics import parse, series
 from tests.feed.web.test_frames import article
 from tests.feed.web.test_page_blobs import count_draws
 
@@ -119,3 +120,18 @@ async def test_each_kind_of_change_reaches_the_public_blob(make_redis_browser: A
     assert await _ids(bob) == [third] and cache.cached(PUBLIC_PAGES, bob_user.id) is not None
     await erasure.erase_user(svc, "bob")
     assert cache.cached(PUBLIC_PAGES, bob_user.id) is None
+
+
+async def test_metrics_count_page_blobs_and_the_viewers_holding_them(make_redis_browser: Any, redis_app: Any) -> None:
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await alice.compose("counted words")
+    token = await accounts.create_token(redis_app.state.services, "bob")
+    async with client_for(redis_app, headers={"Authorization": f"Bearer {token}"}) as api:
+        assert (await api.get("/api/v1/timelines/home")).status_code == 200
+    for url in ("/", "/public"):
+        assert (await bob.get(url)).status_code == 200
+    assert (await alice.get("/public")).status_code == 200
+    values = parse((await client_for(redis_app).get("/metrics")).text)
+    assert values[series("cipherfeed_page_blobs")] == 4  # bob's three kinds, alice's public page
+    assert values[series("cipherfeed_page_blob_viewers")] == 2
