@@ -84,11 +84,15 @@ SPACES = (
     STATUS_PAGES,
     PUBLIC_PAGES,
 )
-# An invalidation of a key of one of these spaces drops the same key of the spaces it names too: a viewer's home
-# page blob goes with their home refs, whom they block, mute and follow, their own profile, and what they liked,
-# bookmarked and boosted.
-_PAGE_INPUTS = (HOME, BLOCKED, MUTED, FOLLOWING, USERS, LIKED, BOOKMARKED, BOOSTED)
-DERIVED: dict[str, tuple[Space, ...]] = {space.name: PAGE_SPACES for space in _PAGE_INPUTS}
+# An invalidation of a key of one of these spaces drops the same key of the spaces it names too: each of a viewer's
+# page blobs goes with whom they block and mute, their own profile, and what they liked, bookmarked and boosted; their
+# home page blobs also with their home refs and whom they follow (which choose no post of the public timeline).
+_HOME_INPUTS = (HOME, FOLLOWING)
+_PAGE_INPUTS = (BLOCKED, MUTED, USERS, LIKED, BOOKMARKED, BOOSTED)
+DERIVED: dict[str, tuple[Space, ...]] = {
+    **{space.name: (PAGES, STATUS_PAGES) for space in _HOME_INPUTS},
+    **{space.name: PAGE_SPACES for space in _PAGE_INPUTS},
+}
 
 
 # A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request, cookie_parser
@@ -37,7 +37,7 @@ from feed.services.context import Services
 from feed.web import api, mastodon, page_blobs, pages
 from feed.web.api import DEFAULT_LIMIT
 from feed.web.auth import SESSION_COOKIE, csrf_of
-from feed.web.metrics import RouteTimings
+from feed.web.metrics import STARTED, RouteTimings
 from feed.web.middleware import HSTS, SECURITY_HEADERS
 from feed.web.pages import VISIBILITY_COOKIE, audience_of
 
@@ -85,7 +85,7 @@ class HotApp(Starlette):
 
     async def _answer(self, hot: _Hot, scope: Scope, receive: Receive, send: Send) -> bool:
         """Whether the blob answered: False if nothing was sent, for the stack to answer."""
-        start = time.perf_counter()
+        start = scope[STARTED] = time.perf_counter()  # the request metrics time a request it leaves from here
         asked = _Headers(scope)
         if asked.body:
             return False
@@ -136,6 +136,9 @@ class _Headers:
                 self.htmx = True
 
 
+_Found = TypeVar("_Found")
+
+
 class _Seen(NamedTuple):
     """What the server derives from a token by keyed hashes: pure functions of it and the server's secrets."""
 
@@ -146,23 +149,37 @@ class _Seen(NamedTuple):
 class _Tokens:
     """The session cookies and API tokens this process found live lately, each with its :class:`_Seen`: two HMACs
     fewer per request. Nothing here says a token is good (its record in L1 does, per request), so nothing here goes
-    stale; a token not found live is not remembered, so made-up ones push no real one out. At most ``most``, the
-    oldest forgotten first; all forgotten if the services (and so the secrets) change."""
+    stale; a token not found live is not remembered, so made-up ones push no real one out, and one found no longer
+    is forgotten. At most ``most``, the oldest forgotten first; all forgotten if the services (and so the secrets)
+    change."""
 
     def __init__(self, most: int = 4096) -> None:
         self.most = most
         self._svc: Services | None = None
         self._seen: dict[str, _Seen] = {}
 
-    def seen(self, svc: Services, token: str) -> _Seen | None:
+    def held(self, svc: Services, csrf_key: bytes, token: str, may_be: Callable[[str], bool],
+             find: Callable[[Services, str], _Found | None]) -> tuple[_Seen, _Found] | None:  # fmt: skip
+        """What ``find`` (``accounts.held_session_named`` or ``held_token_grant_named``) finds in L1 for ``token``,
+        with what the token derives to: remembered while it is found, forgotten once it is not (an ended session,
+        or one L1 does not hold now: derived again next time)."""
+        seen = self._seen.get(token) if svc is self._svc else None
+        if seen is None:
+            if not may_be(token):
+                return None
+            seen = _Seen(accounts.token_name(svc, token), csrf_of(csrf_key, token))
+            found = find(svc, seen.name)
+            if found is not None:
+                self._remember(svc, token, seen)
+        else:
+            found = find(svc, seen.name)
+            if found is None:
+                del self._seen[token]
+        return None if found is None else (seen, found)
+
+    def _remember(self, svc: Services, token: str, seen: _Seen) -> None:
         if svc is not self._svc:
             self._svc, self._seen = svc, {}
-        return self._seen.get(token)
-
-    def derive(self, svc: Services, csrf_key: bytes, token: str) -> _Seen:
-        return _Seen(accounts.token_name(svc, token), csrf_of(csrf_key, token))
-
-    def remember(self, token: str, seen: _Seen) -> None:
         if len(self._seen) >= self.most:
             del self._seen[next(iter(self._seen))]
         self._seen[token] = seen
@@ -186,18 +203,10 @@ def _held_page(scope: Scope, headers: _Headers, timeline: str) -> bytes | None:
     cookies = cookie_parser(headers.cookie.decode("latin-1"))
     token = cookies.get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
     tokens: _Tokens = app.tokens
-    seen = tokens.seen(svc, token)
-    if seen is None:
-        if not accounts.may_be_session(token):
-            return None
-        seen = tokens.derive(svc, state.csrf_key, token)
-        viewer = accounts.held_session_named(svc, seen.name)
-        if viewer is not None:
-            tokens.remember(token, seen)
-    else:
-        viewer = accounts.held_session_named(svc, seen.name)
-    if viewer is None:
+    held = tokens.held(svc, state.csrf_key, token, accounts.may_be_session, accounts.held_session_named)
+    if held is None:
         return None
+    seen, viewer = held
     unread = svc.cache.cached(UNREAD, viewer.id)
     if unread is None:
         return None
@@ -214,19 +223,12 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
     app = scope["app"]
     state = app.state
     svc: Services = state.services
-    token = token.strip()
     tokens: _Tokens = app.tokens
-    seen = tokens.seen(svc, token)
-    if seen is None:
-        if not accounts.may_be_api_token(token):
-            return None
-        seen = _Seen(accounts.token_name(svc, token), "")
-        grant = accounts.held_token_grant_named(svc, seen.name)
-        if grant is not None:
-            tokens.remember(token, seen)
-    else:
-        grant = accounts.held_token_grant_named(svc, seen.name)
-    if grant is None or grant.user is None or not oauth.covers(grant.scopes, "read:statuses"):
+    held = tokens.held(svc, state.csrf_key, token.strip(), accounts.may_be_api_token, accounts.held_token_grant_named)
+    if held is None:
+        return None
+    grant = held[1]
+    if grant.user is None or not oauth.covers(grant.scopes, "read:statuses"):
         return None
     blob = page_blobs.held(svc, state.templates, grant.user, {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)
     if blob is None:

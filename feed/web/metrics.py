@@ -17,6 +17,7 @@ from feed.metrics import CONTENT_TYPE, Registry
 from feed.storage import outbox
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STARTED = "cipherfeed.started"  # in the scope: when the request came, if a layer before this one saw it first
 
 
 def _route_template(scope: Scope) -> str:
@@ -86,7 +87,7 @@ class RequestMetrics:
                 status = str(int(message["status"]))
             await send(message)
 
-        start = time.perf_counter()
+        start = scope.get(STARTED) or time.perf_counter()  # the hot path's, if it tried first
         try:
             await self.app(scope, receive, send_with_status)
         finally:

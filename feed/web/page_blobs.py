@@ -84,8 +84,10 @@ _SHELL = frozenset("cudh" + "".join(_AUDIENCES.values()))  # filled per request 
 _START, _ACCOUNT, _BOOSTER, _REPLY_COUNT, _BASE = (f"{HOLE}{code}{HOLE}" for code in "saAyh")
 _CODES = frozenset("lprkbsaAy") | _SHELL
 _UNSHOWN = "\x00"  # a person named on a page by username only
-# What chose a page's posts, keyed by its viewer (each one's invalidation drops the blob: feed.cache.DERIVED).
+# What chose a page's posts and marks, keyed by its viewer (each one's invalidation drops the blob:
+# feed.cache.DERIVED); the public page's posts are not chosen by the viewer's home or follows.
 _INPUTS = (HOME, FOLLOWING, BLOCKED, MUTED, LIKED, BOOKMARKED, BOOSTED)
+_PUBLIC_INPUTS = (BLOCKED, MUTED, LIKED, BOOKMARKED, BOOSTED)
 
 Draw = Callable[[], Awaitable[tuple[TimelinePage, dict[str, Any]]]]
 # A blob's text with its holes, and the posts it shows, in the order of their holes.
@@ -100,6 +102,7 @@ class _Kind:
     name: str
     space: Space
     checked: tuple[Space, ...]
+    inputs: tuple[Space, ...] = _INPUTS
     # The digest of that list now, and whether the value read is the one L1 holds (as _held_now tells).
     source: Callable[[Services], Awaitable[tuple[str, bool]]] | None = None
 
@@ -113,7 +116,7 @@ async def _public_source(svc: Services) -> tuple[str, bool]:
 
 _HOME_PAGE = _Kind("page:home", PAGES, (POSTS, USERS))
 _HOME_STATUSES = _Kind("page:api:home", STATUS_PAGES, (POSTS, USERS, COUNTS))  # its accounts show their counts
-_PUBLIC_PAGE = _Kind("page:public", PUBLIC_PAGES, (POSTS, USERS, TIMELINES), _public_source)
+_PUBLIC_PAGE = _Kind("page:public", PUBLIC_PAGES, (POSTS, USERS, TIMELINES), _PUBLIC_INPUTS, _public_source)
 _PAGE_KINDS = {"home": _HOME_PAGE, "public": _PUBLIC_PAGE}
 
 
@@ -211,7 +214,7 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
         return None
     # From Redis and the database, not this process's copies: those are dropped by the relay's message, which may
     # come after the write's own invalidation of the blob in Redis, and a blob drawn from them would be shared.
-    svc.cache.drop([redis_key(space, viewer.id) for space in _INPUTS])
+    svc.cache.drop([redis_key(space, viewer.id) for space in kind.inputs])
     drawn_ms = int(time.time() * 1000)
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
     source = (await kind.source(svc))[0] if kind.source else ""  # before the page too: a change meanwhile redraws it

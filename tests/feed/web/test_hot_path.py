@@ -159,7 +159,7 @@ async def test_only_live_tokens_are_remembered_and_a_remembered_one_still_needs_
     for _ in range(3):
         await alice.get("/")
     token = alice.http.cookies["cf_session"]
-    assert tokens.seen(redis_app.state.services, token) is not None
+    assert token in tokens._seen
 
     monkeypatch.setattr(tokens, "most", 2)
     for n in range(5):  # made up: looked up, not remembered, nothing pushed out
@@ -181,6 +181,7 @@ async def test_only_live_tokens_are_remembered_and_a_remembered_one_still_needs_
     assert (await alice.post("/logout")).status_code == 303
     ended = await client_for(redis_app, cookies={"cf_session": token}).get("/")
     assert ended.status_code == 200 and "remembered" not in ended.text
+    assert token not in tokens._seen, "an ended session's cookie is forgotten"
 
 
 async def test_a_public_page_from_the_hot_path_is_the_page_the_stack_serves(

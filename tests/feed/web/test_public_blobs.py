@@ -4,6 +4,7 @@ viewer's own blocks, mutes and marks, as the home page's blob is."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -135,3 +136,30 @@ async def test_metrics_count_page_blobs_and_the_viewers_holding_them(make_redis_
     values = parse((await client_for(redis_app).get("/metrics")).text)
     assert values[series("cipherfeed_page_blobs")] == 4  # bob's three kinds, alice's public page
     assert values[series("cipherfeed_page_blob_viewers")] == 2
+
+
+async def test_a_change_to_the_home_timeline_alone_keeps_the_public_blob(
+    make_redis_browser: Any, redis_app: Any
+) -> None:
+    """The public page's posts are not chosen by the viewer's home or follows: a fan-out into bob's home (a
+    followers-only post, which the public timeline never shows) leaves his public blob as it is."""
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await alice.compose("public first")
+    assert (await bob.post("/@alice/follow")).status_code == 303
+    assert "public first" in (await bob.get("/public")).text
+    bob_user = await accounts.find_user(redis_app.state.services, "bob")
+    blob = redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id)
+    assert isinstance(blob, SealedPage)
+    await alice.compose("for followers only", visibility="followers")
+    for _ in range(50):  # until the fan-out has reached bob's home
+        if "for followers only" in (await bob.get("/")).text:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the followers-only post never reached bob's home")
+    assert redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id) is blob
+    assert "for followers only" not in (await bob.get("/public")).text
+    # A mute drops both.
+    assert (await bob.post("/@alice/mute")).status_code == 303
+    assert redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id) is None
