@@ -232,6 +232,8 @@ class SealedPage:
     digest: Any = field(default=None, init=False, compare=False, repr=False)
     # This process's last check of it against the posts and people it shows (feed.web.page_blobs), never stored.
     checked: Any = field(default=None, init=False, compare=False, repr=False)
+    # The check under way, if one is (its stamp and its outcome to come): reads at that stamp wait for it.
+    checking: Any = field(default=None, init=False, compare=False, repr=False)
 
     def header_digest(self) -> int:
         """A 64-bit digest of every field but the sealed text: the seal's context holds it, so that a sealed page

@@ -27,6 +27,7 @@ Freshness, as strong as a page drawn each time:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import sys
@@ -364,11 +365,9 @@ async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob
     stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
     if checked is None or checked.stamp != stamp:
-        checked, lasting = await _check(request, svc, kind, blob, stamp)
+        checked = await _check_once(request, svc, kind, blob, stamp)
         if checked is None:
             return None
-        if lasting:
-            object.__setattr__(blob, "checked", checked)
     key = await _viewer_key(svc, viewer, blob.key_version)
     return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
 
@@ -404,6 +403,29 @@ def page_shell(csrf: str, unread: int, audience: str) -> dict[str, bytes]:
     """What a home page's request fills: its CSRF token, the unread count, a new draft key, the chosen audience."""
     return {"c": csrf.encode(), "u": unread_badge(unread).encode(), "d": draft_key().encode(),
             _AUDIENCES.get(audience, ""): b" selected"}  # fmt: skip
+
+
+async def _check_once(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
+                      stamp: Any) -> _Checked | None:  # fmt: skip
+    """:func:`_check`, kept with the blob if it may be, and made once for all the reads of the blob that ask at the
+    same stamp: a burst of reads after a change waits for one check instead of making one each. (A read waiting for
+    a check that failed draws the page, as after a stale one.)"""
+    pending = blob.checking
+    if pending is not None and pending[0] == stamp:
+        found: _Checked | None = await asyncio.shield(pending[1])
+        return found
+    pending = (stamp, asyncio.get_running_loop().create_future())
+    object.__setattr__(blob, "checking", pending)
+    checked: _Checked | None = None
+    try:
+        checked, lasting = await _check(request, svc, kind, blob, stamp)
+        if checked is not None and lasting:
+            object.__setattr__(blob, "checked", checked)
+        return checked
+    finally:
+        pending[1].set_result(checked)
+        if blob.checking is pending:
+            object.__setattr__(blob, "checking", None)
 
 
 async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,

@@ -251,3 +251,35 @@ async def test_an_api_blob_follows_the_host_and_the_limit(make_redis_browser: An
         two = await api.get("/api/v1/timelines/home?limit=2")
         assert len(two.json()) == 2 and "limit=2" in two.headers["link"]
         assert len((await api.get("/api/v1/timelines/home")).json()) == 3
+
+
+async def test_a_burst_of_reads_after_a_change_checks_the_blob_once(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a change the blob's kept check no longer stands: the reads that come together wait for one check of it,
+    not one each, and all of them get the page with the change."""
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await bob.post("/@alice/follow")
+    post = await alice.compose("checked once")
+    bob_user = await _user(redis_app, "bob")
+    for _ in range(50):  # until the fan-out has come and bob's blob is held and checked
+        await bob.get("/")
+        blob = redis_app.state.cache.cached(PAGES, bob_user.id)
+        if isinstance(blob, SealedPage) and blob.checked is not None:
+            break
+        await asyncio.sleep(0.05)
+    checks = [0]
+    real = page_blobs._check
+
+    async def slow(*args: Any) -> Any:
+        checks[0] += 1
+        await asyncio.sleep(0.05)  # long enough for every read of the burst to arrive meanwhile
+        return await real(*args)
+
+    monkeypatch.setattr(page_blobs, "_check", slow)
+    await alice.post(f"/posts/{post}/like")  # the posts' stamp moves: the kept check no longer stands
+    pages = await asyncio.gather(*(bob.get("/") for _ in range(8)))
+    assert all('<span class="count">1</span>' in article(page.text, post) for page in pages)
+    assert checks[0] == 1, f"{checks[0]} checks for one burst"
+    assert redis_app.state.cache.cached(PAGES, bob_user.id) is blob and blob.checking is None
