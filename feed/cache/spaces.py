@@ -57,10 +57,12 @@ MUTED = Space("m", l1_ttl=60, l2_ttl=60)
 PAGES = Space("w", l1_ttl=60, l2_ttl=120)  # a blob lives a minute at most (feed.web.page_blobs)
 # The same for the API's JSON, in L1 only (as HOME, which the bus drops in every process): a fan-out drops it in
 # every follower's entry without one more Redis write each.
-STATUS_PAGES = Space("v", l1_ttl=60, l2_ttl=0)
+# An L1-only blob has nothing to be refreshed from before it expires (a refresh would find nothing), so it is not
+# due for one: read until it expires, then drawn again.
+STATUS_PAGES = Space("v", l1_ttl=60, l2_ttl=0, refresh_after=1.0)
 # The public timeline's first page, per viewer (their blocks, mutes and marks), in L1 only: checked, when read, also
 # against the public timeline's refs it was drawn from.
-PUBLIC_PAGES = Space("q", l1_ttl=60, l2_ttl=0)
+PUBLIC_PAGES = Space("q", l1_ttl=60, l2_ttl=0, refresh_after=1.0)
 PAGE_SPACES = (PAGES, STATUS_PAGES, PUBLIC_PAGES)
 SPACES = (
     POSTS,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 import pytest
 
-from feed.cache import PUBLIC_PAGES
+from feed.cache import PAGES, PUBLIC_PAGES, tiers
 from feed.records import SealedPage
 from feed.services import accounts, erasure
 from feed.web import page_blobs
@@ -163,3 +164,23 @@ async def test_a_change_to_the_home_timeline_alone_keeps_the_public_blob(
     # A mute drops both.
     assert (await bob.post("/@alice/mute")).status_code == 303
     assert redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id) is None
+
+
+async def test_an_l1_only_blob_is_read_until_it_expires(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Public and API blobs live in L1 only: nothing could refresh them early, so none is ever due for a refresh
+    (which would send every read of its last fifth of life the slow way) while the home page's blob, in Redis too,
+    is."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("read to the end")
+    for url in ("/", "/public"):
+        assert (await alice.get(url)).status_code == 200
+    cache, alice_user = redis_app.state.cache, await accounts.find_user(redis_app.state.services, "alice")
+    assert cache.cached(PUBLIC_PAGES, alice_user.id) is not None and cache.cached(PAGES, alice_user.id) is not None
+    real = time.monotonic
+    monkeypatch.setattr(tiers.time, "monotonic", lambda: real() + 0.9 * PUBLIC_PAGES.l1_ttl)
+    assert cache.cached(PUBLIC_PAGES, alice_user.id) is not None
+    assert cache.cached(PAGES, alice_user.id) is None, "due for a refresh from Redis"
+    monkeypatch.setattr(tiers.time, "monotonic", lambda: real() + PUBLIC_PAGES.l1_ttl + 1)
+    assert cache.cached(PUBLIC_PAGES, alice_user.id) is None
