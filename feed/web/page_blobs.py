@@ -325,6 +325,8 @@ async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wan
 
     for attempt in range(2):
         blob = svc.cache.cached(kind.space, viewer.id)
+        if blob is None and paint is None and not kind.space.l2_ttl:
+            return None  # in L1 only, and not there: nothing more to find (nor a miss to count, before the draw's)
         if blob is None:
             blob = await svc.cache.get(kind.space, viewer.id, load)
         if not isinstance(blob, SealedPage):

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
 import pytest
 
-from feed.cache import PAGES, PUBLIC_PAGES, tiers
+from feed.cache import PAGES, PUBLIC_PAGES, redis_key
 from feed.records import SealedPage
 from feed.services import accounts, erasure
 from feed.web import page_blobs
@@ -166,9 +165,7 @@ async def test_a_change_to_the_home_timeline_alone_keeps_the_public_blob(
     assert redis_app.state.cache.cached(PUBLIC_PAGES, bob_user.id) is None
 
 
-async def test_an_l1_only_blob_is_read_until_it_expires(
-    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_l1_only_blob_is_read_until_it_expires(make_redis_browser: Any, redis_app: Any) -> None:
     """Public and API blobs live in L1 only: nothing could refresh them early, so none is ever due for a refresh
     (which would send every read of its last fifth of life the slow way) while the home page's blob, in Redis too,
     is."""
@@ -178,9 +175,31 @@ async def test_an_l1_only_blob_is_read_until_it_expires(
         assert (await alice.get(url)).status_code == 200
     cache, alice_user = redis_app.state.cache, await accounts.find_user(redis_app.state.services, "alice")
     assert cache.cached(PUBLIC_PAGES, alice_user.id) is not None and cache.cached(PAGES, alice_user.id) is not None
-    real = time.monotonic
-    monkeypatch.setattr(tiers.time, "monotonic", lambda: real() + 0.9 * PUBLIC_PAGES.l1_ttl)
+
+    def age(space: Any, seconds: float) -> None:  # as if the blob had been kept ``seconds`` earlier
+        entry = cache._own[space.name].recent[redis_key(space, alice_user.id)]
+        entry.expires -= seconds
+        entry.refresh_at -= seconds
+
+    for space in (PUBLIC_PAGES, PAGES):
+        age(space, 0.9 * space.l1_ttl)
     assert cache.cached(PUBLIC_PAGES, alice_user.id) is not None
     assert cache.cached(PAGES, alice_user.id) is None, "due for a refresh from Redis"
-    monkeypatch.setattr(tiers.time, "monotonic", lambda: real() + PUBLIC_PAGES.l1_ttl + 1)
+    age(PUBLIC_PAGES, 0.2 * PUBLIC_PAGES.l1_ttl)
     assert cache.cached(PUBLIC_PAGES, alice_user.id) is None
+
+
+async def test_a_public_page_drawn_counts_one_miss(make_redis_browser: Any, redis_app: Any) -> None:
+    """The hot path's try of a blob in L1 only, which is not there, is no miss of its own: the draw's is the one."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("missed once")
+
+    async def misses() -> float:
+        values = parse((await client_for(redis_app).get("/metrics")).text)
+        return values.get(series("cipherfeed_cache_misses_total", space="q"), 0.0)
+
+    before = await misses()
+    assert "missed once" in (await alice.get("/public")).text
+    assert await misses() == before + 1
+    assert "missed once" in (await alice.get("/public")).text
+    assert await misses() == before + 1
