@@ -292,11 +292,12 @@ def _may_be(token: str, most: int) -> bool:
 
 
 def may_be_session(token: str) -> bool:
-    """Whether ``token`` may be a session cookie of ours (by its length): not, and it is not looked up."""
+    """Whether ``token`` may be a session cookie of ours, by its length (if not, it is not looked up)."""
     return _may_be(token, SESSION_TOKEN_MOST)
 
 
 def may_be_api_token(token: str) -> bool:
+    """Whether ``token`` may be an API token of ours, by its length (if not, it is not looked up)."""
     return _may_be(token, API_TOKEN_MOST)
 
 

@@ -3,6 +3,7 @@ holds answers what the whole stack would, headers and all, and anything it canno
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -209,3 +210,28 @@ async def test_a_public_page_from_the_hot_path_is_the_page_the_stack_serves(
     redis_app.state.cache.flush()
     assert b"newer public words" in (await bob.get("/public")).content and below.calls == 2
     assert b"newer public words" in (await bob.get("/public")).content and below.calls == 2
+
+
+async def test_a_request_the_hot_path_tried_and_left_is_timed_from_when_it_came(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path runs before the request metrics: what it spent on a request it then leaves to the stack (a
+    Redis round trip, a check) is still in that request's duration."""
+    alice = await make_redis_browser("alice")
+    monkeypatch.setitem(hot_path._HOT, "/", hot_path._HOT["/"]._replace(held=lambda *args: None, answer=_slow_none))
+
+    async def seconds() -> float:
+        values = parse((await client_for(redis_app).get("/metrics")).text)
+        labels = {"method": "GET", "route": "/", "status": "200"}
+        return values.get(series("cipherfeed_http_request_duration_seconds_sum", **labels), 0.0)
+
+    before = await seconds()
+    assert (await alice.get("/")).status_code == 200  # tried, left, answered by the stack
+    assert await seconds() - before >= SLOW
+
+
+SLOW = 0.2
+
+
+async def _slow_none(request: Any) -> None:
+    await asyncio.sleep(SLOW)
