@@ -30,6 +30,7 @@ from bench.config import Config
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed import db
 from feed.keyfile import derive
+from feed.services.accounts import new_session_token
 from feed.storage.tables import api_tokens, follows, likes, posts, sessions, user_keys, users
 
 BENCH_PASSWORD = "bench-password-not-secret"  # noqa: S105 - a throwaway account in a throwaway database
@@ -252,7 +253,7 @@ async def _fill(
     counts["likes"] = await _insert(conn, likes, ({"post_id": p, "user_id": ids[1], "created_at": now} for p in liked))
 
     token_key = derive(secret_key.encode(), "token")
-    session_token = secrets.token_urlsafe(32)
+    session_token = new_session_token(ids[1])  # as the server makes them: naming its user
     api_token = secrets.token_urlsafe(32)
     await conn.execute(
         sessions.insert().values(

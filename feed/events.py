@@ -127,6 +127,7 @@ class Effects:
     jobs: tuple[Job, ...] = ()
     events: tuple[Event, ...] = ()
     counts: tuple[int, ...] = ()  # posts whose like or reply count changed
+    shown: tuple[int, ...] = ()  # posts and people that look different on a page now (feed.cache.shown)
 
     def __post_init__(self) -> None:
         for space, key in self.invalidate:
@@ -135,9 +136,10 @@ class Effects:
                 check_name(key, "a cache key")
         _ints(self.forget_users, "user ids")
         _ints(self.counts, "post ids")
+        _ints(self.shown, "ids")
 
     def __bool__(self) -> bool:
-        return bool(self.invalidate or self.forget_users or self.jobs or self.events or self.counts)
+        return bool(self.invalidate or self.forget_users or self.jobs or self.events or self.counts or self.shown)
 
     def __add__(self, other: Effects) -> Effects:
         return Effects(
@@ -146,6 +148,7 @@ class Effects:
             jobs=self.jobs + other.jobs,
             events=self.events + other.events,
             counts=tuple(dict.fromkeys(self.counts + other.counts)),
+            shown=tuple(dict.fromkeys(self.shown + other.shown)),
         )
 
     def encode(self) -> str:
@@ -161,6 +164,8 @@ class Effects:
             data["e"] = [event.fields() for event in self.events]
         if self.counts:
             data["c"] = list(self.counts)
+        if self.shown:
+            data["s"] = list(self.shown)
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -172,6 +177,7 @@ class Effects:
             jobs=tuple(Job(name, tuple(args), key) for name, args, key in data.get("j", ())),
             events=tuple(Event.from_fields(fields) for fields in data.get("e", ())),
             counts=tuple(data.get("c", ())),
+            shown=tuple(data.get("s", ())),
         )
 
 

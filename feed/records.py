@@ -228,6 +228,11 @@ class SealedPage:
     drawn_ms: int  # when it was drawn (epoch milliseconds): where its live stream starts
     sealed: Sealed
     source: str = ""  # a digest of the shared list it was drawn from ("" if none): the public timeline's refs
+    created: tuple[int, ...] = ()  # when each entry's post was made (epoch seconds): its age, filled per request
+    # Each hole's filling as drawn (counts, when drawn; nothing where each request fills it), NUL between: what a
+    # read vouched for by the shown log fills (feed.cache.shown).
+    filled: bytes = b""
+    mark: str = ""  # the shown log's mark when it was drawn ("" if none: feed.cache.shown)
     # A digest of everything above, made when first asked for (feed.web.page_blobs binds the seal to it).
     digest: Any = field(default=None, init=False, compare=False, repr=False)
     # This process's last check of it against the posts and people it shows (feed.web.page_blobs), never stored.
@@ -236,18 +241,77 @@ class SealedPage:
     checking: Any = field(default=None, init=False, compare=False, repr=False)
 
     def header_digest(self) -> int:
-        """A 64-bit digest of every field but the sealed text: the seal's context holds it, so that a sealed page
-        never opens under another page's ids, names, holes or expiry."""
+        """A 64-bit digest of every field but the sealed text (of :func:`page_clear`, as stored): the seal's context
+        holds it, so that a sealed page never opens under another page's ids, names, holes or expiry."""
         if self.digest is None:
-            value = page_digest(self.variant, self.key_version, self.expires, self.posts, self.people, self.holes,
-                                self.drawn_ms, self.source)  # fmt: skip
-            object.__setattr__(self, "digest", value)
+            clear = page_clear(self.variant, self.key_version, self.expires, self.posts, self.people, self.holes,
+                               self.drawn_ms, self.source, self.created, self.filled, self.mark)  # fmt: skip
+            object.__setattr__(self, "digest", clear_digest(clear))
         return int(self.digest)
 
     @property
     def size(self) -> int:
-        size = 120 + len(self.variant) + len(self.holes) + len(self.sealed)
-        return size + 40 * len(self.posts) + 60 * len(self.people)
+        size = 120 + len(self.variant) + len(self.holes) + len(self.sealed) + len(self.filled) + len(self.mark)
+        return size + 80 * len(self.posts) + 60 * len(self.people)
+
+
+_POST = struct.Struct(">qqq")  # a page's entry: post id, revision, booster id
+_POST_MADE = struct.Struct(">qqqq")  # the same, and when the post was made
+
+
+def page_clear(variant: str, key_version: int, expires: int, posts: tuple[tuple[int, int, int], ...],
+               people: tuple[tuple[int, str, str], ...], holes: str, drawn_ms: int, source: str = "",
+               created: tuple[int, ...] = (), filled: bytes = b"", mark: str = "") -> bytes:  # fmt: skip
+    """A page's clear fields as stored, before its sealed text: a header of names and numbers, then its entries,
+    the ids of its people (packed: read at every read of a blob from Redis, and packed ints are read at once) and
+    its fillings as drawn."""
+    header: dict[str, Any] = {"v": variant, "k": key_version, "x": expires, "h": holes, "d": drawn_ms,
+                              "u": [name for _, username, shown in people for name in (username, shown)]}  # fmt: skip
+    if source:
+        header["s"] = source
+    if mark:
+        header["m"] = mark
+    if created and len(created) == len(posts):
+        header["c"] = 1
+        entries = b"".join(_POST_MADE.pack(*post, made) for post, made in zip(posts, created, strict=True))
+    else:
+        if created:  # not one time per entry (no page is drawn so): kept as they are
+            header["t"] = list(created)
+        entries = b"".join(_POST.pack(*post) for post in posts)
+    ids = struct.pack(f">{len(people)}q", *(person[0] for person in people))
+    return _pack(b"G", header, entries, ids, filled)
+
+
+def clear_digest(clear: bytes) -> int:
+    """:meth:`SealedPage.header_digest` of a page's :func:`page_clear`."""
+    return int.from_bytes(hashlib.blake2b(clear, digest_size=8).digest(), "big")
+
+
+def _page(h: dict[str, Any], blobs: list[bytes | None], data: bytes) -> SealedPage:
+    entries, ids, filled, sealed = blobs
+    assert entries is not None and ids is not None and filled is not None and sealed is not None
+    made = bool(h.get("c"))
+    rows = list((_POST_MADE if made else _POST).iter_unpack(entries))
+    names = h["u"]
+    people_ids = struct.unpack(f">{len(ids) // 8}q", ids)
+    if len(names) != 2 * len(people_ids) or not all(isinstance(name, str) for name in names):
+        raise CorruptValue
+    page = SealedPage(
+        str(h["v"]),
+        int(h["k"]),
+        int(h["x"]),
+        tuple(row[:3] for row in rows) if made else tuple(rows),
+        tuple(zip(people_ids, names[0::2], names[1::2], strict=True)),
+        str(h["h"]),
+        int(h["d"]),
+        Sealed(sealed),
+        str(h.get("s", "")),
+        tuple(row[3] for row in rows) if made else tuple(int(t) for t in h.get("t", ())),
+        filled,
+        str(h.get("m", "")),
+    )
+    object.__setattr__(page, "digest", clear_digest(data[: len(data) - 4 - len(sealed)]))  # as page_clear made it
+    return page
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,11 +449,9 @@ def encode(value: Cacheable) -> bytes:
     if isinstance(value, SealedFrame):
         return _pack(b"F", {"r": value.revision, "s": value.stamp}, value.sealed.data)
     if isinstance(value, SealedPage):
-        header = {"v": value.variant, "k": value.key_version, "x": value.expires, "p": [list(p) for p in value.posts],
-                  "u": [list(u) for u in value.people], "h": value.holes, "d": value.drawn_ms}  # fmt: skip
-        if value.source:
-            header["s"] = value.source
-        return _pack(b"G", header, value.sealed.data)
+        clear = page_clear(value.variant, value.key_version, value.expires, value.posts, value.people, value.holes,
+                           value.drawn_ms, value.source, value.created, value.filled, value.mark)  # fmt: skip
+        return b"".join((clear, _LEN.pack(len(value.sealed.data)), value.sealed.data))  # the sealed text last
     return _pack(b"K", {}, value.blob)
 
 
@@ -457,21 +519,7 @@ def _decode(data: bytes) -> Cacheable:
         assert sealed is not None
         return SealedFrame(int(h["r"]), int(h["s"]), Sealed(sealed))
     if tag == b"G":
-        (sealed,) = blobs
-        assert sealed is not None
-        posts = tuple((int(i), int(r), int(b)) for i, r, b in h["p"])
-        people = tuple((int(i), str(u), str(d)) for i, u, d in h["u"])
-        return SealedPage(
-            str(h["v"]),
-            int(h["k"]),
-            int(h["x"]),
-            posts,
-            people,
-            str(h["h"]),
-            int(h["d"]),
-            Sealed(sealed),
-            str(h.get("s", "")),
-        )
+        return _page(h, blobs, data)
     if tag == b"K":
         (blob,) = blobs
         assert blob is not None

@@ -184,6 +184,7 @@ class Relay:
         keys = [(_SPACES[space], key) for _, e in parts for space, key in e.invalidate if space in _SPACES]
         if keys:
             await self.cache.invalidate(keys)
+        await self.cache.note_shown(i for _, e in parts for i in e.shown)  # after the invalidation: feed.cache.shown
         if users := sorted({u for _, e in parts for u in e.forget_users}):
             for user_id in users:
                 self.forget(user_id)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from feed.cache import shown
 from feed.cache.l1 import _L1, _Entry
 from feed.cache.spaces import DERIVED, PREFIX, Key, Space, generation_key, generation_of, lock_key, redis_key
 from feed.cache.stamps import _INVALIDATE, _STORE_IF_UNCHANGED, _stamp, _unstamp
@@ -52,8 +53,10 @@ class Cache:
         # Per key, how many invalidations this process has seen: a refill keeps its value only if unchanged.
         self._generations: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[Cacheable | None]] = {}
+        self._raw_inflight: dict[str, asyncio.Future[bytes | None]] = {}  # get_multi_with's strings, being read
         self._refreshing: set[str] = set()
         self._pending: set[tuple[Space, Key]] = set()  # invalidations Redis missed while it was down
+        self._shown_pending: dict[int, None] = {}  # the same for the shown log (feed.cache.shown)
         # Per space name, how many of its keys this process has dropped, and how many flushes: see changes().
         self._changes: dict[str, int] = {}
         self._flushes = 0
@@ -102,6 +105,14 @@ class Cache:
     async def get_multi(self, requests: Sequence[Request]) -> list[dict[Any, Cacheable]]:
         """Values for every request's keys (absent where the loader has none), in one Redis round trip for all
         the keys L1 does not hold, and one more to store what the loaders returned."""
+        return (await self.get_multi_with(requests, ()))[0]
+
+    async def get_multi_with(
+        self, requests: Sequence[Request], raw: Sequence[str]
+    ) -> tuple[list[dict[Any, Cacheable]], dict[str, bytes | None] | None]:
+        """:meth:`get_multi`, and the Redis strings named ``raw`` as they are, read in the same round trip if there
+        is one (a read that joins another's gets what that one read). The strings are None (not read) when L1
+        held everything, or Redis is away."""
         results: list[dict[Any, Cacheable]] = [{} for _ in requests]
         wanted: list[tuple[int, Space, Key, str]] = []
         for index, request in enumerate(requests):
@@ -112,9 +123,11 @@ class Cache:
                     results[index][key] = entry.value
                     self.stats.hit("l1", request.space)
                     self._refresh_soon(request, key, name)
+        read: dict[str, bytes | None] | None = None
         if wanted:
-            await self._fill(requests, wanted, results)
-        return results
+            read = {} if raw else None
+            await self._fill(requests, wanted, results, raw, read)
+        return results, read
 
     def _from_l1(
         self, space: Space, keys: Iterable[Key], found: dict[Any, Cacheable]
@@ -151,8 +164,11 @@ class Cache:
         requests: Sequence[Request],
         wanted: list[tuple[int, Space, Key, str]],
         results: list[dict[Any, Cacheable]],
+        raw: Sequence[str] = (),
+        read: dict[str, bytes | None] | None = None,
     ) -> None:
-        """Single-flight per key: keys another task is already filling are awaited, the rest filled here."""
+        """Single-flight per key: keys another task is already filling are awaited, the rest filled here (and the
+        ``raw`` strings read with them into ``read``, or had from a read under way)."""
         waiting: list[tuple[int, Key, asyncio.Future[Cacheable | None]]] = []
         mine: list[tuple[int, Space, Key, str]] = []
         for item in wanted:
@@ -161,14 +177,20 @@ class Cache:
                 mine.append(item)
             else:
                 waiting.append((item[0], item[2], future))
+        raw_waiting = [(name, self._raw_inflight[name]) for name in raw if name in self._raw_inflight]
+        raw_mine = [name for name in raw if name not in self._raw_inflight] if mine or not raw_waiting else []
         futures = {item[3]: asyncio.get_running_loop().create_future() for item in mine}
+        raw_futures = {name: asyncio.get_running_loop().create_future() for name in raw_mine}
         self._inflight.update(futures)
+        self._raw_inflight.update(raw_futures)
         try:
-            found = await self._fetch(requests, mine) if mine else {}
+            found, got = await self._fetch(requests, mine, raw_mine) if mine or raw_mine else ({}, {})
             for name, future in futures.items():
                 future.set_result(found.get(name))
+            for name, raw_future in raw_futures.items():
+                raw_future.set_result(got.get(name))
         except BaseException as exc:
-            for future in futures.values():
+            for future in (*futures.values(), *raw_futures.values()):
                 if isinstance(exc, asyncio.CancelledError):
                     future.cancel()  # the filling request went away; its waiters fill for themselves
                 else:
@@ -178,9 +200,19 @@ class Cache:
         finally:
             for name in futures:
                 self._inflight.pop(name, None)
+            for name in raw_futures:
+                self._raw_inflight.pop(name, None)
         for index, _space, key, name in mine:
             if (value := found.get(name)) is not None:
                 results[index][key] = value
+        if read is not None:
+            read.update(got)
+            for name, raw_future in raw_waiting:
+                try:
+                    read[name] = await asyncio.shield(raw_future)
+                except (asyncio.CancelledError, Exception):
+                    if not raw_future.done():
+                        raise  # this request itself was cancelled
         retry: list[tuple[int, Space, Key, str]] = []
         for index, key, future in waiting:
             try:
@@ -196,16 +228,19 @@ class Cache:
             await self._fill(requests, retry, results)
 
     async def _fetch(
-        self, requests: Sequence[Request], items: list[tuple[int, Space, Key, str]]
-    ) -> dict[str, Cacheable]:
+        self, requests: Sequence[Request], items: list[tuple[int, Space, Key, str]], strings: Sequence[str] = ()
+    ) -> tuple[dict[str, Cacheable], dict[str, bytes | None]]:
         seen = {name: self._generations.get(name, 0) for *_, name in items}
         found: dict[str, Cacheable] = {}
         shared = [item for item in items if item[1].l2_ttl]  # the others live in L1 only
         names = [name for *_, name in shared]
-        raw = await self._l2_read(names + [generation_key(space, key) for _, space, key, _ in shared])
+        generation_names = [generation_key(space, key) for _, space, key, _ in shared]
+        raw = await self._l2_read(names + generation_names + list(strings)) if shared or strings else None
+        got: dict[str, bytes | None] = {}
         l2_generations: dict[str, bytes] = {}
         if raw is not None:
-            values, generations = raw[: len(shared)], raw[len(shared) :]
+            got = dict(zip(strings, raw[2 * len(shared) :], strict=True))
+            values, generations = raw[: len(shared)], raw[len(shared) : 2 * len(shared)]
             for (index, space, key, name), data, generation in zip(shared, values, generations, strict=True):
                 l2_generations[name] = generation or b""
                 if data is None:
@@ -224,7 +259,7 @@ class Cache:
         if raw is not None:
             missing = await self._wait_for_other_process(missing, found, seen)
         if not missing:
-            return found
+            return found, got
         by_request: dict[int, list[tuple[int, Space, Key, str]]] = {}
         for item in missing:
             self.stats.miss(item[1])
@@ -244,7 +279,7 @@ class Cache:
             await self._l2_store(to_store, l2_generations)
         if raw is not None and (locks := [lock_key(name) for _, space, _, name in missing if space.shared_refill]):
             await self.link.run(lambda r: delete_many(r, locks))  # type: ignore[union-attr]
-        return found
+        return found, got
 
     async def _wait_for_other_process(
         self, missing: list[tuple[int, Space, Key, str]], found: dict[str, Cacheable], seen: dict[str, int]
@@ -410,6 +445,33 @@ class Cache:
         if keys and not await self._l2_invalidate(keys):
             self._pending.update(keys)
             raise ConnectionError("Redis went away again while replaying invalidations")
+        ids, self._shown_pending = list(self._shown_pending), {}
+        if ids:
+            await self.note_shown(ids)
+            if self._shown_pending:
+                raise ConnectionError("Redis went away again while replaying the shown log")
+
+    async def note_shown(self, ids: Iterable[int]) -> None:
+        """Add posts and people that look different on a page now to the shown log (:mod:`feed.cache.shown`), after
+        their invalidation; kept for when Redis is back if it is away."""
+        added = list(dict.fromkeys(ids))
+        if self.link is None or not added:
+            return
+        if await self._shown(shown.entries(added)) is None:
+            self._shown_pending.update(dict.fromkeys(added))
+
+    async def shown_log(self) -> shown.Log | None:
+        """The shown log now, started if there is none (None: no Redis, or it is away)."""
+        return shown.Log.parse(await self._shown(b"")) if self.link is not None else None
+
+    async def _shown(self, added: bytes) -> bytes | None:
+        assert self.link is not None
+
+        def shape(names: list[str]) -> tuple[list[str], list[Any]]:
+            return names, [shown.MOST, shown.new_epoch(), added]
+
+        done = await self.link.run(lambda r: self._scripts.per_node(r, "shown", shown.APPEND, [shown.KEY], shape))
+        return None if done is None else done[0]
 
     # -- Redis
 

@@ -229,8 +229,26 @@ async def open_session(svc: Services, user_id: int) -> Session:
     return Session(opened.token, opened.user, throttle.device_token(svc, opened.user.username.lower()))
 
 
+def new_session_token(user_id: int) -> str:
+    """A session cookie: 32 random bytes, after the user's id (in hex), so that the reads of a page need not wait
+    for the session's (:func:`session_reads`). The id is a hint, checked against the session's record; it tells
+    nobody anything the cookie's holder could not ask the server for."""
+    return f"{user_id:x}.{secrets.token_urlsafe(32)}"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def session_hint(token: str) -> int | None:
+    """The user id a session cookie of :func:`new_session_token` names (unchecked); None for one without."""
+    head, dot, rest = token.partition(".")
+    if not dot or not rest or not 0 < len(head) <= 16 or not _HEX.issuperset(head):
+        return None
+    return int(head, 16)
+
+
 async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Session:
-    token = secrets.token_urlsafe(32)
+    token = new_session_token(user_id)
     when = now()
     await store.insert_session(
         session, id_hash=token_hash(svc, token), user_id=user_id, now=when, expires_at=when + svc.session_ttl
@@ -254,20 +272,37 @@ async def session_user_with(
     read in the same cache round trip as the user; so is ``prefetch(their id)``, only into L1 (the page's blob)."""
     if not _may_be(token, SESSION_TOKEN_MOST):
         return None, None
-    record = await lookup.session(svc, token_hash(svc, token))
-    if not _live(record):
-        return None, None
-    assert record is not None
-    requests = [lookup.users_request(svc, [record.user_id])]
-    if also is not None:
-        requests.append(also(record.user_id))
-    if prefetch is not None:
-        requests.append(prefetch(record.user_id))
-    found_user, *found_also = await svc.cache.get_multi(requests)
-    user = _person(found_user.get(record.user_id))
+    user, found, _ = await session_reads(svc, token, token_name(svc, token), [also, prefetch], ())
+    return user, found[0]
+
+
+async def session_reads(
+    svc: Services, token: str, name: str, per_user: Sequence[Callable[[int], Request] | None], raw: Sequence[str]
+) -> tuple[User | None, list[Cacheable | None], dict[str, bytes | None] | None]:
+    """The user of the session ``token`` (``name``: its :func:`token_name`), what the cache holds for each of
+    ``per_user(their id)``, and the Redis strings ``raw`` (``Cache.get_multi_with``). A cookie naming its user
+    (:func:`new_session_token`) gets them all in one cache round trip with the session, else in the one after."""
+    hint = session_hint(token)
+    user_id = hint
+    requests: list[Request] = [lookup.session_request(svc, bytes.fromhex(name))]
+    if hint is None:
+        record = (await svc.cache.get_multi(requests))[0].get(name)
+        if not isinstance(record, SessionRecord) or not _live(record):
+            return None, [None for _ in per_user], None
+        user_id, requests = record.user_id, []
+    assert user_id is not None
+    requests.append(lookup.users_request(svc, [user_id]))
+    requests += [ask(user_id) for ask in per_user if ask is not None]
+    found, strings = await svc.cache.get_multi_with(requests, raw)
+    if hint is not None:
+        record = found.pop(0).get(name)
+        if not isinstance(record, SessionRecord) or not _live(record) or record.user_id != hint:
+            return None, [None for _ in per_user], None
+    user = _person(found[0].get(user_id))
     if user is None:
-        return None, None
-    return user, found_also[0].get(record.user_id) if found_also else None
+        return None, [None for _ in per_user], None
+    values = iter(found[1:])
+    return user, [next(values).get(user_id) if ask is not None else None for ask in per_user], strings
 
 
 def held_session_named(svc: Services, name: str) -> User | None:

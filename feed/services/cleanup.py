@@ -116,6 +116,7 @@ class _Purge:
         self.job.count("mentions", n_mentions)
         stale: list[tuple[Space, Any]] = [(space, i) for i in deleted for space in (POSTS, *FRAME_SPACES)]
         await lookup.invalidate(self.svc, *stale, *((POSTS, i) for i in parents))
+        await self.svc.cache.note_shown(deleted)
 
     # Its media: unreadable since the erasure (its keys are gone); the files and rows go now.
 

@@ -58,6 +58,7 @@ async def committed(svc: Services, effects: Effects) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if effects.invalidate:
         await svc.cache.invalidate(((_SPACES[space], key) for space, key in effects.invalidate), broadcast=False)
+    await svc.cache.note_shown(effects.shown)  # after the invalidation (feed.cache.shown)
     for user_id in effects.forget_users:
         svc.keys.forget(user_id)
     if svc.relay is not None:
@@ -93,6 +94,7 @@ def post_edited(post_id: int, author_id: int, visibility: str, mentions: Iterabl
         invalidate=_keys((POSTS, post_id), *((space, post_id) for space in FRAME_SPACES)),
         jobs=jobs,
         events=(Event(EDIT, post_id, author_id, visibility, mentioned),),
+        shown=(post_id,),
     )
 
 
@@ -113,6 +115,7 @@ def post_deleted(
         jobs=(Job("unfan", (post_id, author_id)),) if visibility != "direct" else (),
         events=(Event(DELETE, post_id, author_id, visibility, mentioned, parent_id or 0),),
         counts=(parent_id,) if parent_id else (),
+        shown=(post_id,),
     )
 
 
@@ -193,7 +196,7 @@ def tokens_revoked(id_hashes: Iterable[bytes]) -> Effects:
 
 
 def profile_changed(user_id: int) -> Effects:
-    return Effects(invalidate=_keys((USERS, user_id)))
+    return Effects(invalidate=_keys((USERS, user_id)), shown=(user_id,))
 
 
 def user_erased(user_id: int, key_names: Iterable[str]) -> Effects:
@@ -203,4 +206,4 @@ def user_erased(user_id: int, key_names: Iterable[str]) -> Effects:
     stale.append((COUNTS, user_id))
     stale.append((TIMELINES, "public"))
     stale += [(USER_KEYS, name) for name in key_names]
-    return Effects(invalidate=_keys(*stale), forget_users=(user_id,))
+    return Effects(invalidate=_keys(*stale), forget_users=(user_id,), shown=(user_id,))

@@ -211,13 +211,18 @@ async def following(svc: Services, user_id: int) -> frozenset[int]:
     return ids_of((await svc.cache.get_multi([following_request(svc, user_id)]))[0].get(user_id))
 
 
-async def session(svc: Services, id_hash: bytes) -> SessionRecord | None:
+def session_request(svc: Services, id_hash: bytes) -> Request:
     async def load(missing: list[str]) -> Mapping[str, SessionRecord]:
         async with svc.db() as db:
             row = await user_store.session_row(db, id_hash)
         return {id_hash.hex(): SessionRecord(row.user_id, row.expires_at)} if row else {}
 
-    found = await svc.cache.get(SESSIONS, id_hash.hex(), load)
+    return Request(SESSIONS, (id_hash.hex(),), load)
+
+
+async def session(svc: Services, id_hash: bytes) -> SessionRecord | None:
+    request = session_request(svc, id_hash)
+    found = await svc.cache.get(SESSIONS, request.keys[0], request.load)
     return found if isinstance(found, SessionRecord) else None
 
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request, cookie_parser
 from starlette.types import Receive, Scope, Send
 
-from feed.cache import UNREAD
+from feed.cache import UNREAD, shown
+from feed.cache import Request as CacheRequest
 from feed.metrics import Registry
 from feed.services import accounts, notifications, oauth
 from feed.services.context import Services
@@ -56,7 +58,7 @@ class _Hot(NamedTuple):
     route: _Route
     content_type: bytes
     held: Callable[[Scope, _Headers], Any]  # from this process's memory alone: the body, or (body, Link), or None
-    answer: Callable[[Request], Awaitable[Any]]  # the same, from Redis too
+    answer: Callable[[Request, _Headers], Awaitable[Any]]  # the same, from Redis too
     extra: list[tuple[bytes, bytes]]  # headers of the path, beside the security headers
 
 
@@ -93,7 +95,7 @@ class HotApp(Starlette):
         try:
             found = hot.held(scope, asked)  # from this process's memory alone
             if found is None:
-                found = await hot.answer(Request(scope, receive))
+                found = await hot.answer(Request(scope, receive), asked)
         except Exception as exc:  # a bad token, an outage...: the whole stack answers it as it always does
             log.debug("hot path declined (%s)", type(exc).__name__)
             found = None
@@ -125,6 +127,8 @@ class _Headers:
     def __init__(self, scope: Scope) -> None:
         self.cookie = self.authorization = b""
         self.body = self.htmx = False
+        self._cookies: dict[str, str] | None = None
+        self.session: tuple[str, _Seen] | None = None  # the session cookie and what it derives to, once found
         for name, value in scope["headers"]:  # the first of a repeated one, as Starlette's Headers read it
             if name == b"cookie":
                 self.cookie = self.cookie or value
@@ -134,6 +138,15 @@ class _Headers:
                 self.body = True
             elif name == b"hx-request":
                 self.htmx = True
+
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            self._cookies = cookie_parser(self.cookie.decode("latin-1"))
+        return self._cookies
+
+    def session_token(self, scope: Scope) -> str:
+        https = scope.get("scheme") == "https"
+        return self.cookies().get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
 
 
 _Found = TypeVar("_Found")
@@ -148,9 +161,9 @@ class _Seen(NamedTuple):
 
 class _Tokens:
     """The session cookies and API tokens this process found live lately, each with its :class:`_Seen`: two HMACs
-    fewer per request. Nothing here says a token is good (its record in L1 does, per request), so nothing here goes
-    stale; a token not found live is not remembered, so made-up ones push no real one out, and one found no longer
-    is forgotten. At most ``most``, the oldest forgotten first; all forgotten if the services (and so the secrets)
+    fewer per request. Nothing here says a token is good (its record does, per request), so nothing here goes
+    stale; a token not found live is not remembered, so made-up ones push no real one out, and one found ended is
+    forgotten. At most ``most``, the oldest forgotten first; all forgotten if the services (and so the secrets)
     change."""
 
     def __init__(self, most: int = 4096) -> None:
@@ -163,23 +176,31 @@ class _Tokens:
         """What ``find`` (``accounts.held_session_named`` or ``held_token_grant_named``) finds in L1 for ``token``,
         with what the token derives to: remembered while it is found, forgotten once it is not (an ended session,
         or one L1 does not hold now: derived again next time)."""
-        seen = self._seen.get(token) if svc is self._svc else None
+        seen = self.seen(svc, csrf_key, token, may_be)
         if seen is None:
-            if not may_be(token):
-                return None
-            seen = _Seen(accounts.token_name(svc, token), csrf_of(csrf_key, token))
-            found = find(svc, seen.name)
-            if found is not None:
-                self._remember(svc, token, seen)
-        else:
-            found = find(svc, seen.name)
-            if found is None:
-                del self._seen[token]
+            return None
+        found = find(svc, seen.name)
+        if found is not None:
+            self.found(svc, token, seen, True)  # not found in L1 is not found dead: the caller may look further
         return None if found is None else (seen, found)
 
-    def _remember(self, svc: Services, token: str, seen: _Seen) -> None:
+    def seen(self, svc: Services, csrf_key: bytes, token: str, may_be: Callable[[str], bool]) -> _Seen | None:
+        """What ``token`` derives to, remembered or made now (None: it cannot be one, by ``may_be``)."""
+        seen = self._seen.get(token) if svc is self._svc else None
+        if seen is None and may_be(token):
+            seen = _Seen(accounts.token_name(svc, token), csrf_of(csrf_key, token))
+        return seen
+
+    def found(self, svc: Services, token: str, seen: _Seen, live: bool) -> None:
+        """Whether ``token`` was found live: remembered if so, forgotten if not."""
+        if not live:
+            if svc is self._svc:
+                self._seen.pop(token, None)
+            return
         if svc is not self._svc:
             self._svc, self._seen = svc, {}
+        if token in self._seen:
+            return
         if len(self._seen) >= self.most:
             del self._seen[next(iter(self._seen))]
         self._seen[token] = seen
@@ -187,6 +208,34 @@ class _Tokens:
 
 def _held_home(scope: Scope, headers: _Headers) -> bytes | None:
     return _held_page(scope, headers, "home")
+
+
+async def _home(request: Request, headers: _Headers) -> bytes | None:
+    """The home page from its blob in L1 or Redis: with a cookie that names its user, the session, the person, the
+    unread count, the blob and the shown log in one Redis round trip (``accounts.session_reads``)."""
+    if headers.htmx or not headers.cookie:
+        return None
+    app = request.app
+    state = app.state
+    svc: Services = state.services
+    tokens: _Tokens = app.tokens
+    if headers.session is None:  # not tried in L1 (the held answer was not asked)
+        token = headers.session_token(request.scope)
+        found = tokens.seen(svc, state.csrf_key, token, accounts.may_be_session)
+        if found is None:
+            return None
+        headers.session = token, found
+    token, seen = headers.session
+    cookies = headers.cookies()
+    asks: list[Callable[[int], CacheRequest]] = [partial(notifications.unread_request, svc), page_blobs.prefetch(svc)]
+    viewer, (unread, blob), strings = await accounts.session_reads(svc, token, seen.name, asks, [shown.KEY])
+    tokens.found(svc, token, seen, viewer is not None)
+    if viewer is None:
+        return None
+    shell = page_blobs.page_shell(seen.csrf, notifications.unread_of(unread),
+                                  audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip
+    log = shown.Log.parse(strings.get(shown.KEY)) if strings else None
+    return await page_blobs.from_store(request, svc, viewer, shell, blob, log)
 
 
 def _held_public(scope: Scope, headers: _Headers) -> bytes | None:
@@ -199,14 +248,17 @@ def _held_page(scope: Scope, headers: _Headers, timeline: str) -> bytes | None:
     app = scope["app"]
     state = app.state
     svc: Services = state.services
-    https = scope.get("scheme") == "https"
-    cookies = cookie_parser(headers.cookie.decode("latin-1"))
-    token = cookies.get(f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE, "")
+    token = headers.session_token(scope)
     tokens: _Tokens = app.tokens
-    held = tokens.held(svc, state.csrf_key, token, accounts.may_be_session, accounts.held_session_named)
-    if held is None:
+    seen = tokens.seen(svc, state.csrf_key, token, accounts.may_be_session)
+    if seen is None:
         return None
-    seen, viewer = held
+    headers.session = token, seen
+    viewer = accounts.held_session_named(svc, seen.name)
+    if viewer is None:
+        return None
+    tokens.found(svc, token, seen, True)
+    cookies = headers.cookies()
     unread = svc.cache.cached(UNREAD, viewer.id)
     if unread is None:
         return None
@@ -237,10 +289,18 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
     return body, links
 
 
+async def _public(request: Request, _: _Headers) -> bytes | None:
+    return await pages.public_from_blob(request)
+
+
+async def _statuses(request: Request, _: _Headers) -> tuple[bytes, bytes] | None:
+    return await api.home_timeline_from_blob(request)
+
+
 _HOT = {
-    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_home, pages.home_from_blob, []),
-    "/public": _Hot(_Route("/public"), b"text/html; charset=utf-8", _held_public, pages.public_from_blob, []),
+    "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_home, _home, []),
+    "/public": _Hot(_Route("/public"), b"text/html; charset=utf-8", _held_public, _public, []),
     "/api/v1/timelines/home": _Hot(
-        _Route("/api/v1/timelines/home"), b"application/json", _held_statuses, api.home_timeline_from_blob, _CORS
+        _Route("/api/v1/timelines/home"), b"application/json", _held_statuses, _statuses, _CORS
     ),
 }

@@ -32,10 +32,10 @@ import hashlib
 import inspect
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -64,7 +64,17 @@ from feed.cache import (
     redis_key,
 )
 from feed.cache import Request as CacheRequest
-from feed.records import PostRecord, SealedPage, UserRecord, WrappedKey, page_digest
+from feed.cache import shown as shown_log
+from feed.records import (
+    Cacheable,
+    PostRecord,
+    SealedPage,
+    UserRecord,
+    WrappedKey,
+    clear_digest,
+    page_clear,
+    page_digest,
+)
 from feed.services import accounts as accounts_service
 from feed.services import lookup, oauth, timelines
 from feed.services.context import Services
@@ -208,7 +218,8 @@ async def _expires(svc: Services, viewer: User) -> int:
     return int(min([now + HOME.l1_ttl, *(until for until in ids[1::2] if until > now)]))
 
 
-async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Paint) -> SealedPage | None:
+async def _draw(svc: Services, env: jinja2.Environment, viewer: User, kind: _Kind, wanted: str,
+                paint: Paint) -> SealedPage | None:  # fmt: skip
     """Paint the blob's text with holes and seal it (None: the viewer's key cannot be had)."""
     key = await _viewer_key(svc, viewer, viewer.key_version)
     if key is None:
@@ -217,6 +228,8 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
     # come after the write's own invalidation of the blob in Redis, and a blob drawn from them would be shared.
     svc.cache.drop([redis_key(space, viewer.id) for space in kind.inputs])
     drawn_ms = int(time.time() * 1000)
+    # The shown log before anything the page shows: what changes after is named in it after the blob's mark.
+    log = await svc.cache.shown_log() if kind.space.l2_ttl else None
     expires = await _expires(svc, viewer)  # read before the page: a mute made meanwhile drops the blob anyway
     source = (await kind.source(svc))[0] if kind.source else ""  # before the page too: a change meanwhile redraws it
     text, shown = await paint()
@@ -233,9 +246,17 @@ async def _draw(svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Pa
     if codes is None:
         return None
     fields = (wanted, key.version, expires, posts, tuple(people.values()), codes, drawn_ms)
+    created = tuple(int(p.created_at.timestamp()) for p in shown)
+    filled, mark = b"", ""
+    if log is not None:  # kept in Redis: read elsewhere as drawn if the log vouches for it (_as_drawn)
+        drawn = [_Drawn(p.created_at.timestamp(), p.likes_count, p.reblogs_count, p.replies_count) for p in shown]
+        as_drawn = _fillings(env, codes, posts, drawn_ms, drawn, {}, None) if "a" not in codes else None
+        filled = b"\x00".join(as_drawn.values) if as_drawn is not None else b""
+        mark = log.mark_for({*(p[0] for p in posts), *people}) if filled else ""
+    clear = page_clear(*fields, source, created, filled, mark)
     sealed = seal_fields(key, {kind.name: _format_of(text)}, object_id=viewer.id, owner_id=viewer.id,
-                         revision=page_digest(*fields, source))[kind.name]  # fmt: skip
-    return SealedPage(*fields, sealed, source)
+                         revision=clear_digest(clear))[kind.name]  # fmt: skip
+    return SealedPage(*fields, sealed, source, created, filled, mark)
 
 
 def _chosen_hole(current: str, value: str) -> Markup:
@@ -244,10 +265,11 @@ def _chosen_hole(current: str, value: str) -> Markup:
 
 
 async def serve(request: Request, svc: Services, viewer: User, timeline: str, template: str, draw: Draw | None,
-                audience: str) -> bytes | None:  # fmt: skip
+                audience: str, log: shown_log.Log | None = None) -> bytes | None:  # fmt: skip
     """The viewer's first page of ``timeline``: from their blob, drawn first if there is none or it is stale (None
     when it cannot be: the caller draws the page the ordinary way). ``audience``: the composer's, chosen. Without
-    ``draw``: only from a blob in L1 or Redis that is good now."""
+    ``draw``: only from a blob in L1 or Redis that is good now. ``log``: the shown log, if it was read with the
+    blob."""
     env: jinja2.Environment = request.app.state.templates
 
     async def paint() -> tuple[str, list[PostView]]:
@@ -276,7 +298,7 @@ async def serve(request: Request, svc: Services, viewer: User, timeline: str, te
 
     shell = page_shell(csrf_token(request), request.state._state.get("unread", 0), audience)
     kind = _PAGE_KINDS[timeline]
-    return await _serve(request, svc, viewer, kind, variant(env, timeline), paint if draw else None, shell)
+    return await _serve(request, svc, viewer, kind, variant(env, timeline), paint if draw else None, shell, log)
 
 
 async def serve_statuses(request: Request, svc: Services, viewer: User, timeline: str, limit: int,
@@ -313,18 +335,20 @@ _STATUS_HOLES = {"start": _START, "account": _ACCOUNT, "booster": _BOOSTER, "lik
 
 
 async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Paint | None,
-                 shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
+                 shell: dict[str, bytes], log: shown_log.Log | None = None,
+                 read: Cacheable | None = None) -> bytes | None:  # fmt: skip
     """The blob of ``kind`` for ``viewer``, opened and filled; drawn with ``paint`` if there is none or it is stale.
-    Without ``paint``, only a blob that is in L1 or Redis and good now (else None): ``feed.web.hot_path``."""
+    Without ``paint``, only a blob that is in L1 or Redis and good now (else None): ``feed.web.hot_path``. ``log``:
+    the shown log, and ``read`` the blob, if they were read together (or the log after)."""
 
     async def load(_: list[int]) -> Mapping[int, SealedPage]:
         if paint is None:
             return {}
-        drawn = await _draw(svc, viewer, kind, wanted, paint)
+        drawn = await _draw(svc, request.app.state.templates, viewer, kind, wanted, paint)
         return {viewer.id: drawn} if drawn is not None else {}
 
     for attempt in range(2):
-        blob = svc.cache.cached(kind.space, viewer.id)
+        blob = read if attempt == 0 and read is not None else svc.cache.cached(kind.space, viewer.id)
         if blob is None and paint is None and not kind.space.l2_ttl:
             return None  # in L1 only, and not there: nothing more to find (nor a miss to count, before the draw's)
         if blob is None:
@@ -332,7 +356,7 @@ async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wan
         if not isinstance(blob, SealedPage):
             return None
         if blob.variant == wanted and blob.expires > time.time():
-            body = await _open(request, svc, viewer, kind, blob, shell)
+            body = await _open(request, svc, viewer, kind, blob, shell, log if attempt == 0 else None)
             if body is not None:
                 return body
         if paint is None:
@@ -342,32 +366,45 @@ async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wan
     return None
 
 
+async def from_store(request: Request, svc: Services, viewer: User, shell: dict[str, bytes], read: Cacheable | None,
+                     log: shown_log.Log | None) -> bytes | None:  # fmt: skip
+    """The viewer's home page from a blob in L1 or Redis that is good now, never drawn (``feed.web.hot_path``):
+    ``shell`` what the request fills (:func:`page_shell`); ``read`` the blob and ``log`` the shown log, as read
+    together by :func:`prefetch`'s request."""
+    env: jinja2.Environment = request.app.state.templates
+    return await _serve(request, svc, viewer, _HOME_PAGE, variant(env, "home"), None, shell, log, read)
+
+
+async def _nothing(_: list[int]) -> Mapping[int, SealedPage]:
+    return {}
+
+
+def _blob_request(viewer_id: int) -> CacheRequest:
+    return CacheRequest(PAGES, (viewer_id,), _nothing)
+
+
 def prefetch(svc: Services) -> Callable[[int], CacheRequest]:
     """For ``feed.web.auth.viewer``: the viewer's home page blob, read into L1 with their own record (never drawn)."""
-
-    async def nothing(_: list[int]) -> Mapping[int, SealedPage]:
-        return {}
-
-    return lambda viewer_id: CacheRequest(PAGES, (viewer_id,), nothing)
+    return _blob_request
 
 
 class _Checked(NamedTuple):
     """A blob checked against the posts and people it shows, while the cache's stamp of their spaces stood: until it
     moves, nothing the check read has changed, and a read of the blob skips the check (``SealedPage.checked``)."""
 
-    stamp: tuple[tuple[int, int], ...]
+    stamp: tuple[tuple[int, int], ...] | None  # None: as drawn (_as_drawn), not kept
     values: list[bytes]  # each hole's filling, as far as it is the same for every request until the stamp moves
-    ages: list[tuple[int, float, bytes]]  # (hole, when its post was made in epoch seconds, its date from a week on)
-    shell: list[tuple[int, str]]  # (hole, letter) of what each request fills: its token, its unread count...
+    ages: list[tuple[int, float]]  # (hole, when its post was made in epoch seconds)
+    shell: tuple[tuple[int, str], ...]  # (hole, letter) of what each request fills: its token, its unread count...
     aged: list[Any]  # [second, values with the posts' ages then]: the ages change once a second at most
 
 
 async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob: SealedPage,
-                shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
+                shell: dict[str, bytes], log: shown_log.Log | None = None) -> bytes | None:  # fmt: skip
     stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
     if checked is None or checked.stamp != stamp:
-        checked = await _check_once(request, svc, kind, blob, stamp)
+        checked = _as_drawn(blob, log) or await _check_once(request, svc, kind, blob, stamp)
         if checked is None:
             return None
     key = await _viewer_key(svc, viewer, blob.key_version)
@@ -482,7 +519,44 @@ async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
         accounts = {uid: mastodon.account_text(request, base, profile).encode() for uid, profile in profiles.items()}
         lasting = lasting and _held_now(svc, COUNTS, counts)
     lasting = lasting and tuple(svc.cache.changes(space) for space in kind.checked) == stamp  # none came meanwhile
-    return _fillings(request.app.state.templates, blob, shown, accounts, stamp), lasting
+    drawn = [_Drawn(r.created_at.timestamp(), r.likes_count, r.reblogs_count, r.replies_count, r.author_id)
+             for r in shown]  # fmt: skip
+    env = request.app.state.templates
+    return _fillings(env, blob.holes, blob.posts, blob.drawn_ms, drawn, accounts, stamp), lasting
+
+
+class _Drawn(NamedTuple):
+    """What :func:`_fillings` reads of a post on a blob, by position: from its record."""
+
+    created: float  # epoch seconds
+    likes: int
+    boosts: int
+    replies: int
+    author_id: int = 0  # for an API blob's accounts
+
+
+def _as_drawn(blob: SealedPage, log: shown_log.Log | None) -> _Checked | None:
+    """The blob's holes filled as it was drawn (its counts then; ages now), if the shown log read with it names
+    none of its posts and people since it was drawn (:mod:`feed.cache.shown`): a blob read from Redis is good
+    without reading their records. Not kept with the blob: this process's next read checks it, and fills the counts
+    of now. None if the log cannot vouch for it (then it is checked as usual)."""
+    if log is None or not blob.mark or not blob.filled or len(blob.created) != len(blob.posts):
+        return None
+    added = log.added_since(blob.mark)
+    if added is None:
+        return None
+    if added:
+        ids = {entry[0] for entry in blob.posts}
+        ids.update(person[0] for person in blob.people)
+        if not ids.isdisjoint(added):
+            return None
+    layout = _layout(blob.holes)
+    values = blob.filled.split(b"\x00")
+    if layout is None or len(values) != layout.size:
+        return None
+    created = blob.created
+    return _Checked(None, values, [(index, created[entry]) for index, entry in layout.ages], layout.shell,
+                    [None, values])  # fmt: skip
 
 
 def _held_now(svc: Services, space: Space, read: Mapping[Any, Any]) -> bool:
@@ -491,44 +565,85 @@ def _held_now(svc: Services, space: Space, read: Mapping[Any, Any]) -> bool:
     return len(held) == len(read) and all(held[key] is value for key, value in read.items())
 
 
-def _fillings(env: jinja2.Environment, blob: SealedPage, shown: list[PostRecord], accounts: dict[int, bytes],
-              stamp: Any) -> _Checked | None:  # fmt: skip
-    year = datetime.now(UTC).year
-    values: list[bytes] = []
-    ages: list[tuple[int, float, bytes]] = []
+class _Layout(NamedTuple):
+    """Where a blob's holes are (:func:`_layout`): per kind of filling, (hole, entry on the page) of each."""
+
+    size: int  # holes
+    posts: int  # entries: holes "p" or "s" (each starts one)
+    ages: tuple[tuple[int, int], ...]
+    shell: tuple[tuple[int, str], ...]  # (hole, letter) of what each request fills
+    drawn: tuple[int, ...]  # holes of when it was drawn
+    counts: dict[str, tuple[tuple[int, int], ...]]  # per letter of "kbyraA"
+
+
+@lru_cache(maxsize=256)
+def _layout(holes: str) -> _Layout | None:
+    """The layout of a blob's ``holes``: the same for each read of a blob (and of the next, mostly). None if a
+    post's hole comes before any post."""
+    entry = -1
+    ages: list[tuple[int, int]] = []
     shell: list[tuple[int, str]] = []
-    posts = iter(zip(shown, blob.posts, strict=True))
-    r: PostRecord | None = None
-    booster = 0
-    for index, code in enumerate(blob.holes):
-        filled = b""
+    drawn: list[int] = []
+    counts: dict[str, list[tuple[int, int]]] = {code: [] for code in "kbyraA"}
+    for index, code in enumerate(holes):
         if code in "ps":  # a post starts: its relative time (the page), nothing (the API)
-            r, (_, _, booster) = next(posts, (None, (0, 0, 0)))
-            if r is None:
-                return None
+            entry += 1
             if code == "p":
-                ages.append((index, r.created_at.timestamp(), date_shown(r.created_at, year).encode()))
+                ages.append((index, entry))
         elif code == "l":
-            filled = b"%d" % blob.drawn_ms
+            drawn.append(index)
         elif code in _SHELL:
             shell.append((index, code))
-        elif r is None:
+        elif entry < 0:
             return None
-        elif code == "k":
-            filled = b"%d" % r.likes_count
-        elif code == "b":
-            filled = b"%d" % r.reblogs_count
-        elif code == "y":
-            filled = b"%d" % r.replies_count
-        elif code == "r":
-            filled = reply_count_html(env, r.replies_count).encode()
-        else:  # "a", "A": _holes_of() let no other letter in
-            found = accounts.get(r.author_id if code == "a" else booster)
+        else:  # _holes_of() let no other letter in
+            counts[code].append((index, entry))
+    return _Layout(len(holes), entry + 1, tuple(ages), tuple(shell), tuple(drawn),
+                   {code: tuple(found) for code, found in counts.items()})  # fmt: skip
+
+
+def _fillings(env: jinja2.Environment, holes: str, posts: tuple[tuple[int, int, int], ...], drawn_ms: int,
+              shown: Sequence[_Drawn], accounts: dict[int, bytes], stamp: Any) -> _Checked | None:  # fmt: skip
+    """The fillings of a blob's ``holes`` for its ``posts`` as ``shown`` (and each status's accounts, in the API's)."""
+    layout = _layout(holes)
+    if layout is None or not layout.posts == len(shown) == len(posts):
+        return None
+    values = [b""] * layout.size
+    for index in layout.drawn:
+        values[index] = b"%d" % drawn_ms
+    counts = layout.counts
+    for index, entry in counts["k"]:
+        values[index] = b"%d" % shown[entry][1]
+    for index, entry in counts["b"]:
+        values[index] = b"%d" % shown[entry][2]
+    for index, entry in counts["y"]:
+        values[index] = b"%d" % shown[entry][3]
+    for index, entry in counts["r"]:
+        values[index] = _reply_count(env, shown[entry][3])
+    for code in "aA":  # the API's: each status's author's account, and its booster's
+        for index, entry in counts[code]:
+            found = accounts.get(shown[entry][4] if code == "a" else posts[entry][2])
             if found is None:
                 return None
-            filled = found
-        values.append(filled)
-    return _Checked(stamp, values, ages, shell, [None, values])
+            values[index] = found
+    ages = [(index, shown[entry][0]) for index, entry in layout.ages]
+    return _Checked(stamp, values, ages, layout.shell, [None, values])
+
+
+@lru_cache(maxsize=1024)
+def _reply_count(env: jinja2.Environment, count: int) -> bytes:
+    return reply_count_html(env, count).encode()
+
+
+@lru_cache(maxsize=4096)
+def _age(seconds: int) -> bytes:
+    return short_age(seconds).encode()
+
+
+@lru_cache(maxsize=4096)
+def _date(created: int, year: int) -> bytes:
+    """A post's date, as a post a week old or older shows it in ``year``."""
+    return date_shown(datetime.fromtimestamp(created, UTC), year).encode()
 
 
 def _fill(text: bytes, checked: _Checked, shell: dict[str, bytes]) -> bytes | None:
@@ -538,9 +653,14 @@ def _fill(text: bytes, checked: _Checked, shell: dict[str, bytes]) -> bytes | No
     aged = checked.aged
     if aged[0] != now:  # the posts' ages, once a second
         values = checked.values.copy()
-        for index, created, date in checked.ages:
+        year = 0
+        for index, created in checked.ages:
             seconds = int(now - created)
-            values[index] = date if seconds >= WEEK else short_age(seconds).encode()
+            if seconds < WEEK:
+                values[index] = _age(seconds)
+            else:
+                year = year or datetime.fromtimestamp(now, UTC).year
+                values[index] = _date(int(created), year)
         aged[:] = now, values
     values = aged[1].copy()
     for index, code in checked.shell:

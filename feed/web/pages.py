@@ -79,17 +79,6 @@ async def home(request: Request) -> Response:
     return _timeline(request, "home.html", page, "home", composer=composer)
 
 
-async def home_from_blob(request: Request) -> bytes | None:
-    """The home page if the viewer's blob is in L1 or Redis and good now (``feed.web.hot_path``)."""
-    if is_htmx(request):
-        return None
-    svc = services(request)
-    user = await viewer(request, page_blobs.prefetch(svc))  # the blob in the round trip of the viewer's record
-    if user is None:
-        return None
-    return await page_blobs.serve(request, svc, user, "home", "home.html", None, _last_visibility(request))
-
-
 async def public_from_blob(request: Request) -> bytes | None:
     """The public page if the viewer's blob is in L1 and good now (``feed.web.hot_path``)."""
     if is_htmx(request):

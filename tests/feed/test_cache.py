@@ -8,6 +8,7 @@ import functools
 import logging
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.bus import RedisBus
-from feed.cache import PAGES, POSTS, TIMELINES, Cache, Space, redis_key
+from feed.cache import PAGES, POSTS, TIMELINES, Cache, Space, redis_key, shown
 from feed.metrics import Registry
 from feed.records import (
     IdList,
@@ -439,3 +440,85 @@ async def test_page_blobs_have_an_l1_of_their_own_that_keeps_the_viewers_who_rea
     assert held == {0, 1, 4, 5}, held
     assert cache.l1_space(PAGES) == (4 * blob.size, 4)
     assert len(cache.cached_many(POSTS, range(10))) == 10, "a page blob pushed a post out of the shared L1"
+
+
+# The shown log (feed.cache.shown): what a blob read from Redis is checked against, instead of the records of the
+# posts and people on it.
+
+
+async def log_of(cache: Cache) -> shown.Log:
+    log = await cache.shown_log()
+    assert log is not None
+    return log
+
+
+async def test_a_mark_tells_whether_any_of_a_pages_ids_changed_since(cache: Cache) -> None:
+    drawn = await log_of(cache)  # started by the first read
+    assert drawn.seq == 0 and drawn.kept == 0
+    mark = drawn.mark()
+    assert drawn.changed(mark, {1, 2}) is False
+    await cache.note_shown([5, 6])
+    await cache.note_shown([7])
+    now = await log_of(cache)
+    assert now.epoch == drawn.epoch and now.seq == 3
+    assert now.changed(mark, {1, 6}) is True
+    assert now.changed(mark, {7}) is True
+    assert now.changed(mark, {1, 2}) is False
+    assert now.changed(now.mark(), {5, 6, 7}) is False  # drawn after them
+
+
+async def test_a_mark_the_log_cannot_vouch_for_means_check(cache: Cache) -> None:
+    first = await log_of(cache)
+    mark = first.mark()
+    await cache.note_shown(range(10, 10 + shown.MOST))
+    full = await log_of(cache)
+    assert full.kept == shown.MOST and full.changed(mark, {1}) is False  # every entry since is still kept
+    await cache.note_shown([99])
+    assert (await log_of(cache)).changed(mark, {1}) is None  # one entry since the mark is gone: cannot tell
+    for made_up in ("", "nonsense", f"{first.epoch.hex()}:x", f"{first.epoch.hex()}:{10**6}"):
+        assert full.changed(made_up, {1}) is None
+    # The log lost (Redis restarted, the key evicted): a new one with a new epoch vouches for no older mark.
+    await cache.link.client.delete(shown.KEY)  # type: ignore[union-attr]
+    again = await log_of(cache)
+    assert again.epoch != first.epoch and again.changed(full.mark(), {1}) is None
+
+
+async def test_a_page_showing_what_the_log_names_is_marked_before_it(cache: Cache) -> None:
+    """The drawing process's L1 may not have heard of a change the log already names: the mark makes readers
+    elsewhere check the page."""
+    await cache.note_shown([1, 2, 3])
+    log = await log_of(cache)
+    assert log.mark_for({9}) == log.mark()
+    mark = log.mark_for({2, 9})
+    assert mark == log.mark(1)
+    assert log.changed(mark, {2}) is True and log.changed(mark, {1}) is False
+
+
+async def test_a_log_that_turned_over_within_the_bus_lag_gives_no_mark(cache: Cache) -> None:
+    now_ms = int(time.time() * 1000)
+    old = shown.entries(range(100, 100 + shown.MOST), now_ms - shown.LAG_MS - 1_000)
+    await cache._shown(old)  # type: ignore[attr-defined]
+    log = await log_of(cache)
+    assert log.mark_for({1}) == log.mark()  # full, but its oldest change is older than the lag
+    await cache.note_shown(range(1_000, 1_000 + shown.MOST))  # pushed out all within the lag
+    # A change pushed out may not have reached this L1 yet: no mark, its readers elsewhere check the page.
+    assert (await log_of(cache)).mark_for({1}) == ""
+
+
+async def test_changes_noted_while_redis_is_away_are_noted_once_it_is_back(cache: Cache) -> None:
+    mark = (await log_of(cache)).mark()
+    link = cache.link
+    assert link is not None
+    link.up = False  # as RedisLink.down leaves it, without its reconnecting task
+    await cache.note_shown([41, 42])
+    link.up = True
+    assert (await log_of(cache)).changed(mark, {41}) is False
+    await cache.replay_pending()
+    assert (await log_of(cache)).changed(mark, {42}) is True
+
+
+async def test_the_log_holds_ids_and_times_only() -> None:
+    log = shown.Log.parse(b"\x01" * 8 + (2).to_bytes(8, "big") + shown.entries([7, 8], 1_700_000_000_000))
+    assert log is not None and log.seq == 2 and log.kept == 2
+    for bad in (None, b"", b"short", b"\x01" * 8 + (2).to_bytes(8, "big") + b"odd"):
+        assert shown.Log.parse(bad) is None

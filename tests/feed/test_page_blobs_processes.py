@@ -137,6 +137,47 @@ async def test_a_blob_in_redis_is_checked_before_another_process_serves_it(clust
     assert "words as edited" in page and "words as first written" not in page
 
 
+@pytest.mark.parametrize("change", ["edit", "delete", "rename"])
+async def test_a_blob_from_redis_is_served_as_drawn_until_what_it_shows_changes(cluster: Cluster, change: str) -> None:
+    """A draws the home blobs of carol and alice (kept in Redis). B, which never held them, serves carol's as drawn,
+    in the round trip of her session: no record of a post is read on B. Then bob's post or name changes on A, and
+    B, reading alice's blob from Redis for the first time, must show the change (the shown log names it)."""
+    alice = await cluster.account("alice")
+    bob = await cluster.account("bob")
+    carol = await cluster.account("carol")
+    for reader in (alice, carol):
+        assert (await reader.post("a", "/@bob/follow")).status_code == 303
+    post = await bob.compose("a", "words as first written")
+    for reader in (alice, carol):
+
+        async def drawn_on_a(reader: Any = reader) -> bool:
+            return article_ids((await reader.on["a"].get("/")).text) == [post]
+
+        assert await within(1.5, drawn_on_a) is not None
+
+    before = await cluster.metrics("b")
+    page = (await carol.on["b"].get("/")).text
+    after = await cluster.metrics("b")
+    assert article_ids(page) == [post] and "words as first written" in page
+    assert metric(after, HITS, tier="l2", space="w") > metric(before, HITS, tier="l2", space="w")
+    for tier in ("l1", "l2"):  # as drawn: not checked against the post's record
+        assert metric(after, HITS, tier=tier, space="p") == metric(before, HITS, tier=tier, space="p")
+
+    if change == "edit":
+        done = await bob.post("a", f"/posts/{post}/edit", {"status": "words as edited", "revision": "1"})
+    elif change == "delete":
+        done = await bob.post("a", f"/posts/{post}/delete", {"confirm": "yes"})
+    else:
+        done = await bob.post("a", "/settings", {"display_name": "Robert Renamed", "bio": "", "email": ""})
+    assert done.status_code == 303
+    page = (await alice.on["b"].get("/")).text
+    assert "words as first written" not in page if change != "rename" else "Robert Renamed" in page
+    if change == "edit":
+        assert "words as edited" in page
+    if change == "delete":
+        assert article_ids(page) == []
+
+
 async def test_an_erasure_on_either_process_empties_every_processs_page_blobs(cluster: Cluster) -> None:
     """An erased person's words may be in anyone's blob: every process drops all of its own, whichever process the
     erasure ran on and whichever one's outbox relay carried it out (once on A, once on B: on one of the two, the

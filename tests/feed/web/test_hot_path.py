@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from feed.cache import POSTS
 from feed.services import accounts
+from feed.services.context import now
+from feed.storage import users as user_store
 from feed.web import hot_path
 from tests.conftest import client_for
 from tests.feed.test_metrics import parse, series
@@ -122,30 +128,122 @@ async def test_an_apps_home_timeline_from_the_hot_path_is_the_one_the_stack_serv
         assert below.calls == 3
 
 
-async def test_with_l1_cold_the_blob_comes_with_the_viewers_record(
+class Reads:
+    """The names of each Redis read of the cache (one round trip each)."""
+
+    def __init__(self, cache: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: list[list[str]] = []
+        real = cache._l2_read
+
+        async def counted(names: list[str]) -> Any:
+            self.reads.append(names)
+            return await real(names)
+
+        monkeypatch.setattr(cache, "_l2_read", counted)
+
+
+async def _cold(app: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Reads, Below]:
+    """The home page, read until it comes from its blob, then once with L1 emptied: the page, the Redis reads of
+    that last one, and the requests that went down the stack."""
+    for _ in range(3):
+        await client.get("/")
+    cache = app.state.cache
+    reads = Reads(cache, monkeypatch)
+    cache.flush()
+    below = Below(app, monkeypatch)
+    return await client.get("/"), reads, below
+
+
+async def test_with_l1_cold_a_home_page_is_one_redis_round_trip(
     make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis round trips of a home page from a blob in Redis only: the session; the viewer, their unread count and
-    the blob together; the posts and people the blob is checked against."""
+    """A home page from a blob in Redis only: the session (its cookie names its user), the viewer, their unread
+    count, the blob and the shown log in one round trip; the blob is good as drawn, as nothing on it changed since."""
     alice = await make_redis_browser("alice")
     await alice.compose("words")
+    page, reads, below = await _cold(redis_app, alice.http, monkeypatch)
+    assert page.status_code == 200 and "words" in page.text and below.calls == 0
+    assert len(reads.reads) == 1, reads.reads
+    spaces = {name.split(":")[1][1:] for name in reads.reads[0] if name.startswith("cf:{")}
+    assert {"s", "u", "n", "w", "shown}"} <= spaces, reads.reads
+
+
+async def test_with_l1_cold_a_blob_showing_a_change_since_it_was_drawn_is_checked(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shown log names a post on the blob after the blob's mark: its record is read and the page is as fresh
+    as ever (the edit's text); nothing names it: as drawn."""
+    alice = await make_redis_browser("alice")
+    post = await alice.compose("words as first written")
     for _ in range(3):
         await alice.get("/")
     cache = redis_app.state.cache
-    reads: list[list[str]] = []
-    real = cache._l2_read
-
-    async def counted(names: list[str]) -> Any:
-        reads.append(names)
-        return await real(names)
-
-    monkeypatch.setattr(cache, "_l2_read", counted)
+    await cache.note_shown([post + 1])  # another post: the blob is still good as drawn
+    reads = Reads(cache, monkeypatch)
+    cache.flush()
+    assert "words as first written" in (await alice.get("/")).text
+    assert len(reads.reads) == 1, reads.reads
+    # The post changes behind the blob's back (its record in Redis, as an edit's invalidation and refill leave it),
+    # and the log names it: the blob is checked against the record, and drawn again.
+    record = (await cache.get_many(POSTS, [post], _nothing))[post]
+    await cache.put(POSTS, {post: replace(record, revision=record.revision + 1)})
+    await cache.note_shown([post])
+    reads.reads.clear()
     cache.flush()
     below = Below(redis_app, monkeypatch)
-    page = await alice.get("/")
-    assert page.status_code == 200 and "words" in page.text and below.calls == 0
-    assert len(reads) == 3, reads
-    assert any(name.startswith("cf:{w:") for name in reads[1]), "the blob is read with the viewer's record"
+    await alice.get("/")
+    assert below.calls == 1, "a blob whose post changed since it was drawn is not served"
+    assert any(name.startswith("cf:{p:") for read in reads.reads for name in read), reads.reads
+
+
+async def _nothing(_: list[int]) -> dict[int, Any]:
+    return {}
+
+
+async def _session(svc: Any, token: str, user_id: int) -> None:
+    """A session of ``user_id`` whose cookie is ``token``, as the server stores one."""
+    async with svc.db.begin() as session:
+        await user_store.insert_session(session, id_hash=accounts.token_hash(svc, token), user_id=user_id,
+                                        now=now(), expires_at=now() + timedelta(days=1))  # fmt: skip
+
+
+async def test_a_session_cookie_without_its_user_costs_one_more_round_trip(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions opened before cookies named their user go on working: the session first, then the rest."""
+    alice = await make_redis_browser("alice")
+    await alice.compose("still here")
+    svc = redis_app.state.services
+    token = secrets.token_urlsafe(32)
+    assert accounts.session_hint(token) is None
+    user = await accounts.find_user(svc, "alice")
+    await _session(svc, token, user.id)
+    page, reads, below = await _cold(redis_app, client_for(redis_app, cookies={"cf_session": token}), monkeypatch)
+    assert page.status_code == 200 and "still here" in page.text and below.calls == 0
+    assert len(reads.reads) == 2 and any(name.startswith("cf:{w:") for name in reads.reads[1]), reads.reads
+
+
+async def test_a_session_cookie_naming_another_user_is_no_session(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id in a cookie is checked against the session's record read with it: a session of alice's whose cookie
+    names bob (the server never makes one) is no session at all, and never gets bob's blob."""
+    alice = await make_redis_browser("alice")
+    bob = await make_redis_browser("bob")
+    await alice.compose("alice's own words")
+    await bob.compose("bob's own words")
+    for _ in range(3):
+        await bob.get("/")  # bob's blob, in L1 and Redis
+    svc = redis_app.state.services
+    alices, bobs = await accounts.find_user(svc, "alice"), await accounts.find_user(svc, "bob")
+    token = f"{bobs.id:x}.{secrets.token_urlsafe(32)}"
+    await _session(svc, token, alices.id)
+    odd = client_for(redis_app, cookies={"cf_session": token})
+    for flush in (False, True):
+        if flush:
+            redis_app.state.cache.flush()
+        page = (await odd.get("/")).text
+        assert "Log in" in page and "own words" not in page
 
 
 async def test_only_live_tokens_are_remembered_and_a_remembered_one_still_needs_its_session(
@@ -233,5 +331,5 @@ async def test_a_request_the_hot_path_tried_and_left_is_timed_from_when_it_came(
 SLOW = 0.2
 
 
-async def _slow_none(request: Any) -> None:
+async def _slow_none(request: Any, headers: Any = None) -> None:
     await asyncio.sleep(SLOW)
