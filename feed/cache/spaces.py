@@ -53,7 +53,8 @@ BLOCKED = Space("x", l1_ttl=120, l2_ttl=600)
 MUTED = Space("m", l1_ttl=60, l2_ttl=60)
 # A viewer's first page of a timeline, drawn whole and sealed under their own key, with holes for what changes per
 # request (feed.web.page_blobs). Keyed by the viewer; dropped with any of the viewer's keys in DERIVED below (what
-# the page's choice of posts depends on), and checked, when read, against the records of the posts and people on it.
+# the page's choice of posts depends on), and checked against the records of the posts and people on it (or against
+# the shown log, feed.cache.shown, when read from Redis).
 PAGES = Space("w", l1_ttl=60, l2_ttl=120)  # a blob lives a minute at most (feed.web.page_blobs)
 # The same for the API's JSON, in L1 only (as HOME, which the bus drops in every process): a fan-out drops it in
 # every follower's entry without one more Redis write each.

@@ -209,14 +209,14 @@ class Cache:
             read.update(got)
             for name, raw_future in raw_waiting:
                 try:
-                    read[name] = await asyncio.shield(raw_future)
+                    read[name] = raw_future.result() if raw_future.done() else await asyncio.shield(raw_future)
                 except (asyncio.CancelledError, Exception):
                     if not raw_future.done():
                         raise  # this request itself was cancelled
         retry: list[tuple[int, Space, Key, str]] = []
         for index, key, future in waiting:
-            try:
-                value = await asyncio.shield(future)
+            try:  # (one filled with the others is done by the time the first is: no wait, no shield for it)
+                value = future.result() if future.done() else await asyncio.shield(future)
             except asyncio.CancelledError:
                 if not future.cancelled():
                     raise  # this request itself was cancelled

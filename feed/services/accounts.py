@@ -280,29 +280,44 @@ async def session_reads(
     svc: Services, token: str, name: str, per_user: Sequence[Callable[[int], Request] | None], raw: Sequence[str]
 ) -> tuple[User | None, list[Cacheable | None], dict[str, bytes | None] | None]:
     """The user of the session ``token`` (``name``: its :func:`token_name`), what the cache holds for each of
-    ``per_user(their id)``, and the Redis strings ``raw`` (``Cache.get_multi_with``). A cookie naming its user
-    (:func:`new_session_token`) gets them all in one cache round trip with the session, else in the one after."""
+    ``per_user(their id)``, and the Redis strings ``raw`` (``Cache.get_multi_with``): :func:`session_owner_reads`,
+    with the user's record."""
+
+    def users(user_id: int) -> Request:
+        return lookup.users_request(svc, [user_id])
+
+    user_id, (found, *values), strings = await session_owner_reads(svc, token, name, [users, *per_user], raw)
+    user = _person(found) if user_id is not None else None
+    if user is None:
+        return None, [None for _ in per_user], None
+    return user, values, strings
+
+
+async def session_owner_reads(
+    svc: Services, token: str, name: str, per_user: Sequence[Callable[[int], Request] | None], raw: Sequence[str]
+) -> tuple[int | None, list[Cacheable | None], dict[str, bytes | None] | None]:
+    """The id of the user of the live session ``token`` (None: there is none), what the cache holds for each of
+    ``per_user(their id)``, and the Redis strings ``raw``. A cookie naming its user (:func:`new_session_token`)
+    gets them all in one cache round trip with the session, else in the one after. (A session is ended with its
+    user's erasure: a live one is a person's.)"""
+    nothing: list[Cacheable | None] = [None for _ in per_user]
     hint = session_hint(token)
     user_id = hint
     requests: list[Request] = [lookup.session_request(svc, bytes.fromhex(name))]
     if hint is None:
         record = (await svc.cache.get_multi(requests))[0].get(name)
         if not isinstance(record, SessionRecord) or not _live(record):
-            return None, [None for _ in per_user], None
+            return None, nothing, None
         user_id, requests = record.user_id, []
     assert user_id is not None
-    requests.append(lookup.users_request(svc, [user_id]))
     requests += [ask(user_id) for ask in per_user if ask is not None]
     found, strings = await svc.cache.get_multi_with(requests, raw)
     if hint is not None:
         record = found.pop(0).get(name)
         if not isinstance(record, SessionRecord) or not _live(record) or record.user_id != hint:
-            return None, [None for _ in per_user], None
-    user = _person(found[0].get(user_id))
-    if user is None:
-        return None, [None for _ in per_user], None
-    values = iter(found[1:])
-    return user, [next(values).get(user_id) if ask is not None else None for ask in per_user], strings
+            return None, nothing, None
+    values = iter(found)
+    return user_id, [next(values).get(user_id) if ask is not None else None for ask in per_user], strings
 
 
 def held_session_named(svc: Services, name: str) -> User | None:

@@ -211,8 +211,8 @@ def _held_home(scope: Scope, headers: _Headers) -> bytes | None:
 
 
 async def _home(request: Request, headers: _Headers) -> bytes | None:
-    """The home page from its blob in L1 or Redis: with a cookie that names its user, the session, the person, the
-    unread count, the blob and the shown log in one Redis round trip (``accounts.session_reads``)."""
+    """The home page from its blob in L1 or Redis: with a cookie that names its user, the session, the unread count,
+    the blob and the shown log in one Redis round trip (``accounts.session_owner_reads``)."""
     if headers.htmx or not headers.cookie:
         return None
     app = request.app
@@ -228,14 +228,14 @@ async def _home(request: Request, headers: _Headers) -> bytes | None:
     token, seen = headers.session
     cookies = headers.cookies()
     asks: list[Callable[[int], CacheRequest]] = [partial(notifications.unread_request, svc), page_blobs.prefetch(svc)]
-    viewer, (unread, blob), strings = await accounts.session_reads(svc, token, seen.name, asks, [shown.KEY])
-    tokens.found(svc, token, seen, viewer is not None)
-    if viewer is None:
+    viewer_id, (unread, blob), strings = await accounts.session_owner_reads(svc, token, seen.name, asks, [shown.KEY])
+    tokens.found(svc, token, seen, viewer_id is not None)
+    if viewer_id is None:
         return None
     shell = page_blobs.page_shell(seen.csrf, notifications.unread_of(unread),
                                   audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip
     log = shown.Log.parse(strings.get(shown.KEY)) if strings else None
-    return await page_blobs.from_store(request, svc, viewer, shell, blob, log)
+    return await page_blobs.from_store(request, svc, viewer_id, shell, blob, log)
 
 
 def _held_public(scope: Scope, headers: _Headers) -> bytes | None:

@@ -18,8 +18,12 @@ Freshness, as strong as a page drawn each time:
   (``feed.cache.DERIVED``): in this process, in Redis and, over the bus, in every other, through the outbox and
   the fan-out that feed live push (a new post, a boost, a delete, a follow, a block, a mute). A blob is drawn from
   Redis and the database, not from this process's copies of those inputs, which the bus may not have dropped yet.
-- What the posts and the people on it look like is checked at each read against their cached records: a post's
-  revision (an edit; a deleted post has no record), a person's names, and erasure. A blob that fails is drawn again.
+- What the posts and the people on it look like is checked against their cached records: a post's revision (an
+  edit; a deleted post has no record), a person's names, and erasure. A blob that fails is drawn again. The check
+  is kept with the blob in this process until the cache's stamp of those records moves. A blob read from Redis by
+  a process that never checked it is good as drawn (its counts then: the page's live stream brings the browser what
+  changed since) if the shown log read in the same round trip names none of its ids since the blob's mark
+  (:mod:`feed.cache.shown`); else it is checked.
 - A blob ends when a mute on it ends, a minute after it was drawn (as a home timeline's first page is kept: popular
   authors' posts join homes when read, not by a fan-out), and with a release whose templates or code differ.
 - An erased account's words may be in anyone's page: an erasure drops every blob, in every L1 and in Redis.
@@ -191,17 +195,17 @@ def _format_of(text: str) -> str:
     return "".join(parts)
 
 
-def _context(kind: _Kind, viewer: User, blob: SealedPage) -> FieldContext:
+def _context(kind: _Kind, viewer_id: int, blob: SealedPage) -> FieldContext:
     """The seal's context: the kind, the viewer, and a digest of the blob's clear fields, so that its text opens
     only beside the ids, names, holes and expiry it was drawn with."""
-    return FieldContext(kind.name, viewer.id, viewer.id, blob.header_digest())
+    return FieldContext(kind.name, viewer_id, viewer_id, blob.header_digest())
 
 
-async def _viewer_key(svc: Services, viewer: User, version: int) -> UserKey | None:
-    held = svc.keys.held(viewer.id, version)
+async def _viewer_key(svc: Services, viewer_id: int, version: int) -> UserKey | None:
+    held = svc.keys.held(viewer_id, version)
     if held is not None:
         return held
-    pair = (viewer.id, version)
+    pair = (viewer_id, version)
     wrapped = (await svc.cache.get_multi([lookup.user_keys_request(svc, {pair})]))[0].get(lookup.key_name(*pair))
     if not isinstance(wrapped, WrappedKey):
         return None
@@ -221,7 +225,7 @@ async def _expires(svc: Services, viewer: User) -> int:
 async def _draw(svc: Services, env: jinja2.Environment, viewer: User, kind: _Kind, wanted: str,
                 paint: Paint) -> SealedPage | None:  # fmt: skip
     """Paint the blob's text with holes and seal it (None: the viewer's key cannot be had)."""
-    key = await _viewer_key(svc, viewer, viewer.key_version)
+    key = await _viewer_key(svc, viewer.id, viewer.key_version)
     if key is None:
         return None
     # From Redis and the database, not this process's copies: those are dropped by the relay's message, which may
@@ -334,45 +338,48 @@ _STATUS_HOLES = {"start": _START, "account": _ACCOUNT, "booster": _BOOSTER, "lik
                  "replies": _REPLY_COUNT, "boosts": _BOOSTS}  # fmt: skip
 
 
-async def _serve(request: Request, svc: Services, viewer: User, kind: _Kind, wanted: str, paint: Paint | None,
+async def _serve(request: Request, svc: Services, viewer: User | int, kind: _Kind, wanted: str, paint: Paint | None,
                  shell: dict[str, bytes], log: shown_log.Log | None = None,
                  read: Cacheable | None = None) -> bytes | None:  # fmt: skip
     """The blob of ``kind`` for ``viewer``, opened and filled; drawn with ``paint`` if there is none or it is stale.
     Without ``paint``, only a blob that is in L1 or Redis and good now (else None): ``feed.web.hot_path``. ``log``:
     the shown log, and ``read`` the blob, if they were read together (or the log after)."""
 
+    viewer_id = viewer if isinstance(viewer, int) else viewer.id
+
     async def load(_: list[int]) -> Mapping[int, SealedPage]:
         if paint is None:
             return {}
+        assert isinstance(viewer, User)  # only an id: never drawn
         drawn = await _draw(svc, request.app.state.templates, viewer, kind, wanted, paint)
         return {viewer.id: drawn} if drawn is not None else {}
 
     for attempt in range(2):
-        blob = read if attempt == 0 and read is not None else svc.cache.cached(kind.space, viewer.id)
+        blob = read if attempt == 0 and read is not None else svc.cache.cached(kind.space, viewer_id)
         if blob is None and paint is None and not kind.space.l2_ttl:
             return None  # in L1 only, and not there: nothing more to find (nor a miss to count, before the draw's)
         if blob is None:
-            blob = await svc.cache.get(kind.space, viewer.id, load)
+            blob = await svc.cache.get(kind.space, viewer_id, load)
         if not isinstance(blob, SealedPage):
             return None
         if blob.variant == wanted and blob.expires > time.time():
-            body = await _open(request, svc, viewer, kind, blob, shell, log if attempt == 0 else None)
+            body = await _open(request, svc, viewer_id, kind, blob, shell, log if attempt == 0 else None)
             if body is not None:
                 return body
         if paint is None:
             return None
         if attempt == 0:  # stale: drawn again (here, in Redis; the other processes check theirs when read)
-            await svc.cache.invalidate([(kind.space, viewer.id)], broadcast=False)
+            await svc.cache.invalidate([(kind.space, viewer_id)], broadcast=False)
     return None
 
 
-async def from_store(request: Request, svc: Services, viewer: User, shell: dict[str, bytes], read: Cacheable | None,
+async def from_store(request: Request, svc: Services, viewer_id: int, shell: dict[str, bytes], read: Cacheable | None,
                      log: shown_log.Log | None) -> bytes | None:  # fmt: skip
-    """The viewer's home page from a blob in L1 or Redis that is good now, never drawn (``feed.web.hot_path``):
+    """``viewer_id``'s home page from a blob in L1 or Redis that is good now, never drawn (``feed.web.hot_path``):
     ``shell`` what the request fills (:func:`page_shell`); ``read`` the blob and ``log`` the shown log, as read
     together by :func:`prefetch`'s request."""
     env: jinja2.Environment = request.app.state.templates
-    return await _serve(request, svc, viewer, _HOME_PAGE, variant(env, "home"), None, shell, log, read)
+    return await _serve(request, svc, viewer_id, _HOME_PAGE, variant(env, "home"), None, shell, log, read)
 
 
 async def _nothing(_: list[int]) -> Mapping[int, SealedPage]:
@@ -399,7 +406,7 @@ class _Checked(NamedTuple):
     aged: list[Any]  # [second, values with the posts' ages then]: the ages change once a second at most
 
 
-async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob: SealedPage,
+async def _open(request: Request, svc: Services, viewer_id: int, kind: _Kind, blob: SealedPage,
                 shell: dict[str, bytes], log: shown_log.Log | None = None) -> bytes | None:  # fmt: skip
     stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
@@ -407,14 +414,14 @@ async def _open(request: Request, svc: Services, viewer: User, kind: _Kind, blob
         checked = _as_drawn(blob, log) or await _check_once(request, svc, kind, blob, stamp)
         if checked is None:
             return None
-    key = await _viewer_key(svc, viewer, blob.key_version)
-    return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
+    key = svc.keys.held(viewer_id, blob.key_version) or await _viewer_key(svc, viewer_id, blob.key_version)
+    return None if key is None else _opened(key, viewer_id, kind, blob, checked, shell)
 
 
-def _opened(key: UserKey, viewer: User, kind: _Kind, blob: SealedPage, checked: _Checked,
+def _opened(key: UserKey, viewer_id: int, kind: _Kind, blob: SealedPage, checked: _Checked,
             shell: dict[str, bytes]) -> bytes | None:  # fmt: skip
     try:
-        text = open_field_utf8(key, blob.sealed, _context(kind, viewer, blob))
+        text = open_field_utf8(key, blob.sealed, _context(kind, viewer_id, blob))
     except InvalidToken:
         return None
     return _fill(text, checked, shell)
@@ -435,7 +442,7 @@ def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, 
     if checked is None or checked.stamp != tuple(svc.cache.changes(space) for space in kind.checked):
         return None
     key = svc.keys.held(viewer.id, blob.key_version)
-    return None if key is None else _opened(key, viewer, kind, blob, checked, shell)
+    return None if key is None else _opened(key, viewer.id, kind, blob, checked, shell)
 
 
 def page_shell(csrf: str, unread: int, audience: str) -> dict[str, bytes]:

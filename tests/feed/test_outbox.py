@@ -29,10 +29,14 @@ def test_effects_refuse_anything_but_ids_and_names() -> None:
     with pytest.raises(BadEffect):
         Effects(counts=(1.5,))  # type: ignore[arg-type]
     with pytest.raises(BadEffect):
+        Effects(shown=("alice",))  # type: ignore[arg-type]
+    with pytest.raises(BadEffect):
         Event(NEW, 1, 2, "secret")
     with pytest.raises(BadEffect):
         Event("shout", 1, 2, "public")
     caused = effects.post_created(7, 8, "followers", 6, [9, 10]) + effects.like_changed(7, 8)
+    caused += effects.post_edited(7, 8, "followers", [9]) + effects.profile_changed(8)
+    assert caused.shown == (7, 8)  # the edited post and the renamed person: the shown log's (feed.cache.shown)
     text = caused.encode()
     assert re.fullmatch(r"[\x20-\x7e]*", text) and Effects.decode(text) == caused
     assert not re.search(r"[a-z]{3,} [a-z]{3,}", text), "no words, only ids and short names"
@@ -75,3 +79,18 @@ async def test_rows_written_while_no_relay_runs_are_relayed_when_one_starts(app:
     assert await _rows(app) == []
     page = await timelines.home(svc, bob, Page(limit=20))
     assert [p.id for p in page.posts] == [post.id], "the relayed fan-out put it in bob's home"
+
+
+async def test_the_relay_notes_what_a_row_shows_changed_if_its_writer_did_not(redis_app: Any) -> None:
+    """A writer that died after its commit left the shown log unwritten: the relay notes the row's ids, so that a
+    blob read from Redis elsewhere is checked (feed.cache.shown)."""
+    svc = redis_app.state.services
+    before = await svc.cache.shown_log()
+    assert before is not None
+    async with svc.db.begin() as session:  # committed, and nothing after: as a writer killed at that point
+        await effects.record(session, Effects(shown=(4242, 4343)))
+    svc.relay.poke()
+    await relayed(redis_app)
+    after = await svc.cache.shown_log()
+    assert after is not None and after.changed(before.mark(), {4343}) is True
+    assert after.changed(before.mark(), {17}) is False

@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import PASSWORD
 from tests.feed.processes import HITS, Cluster, like_count, metric, within
 from tests.feed.test_cache_processes import article_ids
+from tests.feed.test_faults import jobs_under_way
 
 pytestmark = pytest.mark.anyio
 
@@ -148,6 +150,13 @@ async def test_a_blob_from_redis_is_served_as_drawn_until_what_it_shows_changes(
     for reader in (alice, carol):
         assert (await reader.post("a", "/@bob/follow")).status_code == 303
     post = await bob.compose("a", "words as first written")
+
+    async def fanned_out() -> bool:  # the post's fan-out, which drops its readers' blobs, has run
+        async with aioredis.Redis.from_url(cluster.redis.url) as queue:
+            due, held = await jobs_under_way(queue)
+        return article_ids((await alice.on["a"].get("/")).text) == [post] and not due and not held
+
+    assert await within(3.0, fanned_out) is not None
     for reader in (alice, carol):
 
         async def drawn_on_a(reader: Any = reader) -> bool:

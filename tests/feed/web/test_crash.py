@@ -25,6 +25,7 @@ async def test_unexpected_error_is_a_500_without_its_message_in_the_log(
     monkeypatch.setattr(timelines, "home", broken_home)
     monkeypatch.setattr(page_blobs, "serve", broken_home)  # the page's blob may be cached already
     monkeypatch.setattr(page_blobs, "held", lambda *args, **kwargs: None)  # and held in this process
+    monkeypatch.setattr(page_blobs, "from_store", broken_home)  # or read from Redis by the hot path
     caplog.set_level(logging.DEBUG)
     response = await alice.get("/")
     assert response.status_code == 500
