@@ -312,12 +312,15 @@ async def session_owner_reads(
     assert user_id is not None
     requests += [ask(user_id) for ask in per_user if ask is not None]
     found, strings = await svc.cache.get_multi_with(requests, raw)
-    if hint is not None:
-        record = found.pop(0).get(name)
-        if not isinstance(record, SessionRecord) or not _live(record) or record.user_id != hint:
-            return None, nothing, None
+    if hint is not None and not session_of(found.pop(0).get(name), hint):
+        return None, nothing, None
     values = iter(found)
     return user_id, [next(values).get(user_id) if ask is not None else None for ask in per_user], strings
+
+
+def session_of(record: Cacheable | None, user_id: int) -> bool:
+    """Whether ``record`` is a live session of ``user_id``'s."""
+    return isinstance(record, SessionRecord) and _live(record) and record.user_id == user_id
 
 
 def held_session_named(svc: Services, name: str) -> User | None:

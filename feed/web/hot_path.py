@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from feed.cache import UNREAD, shown
 from feed.cache import Request as CacheRequest
 from feed.metrics import Registry
-from feed.services import accounts, notifications, oauth
+from feed.services import accounts, lookup, notifications, oauth
 from feed.services.context import Services
 from feed.web import api, mastodon, page_blobs, pages
 from feed.web.api import DEFAULT_LIMIT
@@ -157,6 +157,9 @@ class _Seen(NamedTuple):
 
     name: str  # its session's or grant's cache key (accounts.token_name)
     csrf: str  # the CSRF token of a browser with it as its session cookie
+    # For a session cookie naming its user: the cache requests of its home page (the session, the unread count,
+    # the blob), read together in one round trip (_home).
+    home: tuple[CacheRequest, ...] = ()
 
 
 class _Tokens:
@@ -192,16 +195,14 @@ class _Tokens:
         return seen
 
     def found(self, svc: Services, token: str, seen: _Seen, live: bool) -> None:
-        """Whether ``token`` was found live: remembered if so, forgotten if not."""
+        """Whether ``token`` was found live: remembered if so (with what ``seen`` holds now), forgotten if not."""
         if not live:
             if svc is self._svc:
                 self._seen.pop(token, None)
             return
         if svc is not self._svc:
             self._svc, self._seen = svc, {}
-        if token in self._seen:
-            return
-        if len(self._seen) >= self.most:
+        if token not in self._seen and len(self._seen) >= self.most:
             del self._seen[next(iter(self._seen))]
         self._seen[token] = seen
 
@@ -227,10 +228,23 @@ async def _home(request: Request, headers: _Headers) -> bytes | None:
         headers.session = token, found
     token, seen = headers.session
     cookies = headers.cookies()
-    asks: list[Callable[[int], CacheRequest]] = [partial(notifications.unread_request, svc), page_blobs.prefetch(svc)]
-    viewer_id, (unread, blob), strings = await accounts.session_owner_reads(svc, token, seen.name, asks, [shown.KEY])
-    tokens.found(svc, token, seen, viewer_id is not None)
-    if viewer_id is None:
+    viewer_id = accounts.session_hint(token)
+    if viewer_id is None:  # a cookie from before they named their user: the session first
+        asks: list[Callable[[int], CacheRequest]] = [partial(notifications.unread_request, svc),
+                                                     page_blobs.prefetch(svc)]  # fmt: skip
+        viewer_id, (unread, blob), strings = await accounts.session_owner_reads(svc, token, seen.name, asks,
+                                                                                [shown.KEY])  # fmt: skip
+        live = viewer_id is not None
+    else:
+        if not seen.home:
+            seen = seen._replace(home=(lookup.session_request(svc, bytes.fromhex(seen.name)),
+                                       notifications.unread_request(svc, viewer_id),
+                                       page_blobs.prefetch(svc)(viewer_id)))  # fmt: skip
+        (session, unreads, blobs), strings = await svc.cache.get_multi_with(seen.home, [shown.KEY])
+        live = accounts.session_of(session.get(seen.name), viewer_id)
+        unread, blob = unreads.get(viewer_id), blobs.get(viewer_id)
+    tokens.found(svc, token, seen, live)
+    if not live or viewer_id is None:
         return None
     shell = page_blobs.page_shell(seen.csrf, notifications.unread_of(unread),
                                   audience_of(cookies.get(VISIBILITY_COOKIE, "")))  # fmt: skip

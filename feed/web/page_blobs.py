@@ -408,14 +408,20 @@ class _Checked(NamedTuple):
 
 async def _open(request: Request, svc: Services, viewer_id: int, kind: _Kind, blob: SealedPage,
                 shell: dict[str, bytes], log: shown_log.Log | None = None) -> bytes | None:  # fmt: skip
-    stamp = tuple(svc.cache.changes(space) for space in kind.checked)  # before the reads it vouches for
     checked: _Checked | None = blob.checked
-    if checked is None or checked.stamp != stamp:
-        checked = _as_drawn(blob, log) or await _check_once(request, svc, kind, blob, stamp)
+    if checked is None or checked.stamp != _stamp(svc, kind):
+        checked = _as_drawn(blob, log)
+        if checked is None:
+            checked = await _check_once(request, svc, kind, blob, _stamp(svc, kind))  # stamped before its reads
         if checked is None:
             return None
     key = svc.keys.held(viewer_id, blob.key_version) or await _viewer_key(svc, viewer_id, blob.key_version)
     return None if key is None else _opened(key, viewer_id, kind, blob, checked, shell)
+
+
+def _stamp(svc: Services, kind: _Kind) -> tuple[tuple[int, int], ...]:
+    """The cache's stamp of what a blob of ``kind`` is checked against (``Cache.changes``)."""
+    return tuple(svc.cache.changes(space) for space in kind.checked)
 
 
 def _opened(key: UserKey, viewer_id: int, kind: _Kind, blob: SealedPage, checked: _Checked,
@@ -439,7 +445,7 @@ def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, 
     if not isinstance(blob, SealedPage) or blob.variant != wanted or blob.expires <= time.time():
         return None
     checked: _Checked | None = blob.checked
-    if checked is None or checked.stamp != tuple(svc.cache.changes(space) for space in kind.checked):
+    if checked is None or checked.stamp != _stamp(svc, kind):
         return None
     key = svc.keys.held(viewer.id, blob.key_version)
     return None if key is None else _opened(key, viewer.id, kind, blob, checked, shell)
@@ -525,7 +531,7 @@ async def _check(request: Request, svc: Services, kind: _Kind, blob: SealedPage,
         profiles = accounts_service.profiles_of(shown_people, counts)
         accounts = {uid: mastodon.account_text(request, base, profile).encode() for uid, profile in profiles.items()}
         lasting = lasting and _held_now(svc, COUNTS, counts)
-    lasting = lasting and tuple(svc.cache.changes(space) for space in kind.checked) == stamp  # none came meanwhile
+    lasting = lasting and _stamp(svc, kind) == stamp  # none came meanwhile
     drawn = [_Drawn(r.created_at.timestamp(), r.likes_count, r.reblogs_count, r.replies_count, r.author_id)
              for r in shown]  # fmt: skip
     env = request.app.state.templates
