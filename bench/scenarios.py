@@ -27,6 +27,9 @@ MISSES_RE = re.compile(r'^cipherfeed_cache_misses_total\{space="(\w+)"\} (\S+)$'
 # them either way, so they are left out of the round-trip estimate (and shown in the breakdown).
 RedisCount = tuple[float, float, dict[str, float]]  # commands per page, round trips per page, per command
 INNER = frozenset({"get", "set", "incr", "pexpire", "del", "publish", "multi"})
+# What a web process sends whatever its pages do: the live hub's blocking stream reads (one every two seconds while
+# idle) and the connections' health checks. Left out of the per-page counts.
+BACKGROUND = frozenset({"xread", "ping"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,7 @@ class Bench:
             key.removeprefix("cmdstat_"): (after[key]["calls"] - before.get(key, {"calls": 0})["calls"]) / n
             for key in after
         }
-        delta = {k: v for k, v in delta.items() if v and k not in ("info",)}
+        delta = {k: v for k, v in delta.items() if v and k != "info" and k not in BACKGROUND}
         trips = sum(v for k, v in delta.items() if k not in INNER) + delta.get("multi", 0.0)
         return sum(delta.values()), trips, delta
 

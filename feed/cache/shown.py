@@ -9,7 +9,7 @@ them as they are.
 - Writers add ids after their commit and their invalidation: an edit or a deletion adds the post, a rename or an
   erasure the person (``Effects.shown``: ``feed.services.effects.committed``, and the relay again for a writer that
   died; an id twice is harmless). Added while Redis is away, they are added when it is back, before anything is read.
-- The log keeps the last ``MOST`` ids, each with when it came (epoch ms). A mark older than all of them, a log that
+- The log keeps the last ``MOST`` entries, each with when it came (epoch ms). A mark older than all of them, a log that
   was lost (Redis restarted, the key evicted: a new log starts with a new random *epoch*), or a mark of another
   epoch all mean "cannot tell", and the blob is checked as before.
 - A draw reads the log before it reads anything for the page, but reads the posts and people from this process's
@@ -31,7 +31,7 @@ from typing import NamedTuple
 from feed.cache.spaces import PREFIX
 
 KEY = f"{PREFIX}:{{shown}}"
-MOST = 256  # entries kept: 4 KiB
+MOST = 512  # entries kept (8 KiB): about 256 changes, as the writer and the relay each add theirs
 LAG_MS = 10_000  # how long the bus may take to bring a change this process's L1 then holds (beyond: a lost bus)
 _ENTRY = struct.Struct(">qq")  # id, when it came (epoch ms)
 _HEAD = struct.Struct(">8sq")  # epoch (random bytes), how many entries were ever added

@@ -177,20 +177,32 @@ class Cache:
                 mine.append(item)
             else:
                 waiting.append((item[0], item[2], future))
-        raw_waiting = [(name, self._raw_inflight[name]) for name in raw if name in self._raw_inflight]
-        raw_mine = [name for name in raw if name not in self._raw_inflight] if mine or not raw_waiting else []
+        # The strings are read with this request's own keys, never before them; only a request with no key of its
+        # own to read has another's read of them, which hands them over as soon as it has them.
+        raw_waiting = [] if mine else [(name, self._raw_inflight[name]) for name in raw if name in self._raw_inflight]
+        raw_mine = [name for name in raw if mine or name not in self._raw_inflight]
         futures = {item[3]: asyncio.get_running_loop().create_future() for item in mine}
         raw_futures = {name: asyncio.get_running_loop().create_future() for name in raw_mine}
         self._inflight.update(futures)
-        self._raw_inflight.update(raw_futures)
+        for name, raw_future in raw_futures.items():
+            self._raw_inflight.setdefault(name, raw_future)
+
+        def strings_read(got: Mapping[str, bytes | None]) -> None:
+            for name, raw_future in raw_futures.items():
+                if not raw_future.done():
+                    raw_future.set_result(got.get(name))
+                if self._raw_inflight.get(name) is raw_future:
+                    del self._raw_inflight[name]
+
         try:
-            found, got = await self._fetch(requests, mine, raw_mine) if mine or raw_mine else ({}, {})
+            found, got = await self._fetch(requests, mine, raw_mine, strings_read) if mine or raw_mine else ({}, {})
             for name, future in futures.items():
                 future.set_result(found.get(name))
-            for name, raw_future in raw_futures.items():
-                raw_future.set_result(got.get(name))
+            strings_read(got)
         except BaseException as exc:
             for future in (*futures.values(), *raw_futures.values()):
+                if future.done():
+                    continue
                 if isinstance(exc, asyncio.CancelledError):
                     future.cancel()  # the filling request went away; its waiters fill for themselves
                 else:
@@ -200,8 +212,9 @@ class Cache:
         finally:
             for name in futures:
                 self._inflight.pop(name, None)
-            for name in raw_futures:
-                self._raw_inflight.pop(name, None)
+            for name, raw_future in raw_futures.items():
+                if self._raw_inflight.get(name) is raw_future:
+                    del self._raw_inflight[name]
         for index, _space, key, name in mine:
             if (value := found.get(name)) is not None:
                 results[index][key] = value
@@ -210,9 +223,11 @@ class Cache:
             for name, raw_future in raw_waiting:
                 try:
                     read[name] = raw_future.result() if raw_future.done() else await asyncio.shield(raw_future)
-                except (asyncio.CancelledError, Exception):
-                    if not raw_future.done():
+                except asyncio.CancelledError:
+                    if not raw_future.cancelled():
                         raise  # this request itself was cancelled
+                except Exception:  # noqa: S110 - the other read failed: the strings are not had (None)
+                    pass
         retry: list[tuple[int, Space, Key, str]] = []
         for index, key, future in waiting:
             try:  # (one filled with the others is done by the time the first is: no wait, no shield for it)
@@ -228,8 +243,14 @@ class Cache:
             await self._fill(requests, retry, results)
 
     async def _fetch(
-        self, requests: Sequence[Request], items: list[tuple[int, Space, Key, str]], strings: Sequence[str] = ()
+        self,
+        requests: Sequence[Request],
+        items: list[tuple[int, Space, Key, str]],
+        strings: Sequence[str] = (),
+        strings_read: Callable[[Mapping[str, bytes | None]], None] | None = None,
     ) -> tuple[dict[str, Cacheable], dict[str, bytes | None]]:
+        """Read ``items`` from Redis (with the ``strings``, handed to ``strings_read`` at once), then load the rest
+        from the database and store them."""
         seen = {name: self._generations.get(name, 0) for *_, name in items}
         found: dict[str, Cacheable] = {}
         shared = [item for item in items if item[1].l2_ttl]  # the others live in L1 only
@@ -240,6 +261,9 @@ class Cache:
         l2_generations: dict[str, bytes] = {}
         if raw is not None:
             got = dict(zip(strings, raw[2 * len(shared) :], strict=True))
+        if strings_read is not None:
+            strings_read(got)
+        if raw is not None:
             values, generations = raw[: len(shared)], raw[len(shared) : 2 * len(shared)]
             for (index, space, key, name), data, generation in zip(shared, values, generations, strict=True):
                 l2_generations[name] = generation or b""

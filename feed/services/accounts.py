@@ -230,9 +230,9 @@ async def open_session(svc: Services, user_id: int) -> Session:
 
 
 def new_session_token(user_id: int) -> str:
-    """A session cookie: 32 random bytes, after the user's id (in hex), so that the reads of a page need not wait
-    for the session's (:func:`session_reads`). The id is a hint, checked against the session's record; it tells
-    nobody anything the cookie's holder could not ask the server for."""
+    """A session cookie: 32 random bytes, after the user's id (in hex), so that the reads of a home page need not
+    wait for the session's (``feed.web.hot_path``). The id is a hint, checked against the session's record read
+    with them; it tells nobody anything the cookie's holder could not ask the server for."""
     return f"{user_id:x}.{secrets.token_urlsafe(32)}"
 
 
@@ -244,7 +244,8 @@ def session_hint(token: str) -> int | None:
     head, dot, rest = token.partition(".")
     if not dot or not rest or not 0 < len(head) <= 16 or not _HEX.issuperset(head):
         return None
-    return int(head, 16)
+    user_id = int(head, 16)
+    return user_id if user_id < 2**63 else None  # an id fits a signed 64-bit column
 
 
 async def _new_session(svc: Services, session: AsyncSession, user_id: int) -> Session:
@@ -296,24 +297,16 @@ async def session_reads(
 async def session_owner_reads(
     svc: Services, token: str, name: str, per_user: Sequence[Callable[[int], Request] | None], raw: Sequence[str]
 ) -> tuple[int | None, list[Cacheable | None], dict[str, bytes | None] | None]:
-    """The id of the user of the live session ``token`` (None: there is none), what the cache holds for each of
-    ``per_user(their id)``, and the Redis strings ``raw``. A cookie naming its user (:func:`new_session_token`)
-    gets them all in one cache round trip with the session, else in the one after. (A session is ended with its
-    user's erasure: a live one is a person's.)"""
+    """The id of the user of the live session ``token`` (None: there is none), then what the cache holds for each
+    of ``per_user(their id)`` and the Redis strings ``raw``, in the round trip after the session's: nothing of a
+    user is read for a session not yet known to be theirs. (A session is ended with its user's erasure: a live one
+    is a person's. ``feed.web.hot_path`` reads a home page in one round trip, with the id a cookie names.)"""
     nothing: list[Cacheable | None] = [None for _ in per_user]
-    hint = session_hint(token)
-    user_id = hint
-    requests: list[Request] = [lookup.session_request(svc, bytes.fromhex(name))]
-    if hint is None:
-        record = (await svc.cache.get_multi(requests))[0].get(name)
-        if not isinstance(record, SessionRecord) or not _live(record):
-            return None, nothing, None
-        user_id, requests = record.user_id, []
-    assert user_id is not None
-    requests += [ask(user_id) for ask in per_user if ask is not None]
-    found, strings = await svc.cache.get_multi_with(requests, raw)
-    if hint is not None and not session_of(found.pop(0).get(name), hint):
+    record = (await svc.cache.get_multi([lookup.session_request(svc, bytes.fromhex(name))]))[0].get(name)
+    if not isinstance(record, SessionRecord) or not _live(record):
         return None, nothing, None
+    user_id = record.user_id
+    found, strings = await svc.cache.get_multi_with([ask(user_id) for ask in per_user if ask is not None], raw)
     values = iter(found)
     return user_id, [next(values).get(user_id) if ask is not None else None for ask in per_user], strings
 

@@ -16,12 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 from PIL import Image
 
 from crypto import RootKeyRing
 from feed.audit.report import Progress
-from feed.cache import USERS, redis_key
+from feed.cache import USERS, redis_key, shown
 from feed.records import UserRecord
 from feed.services import accounts, media
 from tests.conftest import BACKEND, REDIS_URL, forget_cached
@@ -332,6 +333,8 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
     await cli("keys", "rotate-user", "--all")
     await cli("users", "delete", "carol", "--yes")
     await pages()
+    async with aioredis.Redis.from_url(cluster.redis.url) as redis:  # the shown log (edits, deletes) is audited too
+        assert await redis.exists(shown.KEY)
     logs = [str(proc.log) for proc in cluster.every_process(stopped=True)]
     code, report = await run_audit(settings, "--canary", canary, *(a for log in logs for a in ("--log-file", log)))
     assert code == 0, where_found(report) + json.dumps(report["unchecked"])

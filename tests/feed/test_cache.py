@@ -19,6 +19,7 @@ import pytest
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.bus import RedisBus
 from feed.cache import PAGES, POSTS, TIMELINES, Cache, Space, redis_key, shown
+from feed.cache import Request as CacheRequest
 from feed.metrics import Registry
 from feed.records import (
     IdList,
@@ -522,3 +523,26 @@ async def test_the_log_holds_ids_and_times_only() -> None:
     assert log is not None and log.seq == 2 and log.kept == 2
     for bad in (None, b"", b"short", b"\x01" * 8 + (2).to_bytes(8, "big") + b"odd"):
         assert shown.Log.parse(bad) is None
+
+
+async def test_strings_are_read_with_a_requests_own_keys_never_before_them(cache: Cache) -> None:
+    """A request with keys of its own to read reads the strings it asks for in that same round trip, not from
+    another request's read begun earlier (which may still be loading from the database)."""
+    held = Loader({})
+    held.gate = asyncio.Event()
+    loading = asyncio.Event()
+
+    async def load(keys: list[Any]) -> dict[Any, Any]:
+        loading.set()
+        return await held(keys)
+
+    first = asyncio.create_task(cache.get_multi_with([CacheRequest(POSTS, [1], load)], [shown.KEY]))
+    await loading.wait()  # the first request is past its Redis read, in its database load
+    await cache.note_shown([42])
+    _, read = await cache.get_multi_with([CacheRequest(POSTS, [2], Loader({}))], [shown.KEY])
+    assert read is not None
+    log = shown.Log.parse(read[shown.KEY])
+    assert log is not None and log.seq == 1, "the log as it is now, with 42 in it"
+    held.gate.set()
+    _, before = await first
+    assert before is not None and before[shown.KEY] is None  # the first read it before there was a log

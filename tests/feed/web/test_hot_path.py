@@ -223,15 +223,16 @@ async def test_a_session_cookie_without_its_user_costs_one_more_round_trip(
     assert len(reads.reads) == 2 and any(name.startswith("cf:{w:") for name in reads.reads[1]), reads.reads
 
 
-async def test_a_session_cookie_naming_another_user_is_no_session(
+async def test_a_session_cookie_naming_another_user_gets_its_own_users_page(
     make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The id in a cookie is checked against the session's record read with it: a session of alice's whose cookie
-    names bob (the server never makes one) is no session at all, and never gets bob's blob."""
+    names bob (the server never makes one) gets alice's home, never bob's blob; a cookie naming an id no account
+    can have is a cookie of nobody's."""
     alice = await make_redis_browser("alice")
     bob = await make_redis_browser("bob")
-    await alice.compose("alice's own words")
-    await bob.compose("bob's own words")
+    await alice.compose("alice-own-words")
+    await bob.compose("bob-own-words")
     for _ in range(3):
         await bob.get("/")  # bob's blob, in L1 and Redis
     svc = redis_app.state.services
@@ -243,7 +244,10 @@ async def test_a_session_cookie_naming_another_user_is_no_session(
         if flush:
             redis_app.state.cache.flush()
         page = (await odd.get("/")).text
-        assert "Log in" in page and "own words" not in page
+        assert "alice-own-words" in page and "bob-own-words" not in page
+    for made_up in (f"{'f' * 16}.{secrets.token_urlsafe(32)}", f"{bobs.id:x}.{secrets.token_urlsafe(32)}"):
+        page = (await client_for(redis_app, cookies={"cf_session": made_up}).get("/")).text
+        assert "Log in" in page and "own-words" not in page
 
 
 async def test_only_live_tokens_are_remembered_and_a_remembered_one_still_needs_its_session(
