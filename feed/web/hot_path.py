@@ -16,7 +16,9 @@ anyway; these tokens add nothing that its memory did not already give away.
 First from this process's memory alone, without awaiting anything (``held``): the session or token, the person, the
 unread count and the blob from L1, each as the cache would give it (never a value due for a refresh), the blob's
 last check still standing (``page_blobs.held``). Failing that, the same through the cache's ordinary reads, which
-go to Redis (``answer``): the blob comes in the round trip of the viewer's own record.
+go to Redis (``answer``): for the home page, with a session cookie that names its user, the session, the unread
+count, the blob and the shown log (``feed.cache.shown``) in one round trip, the blob good as drawn if the log names
+nothing on it since it was drawn.
 """
 
 from __future__ import annotations
