@@ -179,8 +179,8 @@ class _Tokens:
     def held(self, svc: Services, csrf_key: bytes, token: str, may_be: Callable[[str], bool],
              find: Callable[[Services, str], _Found | None]) -> tuple[_Seen, _Found] | None:  # fmt: skip
         """What ``find`` (``accounts.held_session_named`` or ``held_token_grant_named``) finds in L1 for ``token``,
-        with what the token derives to: remembered while it is found, forgotten once it is not (an ended session,
-        or one L1 does not hold now: derived again next time)."""
+        with what the token derives to: remembered once it is found. Not found in L1 is not forgotten (the caller
+        may find it live in Redis); a caller that finds it ended says so (:meth:`found`)."""
         seen = self.seen(svc, csrf_key, token, may_be)
         if seen is None:
             return None
@@ -215,7 +215,8 @@ def _held_home(scope: Scope, headers: _Headers) -> bytes | None:
 
 async def _home(request: Request, headers: _Headers) -> bytes | None:
     """The home page from its blob in L1 or Redis: with a cookie that names its user, the session, the unread count,
-    the blob and the shown log in one Redis round trip (``accounts.session_owner_reads``)."""
+    the blob and the shown log in one Redis round trip (the session checked to be that user's); with an older
+    cookie, the session first (``accounts.session_owner_reads``)."""
     if headers.htmx or not headers.cookie:
         return None
     app = request.app
