@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -26,11 +27,44 @@ class StartFailed(RuntimeError):
     pass
 
 
-def free_port() -> int:
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections and to ``bind(0)``."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_FLOOR = _ephemeral_floor()
+_handed_out: set[int] = set()
+_ports = random.Random(os.getpid() ^ time.time_ns())
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind((http.HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((http.HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(also: int = 0) -> int:
+    """A free port for a server the bench or a test starts, below the kernel's ephemeral range: a port from
+    ``bind(0)`` can be taken by any outgoing connection between the pick and the server's start (or its restart
+    after a kill). With ``also``, the port ``also`` above it is free and below that range too (a Redis Cluster
+    node's bus port). No port is handed out twice by one process."""
+    low, high = 10000, _EPHEMERAL_FLOOR - 1 - also
+    if high - low < 1000:  # an ephemeral range that starts low: any unprivileged port
+        low, high = 1024, 65535 - also
+    for _ in range(500):
+        port = _ports.randint(low, high)
+        if port in _handed_out or (also and port + also in _handed_out):
+            continue
+        if _bindable(port) and (not also or _bindable(port + also)):
+            _handed_out.update({port, port + also})
+            return port
+    raise StartFailed(f"no free port between {low} and {high}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,27 +225,13 @@ class Processes:
         raise StartFailed(f"{name} did not answer PING")
 
 
-def cluster_port() -> int:
-    """A free port whose Redis Cluster bus port (10000 more) is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port <= 55535:
-            with socket.socket() as sock:
-                try:
-                    sock.bind((http.HOST, port + 10000))
-                except OSError:
-                    continue
-            return port
-    raise StartFailed("no free port pair for a Redis Cluster node")
-
-
 def redis_cluster(procs: Processes, name: str, size: int = 3) -> str:
     """``size`` redis-server primaries made into a Redis Cluster; its ``redis+cluster://`` URL."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise StartFailed("redis-cli is not installed (apt-get install redis-tools)")
     nodes = [procs.redis(f"{name}-{n}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                         port=cluster_port()) for n in range(size)]  # fmt: skip
+                         port=free_port(also=10000)) for n in range(size)]  # fmt: skip
     where = [f"{http.HOST}:{node.port}" for node in nodes]
     made = subprocess.run(  # noqa: S603 - our own argv
         [cli, "--cluster", "create", *where, "--cluster-replicas", "0", "--cluster-yes"],

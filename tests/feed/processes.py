@@ -21,19 +21,13 @@ from typing import Any
 import anyio
 import httpx
 
+from bench.servers import free_port
 from tests.conftest import CSRF_RE, PASSWORD
 
 LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=200)
 LIKE_COUNT_RE = re.compile(r'class="like-button[^"]*"[^>]*>.*?<span class="count">(\d+)</span>', re.S)
 SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -79,21 +73,6 @@ class RedisServer:
             self.proc.wait(timeout=10)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (10000 more) is free too (so at most 55535)."""
-    for _ in range(200):
-        port = free_port()
-        if port > 55535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair for a Redis Cluster node")
-
-
 class RedisClusterNodes:
     """A real Redis Cluster of ``size`` primaries (no replicas), each a ``redis-server`` with ``cluster-enabled``,
     joined by ``redis-cli --cluster create``. Each node keeps an append-only file synced on every write, so a node
@@ -104,7 +83,7 @@ class RedisClusterNodes:
         if binary is None or cli is None:
             raise AssertionError("redis-server is not installed (apt-get install redis-server)")
         self.binary, self.cli, self.workdir = binary, cli, workdir
-        self.ports = [_cluster_port() for _ in range(size)]
+        self.ports = [free_port(also=10000) for _ in range(size)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports)
         self.url = f"redis+cluster://{nodes}"

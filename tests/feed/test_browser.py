@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKEND
+from tests.feed.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path("/tmp/cipherfeed-shots")
@@ -45,13 +45,6 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,7 +63,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """``python -m feed serve`` on a free port with a fresh data dir; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIPHERFEED_")}
     env["CIPHERFEED_DATA_DIR"] = str(tmp_path / "data")
     log = tmp_path / "server.log"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import stat
 import subprocess
 import sys
@@ -19,13 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKEND, CSRF_RE, PASSWORD
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.feed.processes import free_port
 
 
 class Server:
