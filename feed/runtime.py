@@ -196,6 +196,7 @@ async def open_runtime(settings: Settings, role: str) -> AsyncIterator[Runtime]:
                 per_ip=settings.login_attempts_per_ip,
                 window=timedelta(seconds=settings.login_window_seconds),
                 per_account_unknown=settings.login_attempts_per_account_unknown,
+                apps_per_ip=settings.apps_per_ip,
             ),
             queue=queue,
             feeds=RedisFeeds(link) if link is not None else None,

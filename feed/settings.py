@@ -94,6 +94,7 @@ class Settings:
     login_attempts_per_ip: int = 20
     login_attempts_per_account_unknown: int = 20
     login_window_seconds: int = 15 * 60
+    apps_per_ip: int = 20  # app registrations from one client address per login window before slowing down
     # Trusted front proxies whose X-Forwarded-For/-Proto we believe (uvicorn's --forwarded-allow-ips).
     forwarded_allow_ips: str = "127.0.0.1"
     # Connections one serve process holds at most (live streams count); past it, a 503. Below the fd limit.
@@ -259,6 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_attempts_per_ip=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP", 20),
         login_attempts_per_account_unknown=_int(env, "CIPHERFEED_LOGIN_ATTEMPTS_PER_ACCOUNT_UNKNOWN", 20),
         login_window_seconds=_int(env, "CIPHERFEED_LOGIN_WINDOW_SECONDS", 15 * 60),
+        apps_per_ip=_int(env, "CIPHERFEED_APPS_PER_IP", 20),
         forwarded_allow_ips=env.get("CIPHERFEED_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         max_connections=_int(env, "CIPHERFEED_MAX_CONNECTIONS", _connection_cap(), minimum=16),
         keepalive_seconds=_int(env, "CIPHERFEED_KEEPALIVE_SECONDS", 20),

@@ -13,7 +13,7 @@ from feed.ids import new_id
 from feed.services import effects, lookup, notifications
 from feed.services.context import Services, now
 from feed.services.models import Page, PostView, User
-from feed.services.timelines import get
+from feed.services.timelines import boost_status, get
 from feed.storage import boosts as store
 from feed.storage import posts as post_store
 
@@ -58,6 +58,16 @@ async def unboost(svc: Services, user: User, post_id: int) -> PostView:
     if boost_id is not None:
         await effects.committed(svc, caused)
     return await get(svc, post_id, user)
+
+
+async def unboost_by_id(svc: Services, user: User, boost_id: int) -> PostView:
+    """Undo the user's boost named by its own id (Mastodon's delete of a reblog status): the reblog status as it was.
+    Not found when the boost is not (or no longer) theirs."""
+    post = await boost_status(svc, boost_id, user)
+    if post.booster is None or post.booster.id != user.id:
+        raise NotFound()
+    await unboost(svc, user, post.id)
+    return post
 
 
 async def boosters(svc: Services, viewer: User | None, post_id: int, page: Page) -> tuple[list[User], int | None]:

@@ -60,12 +60,13 @@ class Database:
 
 @dataclass(frozen=True, slots=True)
 class ThrottleRules:
-    """Limits of the login throttle (``feed.services.throttle``)."""
+    """Limits of the login throttle (``feed.services.throttle``), and of app registrations, counted the same way."""
 
     per_account: int  # an account from one address, or from one known device
     per_ip: int  # one address, whatever the account
     window: timedelta
     per_account_unknown: int = 20  # an account from every device it does not know
+    apps_per_ip: int = 20  # app registrations from one address (POST /api/v1/apps)
 
 
 @dataclass(frozen=True, slots=True)

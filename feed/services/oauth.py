@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from feed.errors import Invalid, NotFound
 from feed.ids import new_id
-from feed.services import effects
+from feed.services import effects, throttle
 from feed.services.accounts import token_hash
 from feed.services.context import Services, now
 from feed.services.models import User
@@ -114,9 +114,11 @@ def check_redirect_uri(uri: str) -> str:
 
 
 async def register_app(
-    svc: Services, name: str, redirect_uris: Iterable[str], scopes: str | None, website: str | None
+    svc: Services, name: str, redirect_uris: Iterable[str], scopes: str | None, website: str | None, ip: str
 ) -> tuple[App, str]:
-    """A new app; its client secret, shown this once."""
+    """A new app; its client secret, shown this once. Registrations from one client address ``ip`` (IPv6 by /64)
+    are counted as logins are (``feed.services.throttle``): past ``apps_per_ip`` in a window, each further one must
+    wait, or is refused (RateLimited) and stores nothing. A request refused for its fields is not counted."""
     name = (name or "").strip()
     if not 1 <= len(name) <= 200 or any(ord(c) < 32 for c in name):
         raise Invalid("client_name must be 1 to 200 characters", "client_name")
@@ -131,6 +133,8 @@ async def register_app(
         parts = urlsplit(website)
         if len(website) > 500 or parts.scheme not in ("http", "https") or not parts.netloc:
             raise Invalid("website must be an http or https address", "website")
+    bucket = throttle.bucket(svc, "app", throttle.ip_prefix(ip))
+    await throttle.attempt(svc, [(bucket, svc.throttle.apps_per_ip)], "Too many apps registered from this address")
     secret = secrets.token_urlsafe(32)
     app = App(new_id(), secrets.token_urlsafe(32), name, website, uris, granted, token_hash(svc, secret))
     async with svc.db.begin() as session:

@@ -28,6 +28,7 @@ from feed.records import Cacheable, PostRecord, SealedFrame, UserRecord, Wrapped
 from feed.services import fanout, lookup
 from feed.services.context import Services
 from feed.services.models import Content, FrameStyle, Marks, Media, Mention, Page, PostView, TimelinePage, User
+from feed.storage import boosts as boost_store
 from feed.storage import likes as like_store
 from feed.storage import posts as store
 from feed.storage.erasure import ERASED
@@ -324,6 +325,25 @@ async def get(svc: Services, post_id: int, viewer: User | None) -> PostView:
         raise NotFound()
     found = await views(svc, [record], viewer)
     if not found:
+        raise NotFound()
+    return found[0]
+
+
+async def boost_status(svc: Services, boost_id: int, viewer: User | None) -> PostView:
+    """A boost as a status of its own (Mastodon's reblog status, under the boost's id): the boosted post as the
+    viewer may see it, brought by its booster. Not found when there is no such boost (or it was undone), when the
+    viewer may not see the post, when a block stands between the viewer and the booster or the author, or when the
+    booster is erased."""
+    async with svc.db() as session:
+        row = await boost_store.get(session, boost_id)
+    if row is None:
+        raise NotFound()
+    record = await lookup.post(svc, row.post_id)
+    if record is None or not await _visible(svc, record, viewer):
+        raise NotFound()
+    ref = lookup.Ref(record.id, record.author_id, record.key_version, record.in_reply_to_author_id, row.id, row.user_id)
+    found = await views(svc, [ref], viewer)
+    if not found or found[0].booster is None:
         raise NotFound()
     return found[0]
 

@@ -291,10 +291,14 @@ async def edit_status(request: Request) -> Response:
 
 @operation("View a single status", ref("Status"), scope="read:statuses", public=True)
 async def get_status(request: Request) -> Response:
+    """A post, or a boost under its own id (the reblog status Mastodon gives it; clients ask for those by id)."""
     viewer = await api_user(request, "read:statuses", required=False)
-    return await _status_response(
-        request, await timelines.get(services(request), path_id(request, "status_id"), viewer)
-    )
+    svc, status_id = services(request), path_id(request, "status_id")
+    try:
+        post = await timelines.get(svc, status_id, viewer)
+    except NotFound:
+        post = await timelines.boost_status(svc, status_id, viewer)
+    return await _status_response(request, post)
 
 
 @operation("View a status's source", ref("StatusSource"), scope="read:statuses")
@@ -322,12 +326,16 @@ async def status_history(request: Request) -> Response:
 
 @operation("Delete a status", ref("Status"), scope="write:statuses")
 async def delete_status(request: Request) -> Response:
+    """The caller's post, or their boost under its own id (deleting a reblog status undoes the boost)."""
     user = await api_user(request, "write:statuses")
     assert user is not None
+    svc, status_id = services(request), path_id(request, "status_id")
     try:
-        post = await posts.delete(services(request), user, path_id(request, "status_id"))
+        post = await posts.delete(svc, user, status_id)
     except Forbidden:
         raise NotFound() from None  # someone else's status, as in Mastodon
+    except NotFound:
+        return await _status_response(request, await boosts.unboost_by_id(svc, user, status_id))
     return await _status_response(request, post, with_source=True)
 
 

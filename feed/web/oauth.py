@@ -321,6 +321,7 @@ async def create_app(request: Request) -> Response:
         lines,
         scopes if isinstance(scopes, str) else None,
         website if isinstance(website, str) else None,
+        request.client.host if request.client else "unknown",
     )
     body = _application(app, request) | {
         "client_id": app.client_id,

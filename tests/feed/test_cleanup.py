@@ -127,7 +127,7 @@ async def test_expire_sessions_removes_only_what_expired_and_drops_it_from_the_c
     forever = await accounts.create_token(svc, "dana", "forever")
     expiring = await accounts.create_token(svc, "dana", "expiring")
     await execute(app, api_tokens.update().where(api_tokens.c.name == "expiring").values(expires_at=now()))
-    registered, _ = await oauth.register_app(svc, "an app", ["urn:ietf:wg:oauth:2.0:oob"], "read", None)
+    registered, _ = await oauth.register_app(svc, "an app", ["urn:ietf:wg:oauth:2.0:oob"], "read", None, "127.0.0.1")
     user = await accounts.find_user(svc, "dana")
     for code in ("stale-code", "fresh-code"):
         await oauth.save_code(svc, code, registered, user, "urn:ietf:wg:oauth:2.0:oob", ["read"], None, None)

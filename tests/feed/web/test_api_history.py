@@ -20,7 +20,9 @@ pytestmark = pytest.mark.anyio
 async def app_token(app: Any, username: str, name: str = "Phanpy") -> str:
     """A token an app got for ``username`` (made through the services: the flow itself is tests/feed/web/test_oauth)."""
     svc = app.state.services
-    registered, _ = await oauth.register_app(svc, name, [oauth.OOB], "read write", "https://phanpy.example")
+    registered, _ = await oauth.register_app(
+        svc, name, [oauth.OOB], "read write", "https://phanpy.example", "127.0.0.1"
+    )
     user = await accounts.find_user(svc, username)
     return await oauth.issue_token(svc, registered, user.id, ["read", "write"])
 

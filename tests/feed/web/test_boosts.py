@@ -78,6 +78,39 @@ async def test_a_boost_reaches_the_boosters_followers_once(api: Any) -> None:
     assert entries(await home(bob)) == []
 
 
+async def test_a_boost_is_a_status_of_its_own_under_its_id(api: Any) -> None:
+    """Clients fetch a reblog status by its id (a timeline entry's ``id``), and delete it to undo the boost."""
+    alice, carol, bob, anonymous = await api("alice"), await api("carol"), await api("bob"), await api()
+    post = await post_status(alice, "worth sharing")
+    wrapper = (await carol.post(f"/api/v1/statuses/{post['id']}/reblog")).json()
+
+    for reader in (bob, anonymous, carol):
+        got = await get_json(reader, f"/api/v1/statuses/{wrapper['id']}")
+        check_status(got)
+        assert got["id"] == wrapper["id"] and got["account"]["username"] == "carol"
+        assert got["reblog"]["id"] == post["id"] and got["reblog"]["content"] == "<p>worth sharing</p>"
+    assert (await get_json(carol, f"/api/v1/statuses/{wrapper['id']}"))["reblogged"] is True
+    # A block between the reader and the booster hides the boost (not the post).
+    await bob.post(f"/api/v1/accounts/{(await me(carol))['id']}/block")
+    check_error(await bob.get(f"/api/v1/statuses/{wrapper['id']}"), 404)
+    assert (await get_json(bob, f"/api/v1/statuses/{post['id']}"))["id"] == post["id"]
+
+    # Only the booster deletes it, and that undoes the boost; the post stays.
+    check_error(await bob.delete(f"/api/v1/statuses/{wrapper['id']}"), 404)
+    check_error(await alice.delete(f"/api/v1/statuses/{wrapper['id']}"), 404)
+    deleted = await carol.delete(f"/api/v1/statuses/{wrapper['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["id"] == wrapper["id"] and deleted.json()["reblog"]["id"] == post["id"]
+    check_error(await anonymous.get(f"/api/v1/statuses/{wrapper['id']}"), 404)
+    check_error(await carol.delete(f"/api/v1/statuses/{wrapper['id']}"), 404)
+    after = await get_json(alice, f"/api/v1/statuses/{post['id']}")
+    assert after["reblogs_count"] == 0 and after["content"] == "<p>worth sharing</p>"
+    # A boost of a post later deleted is gone with it.
+    again = (await carol.post(f"/api/v1/statuses/{post['id']}/reblog")).json()
+    assert (await alice.delete(f"/api/v1/statuses/{post['id']}")).status_code == 200
+    check_error(await carol.get(f"/api/v1/statuses/{again['id']}"), 404)
+
+
 async def test_only_public_and_unlisted_posts_can_be_boosted(api: Any) -> None:
     alice, bob = await api("alice"), await api("bob")
     await follow(bob, (await me(alice))["id"])

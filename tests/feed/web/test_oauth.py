@@ -16,9 +16,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
-from feed.storage.tables import oauth_codes
+from feed.app import create_app
+from feed.settings import load_settings
+from feed.storage.tables import oauth_apps, oauth_codes
 from tests.conftest import PASSWORD, Browser, browser_factory, client_for, snapshot
 
 pytestmark = pytest.mark.anyio
@@ -393,6 +396,36 @@ async def test_registration_rejects_bad_input(make_browser: Any) -> None:
     )
     assert json_app.status_code == 200 and json_app.json()["redirect_uris"] == [REDIRECT, OOB]
     assert (await anonymous.http.post("/oauth/token", data={"grant_type": "magic"})).status_code in (400, 401)
+
+
+async def test_app_registrations_are_throttled_per_address(env: dict[str, str], clean: None) -> None:
+    """Past CIPHERFEED_APPS_PER_IP registrations from one address in a window, the next waits (a 429 with
+    Retry-After, and no app stored); another address is not slowed down, and a refused form is not counted."""
+    application = create_app(load_settings({**env, "CIPHERFEED_APPS_PER_IP": "2"}))
+
+    def client(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=application, client=(ip, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="https://testserver")
+
+    form = {"client_name": "spammy", "redirect_uris": REDIRECT}
+    async with application.router.lifespan_context(application), client("203.0.113.7") as http:
+        async with client("198.51.100.9") as elsewhere:
+            assert (
+                await http.post("/api/v1/apps", data={"client_name": "", "redirect_uris": REDIRECT})
+            ).status_code == 422
+            for _ in range(2):
+                assert (await http.post("/api/v1/apps", data=form)).status_code == 200
+            before = await app_count(application)
+            refused = await http.post("/api/v1/apps", data=form)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+            assert "Too many apps" in refused.json()["error"]
+            assert await app_count(application) == before
+            assert (await elsewhere.post("/api/v1/apps", data=form)).status_code == 200
+
+
+async def app_count(application: Any) -> int:
+    async with application.state.engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(oauth_apps))).scalar_one())
 
 
 async def test_metadata_and_cross_origin_use(app: Any, make_browser: Any) -> None:

@@ -62,6 +62,7 @@ def server(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Ite
         "CIPHERFEED_DATABASE_URL": f"sqlite:///{workdir / 'api.db'}",
         "CIPHERFEED_DATA_DIR": str(workdir / "data"),
         "CIPHERFEED_LOGIN_ATTEMPTS_PER_IP": "100000",
+        "CIPHERFEED_APPS_PER_IP": "100000",
     }
     own = {k: v for k, v in own.items() if k != "CIPHERFEED_REDIS_URL"}
     for name in ("alice", "bob"):
