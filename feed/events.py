@@ -22,9 +22,11 @@ from typing import Any
 
 # Event kinds: a new post (of the shared posts stream), its edit and deletion, "this post joined your home
 # timeline" (of a user's own stream, written by the post's fan-out), and "you have a new notification" (of a user's
-# own stream, written by the relay: ``post`` is the notification's id and ``author`` the user it is for).
-NEW, EDIT, DELETE, HOME, NOTE = "new", "edit", "delete", "home", "note"
-KINDS = frozenset({NEW, EDIT, DELETE, HOME, NOTE})
+# own stream, written by the relay: ``post`` is the notification's id and ``author`` the user it is for), and "this
+# post was boosted by someone whose boosts no fan-out brings" (of the shared posts stream, written by the boost's
+# fan-out job: ``boost`` is the boost's id and ``booster`` who boosted).
+NEW, EDIT, DELETE, HOME, NOTE, BOOST = "new", "edit", "delete", "home", "note", "boost"
+KINDS = frozenset({NEW, EDIT, DELETE, HOME, NOTE, BOOST})
 USER_KINDS = frozenset({HOME, NOTE})  # the kinds of a user's own stream
 VISIBILITY_CODES = {"public": "p", "unlisted": "u", "followers": "f", "direct": "d"}
 VISIBILITIES = {code: name for name, code in VISIBILITY_CODES.items()}

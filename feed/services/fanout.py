@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from feed.cache import HOME
+from feed.events import BOOST as BOOST_EVENT
 from feed.events import HOME as HOME_EVENT
 from feed.events import Event
 from feed.home_feeds import FeedsUnavailable
@@ -102,6 +104,12 @@ async def fan_out_boost(svc: Services, boost_id: int) -> int:
     written = await _deliver(svc, event, [found.user_id])
     if not big:
         written += await _to_followers(svc, event, found.user_id, skip=post.author_id)
+    elif svc.streams is not None:
+        # No fan-out brings it to the followers' live streams: the posts stream does (feed.web.hub), as it does a
+        # popular author's new post. A rerun of this job does not append it twice.
+        shared = replace(event, kind=BOOST_EVENT)
+        if not await svc.streams.publish_posts([shared], retried_since_ms=(boost_id >> 16) - 5_000):
+            raise FeedsUnavailable("the posts stream is away")
     return written
 
 

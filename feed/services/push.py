@@ -37,6 +37,16 @@ async def joins_home_when_read(svc: Services, viewer: User, event: Event) -> boo
     return event.author in await fanout.popular_authors(svc) and await in_home_of(svc, viewer, event)
 
 
+async def boost_joins_home_when_read(svc: Services, viewer: User, event: Event) -> bool:
+    """A boost (an event of kind BOOST) that no fan-out brings to the viewer's home stream (its booster has too many
+    followers for one), which belongs in their home timeline: they follow the booster, and are neither the booster
+    (whose own boosts reach them by the fan-out) nor the post's author (whom a boost's fan-out skips)."""
+    if viewer.id in (event.booster, event.author):
+        return False
+    popular = await fanout.popular_authors(svc)
+    return event.booster in popular and event.booster in await lookup.following(svc, viewer.id)
+
+
 async def in_home_of(svc: Services, viewer: User, event: Event) -> bool:
     """Whether the post belongs in the viewer's home timeline: their own, a followee's, or one mentioning them."""
     if event.author == viewer.id or viewer.id in event.mentions:

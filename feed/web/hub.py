@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from feed.events import NEW
+from feed.events import BOOST, NEW
 from feed.services.context import Services
 from feed.services.fanout import popular_authors
 from feed.services.models import User
@@ -516,6 +516,9 @@ class Hub:
                 concerned.update(self.by_topic.get("public", ()))
             if event.visibility != "direct" and event.author in await popular_authors(self.svc):
                 concerned.update(self.by_topic.get("home", ()))  # no fan-out brings it to their home streams
+        elif event.kind == BOOST:
+            if event.booster in await popular_authors(self.svc):
+                concerned.update(self.by_topic.get("home", ()))  # the same for a popular booster's boost
         else:
             concerned.update(self.by_post.get(event.post, ()))
         concerned.update(self.catching)

@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from feed.cache import SESSIONS, redis_key
 from feed.errors import Forbidden, NotFound, RateLimited, Unauthorized
-from feed.events import DELETE, EDIT, NEW, NOTE
+from feed.events import BOOST, DELETE, EDIT, NEW, NOTE
 from feed.services import accounts, notifications, push
 from feed.services.context import Services
 from feed.services.models import FrameStyle, User
@@ -83,6 +83,12 @@ class PageSink:
             if not shown and self.timeline == "home" and conn.user is not None:
                 shown = await push.joins_home_when_read(self.svc, conn.user, event)
             return await self._new_post(conn, event.post, memo) if shown else []
+        if event.kind == BOOST:
+            if self.timeline != "home" or conn.user is None:
+                return []
+            if not await push.boost_joins_home_when_read(self.svc, conn.user, event):
+                return []
+            return await self._new_post(conn, event.post, memo, booster=event.booster)
         if event.post not in conn.on_screen:
             return []
         if event.kind == DELETE:

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from feed.cache import API_TOKENS, redis_key
 from feed.errors import Forbidden, NeedsUser, NotFound, RateLimited, Unauthorized
-from feed.events import DELETE, EDIT, NEW, NOTE
+from feed.events import BOOST, DELETE, EDIT, NEW, NOTE
 from feed.services import accounts, notifications, oauth, push
 from feed.services.context import Services
 from feed.services.models import User
@@ -109,6 +109,13 @@ class ApiSink:
                 public.append("user")
             status = await self._status(conn, event.post, memo) if public else None
             return [Message("update", status, stream=s) for s in public] if status else []
+        if event.kind == BOOST:
+            if "user" not in self.subscribed or conn.user is None:
+                return []
+            if not await push.boost_joins_home_when_read(self.svc, conn.user, event):
+                return []
+            status = await self._status(conn, event.post, memo, boost=(event.boost, event.booster))
+            return [Message("update", status, stream="user")] if status else []
         targets = list(public)
         if "user" in self.subscribed and conn.user is not None and await push.in_home_of(self.svc, conn.user, event):
             if await push.may_see_event(self.svc, conn.user, event):

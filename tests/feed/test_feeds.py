@@ -14,11 +14,12 @@ import pytest
 
 from feed.home_feeds import feed_key
 from feed.ids import new_id
-from feed.services import accounts, fanout, posts
+from feed.services import accounts, boosts, fanout, posts
 from feed.services.context import now
 from feed.services.jobs import run_maintenance
 from feed.services.models import User
 from feed.storage.tables import follows, users
+from feed.streams import POSTS_STREAM
 from jobs.registry import maintenance
 from tests.conftest import TEST_REDIS_DB_URL, client_for
 from tests.feed.processes import AppProcess, process_env
@@ -145,6 +146,43 @@ async def test_popular_authors_are_merged_when_read(redis_clean: Any, author: Us
         assert await feed_of(app, author.id) == [post.id], "the author's own feed takes it all the same"
     finally:
         object.__setattr__(svc, "fanout_max_followers", 10_000)
+
+
+async def test_a_popular_boosters_boost_goes_to_the_posts_stream_once(redis_clean: Any, author: User) -> None:
+    """No fan-out brings a popular booster's boost to their followers' live streams: the fan-out job appends it to
+    the shared posts stream instead (feed.web.hub takes it from there), once however often the job runs."""
+    app, svc = redis_clean, redis_clean.state.services
+    booster = await accounts.register(svc, "booster", "correct horse battery staple")
+    followers = await make_users(svc, 5)
+    await follow_all(svc, followers, booster.id)
+    await build_feeds(svc, [*followers, booster.id])
+    client = app.state.cache.link.client
+
+    async def boosts_in_stream() -> list[dict[str, str]]:
+        entries = await client.xrange(POSTS_STREAM)
+        return [
+            {k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries if fields.get(b"k") == b"boost"
+        ]
+
+    post = await posts.create(svc, author, "worth a boost")
+    object.__setattr__(svc, "fanout_max_followers", 3)
+    try:
+        _, boost_id = await boosts.boost(svc, booster, post.id)
+        await settle(app)
+        assert await feed_of(app, followers[0]) == [], "not fanned out"
+        assert await feed_of(app, booster.id) == [boost_id], "the booster's own feed takes it all the same"
+        found = await boosts_in_stream()
+        assert [(e["p"], e["a"], e["b"], e["bb"]) for e in found] == [
+            (str(post.id), str(author.id), str(boost_id), str(booster.id))
+        ]
+        await fanout.fan_out_boost(svc, boost_id)  # a rerun (after a crash) appends nothing twice
+        assert len(await boosts_in_stream()) == 1
+    finally:
+        object.__setattr__(svc, "fanout_max_followers", 10_000)
+    other = await posts.create(svc, author, "a boost of someone less followed")
+    await boosts.boost(svc, booster, other.id)
+    await settle(app)
+    assert len(await boosts_in_stream()) == 1, "a fanned-out boost reaches the streams by the fan-out alone"
 
 
 async def test_feed_cleanup_jobs_dry_run_then_idempotent(redis_clean: Any, author: User) -> None:

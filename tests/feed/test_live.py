@@ -199,6 +199,45 @@ async def test_a_popular_authors_posts_reach_their_followers_streams_without_a_f
             await stream.close()
 
 
+async def test_a_popular_boosters_boosts_reach_their_followers_streams_without_a_fan_out(
+    world: Any, server: AppProcess
+) -> None:
+    """A boost by someone past CIPHERFEED_FANOUT_MAX_FOLLOWERS is not fanned out either: the posts stream brings it
+    to the home streams of the booster's followers (pages and apps), with "star boosted" above it; not to its
+    author, nor to someone who does not follow the booster."""
+    import websockets
+
+    star, writer, stranger = await world("star"), await world("writer"), await world("stranger")
+    fans = [await world(f"fan{n}") for n in range(3)]
+    for person in (*fans, writer):
+        assert (await person.form(f"/@{star.name}/follow")).status_code == 303
+    streams = [await fan.live("/") for fan in fans]
+    strangers, writers = await stranger.live("/"), await writer.live("/")
+    token = await asyncio.to_thread(api_token, server, fans[0].name)
+    ws_url = server.url.replace("http://", "ws://") + f"/api/v1/streaming?access_token={token}"
+    try:
+        async with websockets.connect(ws_url) as user_ws:
+            await user_ws.send(json.dumps({"type": "subscribe", "stream": "user"}))
+            await asyncio.sleep(0.5)  # the subscription is in
+            post = await writer.compose("worth a boost")
+            assert (await star.form(f"/posts/{post}/boost")).status_code == 303
+            message = json.loads(await asyncio.wait_for(user_ws.recv(), 5))
+            assert message["stream"] == ["user"] and message["event"] == "update"
+            status = json.loads(message["payload"])
+            assert status["account"]["username"] == star.name and status["reblog"]["id"] == str(post)
+        for stream in streams:
+            event = await stream.next("post")
+            assert post_id_of(event) == post and f"{star.name}</a> boosted" in event.data
+        assert await strangers.quiet(1.0, "post") == [], "not to someone who does not follow the booster"
+        await writers.quiet(0.5)
+        own = [e for e in writers.seen if e.event == "post"]
+        assert [post_id_of(e) for e in own] == [post], "their own post, once"
+        assert "boosted" not in own[0].data, "the author is not shown the boost"
+    finally:
+        for stream in (*streams, strangers, writers):
+            await stream.close()
+
+
 async def test_a_client_that_comes_back_gets_exactly_what_it_missed(world: Any) -> None:
     alice, bob = await world("alice"), await world("bob")
     await bob.form(f"/@{alice.name}/follow")
