@@ -267,13 +267,12 @@ async def session_user_with(
     svc: Services,
     token: str,
     also: Callable[[int], Request] | None = None,
-    prefetch: Callable[[int], Request] | None = None,
 ) -> tuple[User | None, Cacheable | None]:
     """The user of a session, and what the cache holds for ``also(their id)`` (a page's other per-person value),
-    read in the same cache round trip as the user; so is ``prefetch(their id)``, only into L1 (the page's blob)."""
+    read in the same cache round trip as the user."""
     if not _may_be(token, SESSION_TOKEN_MOST):
         return None, None
-    user, found, _ = await session_reads(svc, token, token_name(svc, token), [also, prefetch], ())
+    user, found, _ = await session_reads(svc, token, token_name(svc, token), [also], ())
     return user, found[0]
 
 

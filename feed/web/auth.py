@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from feed.cache import Request as CacheRequest
 from feed.errors import Forbidden, NeedsUser, SessionEnded, Unauthorized
 from feed.services import accounts, notifications, oauth, throttle
 from feed.services.accounts import Grant
@@ -41,8 +39,8 @@ def session_token(request: Request) -> str | None:
     return request.cookies.get(_cookie_name(request, SESSION_COOKIE))
 
 
-async def viewer(request: Request, prefetch: Callable[[int], CacheRequest] | None = None) -> User | None:
-    """The logged-in user of this request, looked up once; ``prefetch(their id)`` read into L1 with them."""
+async def viewer(request: Request) -> User | None:
+    """The logged-in user of this request, looked up once."""
     if "viewer" not in request.state._state:
         token = session_token(request)
         if not token:
@@ -50,8 +48,7 @@ async def viewer(request: Request, prefetch: Callable[[int], CacheRequest] | Non
         elif request.method == "GET" and "hx-request" not in request.headers:
             # A whole page: its navigation shows how many notifications wait (cached per person, read with the user).
             svc = services(request)
-            found, unread = await accounts.session_user_with(svc, token, partial(notifications.unread_request, svc),
-                                                             prefetch)  # fmt: skip
+            found, unread = await accounts.session_user_with(svc, token, partial(notifications.unread_request, svc))
             request.state.viewer, request.state.unread = found, notifications.unread_of(unread)
         else:
             request.state.viewer = await accounts.session_user(services(request), token)
