@@ -16,7 +16,7 @@ TITLES = {
     "3": "Home timeline with L1 cold, Redis warm, vs scenario 1",
     "4": "Micro: L1 get vs dict get; decrypt one post vs bare AESGCM.decrypt",
     "5": "Burst at the expiry of one hot key (public timeline ids)",
-    "6": "Public timeline page vs scenario 1's peer; API home timeline vs bare Starlette serving the same JSON",
+    "6": "Public timeline page vs scenario 1's peer; API home and public timelines vs bare Starlette (the home JSON)",
     "7": "Fan-out of one post to every follower of the star vs a raw redis-py pipeline; commit to last feed write",
     "8": "Live push: one post to many SSE streams of one process vs a bare Starlette broadcaster; idle streams' memory",
     "9": "Mastodon API home timeline vs the HTML home page of the same viewer",

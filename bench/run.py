@@ -159,6 +159,7 @@ async def _measure(
         Load("public", cf, "/public", cookie),
         Load("api", cf, "/api/v1/timelines/home", api_headers),
         Load("bare_api", bare, "/api/v1/timelines/home", api_headers),
+        Load("api_public", cf, "/api/v1/timelines/public", api_headers),
     ]
     if baseline is not None:
         loads.append(Load("baseline", base, "/", {"Cookie": f"cf_session={baseline.session_token}"}))

@@ -367,6 +367,14 @@ class Bench:
             ),
             Row(
                 "6",
+                "API public timeline throughput (peer: the home timeline's JSON)",
+                "req/s",
+                s["api_public"].rps(),
+                s["bare_api"].rps(),
+                "bare",
+            ),
+            Row(
+                "6",
                 "API home timeline, server CPU per request",
                 "ms",
                 statistics.median(s["api"].cpu_ms_per_request),

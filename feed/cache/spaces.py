@@ -64,7 +64,9 @@ STATUS_PAGES = Space("v", l1_ttl=60, l2_ttl=0, refresh_after=1.0)
 # The public timeline's first page, per viewer (their blocks, mutes and marks), in L1 only: checked, when read, also
 # against the public timeline's refs it was drawn from.
 PUBLIC_PAGES = Space("q", l1_ttl=60, l2_ttl=0, refresh_after=1.0)
-PAGE_SPACES = (PAGES, STATUS_PAGES, PUBLIC_PAGES)
+# And the API's public timeline, the same way.
+PUBLIC_STATUS_PAGES = Space("y", l1_ttl=60, l2_ttl=0, refresh_after=1.0)
+PAGE_SPACES = (PAGES, STATUS_PAGES, PUBLIC_PAGES, PUBLIC_STATUS_PAGES)
 SPACES = (
     POSTS,
     USERS,
@@ -86,6 +88,7 @@ SPACES = (
     PAGES,
     STATUS_PAGES,
     PUBLIC_PAGES,
+    PUBLIC_STATUS_PAGES,
 )
 # An invalidation of a key of one of these spaces drops the same key of the spaces it names too: each of a viewer's
 # page blobs goes with whom they block and mute, their own profile, and what they liked, bookmarked and boosted; their

@@ -5,6 +5,8 @@ Authentication is by bearer token only (never cookies), so these endpoints need 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -437,16 +439,21 @@ async def home_timeline(request: Request) -> Response:
     page = _page(request)
     style = mastodon.status_style(request)
     svc = services(request)
-    if request.query_params.keys() <= {"limit"}:  # the first page: the viewer's sealed blob
+    blob = await _first_page_from_blob(request, user, "home", page, partial(timelines.home, svc, user, page, style))
+    return blob or await _timeline_response(request, page, await timelines.home(svc, user, page, style))
 
-        async def draw() -> TimelinePage:
-            return await timelines.home(svc, user, page, style)
 
-        found = await page_blobs.serve_statuses(request, svc, user, "home", page.limit, draw)
-        if found is not None:
-            body, links = found
-            return Response(body, media_type="application/json", headers={"Link": links.decode()} if links else None)
-    return await _timeline_response(request, page, await timelines.home(svc, user, page, style))
+async def _first_page_from_blob(request: Request, viewer: User, timeline: str, page: Page,
+                                draw: Callable[[], Awaitable[TimelinePage]]) -> Response | None:  # fmt: skip
+    """The first page of ``timeline`` (a request with no query but ``limit``) from the viewer's sealed blob, drawn
+    by ``draw`` if there is none or it is stale; None for any other page, or if it cannot be had."""
+    if not request.query_params.keys() <= {"limit"}:
+        return None
+    found = await page_blobs.serve_statuses(request, services(request), viewer, timeline, page.limit, draw)
+    if found is None:
+        return None
+    body, links = found
+    return Response(body, media_type="application/json", headers={"Link": links.decode()} if links else None)
 
 
 async def home_timeline_from_blob(request: Request) -> tuple[bytes, bytes] | None:
@@ -457,6 +464,15 @@ async def home_timeline_from_blob(request: Request) -> tuple[bytes, bytes] | Non
     return await page_blobs.serve_statuses(request, services(request), user, "home", _page(request).limit, None)
 
 
+async def public_timeline_from_blob(request: Request) -> tuple[bytes, bytes] | None:
+    """The public timeline's first page for a signed-in viewer, as :func:`home_timeline_from_blob` (None for
+    anyone else: the stack draws theirs)."""
+    user = await api_user(request, "read:statuses", required=False)
+    if user is None:
+        return None
+    return await page_blobs.serve_statuses(request, services(request), user, "public", _page(request).limit, None)
+
+
 @operation(
     "View public timeline",
     array(ref("Status")),
@@ -465,13 +481,20 @@ async def home_timeline_from_blob(request: Request) -> tuple[bytes, bytes] | Non
     query=PAGING | {"local": BOOLEAN, "remote": BOOLEAN, "only_media": BOOLEAN},
 )
 async def public_timeline(request: Request) -> Response:
+    """For a signed-in viewer, the first page (no query but ``limit``) from their sealed blob, as the home
+    timeline's; anyone else's page, and every other, drawn each time."""
     viewer: User | None = await api_user(request, "read:statuses", required=False)
     page = _page(request)
     if truthy(request.query_params.get("remote")):
         return JSONResponse([])  # no federation
     style = mastodon.status_style(request)
     only_media = truthy(request.query_params.get("only_media"))
-    found = await timelines.public(services(request), viewer, page, style, only_media=only_media)
+    svc = services(request)
+    if viewer is not None:
+        draw = partial(timelines.public, svc, viewer, page, style)
+        if blob := await _first_page_from_blob(request, viewer, "public", page, draw):
+            return blob
+    found = await timelines.public(svc, viewer, page, style, only_media=only_media)
     return await _timeline_response(request, page, found)
 
 

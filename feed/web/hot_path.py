@@ -1,11 +1,13 @@
-"""The hot path: a viewer's home and public pages, and their app's home timeline, served from their sealed blob (in
-this process, or in Redis for the home page: ``feed.web.page_blobs``) before the middleware and the router.
+"""The hot path: a viewer's home and public pages, and their app's home and public timelines, served from their
+sealed blob (in this process, or in Redis for the home page: ``feed.web.page_blobs``) before the middleware and the
+router.
 
 Those reads are most of a timeline server's traffic, and a blob makes each a session lookup, one decryption and its
 holes: the layers between, each a call and a wrapped ``send``, would cost more than the page. So the app itself
-(``HotApp``), in front of its whole middleware stack, answers a ``GET /``, ``GET /public`` or
-``GET /api/v1/timelines/home`` without a query or a body when the blob is there and good, with the very headers the
-layers would add (the security headers; CORS for the API), timed in the request metrics as they time the rest.
+(``HotApp``), in front of its whole middleware stack, answers a ``GET /``, ``GET /public``,
+``GET /api/v1/timelines/home`` or ``GET /api/v1/timelines/public`` without a query or a body when the blob is there
+and good, with the very headers the layers would add (the security headers; CORS for the API), timed in the request
+metrics as they time the rest.
 Anything else (no session, a bad token, no blob or a stale one, an htmx request, an error) goes down the whole stack
 as before, which answers it as it always has: nothing was sent by then.
 
@@ -284,7 +286,15 @@ def _held_page(scope: Scope, headers: _Headers, timeline: str) -> bytes | None:
     return page_blobs.held(svc, state.templates, viewer, shell, timeline=timeline)
 
 
-def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | None:
+def _held_home_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | None:
+    return _held_statuses(scope, headers, "home")
+
+
+def _held_public_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | None:
+    return _held_statuses(scope, headers, "public")
+
+
+def _held_statuses(scope: Scope, headers: _Headers, timeline: str) -> tuple[bytes, bytes] | None:
     scheme, _, token = headers.authorization.decode("latin-1").partition(" ")
     base = mastodon.known_base(scope)
     if scheme.lower() != "bearer" or base is None:
@@ -299,7 +309,8 @@ def _held_statuses(scope: Scope, headers: _Headers) -> tuple[bytes, bytes] | Non
     grant = held[1]
     if grant.user is None or not oauth.covers(grant.scopes, "read:statuses"):
         return None
-    blob = page_blobs.held(svc, state.templates, grant.user, {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base)
+    blob = page_blobs.held(svc, state.templates, grant.user, {"h": base.encode()}, limit=DEFAULT_LIMIT, base=base,
+                           timeline=timeline)  # fmt: skip
     if blob is None:
         return None
     links, _, body = blob.partition(b"\n")
@@ -310,14 +321,21 @@ async def _public(request: Request, _: _Headers) -> bytes | None:
     return await pages.public_from_blob(request)
 
 
-async def _statuses(request: Request, _: _Headers) -> tuple[bytes, bytes] | None:
+async def _home_statuses(request: Request, _: _Headers) -> tuple[bytes, bytes] | None:
     return await api.home_timeline_from_blob(request)
+
+
+async def _public_statuses(request: Request, _: _Headers) -> tuple[bytes, bytes] | None:
+    return await api.public_timeline_from_blob(request)
 
 
 _HOT = {
     "/": _Hot(_Route("/"), b"text/html; charset=utf-8", _held_home, _home, []),
     "/public": _Hot(_Route("/public"), b"text/html; charset=utf-8", _held_public, _public, []),
     "/api/v1/timelines/home": _Hot(
-        _Route("/api/v1/timelines/home"), b"application/json", _held_statuses, _statuses, _CORS
+        _Route("/api/v1/timelines/home"), b"application/json", _held_home_statuses, _home_statuses, _CORS
+    ),
+    "/api/v1/timelines/public": _Hot(
+        _Route("/api/v1/timelines/public"), b"application/json", _held_public_statuses, _public_statuses, _CORS
     ),
 }

@@ -61,6 +61,7 @@ from feed.cache import (
     PAGES,
     POSTS,
     PUBLIC_PAGES,
+    PUBLIC_STATUS_PAGES,
     STATUS_PAGES,
     TIMELINES,
     USERS,
@@ -132,7 +133,10 @@ async def _public_source(svc: Services) -> tuple[str, bool]:
 _HOME_PAGE = _Kind("page:home", PAGES, (POSTS, USERS))
 _HOME_STATUSES = _Kind("page:api:home", STATUS_PAGES, (POSTS, USERS, COUNTS))  # its accounts show their counts
 _PUBLIC_PAGE = _Kind("page:public", PUBLIC_PAGES, (POSTS, USERS, TIMELINES), _PUBLIC_INPUTS, _public_source)
+_PUBLIC_STATUSES = _Kind("page:api:public", PUBLIC_STATUS_PAGES, (POSTS, USERS, COUNTS, TIMELINES), _PUBLIC_INPUTS,
+                         _public_source)  # fmt: skip
 _PAGE_KINDS = {"home": _HOME_PAGE, "public": _PUBLIC_PAGE}
+_STATUS_KINDS = {"home": _HOME_STATUSES, "public": _PUBLIC_STATUSES}
 
 
 _DRAWING_CODE = ("feed.web.page_blobs", "feed.web.post_html", "feed.web.templating", "feed.web.times",
@@ -326,7 +330,8 @@ async def serve_statuses(request: Request, svc: Services, viewer: User, timeline
         return f"{', '.join(links)}\n{body}", list(page.posts)
 
     wanted = _statuses_variant(env, timeline, limit, base)
-    found = await _serve(request, svc, viewer, _HOME_STATUSES, wanted, paint if draw else None, {"h": base.encode()})
+    kind = _STATUS_KINDS[timeline]
+    found = await _serve(request, svc, viewer, kind, wanted, paint if draw else None, {"h": base.encode()})
     if found is None:
         return None
     links, _, body = found.partition(b"\n")
@@ -436,11 +441,11 @@ def _opened(key: UserKey, viewer_id: int, kind: _Kind, blob: SealedPage, checked
 def held(svc: Services, env: jinja2.Environment, viewer: User, shell: dict[str, bytes], *, limit: int = 0,
          base: str = "", timeline: str = "home") -> bytes | None:  # fmt: skip
     """Without awaiting anything: the viewer's page of ``timeline`` (or, with ``limit`` and the server's ``base``,
-    their app's home timeline: its Link header, a newline, its JSON) from a blob this process holds, good now and
-    checked since the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses`
+    their app's first page of it: its Link header, a newline, its JSON) from a blob this process holds, good now
+    and checked since the last change to what it shows; None otherwise (:func:`serve` and :func:`serve_statuses`
     then)."""
-    kind = _HOME_STATUSES if limit else _PAGE_KINDS[timeline]
-    wanted = _statuses_variant(env, "home", limit, base) if limit else variant(env, timeline)
+    kind = _STATUS_KINDS[timeline] if limit else _PAGE_KINDS[timeline]
+    wanted = _statuses_variant(env, timeline, limit, base) if limit else variant(env, timeline)
     blob = svc.cache.cached(kind.space, viewer.id)
     if not isinstance(blob, SealedPage) or blob.variant != wanted or blob.expires <= time.time():
         return None

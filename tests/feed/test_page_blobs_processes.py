@@ -219,21 +219,27 @@ async def test_an_erasure_on_either_process_empties_every_processs_page_blobs(cl
         assert await within(2.0, emptied) is not None, f"a process kept page blobs after an erasure made on {where}"
 
 
-async def test_changes_made_on_a_reach_the_public_blob_read_on_b(cluster: Cluster) -> None:
-    """Alice's public page on B comes from her blob in B's memory: a post, an edit and a delete by someone she does
-    not follow, made on A, reach it (the public timeline's refs, dropped in every process, redraw it)."""
+@pytest.mark.parametrize("api", [False, True], ids=["page", "api"])
+async def test_changes_made_on_a_reach_the_public_blob_read_on_b(cluster: Cluster, api: bool) -> None:
+    """Alice's public page (or her app's public timeline) on B comes from her blob in B's memory: a post, an edit
+    and a delete by someone she does not follow, made on A, reach it (the public timeline's refs, dropped in every
+    process, redraw it)."""
     alice = await cluster.account("alice")
     bob = await cluster.account("bob")
     first = await bob.compose("a", "public words")
-    space = {"space": "q"}
+    space = {"space": "y" if api else "q"}
+    reader = await cluster.api("b", "alice") if api else alice.on["b"]
 
     async def public() -> str:
-        response = await alice.on["b"].get("/public")
+        response = await reader.get("/api/v1/timelines/public" if api else "/public")
         assert response.status_code == 200
         return response.text
 
+    def ids_of(text: str) -> list[int]:
+        return [int(status["id"]) for status in json.loads(text)] if api else article_ids(text)
+
     async def shows(ids: list[int]) -> bool:
-        return article_ids(await public()) == ids
+        return ids_of(await public()) == ids
 
     async def reaches(ids: list[int], what: str) -> None:
         assert await within(1.5, lambda: shows(ids)) is not None, f"B's public blob misses {what}"
@@ -242,7 +248,7 @@ async def test_changes_made_on_a_reach_the_public_blob_read_on_b(cluster: Cluste
 
     async def from_blob() -> bool:
         before = await cluster.metrics("b")
-        assert article_ids(await public()) == [first]
+        assert ids_of(await public()) == [first]
         after = await cluster.metrics("b")
         return metric(after, HITS, tier="l1", **space) > metric(before, HITS, tier="l1", **space)
 

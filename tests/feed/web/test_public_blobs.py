@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from feed.cache import PAGES, PUBLIC_PAGES, redis_key
+from feed.cache import PAGES, PUBLIC_PAGES, PUBLIC_STATUS_PAGES, redis_key
 from feed.records import SealedPage
 from feed.services import accounts, erasure
 from feed.web import page_blobs
@@ -203,3 +203,73 @@ async def test_a_public_page_drawn_counts_one_miss(make_redis_browser: Any, redi
     assert await misses() == before + 1
     assert "missed once" in (await alice.get("/public")).text
     assert await misses() == before + 1
+
+
+async def _status_ids(api: Any) -> list[int]:
+    response = await api.get("/api/v1/timelines/public")
+    assert response.status_code == 200, response.text
+    return [int(status["id"]) for status in response.json()]
+
+
+async def test_the_apps_public_timeline_comes_from_the_viewers_blob(
+    make_redis_browser: Any, redis_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's public timeline, first page, for a viewer with a token: the JSON the stack writes, from a blob
+    drawn once (in L1 only), redrawn by every kind of change the public page's blob follows; nobody else's and no
+    other page is kept."""
+    alice, carol = await make_redis_browser("alice"), await make_redis_browser("carol")
+    await make_redis_browser("bob")
+    svc, cache = redis_app.state.services, redis_app.state.cache
+    first = await alice.compose(f"{CANARY} for the apps")
+    bob_user = await accounts.find_user(svc, "bob")
+    token = await accounts.create_token(svc, "bob")
+    async with client_for(redis_app, headers={"Authorization": f"Bearer {token}"}) as api:
+        drawn = await api.get("/api/v1/timelines/public")
+        assert drawn.status_code == 200 and drawn.headers["access-control-allow-origin"] == "*"
+        blob = cache.cached(PUBLIC_STATUS_PAGES, bob_user.id)
+        assert isinstance(blob, SealedPage) and blob.posts[0][0] == first and blob.source
+        assert CANARY.encode() not in blob.sealed.data
+        assert not await cache.link.client.exists(redis_key(PUBLIC_STATUS_PAGES, bob_user.id))  # L1 only
+        draws = count_draws(monkeypatch, "public")
+        for _ in range(5):
+            served = await api.get("/api/v1/timelines/public")
+            assert served.json() == drawn.json() and served.headers.get("link") == drawn.headers.get("link")
+        assert draws[0] == 0, f"drawn {draws[0]} times in 5 reads"
+        with monkeypatch.context() as patched:  # the stack's own answer (no blob) is the same JSON
+            patched.setattr(page_blobs, "serve_statuses", _none)
+            patched.setattr(page_blobs, "held", lambda *args, **kwargs: None)  # the hot path's
+            stack = await api.get("/api/v1/timelines/public")
+        assert stack.json() == drawn.json() and stack.headers.get("link") == drawn.headers.get("link")
+        assert f"{CANARY} for the apps" in stack.json()[0]["content"]
+
+        # Anyone's new public post; not a followers-only one.
+        second = await carol.compose("carol's public words")
+        await carol.compose("for carol's followers", visibility="followers")
+        assert await _status_ids(api) == [second, first]
+        # A like by someone else, by its count; an edit; a mute and a block; a delete.
+        await carol.post(f"/posts/{first}/like")
+        assert (await api.get("/api/v1/timelines/public")).json()[1]["favourites_count"] == 1
+        edited = await alice.post(f"/posts/{first}/edit", {"status": "edited for the apps", "revision": "1"})
+        assert edited.status_code == 303
+        assert "edited for the apps" in (await api.get("/api/v1/timelines/public")).json()[1]["content"]
+        assert (
+            await api.post(f"/api/v1/accounts/{(await accounts.find_user(svc, 'carol')).id}/mute")
+        ).status_code == 200
+        assert await _status_ids(api) == [first]
+        assert (await alice.post("/@bob/block")).status_code == 303
+        assert await _status_ids(api) == []
+        assert (await alice.post("/@bob/unblock")).status_code == 303
+        assert await _status_ids(api) == [first]
+        assert (await alice.post(f"/posts/{first}/delete", {"confirm": "yes"})).status_code == 303
+        assert await _status_ids(api) == []
+
+        # Other pages and anonymous readers: drawn each time, no blob of theirs.
+        cache.drop_space(PUBLIC_STATUS_PAGES)
+        assert (await api.get("/api/v1/timelines/public?local=true")).status_code == 200
+        assert (await client_for(redis_app).get("/api/v1/timelines/public")).status_code == 200
+        assert not cache.l1_keys(PUBLIC_STATUS_PAGES)
+        # The viewer's erasure takes their blob.
+        await _status_ids(api)
+        assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is not None
+        await erasure.erase_user(svc, "bob")
+        assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is None
