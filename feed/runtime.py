@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from feed import db
 from feed.bus import Bus, Invalidation, LocalBus, RedisBus
-from feed.cache import PAGE_SPACES, Cache
+from feed.cache import PAGE_SPACES, Cache, with_derived
 from feed.home_feeds import RedisFeeds
 from feed.keyfile import derive, load_ring, load_secret
 from feed.media.store import MediaStore
@@ -98,7 +98,7 @@ def _wire(metrics: Registry, cache: Cache, bus: Bus, keys: KeyStore, link: Redis
         await bus.publish(Invalidation(keys=names))
 
     def apply(message: Invalidation) -> None:
-        cache.drop(message.keys)
+        cache.drop(with_derived(message.keys))  # the sender derived them too, unless it is older than a space
         for user_id in message.users:
             forget_user(keys, cache, user_id)
 

@@ -56,6 +56,7 @@ from feed.cache.spaces import (
     generation_of,
     lock_key,
     redis_key,
+    with_derived,
 )
 from feed.cache.tiers import REFILL_LOCK_SECONDS, Cache, Loader, Request
 
@@ -96,4 +97,5 @@ __all__ = [
     "generation_of",
     "lock_key",
     "redis_key",
+    "with_derived",
 ]

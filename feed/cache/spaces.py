@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 Key = int | str
@@ -99,6 +100,22 @@ DERIVED: dict[str, tuple[Space, ...]] = {
     **{space.name: (PAGES, STATUS_PAGES) for space in _HOME_INPUTS},
     **{space.name: PAGE_SPACES for space in _PAGE_INPUTS},
 }
+
+
+_BY_NAME = {space.name: space for space in SPACES}
+
+
+def with_derived(names: Iterable[str]) -> list[str]:
+    """``names`` (of values, as :func:`redis_key` makes them) and those their invalidation drops too (``DERIVED``):
+    what a process that receives an invalidation drops, whichever release sent it (an older one may not know a
+    space derived since)."""
+    out = list(names)
+    for name in out[:]:
+        head, _, rest = name.partition(":{")
+        space = _BY_NAME.get(rest[:1])
+        if head == PREFIX and space is not None and rest[1:2] == ":" and rest.endswith("}"):
+            out += [f"{also.key_prefix}{rest[2:-1]}}}" for also in DERIVED.get(space.name, ())]
+    return list(dict.fromkeys(out))
 
 
 # A value's key holds its space and key in a hash tag (``cf:{p:123}``), and so do its generation counter

@@ -46,27 +46,33 @@ async def boost(svc: Services, user: User, post_id: int) -> tuple[PostView, int]
 
 async def unboost(svc: Services, user: User, post_id: int) -> PostView:
     """Undo the boost (idempotent): it leaves every home timeline it went to."""
+    return (await _undo(svc, user, post_id, None))[0]
+
+
+async def _undo(svc: Services, user: User, post_id: int, only: int | None) -> tuple[PostView, bool]:
+    """Undo the user's boost of the post (``only``: if it is that boost); the post now, and whether this undid it."""
     async with svc.db.begin() as session:
         post = await post_store.get_visible_post(session, post_id, user.id)
         if post is None:
             raise NotFound()
-        boost_id = await store.remove(session, user.id, post_id)
+        boost_id = await store.remove(session, user.id, post_id, only)
         if boost_id is not None:
             caused = effects.boost_changed(boost_id, post_id, user.id, boosted=False)
             caused += await notifications.withdraw(session, post.author_id, "reblog", user.id, post_id)
             await effects.record(session, caused)
     if boost_id is not None:
         await effects.committed(svc, caused)
-    return await get(svc, post_id, user)
+    return await get(svc, post_id, user), boost_id is not None
 
 
 async def unboost_by_id(svc: Services, user: User, boost_id: int) -> PostView:
     """Undo the user's boost named by its own id (Mastodon's delete of a reblog status): the reblog status as it was.
-    Not found when the boost is not (or no longer) theirs."""
+    Not found when the boost is not (or no longer) theirs, as for the second of two such deletes at once."""
     post = await boost_status(svc, boost_id, user)
     if post.booster is None or post.booster.id != user.id:
         raise NotFound()
-    await unboost(svc, user, post.id)
+    if not (await _undo(svc, user, post.id, boost_id))[1]:
+        raise NotFound()
     return post
 
 

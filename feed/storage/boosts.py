@@ -28,12 +28,15 @@ async def add(session: AsyncSession, boost_id: int, user_id: int, post_id: int, 
     return True
 
 
-async def remove(session: AsyncSession, user_id: int, post_id: int) -> int | None:
-    """Undo the boost; its id, or None if there was none."""
-    found = await session.scalar(sa.select(boosts.c.id).where(boosts.c.user_id == user_id, boosts.c.post_id == post_id))
+async def remove(session: AsyncSession, user_id: int, post_id: int, boost_id: int | None = None) -> int | None:
+    """Undo the boost (only if it is ``boost_id``, when given); its id, or None if there was none. Two undoings at
+    once take one count off between them: the delete says which of them removed the row."""
+    query = boosts.delete().where(boosts.c.user_id == user_id, boosts.c.post_id == post_id)
+    if boost_id is not None:
+        query = query.where(boosts.c.id == boost_id)
+    found = await session.scalar(query.returning(boosts.c.id))
     if found is None:
         return None
-    await session.execute(boosts.delete().where(boosts.c.id == found))
     await session.execute(posts.update().where(posts.c.id == post_id).values(reblogs_count=posts.c.reblogs_count - 1))
     return int(found)
 

@@ -18,7 +18,20 @@ import pytest
 
 from crypto import RootKeyRing, UserKey, seal_fields
 from feed.bus import RedisBus
-from feed.cache import PAGES, POSTS, TIMELINES, Cache, Space, redis_key, shown
+from feed.cache import (
+    BLOCKED,
+    HOME,
+    PAGE_SPACES,
+    PAGES,
+    POSTS,
+    STATUS_PAGES,
+    TIMELINES,
+    Cache,
+    Space,
+    redis_key,
+    shown,
+    with_derived,
+)
 from feed.cache import Request as CacheRequest
 from feed.metrics import Registry
 from feed.records import (
@@ -546,3 +559,17 @@ async def test_strings_are_read_with_a_requests_own_keys_never_before_them(cache
     held.gate.set()
     _, before = await first
     assert before is not None and before[shown.KEY] is None  # the first read it before there was a log
+
+
+def test_an_invalidation_received_drops_what_it_derives_whichever_release_sent_it() -> None:
+    """A process that receives an invalidation adds the keys it derives (feed.cache.DERIVED) itself: a sender of an
+    older release may not know a page blob space added since, and its block would leave that blob standing."""
+    sent = [redis_key(BLOCKED, 7), redis_key(HOME, 8), redis_key(POSTS, 9), redis_key(TIMELINES, "public"),
+            shown.KEY, "cf:{x:", "cf:{z:1}", "elsewhere"]  # fmt: skip
+    received = with_derived(sent)
+    assert received[: len(sent)] == sent
+    assert set(received[len(sent) :]) == {redis_key(space, 7) for space in PAGE_SPACES} | {
+        redis_key(PAGES, 8),
+        redis_key(STATUS_PAGES, 8),
+    }
+    assert with_derived(received) == received

@@ -3,6 +3,7 @@ undone, told to the author, refused for followers-only and direct posts; and the
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -105,6 +106,15 @@ async def test_a_boost_is_a_status_of_its_own_under_its_id(api: Any) -> None:
     check_error(await carol.delete(f"/api/v1/statuses/{wrapper['id']}"), 404)
     after = await get_json(alice, f"/api/v1/statuses/{post['id']}")
     assert after["reblogs_count"] == 0 and after["content"] == "<p>worth sharing</p>"
+    # A delete names one boost: not the one made after it was undone. Two deletes at once undo it once.
+    older = (await carol.post(f"/api/v1/statuses/{post['id']}/reblog")).json()
+    await carol.post(f"/api/v1/statuses/{post['id']}/unreblog")
+    newer = (await carol.post(f"/api/v1/statuses/{post['id']}/reblog")).json()
+    check_error(await carol.delete(f"/api/v1/statuses/{older['id']}"), 404)
+    assert (await get_json(anonymous, f"/api/v1/statuses/{newer['id']}"))["reblog"]["reblogs_count"] == 1
+    both = await asyncio.gather(*(carol.delete(f"/api/v1/statuses/{newer['id']}") for _ in range(2)))
+    assert sorted(r.status_code for r in both) == [200, 404], [r.text for r in both]
+    assert (await get_json(alice, f"/api/v1/statuses/{post['id']}"))["reblogs_count"] == 0
     # A boost of a post later deleted is gone with it.
     again = (await carol.post(f"/api/v1/statuses/{post['id']}/reblog")).json()
     assert (await alice.delete(f"/api/v1/statuses/{post['id']}")).status_code == 200
