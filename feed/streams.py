@@ -169,6 +169,11 @@ class LocalStreams:
         return entry.id
 
     async def publish_posts(self, events: Sequence[Event], *, retried_since_ms: int | None = None) -> bool:
+        """As :meth:`RedisStreams.publish_posts`: events appended since ``retried_since_ms`` are not added again."""
+        if retried_since_ms is not None:
+            kept = self._streams.get(POSTS_STREAM, ())
+            seen = {entry.event for entry in kept if parse_id(entry.id)[0] >= retried_since_ms}
+            events = [event for event in events if event not in seen]
         for event in events:
             entry = Entry(self._add(POSTS_STREAM, event, POSTS_KEPT), event)
             for handler in self._on_posts:

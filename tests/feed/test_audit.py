@@ -313,6 +313,9 @@ async def test_a_used_scaled_deployment_audits_clean_in_every_place(
             for url in ("/notifications", "/bookmarks"):
                 assert (await alice.on[where].get(url)).status_code == 200
                 assert canary in (await bob.on[where].get("/bookmarks")).text
+            app = await cluster.api(where, "bob")  # the apps' timelines and their blobs (spaces v and y)
+            for url in ("/api/v1/timelines/home", "/api/v1/timelines/public"):
+                assert canary in (await app.get(url)).text
 
     await pages()
     settings = process_env(env | {"CIPHERFEED_DATABASE_URL": processes_database_url}, cluster.redis.url)

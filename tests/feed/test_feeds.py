@@ -4,6 +4,7 @@ while a feed is missing, popular authors merged when read, and the feed cleanup 
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+from feed.events import BOOST, NEW, Event
 from feed.home_feeds import feed_key
 from feed.ids import new_id
 from feed.services import accounts, boosts, fanout, posts
@@ -19,7 +21,7 @@ from feed.services.context import now
 from feed.services.jobs import run_maintenance
 from feed.services.models import User
 from feed.storage.tables import follows, users
-from feed.streams import POSTS_STREAM
+from feed.streams import POSTS_STREAM, LocalStreams
 from jobs.registry import maintenance
 from tests.conftest import TEST_REDIS_DB_URL, client_for
 from tests.feed.processes import AppProcess, process_env
@@ -183,6 +185,21 @@ async def test_a_popular_boosters_boost_goes_to_the_posts_stream_once(redis_clea
     await boosts.boost(svc, booster, other.id)
     await settle(app)
     assert len(await boosts_in_stream()) == 1, "a fanned-out boost reaches the streams by the fan-out alone"
+
+
+async def test_a_retried_event_is_appended_once_in_either_mode(redis_clean: Any) -> None:
+    """What a job run again appends to the posts stream (a popular booster's boost) is there once, in Redis and in
+    the embedded mode's memory alike."""
+    made_ms = int(time.time() * 1000)
+    event = Event(BOOST, 11, 12, "public", committed_ms=made_ms, boost=13, booster=14)
+    for streams in (LocalStreams(), redis_clean.state.services.streams):
+        assert await streams.publish_posts([Event(NEW, 10, 12, "public")])  # where the reading starts
+        after = await streams.tail(POSTS_STREAM)
+        assert after is not None
+        for _ in range(2):
+            assert await streams.publish_posts([event], retried_since_ms=made_ms - 5_000)
+        replay = await streams.replay(POSTS_STREAM, after)
+        assert replay is not None and [entry.event for entry in replay.entries].count(event) == 1, streams
 
 
 async def test_feed_cleanup_jobs_dry_run_then_idempotent(redis_clean: Any, author: User) -> None:
