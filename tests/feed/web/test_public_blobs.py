@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from feed.cache import PAGES, PUBLIC_PAGES, PUBLIC_STATUS_PAGES, redis_key
+from feed.bus import Invalidation
+from feed.cache import BLOCKED, PAGES, PUBLIC_PAGES, PUBLIC_STATUS_PAGES, redis_key
 from feed.records import SealedPage
 from feed.services import accounts, erasure
 from feed.web import page_blobs
@@ -273,3 +274,22 @@ async def test_the_apps_public_timeline_comes_from_the_viewers_blob(
         assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is not None
         await erasure.erase_user(svc, "bob")
         assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is None
+
+
+async def test_a_block_from_a_process_that_knows_no_blob_spaces_still_drops_the_blobs(
+    make_redis_browser: Any, redis_app: Any
+) -> None:
+    """An invalidation names the keys its sender knows: an older release relaying bob's block sends his block list's
+    key alone. This process drops what that key derives (his page blobs) all the same."""
+    alice = await make_redis_browser("alice")
+    await make_redis_browser("bob")
+    await alice.compose("seen before the block")
+    svc, cache = redis_app.state.services, redis_app.state.cache
+    bob_user = await accounts.find_user(svc, "bob")
+    token = await accounts.create_token(svc, "bob")
+    async with client_for(redis_app, headers={"Authorization": f"Bearer {token}"}) as api:
+        assert (await api.get("/api/v1/timelines/public")).status_code == 200
+    assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is not None
+    for handler in redis_app.state.bus._handlers:  # as the bus hands a message from another process
+        handler(Invalidation(keys=[redis_key(BLOCKED, bob_user.id)]))
+    assert cache.cached(PUBLIC_STATUS_PAGES, bob_user.id) is None
