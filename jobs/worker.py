@@ -34,6 +34,7 @@ from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from feed.services.jobs import Maintenance, run_maintenance
 from jobs.registry import MAINTENANCE, QUEUED, attempt
@@ -117,7 +118,9 @@ class Worker(arq.worker.Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except LINK_ERRORS as exc:
+        except (*LINK_ERRORS, WatchError) as exc:
+            # WatchError: redis-py's word for a connection lost between arq's WATCH and its EXEC (a job another
+            # worker took meanwhile is arq's to handle, at the EXEC); the worker waits for Redis as for any loss.
             await self._link_down(exc)
         else:
             self._link_up()

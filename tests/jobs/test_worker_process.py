@@ -117,3 +117,39 @@ async def test_the_worker_outlives_redis_restarts_and_a_killed_workers_job_is_ta
             proc.stop()
         await client.aclose()
         server.kill()
+
+
+async def test_redis_lost_between_arqs_watch_and_exec_is_an_outage_not_the_workers_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq takes a job with WATCH ... EXEC; a Redis lost in between reaches it from redis-py as a WatchError, which
+    arq handles only at the EXEC. The worker waits for Redis, as for any other loss, instead of exiting."""
+    import arq.worker
+    from redis.exceptions import WatchError
+
+    from jobs.worker import Worker, functions
+
+    server = RedisServer(tmp_path)
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    raised: list[BaseException] = []
+
+    async def watch_then_lose_redis(self: Any) -> None:  # what arq's start_jobs does, with Redis killed meanwhile
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch("arq:in-progress:some-job")
+            server.kill()
+            try:
+                await pipe.exists("arq:in-progress:some-job")
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+    monkeypatch.setattr(arq.worker.Worker, "_poll_iteration", watch_then_lose_redis)
+    worker = Worker(functions=functions(), redis_settings=arq.connections.RedisSettings(port=server.port))
+    try:
+        await worker._poll_iteration()  # no exception: an outage
+        assert len(raised) == 1 and isinstance(raised[0], WatchError), raised  # redis-py's word for it, for real
+        assert worker._down_since is not None, "the worker knows Redis is away"
+    finally:
+        await client.aclose()
+        server.kill()
